@@ -1,0 +1,1 @@
+"""Codegen: turns a plan into readable per-stage PyTorch modules and a pipeline config."""

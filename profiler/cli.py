@@ -1,0 +1,124 @@
+"""`vpipe-profile`: capture a model as a graph and measure every node, or import a PipeDream
+profile. Writes profile.yaml and prints a summary table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vpipe.common.cli import run_command
+from vpipe.common.errors import VpipeError
+from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile, save_profile
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vpipe-profile",
+        description="Capture a model (a model.py file or an importable module such as "
+        "vpipe.models.gpt) as a torch.fx graph and measure every node's forward and backward "
+        "time and memory. See docs/model-file.md for what the model file defines.",
+    )
+    parser.add_argument("model", nargs="?", help="model file (path/to/model.py) or module name")
+    parser.add_argument("-o", "--output", default="profile.yaml", help="profile file to write")
+    parser.add_argument("--batch-size", type=int, default=8, help="mini-batch size (default 8)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="where to measure (default: cuda when available, else cpu)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=tuple(OPTIMIZER_STATE_FACTOR),
+        default="sgd",
+        help="optimizer whose state bytes to count (default sgd)",
+    )
+    parser.add_argument(
+        "--leaf",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="keep submodules of this class whole (repeatable); use it for "
+        "modules torch.fx cannot trace, or to profile a block as one node",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per node (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per node first")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed before build_model()")
+    parser.add_argument("--plot", metavar="PNG", help="also draw per-node time and memory bars")
+    parser.add_argument(
+        "--import-pipedream",
+        metavar="GRAPH_TXT",
+        help="convert a PipeDream graph.txt profile instead of measuring a model",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
+    return parser
+
+
+def _measure(args: argparse.Namespace, console: Console) -> Profile:
+    from vpipe.profiler.modelfile import load_model_file
+    from vpipe.profiler.profiling import ProfileSettings, profile_model
+
+    model_file = load_model_file(args.model)
+    settings = ProfileSettings(
+        batch_size=args.batch_size,
+        device=args.device,
+        optimizer=args.optimizer,
+        leaves=tuple(args.leaf),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    columns = (
+        TextColumn("profiling {task.fields[node]:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True, disable=args.quiet) as bar:
+        task = bar.add_task("profile", total=None, node="")
+        return profile_model(
+            model_file,
+            settings,
+            progress=lambda name: bar.update(task, advance=1, node=name),
+            total=lambda n: bar.update(task, total=n),
+        )
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    if args.import_pipedream:
+        if args.model:
+            raise VpipeError("give either a model or --import-pipedream GRAPH_TXT, not both")
+        from vpipe.profiler.pipedream import import_pipedream
+
+        profile = import_pipedream(args.import_pipedream, optimizer=args.optimizer)
+    elif args.model:
+        profile = _measure(args, console)
+    else:
+        raise VpipeError(
+            "no model given; run vpipe-profile path/to/model.py (or a module name "
+            "such as vpipe.models.gpt), or --import-pipedream graph.txt"
+        )
+    save_profile(profile, args.output)
+    if args.plot:
+        from vpipe.profiler.report import plot_profile
+
+        plot_profile(profile, args.plot)
+    if not args.quiet:
+        from vpipe.profiler.report import print_summary
+
+        print_summary(profile, Console())
+    print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("vpipe-profile", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

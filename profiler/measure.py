@@ -1,0 +1,220 @@
+"""Measure a captured graph node by node: times by re-running each node alone, bytes by
+watching what autograd saves during one whole forward.
+
+Why node by node: a planner needs the cost of every possible stage, and a stage is a set of
+nodes. Each node is re-run on a copy of the exact inputs it saw in the whole forward, with the
+same `requires_grad` flags, so its backward does the work it does inside the model. The sum of
+node times is compared with one whole-model forward and backward (the profile's honesty figure).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from vpipe.profiler.capture import flat_tensors
+
+
+class Clock:
+    """Milliseconds of one call: perf_counter on CPU, CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def time(self, fn: Callable[[], Any]) -> float:
+        if not self.cuda:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+
+
+def storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def storage_bytes(t: torch.Tensor) -> int:
+    return t.untyped_storage().nbytes()
+
+
+@dataclass
+class Reference:
+    """One whole forward, interpreted: every node's value and what autograd saved in it."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    saved: dict[str, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph keeping every value alive (so no storage address is ever reused)."""
+
+    def __init__(self, gm: fx.GraphModule, reference: Reference) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.reference = reference
+        self.current = ""
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n.name
+        value = super().run_node(n)
+        self.reference.values[n.name] = value
+        return value
+
+
+def reference_run(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Reference:
+    """Run the model once, attributing each tensor autograd saves to the node that saved it."""
+    reference = Reference()
+    recorder = _Recorder(gm, reference)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        reference.saved[recorder.current].append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        recorder.run(*inputs)
+    return reference
+
+
+@dataclass(frozen=True)
+class SavedBytes:
+    """What one node keeps for backward, split so stages can sum it without double counting."""
+
+    own_bytes: int  # storages other than the node's inputs (its output included)
+    inputs: tuple[str, ...]  # input nodes whose tensors it keeps
+    saves_output: bool
+
+
+def classify_saved(node: fx.Node, reference: Reference, state_keys: set[int]) -> SavedBytes:
+    """Sort the storages a node saved into: its inputs', its own output's, and the rest."""
+    input_names = {a.name: None for a in node.all_input_nodes}
+    by_input = {
+        storage_key(t): name for name in input_names for t in flat_tensors(reference.values[name])
+    }
+    own_output = {storage_key(t) for t in flat_tensors(reference.values[node.name])}
+    seen: set[int] = set()
+    own = 0
+    kept_inputs: set[str] = set()
+    saves_output = False
+    for t in reference.saved.get(node.name, ()):
+        key = storage_key(t)
+        if key in seen or key in state_keys:
+            continue
+        seen.add(key)
+        if key in by_input:
+            kept_inputs.add(by_input[key])
+            continue
+        own += storage_bytes(t)
+        saves_output |= key in own_output
+    ordered = tuple(name for name in input_names if name in kept_inputs)
+    return SavedBytes(own_bytes=own, inputs=ordered, saves_output=saves_output)
+
+
+def _fresh(value: Any) -> Any:
+    """A private copy of a recorded value with the same requires_grad, safe for in-place ops."""
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            # a clone of a leaf, so an in-place op on it is legal, as inside the model
+            return value.detach().clone().requires_grad_().clone()
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fresh(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value
+
+
+def _node_callable(node: fx.Node, gm: fx.GraphModule) -> Callable[..., Any]:
+    if node.op == "call_module":
+        return gm.get_submodule(str(node.target))
+    if node.op == "call_method":
+        return lambda obj, *args, **kwargs: getattr(obj, str(node.target))(*args, **kwargs)
+    return node.target  # call_function
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median forward and backward time of a callable, and on CUDA its transient peak."""
+
+    forward_ms: float
+    backward_ms: float
+    workspace_bytes: int | None  # CUDA only: peak above what was allocated before, less outputs
+
+
+def time_forward_backward(
+    prepare: Callable[[], Callable[[], Any]], clock: Clock, warmup: int, repeats: int
+) -> Timing:
+    """Time `prepare()()` and the backward of its outputs, `warmup + repeats` times.
+
+    `prepare` makes fresh inputs outside the timed region and returns the call to time. The
+    backward is seeded with ones for every output that requires grad.
+    """
+    forwards: list[float] = []
+    backwards: list[float] = []
+    workspace = 0
+    for rep in range(warmup + repeats):
+        call = prepare()
+        if clock.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        result: list[Any] = []
+        forward = clock.time(lambda: result.append(call()))  # noqa: B023 - timed at once
+        outputs = [t for t in flat_tensors(result[0]) if t.requires_grad]
+        grads = [torch.ones_like(t) for t in outputs]
+        backward = clock.time(lambda: torch.autograd.backward(outputs, grads)) if outputs else 0.0  # noqa: B023
+        if clock.cuda:
+            produced = sum(t.numel() * t.element_size() for t in flat_tensors(result[0]))
+            workspace = max(workspace, torch.cuda.max_memory_allocated() - before - produced)
+        if rep >= warmup:
+            forwards.append(forward)
+            backwards.append(backward)
+    return Timing(
+        statistics.median(forwards), statistics.median(backwards), workspace if clock.cuda else None
+    )
+
+
+def time_node(
+    node: fx.Node, gm: fx.GraphModule, reference: Reference, clock: Clock, warmup: int, repeats: int
+) -> Timing:
+    """Median forward and backward time of one node, re-run alone on copies of its inputs."""
+    if node.op not in ("call_module", "call_function", "call_method"):
+        return Timing(0.0, 0.0, 0 if clock.cuda else None)
+    call = _node_callable(node, gm)
+    module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+
+    def prepare() -> Callable[[], Any]:
+        args = fx.node.map_arg(node.args, lambda n: _fresh(reference.values[n.name]))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: _fresh(reference.values[n.name]))
+        if module is not None:
+            module.zero_grad(set_to_none=True)
+        return lambda: call(*args, **kwargs)
+
+    return time_forward_backward(prepare, clock, warmup, repeats)
+
+
+def time_whole_model(
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    clock: Clock,
+    warmup: int,
+    repeats: int,
+) -> tuple[Timing, int | None]:
+    """One full forward and backward, and on CUDA the peak bytes allocated during the last one."""
+
+    def prepare() -> Callable[[], Any]:
+        model.zero_grad(set_to_none=True)
+        return lambda: model(*inputs)
+
+    timing = time_forward_backward(prepare, clock, warmup, repeats)
+    return timing, torch.cuda.max_memory_allocated() if clock.cuda else None

@@ -1,0 +1,220 @@
+"""Turn a model file into a Profile: capture, one interpreted forward, then time every node."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from vpipe.common.errors import VpipeError
+from vpipe.profiler.capture import capture, flat_tensors
+from vpipe.profiler.measure import (
+    Clock,
+    classify_saved,
+    reference_run,
+    storage_key,
+    time_node,
+    time_whole_model,
+)
+from vpipe.profiler.modelfile import ModelFile
+from vpipe.profiler.schema import (
+    OPTIMIZER_STATE_FACTOR,
+    NodeProfile,
+    Profile,
+    TensorMeta,
+    WholeModel,
+)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How to profile: the knobs of `vpipe-profile`."""
+
+    batch_size: int = 8
+    device: str | None = None  # None: cuda when available, else cpu
+    optimizer: str = "sgd"
+    leaves: tuple[str, ...] = ()
+    warmup: int = 2
+    repeats: int = 5
+    seed: int = 0
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested not in ("cpu", "cuda"):
+        raise VpipeError(f"--device {requested}: use cpu or cuda")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise VpipeError(
+            "--device cuda: no CUDA GPU is visible to PyTorch on this machine; use --device cpu"
+        )
+    return torch.device(requested)
+
+
+def profile_model(
+    model_file: ModelFile,
+    settings: ProfileSettings,
+    progress: Callable[[str], None] = lambda name: None,
+    total: Callable[[int], None] = lambda n: None,
+) -> Profile:
+    """Profile `model_file` as `settings` say; `progress(name)` is called after each node."""
+    if settings.optimizer not in OPTIMIZER_STATE_FACTOR:
+        raise VpipeError(
+            f"--optimizer {settings.optimizer}: use one of {', '.join(OPTIMIZER_STATE_FACTOR)}"
+        )
+    if settings.batch_size < 1 or settings.repeats < 1 or settings.warmup < 0:
+        raise VpipeError("--batch-size and --repeats must be at least 1, --warmup at least 0")
+    device = pick_device(settings.device)
+    torch.manual_seed(settings.seed)
+    try:
+        model = model_file.build_model()
+    except Exception as err:
+        raise VpipeError(
+            f"{model_file.source}: build_model() failed: {type(err).__name__}: {err}"
+        ) from None
+    if not isinstance(model, torch.nn.Module):
+        raise VpipeError(
+            f"{model_file.source}: build_model() returned a {type(model).__name__}, "
+            "not a torch.nn.Module"
+        )
+    model = model.to(device).train()
+    inputs, _ = model_file.batch(settings.batch_size, 0)
+    inputs = tuple(t.to(device) for t in inputs)
+    _check_forward(model, inputs, model_file.source, settings.batch_size)
+
+    gm = capture(model, settings.leaves)
+    reference = reference_run(gm, inputs)
+    owners = _state_owners(gm)
+    state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
+    clock = Clock(device)
+    graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
+    total(len(graph_nodes) + 1)
+    nodes = []
+    for node in graph_nodes:
+        timing = time_node(node, gm, reference, clock, settings.warmup, settings.repeats)
+        saved = classify_saved(node, reference, state_keys)
+        params, buffers = owners.get(node.name, ([], []))
+        trainable = sum(_nbytes(t) for _, t in params if t.requires_grad)
+        outputs = flat_tensors(reference.values[node.name])
+        nodes.append(
+            NodeProfile(
+                name=node.name,
+                op=node.op,
+                target=_target_name(node, gm),
+                inputs=tuple(n.name for n in node.all_input_nodes),
+                outputs=tuple(
+                    TensorMeta(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for t in outputs
+                ),
+                forward_ms=round(timing.forward_ms, 4),
+                backward_ms=round(timing.backward_ms, 4),
+                param_bytes=sum(_nbytes(t) for _, t in params),
+                grad_bytes=trainable,
+                optimizer_bytes=trainable * OPTIMIZER_STATE_FACTOR[settings.optimizer],
+                buffer_bytes=sum(_nbytes(t) for _, t in buffers),
+                output_bytes=sum(_nbytes(t) for t in outputs),
+                saved_bytes=saved.own_bytes,
+                saved_inputs=saved.inputs,
+                saves_output=saved.saves_output,
+                workspace_bytes=timing.workspace_bytes,
+                module=_module_path(node),
+                parameters=tuple(name for name, _ in params),
+            )
+        )
+        progress(node.name)
+    whole, peak = time_whole_model(model, inputs, clock, settings.warmup, settings.repeats)
+    progress("whole model")
+    output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    return Profile(
+        source=model_file.source,
+        source_kind="model",
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        dtype=str(dtype).removeprefix("torch."),
+        batch_size=settings.batch_size,
+        optimizer=settings.optimizer,
+        nodes=tuple(nodes),
+        outputs=tuple(n.name for n in output_node.all_input_nodes),
+        torch_version=str(torch.__version__),
+        seed=settings.seed,
+        source_sha256=model_file.sha256,
+        leaves=tuple(settings.leaves),
+        whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
+    )
+
+
+def _check_forward(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], source: str, batch_size: int
+) -> None:
+    try:
+        model(*inputs)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise VpipeError(
+            f"{source}: the model's forward failed on make_batch({batch_size}, 0): "
+            f"{type(err).__name__}: {first}; make_batch must return what "
+            "build_model()'s forward takes"
+        ) from None
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _state_owners(gm: fx.GraphModule) -> dict[str, tuple[list, list]]:
+    """Which node owns which parameters and buffers: the first node that uses each tensor.
+
+    A tensor used twice (a module called twice, tied weights) belongs to its first user only,
+    so the profile never counts its bytes twice.
+    """
+    seen: set[int] = set()
+    owners: dict[str, tuple[list, list]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            params = list(module.named_parameters(prefix=str(node.target)))
+            buffers = list(module.named_buffers(prefix=str(node.target)))
+        elif node.op == "get_attr":
+            value = _get_attr(gm, str(node.target))
+            is_param = isinstance(value, torch.nn.Parameter)
+            entry = [(str(node.target), value)] if isinstance(value, torch.Tensor) else []
+            params, buffers = (entry, []) if is_param else ([], entry)
+        else:
+            continue
+        params = [(n, t) for n, t in params if id(t) not in seen]
+        buffers = [(n, t) for n, t in buffers if id(t) not in seen]
+        seen.update(id(t) for _, t in params + buffers)
+        owners[node.name] = (params, buffers)
+    return owners
+
+
+def _get_attr(gm: fx.GraphModule, target: str) -> object:
+    value: object = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _target_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))).__name__
+    if node.op == "call_function":
+        target = node.target
+        module = getattr(target, "__module__", None) or ""
+        name = getattr(target, "__name__", str(target))
+        return (
+            f"{module}.{name}" if module in ("operator", "torch", "torch.nn.functional") else name
+        )
+    return str(node.target)
+
+
+def _module_path(node: fx.Node) -> str:
+    """The qualified submodule a node belongs to, so later parts keep the model's names."""
+    if node.op in ("call_module", "get_attr"):
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1]
+    return path[0] if isinstance(path, tuple) else str(path)

@@ -1,0 +1,269 @@
+"""The profile file: what `vpipe-profile` writes and the planner reads.
+
+Typed, frozen records with `to_dict`/`from_dict`; dictionaries exist only at the YAML edge. This
+module must stay importable without torch, because the planner reads profiles through it.
+See docs/profile-format.md for the meaning of every field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vpipe.common.errors import VpipeError
+
+SCHEMA_VERSION = 1
+
+# Optimizer state kept per parameter byte: SGD none, momentum one buffer, Adam two moments.
+OPTIMIZER_STATE_FACTOR = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Shape and dtype of one tensor a node produces."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for dim in self.shape:
+            n *= dim
+        return n
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """One node of the captured graph: its edges, its times and its bytes.
+
+    `saved_bytes` counts what autograd keeps for this node's backward *other than its inputs*
+    (including its own output when `saves_output`); the inputs it keeps are named in
+    `saved_inputs`, so a stage's saved memory can be summed without counting a tensor twice.
+    `saved_bytes` is None when unknown (profiles imported from PipeDream).
+    """
+
+    name: str
+    op: str  # placeholder | get_attr | call_module | call_function | call_method | layer
+    target: str  # module class, function or method name; PipeDream's layer description
+    inputs: tuple[str, ...]
+    outputs: tuple[TensorMeta, ...]
+    forward_ms: float
+    backward_ms: float
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    buffer_bytes: int
+    output_bytes: int
+    saved_bytes: int | None
+    saved_inputs: tuple[str, ...] = ()
+    saves_output: bool = False
+    workspace_bytes: int | None = None  # transient peak above inputs and outputs (CUDA only)
+    module: str = ""  # qualified submodule name, so later parts keep state_dict keys
+    parameters: tuple[str, ...] = ()  # qualified names of the parameters this node owns
+
+    @property
+    def compute_ms(self) -> float:
+        return self.forward_ms + self.backward_ms
+
+
+@dataclass(frozen=True)
+class WholeModel:
+    """One full forward and backward of the model: the reference the node sums are judged by."""
+
+    forward_ms: float
+    backward_ms: float
+    peak_bytes: int | None = None  # CUDA only
+
+    @property
+    def compute_ms(self) -> float:
+        return self.forward_ms + self.backward_ms
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A model's graph with per-node measurements, in topological order."""
+
+    source: str
+    source_kind: str  # "model" | "pipedream"
+    device: str
+    dtype: str
+    batch_size: int | None
+    optimizer: str
+    nodes: tuple[NodeProfile, ...]
+    outputs: tuple[str, ...]  # nodes whose values the model returns
+    torch_version: str | None = None
+    seed: int | None = None  # torch.manual_seed before build_model(): later parts rebuild it
+    source_sha256: str | None = None
+    leaves: tuple[str, ...] = ()
+    whole_model: WholeModel | None = None
+    notes: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+    _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({node.name: i for i, node in enumerate(self.nodes)})
+        _validate(self)
+
+    def node(self, name: str) -> NodeProfile:
+        return self.nodes[self._index[name]]
+
+    @property
+    def node_compute_ms(self) -> float:
+        return sum(node.compute_ms for node in self.nodes)
+
+    @property
+    def honesty(self) -> float | None:
+        """Sum of per-node times over the whole-model time (1.0 = the parts add up exactly)."""
+        if self.whole_model is None or self.whole_model.compute_ms <= 0:
+            return None
+        return self.node_compute_ms / self.whole_model.compute_ms
+
+    @property
+    def graph_sha256(self) -> str:
+        """Fingerprint of the graph's structure, so later parts can tell the model changed."""
+        digest = hashlib.sha256()
+        for node in self.nodes:
+            shapes = ";".join(f"{m.shape}{m.dtype}" for m in node.outputs)
+            digest.update(f"{node.name}|{node.op}|{node.target}|{node.inputs}|{shapes}\n".encode())
+        return digest.hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"schema_version": self.schema_version}
+        for f in fields(self):
+            if f.name in ("schema_version", "_index"):
+                continue
+            data[f.name] = _plain(getattr(self, f.name))
+        data["graph_sha256"] = self.graph_sha256
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "profile") -> Profile:
+        if not isinstance(data, Mapping):
+            raise VpipeError(f"{where}: not a vpipe profile (expected a mapping at the top level)")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise VpipeError(
+                f"{where}: schema_version {version!r} is not {SCHEMA_VERSION}; "
+                "re-run vpipe-profile with this version of vpipe"
+            )
+        body = {k: v for k, v in data.items() if k not in ("schema_version", "graph_sha256")}
+        try:
+            nodes = tuple(_node_from_dict(n) for n in _require(body, "nodes", where))
+            whole = body.pop("whole_model", None)
+            profile = cls(
+                **{
+                    k: v
+                    for k, v in body.items()
+                    if k not in ("nodes", "outputs", "leaves", "notes")
+                },
+                nodes=nodes,
+                outputs=tuple(_require(body, "outputs", where)),
+                leaves=tuple(body.get("leaves", ())),
+                notes=tuple(body.get("notes", ())),
+                whole_model=WholeModel(**whole) if whole is not None else None,
+            )
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            raise VpipeError(f"{where}: malformed profile ({err}); re-run vpipe-profile") from None
+        recorded = data.get("graph_sha256")
+        if recorded is not None and recorded != profile.graph_sha256:
+            raise VpipeError(f"{where}: graph_sha256 does not match its nodes; the file was edited")
+        return profile
+
+
+def _node_from_dict(data: Mapping[str, Any]) -> NodeProfile:
+    values = dict(data)
+    values["inputs"] = tuple(values.get("inputs", ()))
+    values["saved_inputs"] = tuple(values.get("saved_inputs", ()))
+    values["parameters"] = tuple(values.get("parameters", ()))
+    values["outputs"] = tuple(
+        TensorMeta(shape=tuple(m["shape"]), dtype=m["dtype"]) for m in values.get("outputs", ())
+    )
+    return NodeProfile(**values)
+
+
+def _require(data: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in data:
+        raise VpipeError(f"{where}: missing field {key!r}; re-run vpipe-profile")
+    return data[key]
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses and tuples to the plain dicts and lists YAML writes."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _validate(profile: Profile) -> None:
+    if profile.optimizer not in OPTIMIZER_STATE_FACTOR:
+        raise VpipeError(
+            f"unknown optimizer {profile.optimizer!r}; use one of {sorted(OPTIMIZER_STATE_FACTOR)}"
+        )
+    if len(profile._index) != len(profile.nodes):
+        raise VpipeError("profile has two nodes with the same name")
+    for position, node in enumerate(profile.nodes):
+        for source in (*node.inputs, *node.saved_inputs):
+            if profile._index.get(source, position) >= position:
+                raise VpipeError(
+                    f"node {node.name!r} reads {source!r}, which is not an earlier node; "
+                    "nodes must be in topological order"
+                )
+        if not (node.forward_ms >= 0 and node.backward_ms >= 0):
+            raise VpipeError(f"node {node.name!r} has a negative time")
+    for name in profile.outputs:
+        if name not in profile._index:
+            raise VpipeError(f"profile output {name!r} is not a node")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes lists of plain values (shapes, names) on one line, so the file reads well."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flat = all(not isinstance(item, (dict, list)) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    """Write the profile as YAML (through a temporary file, so a crash never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(yaml.dump(profile.to_dict(), Dumper=_Dumper, sort_keys=False, width=100))
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise VpipeError(
+            f"cannot write {path}: {err.strerror}; choose a writable path with -o"
+        ) from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise VpipeError(f"cannot read profile {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise VpipeError(
+            f"{path} is not a text file; give a profile.yaml from vpipe-profile"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise VpipeError(f"{path} is not valid YAML: {err}") from None
+    return Profile.from_dict(data, where=str(path))

@@ -1,0 +1,1 @@
+"""Runtime: executes the generated pipeline on torch.distributed."""
