@@ -92,12 +92,16 @@ def profile_model(
     graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
     total(len(graph_nodes) + 1)
     nodes = []
+    storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
     for node in graph_nodes:
         timing = time_node(node, gm, reference, clock, settings.warmup, settings.repeats)
         saved = classify_saved(node, reference, state_keys)
         params, buffers = owners.get(node.name, ([], []))
         trainable = sum(_nbytes(t) for _, t in params if t.requires_grad)
         outputs = flat_tensors(reference.values[node.name])
+        view_of = storage_owner.get(storage_key(outputs[0]), "") if outputs else ""
+        for t in outputs:
+            storage_owner.setdefault(storage_key(t), node.name)
         nodes.append(
             NodeProfile(
                 name=node.name,
@@ -117,6 +121,7 @@ def profile_model(
                 saved_bytes=saved.own_bytes,
                 saved_inputs=saved.inputs,
                 saves_output=saved.saves_output,
+                view_of=view_of,
                 workspace_bytes=timing.workspace_bytes,
                 module=_module_path(node),
                 parameters=tuple(name for name, _ in params),

@@ -45,6 +45,8 @@ class NodeProfile:
     `saved_bytes` counts what autograd keeps for this node's backward *other than its inputs*
     (including its own output when `saves_output`); the inputs it keeps are named in
     `saved_inputs`, so a stage's saved memory can be summed without counting a tensor twice.
+    A view (`view_of`) shares its storage with an earlier node's output: resolve it before
+    summing, or a tensor kept through a view counts twice.
     `saved_bytes` is None when unknown (profiles imported from PipeDream).
     """
 
@@ -63,6 +65,7 @@ class NodeProfile:
     saved_bytes: int | None
     saved_inputs: tuple[str, ...] = ()
     saves_output: bool = False
+    view_of: str = ""  # earlier node whose storage this node's output shares (a view of it)
     workspace_bytes: int | None = None  # transient peak above inputs and outputs (CUDA only)
     module: str = ""  # qualified submodule name, so later parts keep state_dict keys
     parameters: tuple[str, ...] = ()  # qualified names of the parameters this node owns

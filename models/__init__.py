@@ -1,0 +1,1 @@
+"""Reference models that follow vpipe's model-file contract: gpt, bert, resnet, vgg, mlp."""

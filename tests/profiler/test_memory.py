@@ -1,0 +1,89 @@
+"""Byte figures of a hand-built model, worked out by hand (float32: 4 bytes an element)."""
+
+import pytest
+import torch
+
+from vpipe.profiler.modelfile import load_model_file
+from vpipe.profiler.profiling import ProfileSettings, profile_model
+
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def profile(request):
+    fixtures = request.config.rootpath / "tests" / "profiler" / "fixtures"
+    settings = ProfileSettings(
+        batch_size=BATCH, device="cpu", optimizer="adam", repeats=1, warmup=0
+    )
+    return profile_model(load_model_file(str(fixtures / "handbuilt.py")), settings)
+
+
+def by_target(profile, target):
+    (node,) = [n for n in profile.nodes if n.target == target]
+    return node
+
+
+def test_parameter_gradient_optimizer_and_buffer_bytes(profile):
+    conv = by_target(profile, "Conv2d")
+    assert conv.param_bytes == (4 * 3 * 3 * 3 + 4) * 4 == 448
+    assert conv.grad_bytes == 448
+    assert conv.optimizer_bytes == 2 * 448  # Adam: two moments per parameter
+    assert conv.parameters == ("0.weight", "0.bias")
+    bn = by_target(profile, "BatchNorm2d")
+    assert bn.param_bytes == 2 * 4 * 4  # weight and bias of 4 channels
+    assert bn.buffer_bytes == 2 * 4 * 4 + 8  # running mean and var, int64 batch counter
+    linear = by_target(profile, "Linear")
+    assert linear.param_bytes == (64 * 5 + 5) * 4 == 1300
+
+
+def test_output_bytes_and_shapes(profile):
+    conv = by_target(profile, "Conv2d")
+    assert conv.outputs[0].shape == (BATCH, 4, 4, 4)
+    assert conv.output_bytes == BATCH * 4 * 4 * 4 * 4 == 512
+    assert by_target(profile, "Linear").output_bytes == BATCH * 5 * 4
+
+
+def test_saved_for_backward_bytes_by_hand(profile):
+    x, conv, bn, relu, flat, linear = profile.nodes
+    # conv keeps its input (to compute the weight gradient), nothing of its own
+    assert (conv.saved_inputs, conv.saved_bytes) == ((x.name,), 0)
+    # batch norm keeps its input plus the batch mean and inverse std: 2 x 4 channels x 4 B
+    assert (bn.saved_inputs, bn.saved_bytes, bn.saves_output) == ((conv.name,), 32, False)
+    # relu keeps its own output: 2 x 4 x 4 x 4 x 4 B
+    assert (relu.saved_inputs, relu.saved_bytes, relu.saves_output) == ((), 512, True)
+    # flatten is a view and keeps nothing; the linear keeps its (flattened) input
+    assert (flat.saved_inputs, flat.saved_bytes, flat.view_of) == ((), 0, relu.name)
+    assert (linear.saved_inputs, linear.saved_bytes) == ((flat.name,), 0)
+
+
+def test_saved_union_matches_an_independent_whole_model_count(profile, request):
+    """Counted the other way: unique non-parameter storages saved in one plain forward."""
+    fixtures = request.config.rootpath / "tests" / "profiler" / "fixtures"
+    model_file = load_model_file(str(fixtures / "handbuilt.py"))
+    torch.manual_seed(0)
+    model = model_file.build_model().train()
+    (x,), _ = model_file.batch(BATCH, 0)
+    state = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in state:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+
+    # the profile's view: own saved bytes, plus each kept input once, views resolved to the
+    # node that owns the storage (the flatten is a view of the relu output the relu keeps)
+    def owner(name):
+        node = profile.node(name)
+        return owner(node.view_of) if node.view_of else node
+
+    kept = {owner(name).name: owner(name) for n in profile.nodes for name in n.saved_inputs}
+    total = sum(n.saved_bytes for n in profile.nodes) + sum(
+        node.output_bytes for node in kept.values() if not node.saves_output
+    )
+    assert total == sum(storages.values()) == 384 + 512 + 32 + 512
