@@ -1,0 +1,43 @@
+# The two commands of the README, and the steps they share.
+#   make demo   profile a bundled model and print its table (later: plan, generate, train)
+#   make test   install vpipe (a normal, non-editable install) and run lint and the tests
+# Both build .venv on first use. PyTorch is installed first, pinned, so that the project's
+# `torch>=...` requirement installs nothing more: on a machine without a GPU that must be a
+# CPU build. Where `pip install torch==2.13.0` would fetch a CUDA build, pass PyTorch's CPU
+# wheel index: make test TORCH_PIP_FLAGS="--index-url <PyTorch CPU index>".
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_PIP_FLAGS ?=
+BIN := $(VENV)/bin
+DEMO := demo
+
+.PHONY: demo test install dev lint clean
+
+$(BIN)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_PIP_FLAGS) "$(TORCH)"
+	$(BIN)/pip install --quiet ".[test]"
+	touch $@
+
+install: $(BIN)/.deps
+	$(BIN)/pip install --quiet --no-deps --force-reinstall .
+
+dev: $(BIN)/.deps
+	$(BIN)/pip install --quiet --no-deps -e . --config-settings editable_mode=strict
+
+lint: $(BIN)/.deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest -q
+
+demo: install
+	mkdir -p $(DEMO)
+	$(BIN)/vpipe-profile vpipe.models.gpt --device cpu --batch-size 8 \
+		-o $(DEMO)/profile.yaml --plot $(DEMO)/profile.png
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info

@@ -1,0 +1,73 @@
+"""The profile file: YAML round trip and validation with clear errors."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from vpipe.common.errors import VpipeError
+from vpipe.profiler.modelfile import load_model_file
+from vpipe.profiler.profiling import ProfileSettings, profile_model
+from vpipe.profiler.schema import load_profile, save_profile
+
+
+@pytest.fixture(scope="module")
+def profile(request):
+    fixtures = request.config.rootpath / "tests" / "profiler" / "fixtures"
+    settings = ProfileSettings(batch_size=4, device="cpu", repeats=1, warmup=0)
+    return profile_model(load_model_file(str(fixtures / "handbuilt.py")), settings)
+
+
+def test_round_trip_through_yaml(profile, tmp_path):
+    path = tmp_path / "profile.yaml"
+    save_profile(profile, path)
+    again = load_profile(path)
+    assert again == profile
+    assert again.graph_sha256 == profile.graph_sha256
+    assert yaml.safe_load(path.read_text())["schema_version"] == 1
+
+
+def test_records_where_it_came_from(profile):
+    assert profile.source.endswith("handbuilt.py") and profile.source_kind == "model"
+    assert profile.device == "cpu" and profile.dtype == "float32" and profile.batch_size == 4
+    assert profile.torch_version and profile.seed == 0 and len(profile.source_sha256) == 64
+    assert profile.outputs == (profile.nodes[-1].name,)
+
+
+def test_wrong_schema_version(profile, tmp_path):
+    data = profile.to_dict() | {"schema_version": 99}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(VpipeError, match="schema_version 99"):
+        load_profile(path)
+
+
+def test_edited_graph_is_detected(profile, tmp_path):
+    data = profile.to_dict()
+    data["nodes"][1]["target"] = "Conv3d"
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(VpipeError, match="graph_sha256"):
+        load_profile(path)
+
+
+def test_backward_edge_is_rejected(profile):
+    nodes = list(profile.nodes)
+    nodes[1] = dataclasses.replace(nodes[1], inputs=(nodes[3].name,))
+    with pytest.raises(VpipeError, match="not an earlier node"):
+        dataclasses.replace(profile, nodes=tuple(nodes))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[1, 2]", "expected a mapping"),
+        ("schema_version: 1\nsource: x\n", "missing field 'nodes'"),
+        ("a: [", "not valid YAML"),
+    ],
+)
+def test_malformed_files(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(VpipeError, match=message):
+        load_profile(path)
