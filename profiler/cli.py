@@ -111,7 +111,8 @@ def _run(argv: Sequence[str] | None) -> int:
     if not args.quiet:
         from vpipe.profiler.report import print_summary
 
-        print_summary(profile, Console())
+        # a pipe or a log file gets a table wide enough to read, not rich's 80 columns
+        print_summary(profile, Console(width=None if sys.stdout.isatty() else 120))
     print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 

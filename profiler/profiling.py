@@ -202,16 +202,10 @@ def _get_attr(gm: fx.GraphModule, target: str) -> object:
 
 
 def _target_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    """What a node runs, as a reader would name it: a module class or a function name."""
     if node.op == "call_module":
         return type(gm.get_submodule(str(node.target))).__name__
-    if node.op == "call_function":
-        target = node.target
-        module = getattr(target, "__module__", None) or ""
-        name = getattr(target, "__name__", str(target))
-        return (
-            f"{module}.{name}" if module in ("operator", "torch", "torch.nn.functional") else name
-        )
-    return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
 
 
 def _module_path(node: fx.Node) -> str:

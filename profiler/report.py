@@ -38,7 +38,7 @@ def summary_table(profile: Profile) -> Table:
         justify = "left" if column in ("node", "op", "output") else "right"
         table.add_column(column, justify=justify, no_wrap=column == "node")
     for node in shown:
-        shape = " ".join(str(list(m.shape)) for m in node.outputs) or "-"
+        shape = " ".join("x".join(map(str, m.shape)) or "scalar" for m in node.outputs) or "-"
         table.add_row(
             node.name,
             node.target,
@@ -101,7 +101,7 @@ def plot_profile(profile: Profile, path: str | Path) -> None:
     params = [n.param_bytes * mib for n in nodes]
     saved = [(n.saved_bytes or 0) * mib for n in nodes]
     bottom.bar(xs, params, label="parameters", color="tab:green")
-    bottom.bar(xs, saved, bottom=params, label="saved for backward", color="tab:red")
+    bottom.bar(xs, saved, bottom=params, label="saved for backward (beyond inputs)", color="tab:red")
     bottom.plot(xs, [n.output_bytes * mib for n in nodes], "k.", label="output activation")
     bottom.set_ylabel("memory (MiB)")
     bottom.set_xlabel("node (topological order)")
