@@ -8,8 +8,9 @@ free of Python branches on tensor values, so `torch.fx` traces it with no leaf a
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vpipe.models.attention import SelfAttention, check_heads
 
 CLS = 0  # token id make_batch puts first in every row; its final state is what gets classified
 NOISE = 0.2  # share of tokens make_batch draws from the whole vocabulary instead of the class's
@@ -28,11 +29,7 @@ class BERTConfig:
     dropout: float = 0.0  # 0.0 keeps runs deterministic, so a pipeline can be checked exactly
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                "each head needs a whole number of channels"
-            )
+        check_heads(self.d_model, self.n_heads)
         if self.vocab_size <= self.num_classes:
             raise ValueError(
                 f"vocab_size={self.vocab_size} must exceed num_classes={self.num_classes}: "
@@ -43,32 +40,13 @@ class BERTConfig:
 CONFIG = BERTConfig()
 
 
-class SelfAttention(nn.Module):
-    """Multi-head attention in which every position sees every other: no causal mask."""
-
-    def __init__(self, config: BERTConfig) -> None:
-        super().__init__()
-        self.n_heads = config.n_heads
-        self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # q, k and v in one matmul
-        self.proj = nn.Linear(config.d_model, config.d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # [B, T, 3C] -> 3 x [B, heads, T, C / heads], head width inferred so fx reads no sizes.
-        # No padding mask: make_batch fills every row to seq_len.
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0  # a plain bool: fixed when fx traces
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        return self.proj(y.transpose(1, 2).flatten(2))
-
-
 class EncoderBlock(nn.Module):
     """Post-LN block as in the original BERT: add each sublayer's output, then normalise."""
 
     def __init__(self, config: BERTConfig) -> None:
         super().__init__()
         d = config.d_model
-        self.attn = SelfAttention(config)
+        self.attn = SelfAttention(d, config.n_heads, config.dropout, causal=False)
         self.drop = nn.Dropout(config.dropout)
         self.ln1 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(

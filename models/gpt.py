@@ -9,8 +9,9 @@ the whole model with no leaf annotations, one short run of nodes per block.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vpipe.models.attention import SelfAttention, check_heads
 
 NOISE = 0.1  # share of tokens make_batch replaces at random: the task is learnable, not trivial
 
@@ -27,34 +28,10 @@ class GPTConfig:
     dropout: float = 0.0  # 0.0 keeps runs deterministic, so a pipeline can be checked exactly
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                "each head needs a whole number of channels"
-            )
+        check_heads(self.d_model, self.n_heads)
 
 
 CONFIG = GPTConfig()
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head attention in which each position sees only itself and earlier positions."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.n_heads = config.n_heads
-        self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # q, k and v in one matmul
-        self.proj = nn.Linear(config.d_model, config.d_model)
-        self.resid_drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # [B, T, 3C] -> 3 x [B, heads, T, C / heads]. The -1 lets torch infer the head width,
-        # so no concrete size is read in Python and fx records the reshape as one op.
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0  # a plain bool: fixed when fx traces
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self.resid_drop(self.proj(y.transpose(1, 2).flatten(2)))
 
 
 class MLP(nn.Module):
@@ -77,7 +54,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config)
+        self.attn = SelfAttention(config.d_model, config.n_heads, config.dropout, causal=True)
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 

@@ -8,11 +8,11 @@ cut between two layers is a valid stage boundary carrying a single tensor.
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
+from vpipe.models.images import template_images
+
 NOISE = 1.0  # std of the per-pixel noise make_batch adds to each class's fixed template
-TEMPLATE_SEED = 12345  # seeds the class templates, so every step shows the same classes
 
 
 @dataclass(frozen=True)
@@ -75,16 +75,8 @@ def build_model(config: VGGConfig = CONFIG) -> nn.Module:
 
 
 def make_batch(batch_size: int, step: int, config: VGGConfig = CONFIG) -> tuple[Tensor, Tensor]:
-    """Images [B, in_channels, image_size, image_size] (float32) and a class label [B] (int64).
-
-    Each class has a fixed random template image; a sample is its class's template plus
-    Gaussian noise of std NOISE. A generator seeded from `step` makes every step reproducible
-    without touching the global RNG.
-    """
-    side = config.image_size
-    shape = (config.num_classes, config.in_channels, side, side)
-    templates = torch.randn(shape, generator=torch.Generator().manual_seed(TEMPLATE_SEED))
-    g = torch.Generator().manual_seed(step)
-    label = torch.randint(config.num_classes, (batch_size,), generator=g)
-    noise = torch.randn((batch_size, *shape[1:]), generator=g)
-    return templates[label] + NOISE * noise, label
+    """Images [B, in_channels, image_size, image_size] and a class label [B]: class templates
+    plus noise (see vpipe.models.images)."""
+    return template_images(
+        batch_size, step, config.num_classes, config.in_channels, config.image_size, NOISE
+    )
