@@ -14,6 +14,8 @@ from vpipe.common.cli import run_command
 from vpipe.common.errors import VpipeError
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile, save_profile
 
+DEFAULT_BATCH = 8
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -24,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", nargs="?", help="model file (path/to/model.py) or module name")
     parser.add_argument("-o", "--output", default="profile.yaml", help="profile file to write")
-    parser.add_argument("--batch-size", type=int, default=8, help="mini-batch size (default 8)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"mini-batch size (default {DEFAULT_BATCH}); with --import-pipedream, "
+        "the batch the file was measured at, if known",
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -63,7 +70,7 @@ def _measure(args: argparse.Namespace, console: Console) -> Profile:
 
     model_file = load_model_file(args.model)
     settings = ProfileSettings(
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or DEFAULT_BATCH,
         device=args.device,
         optimizer=args.optimizer,
         leaves=tuple(args.leaf),
@@ -95,7 +102,9 @@ def _run(argv: Sequence[str] | None) -> int:
             raise VpipeError("give either a model or --import-pipedream GRAPH_TXT, not both")
         from vpipe.profiler.pipedream import import_pipedream
 
-        profile = import_pipedream(args.import_pipedream, optimizer=args.optimizer)
+        profile = import_pipedream(
+            args.import_pipedream, optimizer=args.optimizer, batch_size=args.batch_size
+        )
     elif args.model:
         profile = _measure(args, console)
     else:

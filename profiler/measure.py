@@ -98,9 +98,10 @@ class SavedBytes:
 def classify_saved(node: fx.Node, reference: Reference, state_keys: set[int]) -> SavedBytes:
     """Sort the storages a node saved into: its inputs', its own output's, and the rest."""
     input_names = {a.name: None for a in node.all_input_nodes}
-    by_input = {
-        storage_key(t): name for name in input_names for t in flat_tensors(reference.values[name])
-    }
+    by_input: dict[int, list[str]] = defaultdict(list)  # inputs may share one storage
+    for name in input_names:
+        for t in flat_tensors(reference.values[name]):
+            by_input[storage_key(t)].append(name)
     own_output = {storage_key(t) for t in flat_tensors(reference.values[node.name])}
     seen: set[int] = set()
     own = 0
@@ -112,7 +113,7 @@ def classify_saved(node: fx.Node, reference: Reference, state_keys: set[int]) ->
             continue
         seen.add(key)
         if key in by_input:
-            kept_inputs.add(by_input[key])
+            kept_inputs.update(by_input[key])
             continue
         own += storage_bytes(t)
         saves_output |= key in own_output

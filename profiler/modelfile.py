@@ -82,6 +82,8 @@ def load_model_file(source: str) -> ModelFile:
     ]
     if missing:
         raise VpipeError(f"{source} defines no {' and no '.join(missing)}(); {CONTRACT}")
+    if not callable(getattr(module, "loss_fn", default_loss)):
+        raise VpipeError(f"{source}: loss_fn is not a function; define loss_fn(output, target)")
     sha = hashlib.sha256(path.read_bytes()).hexdigest() if path else None
     return ModelFile(
         source=source,

@@ -80,9 +80,9 @@ def profile_model(
             "not a torch.nn.Module"
         )
     model = model.to(device).train()
-    inputs, _ = model_file.batch(settings.batch_size, 0)
-    inputs = tuple(t.to(device) for t in inputs)
-    _check_forward(model, inputs, model_file.source, settings.batch_size)
+    inputs, target = model_file.batch(settings.batch_size, 0)
+    inputs, target = tuple(t.to(device) for t in inputs), target.to(device)
+    _check_forward(model, model_file, inputs, target, settings.batch_size)
 
     gm = capture(model, settings.leaves)
     reference = reference_run(gm, inputs)
@@ -128,6 +128,7 @@ def profile_model(
             )
         )
         progress(node.name)
+    del reference  # its values and autograd graph would inflate the whole model's peak
     whole, peak = time_whole_model(model, inputs, clock, settings.warmup, settings.repeats)
     progress("whole model")
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
@@ -150,17 +151,40 @@ def profile_model(
 
 
 def _check_forward(
-    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], source: str, batch_size: int
+    model: torch.nn.Module,
+    model_file: ModelFile,
+    inputs: tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    batch_size: int,
 ) -> None:
+    """One forward and loss on the first batch, so a mismatch fails here in one clear line."""
+    source = model_file.source
     try:
-        model(*inputs)
+        output = model(*inputs)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise VpipeError(
             f"{source}: the model's forward failed on make_batch({batch_size}, 0): "
-            f"{type(err).__name__}: {first}; make_batch must return what "
-            "build_model()'s forward takes"
+            f"{_first_line(err)}; make_batch must return what build_model()'s "
+            "forward takes"
         ) from None
+    try:
+        loss = model_file.loss_fn(output, target)
+    except Exception as err:
+        raise VpipeError(
+            f"{source}: the loss failed on the model's output and make_batch's "
+            f"target: {_first_line(err)}; define loss_fn(output, target) in the "
+            "model file if the default cross-entropy does not fit"
+        ) from None
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise VpipeError(
+            f"{source}: loss_fn must return a scalar tensor, got "
+            f"{getattr(loss, 'shape', type(loss).__name__)}"
+        )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _nbytes(t: torch.Tensor) -> int:

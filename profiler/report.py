@@ -101,7 +101,9 @@ def plot_profile(profile: Profile, path: str | Path) -> None:
     params = [n.param_bytes * mib for n in nodes]
     saved = [(n.saved_bytes or 0) * mib for n in nodes]
     bottom.bar(xs, params, label="parameters", color="tab:green")
-    bottom.bar(xs, saved, bottom=params, label="saved for backward (beyond inputs)", color="tab:red")
+    bottom.bar(
+        xs, saved, bottom=params, label="saved for backward (beyond inputs)", color="tab:red"
+    )
     bottom.plot(xs, [n.output_bytes * mib for n in nodes], "k.", label="output activation")
     bottom.set_ylabel("memory (MiB)")
     bottom.set_xlabel("node (topological order)")

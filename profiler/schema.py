@@ -173,8 +173,10 @@ class Profile:
             )
         except (TypeError, KeyError, ValueError, AttributeError) as err:
             raise VpipeError(f"{where}: malformed profile ({err}); re-run vpipe-profile") from None
+        except VpipeError as err:
+            raise VpipeError(f"{where}: {err}") from None
         recorded = data.get("graph_sha256")
-        if recorded is not None and recorded != profile.graph_sha256:
+        if recorded != profile.graph_sha256:
             raise VpipeError(f"{where}: graph_sha256 does not match its nodes; the file was edited")
         return profile
 
@@ -215,14 +217,27 @@ def _validate(profile: Profile) -> None:
     if len(profile._index) != len(profile.nodes):
         raise VpipeError("profile has two nodes with the same name")
     for position, node in enumerate(profile.nodes):
-        for source in (*node.inputs, *node.saved_inputs):
+        for source in (*node.inputs, *([node.view_of] if node.view_of else [])):
             if profile._index.get(source, position) >= position:
                 raise VpipeError(
                     f"node {node.name!r} reads {source!r}, which is not an earlier node; "
                     "nodes must be in topological order"
                 )
+        if not set(node.saved_inputs) <= set(node.inputs):
+            raise VpipeError(f"node {node.name!r} keeps a tensor that is not one of its inputs")
         if not (node.forward_ms >= 0 and node.backward_ms >= 0):
             raise VpipeError(f"node {node.name!r} has a negative time")
+        sizes = (
+            node.param_bytes,
+            node.grad_bytes,
+            node.optimizer_bytes,
+            node.buffer_bytes,
+            node.output_bytes,
+            node.saved_bytes or 0,
+            node.workspace_bytes or 0,
+        )
+        if min(sizes) < 0:
+            raise VpipeError(f"node {node.name!r} has a negative byte count")
     for name in profile.outputs:
         if name not in profile._index:
             raise VpipeError(f"profile output {name!r} is not a node")

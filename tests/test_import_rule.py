@@ -29,6 +29,8 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level > 1:
+            found.append((node.lineno, "." * node.level + (node.module or "")))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
     return found
@@ -39,6 +41,9 @@ def violations(part: str) -> list[str]:
     for path in sorted((REPO / part).rglob("*.py")):
         for line, module in imported_modules(path):
             where = f"{path.relative_to(REPO)}:{line} imports {module}"
+            if module.startswith(".."):
+                bad.append(f"{where} (relative import out of its part; use vpipe.<part>)")
+                continue
             head = module.split(".")[0]
             if head in UPSTREAM:
                 bad.append(f"{where} (bare top-level name; import it as vpipe.{head})")
@@ -64,10 +69,12 @@ def test_rule_catches_a_violation(tmp_path, monkeypatch):
     """The checker itself must be able to fail."""
     fake = tmp_path / "planner"
     fake.mkdir()
-    (fake / "bad.py").write_text("import torch\nfrom vpipe.profiler.measure import Clock\n")
+    (fake / "bad.py").write_text(
+        "import torch\nfrom vpipe.profiler.measure import Clock\nfrom ..codegen import x\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     found = violations("planner")
-    assert len(found) == 2 and "never imports torch" in found[0]
+    assert len(found) == 3 and "never imports torch" in found[0] and "relative" in found[2]
 
 
 def test_planner_and_profile_schema_import_without_torch():
