@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vpipe.common.errors import VpipeError
+from vpipe.common.yamlfile import load_yaml, save_yaml
 
 SCHEMA_VERSION = 1
 
@@ -243,45 +242,10 @@ def _validate(profile: Profile) -> None:
             raise VpipeError(f"profile output {name!r} is not a node")
 
 
-class _Dumper(yaml.SafeDumper):
-    """Writes lists of plain values (shapes, names) on one line, so the file reads well."""
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
-    flat = all(not isinstance(item, (dict, list)) for item in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
-
-
-_Dumper.add_representer(list, _represent_list)
-
-
 def save_profile(profile: Profile, path: str | Path) -> None:
-    """Write the profile as YAML (through a temporary file, so a crash never leaves half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(yaml.dump(profile.to_dict(), Dumper=_Dumper, sort_keys=False, width=100))
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise VpipeError(
-            f"cannot write {path}: {err.strerror}; choose a writable path with -o"
-        ) from None
+    save_yaml(profile.to_dict(), path)
 
 
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise VpipeError(f"cannot read profile {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise VpipeError(
-            f"{path} is not a text file; give a profile.yaml from vpipe-profile"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise VpipeError(f"{path} is not valid YAML: {err}") from None
-    return Profile.from_dict(data, where=str(path))
+    return Profile.from_dict(load_yaml(path, "profile"), where=str(path))

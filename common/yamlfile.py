@@ -1,0 +1,53 @@
+"""Reading and writing vpipe's YAML files: atomically, readably, with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vpipe.common.errors import VpipeError
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes lists of plain values (shapes, node names) on one line, so the file reads well."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flat = all(not isinstance(item, (dict, list)) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    """Write through a temporary file and rename it, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100))
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise VpipeError(
+            f"cannot write {path}: {err.strerror}; choose a writable path with -o"
+        ) from None
+
+
+def load_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file; `what` names it in errors ("profile", "plan")."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise VpipeError(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise VpipeError(
+            f"{path} is not a text file; give a {what}.yaml written by vpipe"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise VpipeError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None

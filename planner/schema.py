@@ -1,0 +1,223 @@
+"""The plan file: what `vpipe-plan` writes and the code generator reads.
+
+Frozen records with `to_dict`/`from_dict`; dictionaries exist only at the YAML edge. Pure Python
+(no torch), like everything in the planner. See docs/planner.md for the model behind the
+predicted figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vpipe.common.errors import VpipeError
+from vpipe.common.yamlfile import load_yaml, save_yaml
+
+SCHEMA_VERSION = 1
+SCHEDULES = ("asp", "1f1b", "gpipe")
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes one stage needs on its device, by kind."""
+
+    params: int  # the live weights (and buffers)
+    stash: int  # older weight versions kept for in-flight mini-batches (asp only)
+    grads: int
+    optimizer: int
+    activations: int  # in-flight micro-batches x (kept tensors + received inputs)
+    transient: int  # recomputing the largest checkpoint segment for one micro-batch
+
+    @property
+    def total(self) -> int:
+        return (
+            self.params
+            + self.stash
+            + self.grads
+            + self.optimizer
+            + self.activations
+            + self.transient
+        )
+
+
+@dataclass(frozen=True)
+class StagePrediction:
+    """What the cost model predicts for one stage, per micro-batch (mini-batch under asp)."""
+
+    compute_ms: float  # forward + backward + recomputed forward
+    recompute_ms: float  # the part of compute_ms spent recomputing
+    comm_in_ms: float  # receive activations + send their gradients back
+    comm_out_ms: float  # send activations + receive their gradients
+    time_ms: float  # max(compute, comm_in, comm_out): communication overlaps compute
+    memory: MemoryBreakdown
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    nodes: tuple[str, ...]  # profile node names, in the profile's (topological) order
+    recompute: tuple[str, ...]  # nodes recomputed in backward; each run becomes one segment
+    predicted: StagePrediction
+
+
+@dataclass(frozen=True)
+class Prediction:
+    time_per_minibatch_ms: float  # asp: the bottleneck stage; sync: the simulated iteration
+    throughput_samples_per_s: float
+    bottleneck_stage: int
+    bubble_fraction: float  # idle share of stage time in the simulated schedule (0 under asp)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A split users make today, costed with the same model (recompute off)."""
+
+    name: str
+    stage_sizes: tuple[int, ...]  # nodes per stage
+    time_per_minibatch_ms: float
+    fits: bool  # whether every stage fits the memory cap without recompute
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    name: str  # dp | ilp
+    seconds: float
+    optimal: bool  # proven optimal for the model; false: best found, see lower_bound_ms
+    lower_bound_ms: float  # on the bottleneck stage time; equals it when optimal
+    cuts: str  # "all" (every DAG cut) or how the candidate cuts were restricted
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    gpus: int
+    memory_bytes: float  # usable per device, after headroom; math.inf for no limit
+    bandwidth_gbps: float  # GB/s (1e9 bytes); math.inf for free communication
+    schedule: str = "asp"
+    microbatches: int = 1
+    optimizer: str = "sgd"
+    headroom: float = 0.1  # share of --memory kept free for the allocator and the framework
+
+    def __post_init__(self) -> None:
+        if self.gpus < 1:
+            raise VpipeError(f"--gpus must be at least 1 (got {self.gpus})")
+        if self.schedule not in SCHEDULES:
+            raise VpipeError(f"--schedule {self.schedule}: use one of {', '.join(SCHEDULES)}")
+        if self.microbatches < 1:
+            raise VpipeError(f"--microbatches must be at least 1 (got {self.microbatches})")
+        if not self.memory_bytes > 0 or not self.bandwidth_gbps > 0:
+            raise VpipeError("--memory and --bandwidth must be positive (or inf)")
+        if not 0 <= self.headroom < 1:
+            raise VpipeError(f"--headroom must be in [0, 1) (got {self.headroom})")
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str  # path of the profile file, as given
+    profile_sha256: str
+    batch_size: int | None
+    settings: PlanSettings
+    stages: tuple[Stage, ...]
+    predicted: Prediction
+    baselines: tuple[Baseline, ...]
+    solver: SolverInfo
+    notes: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _plain(asdict(self))
+        data = {"schema_version": data.pop("schema_version"), **data}
+        for stage in data["stages"]:
+            stage["predicted"]["memory"]["total"] = self.stages[
+                stage["index"]
+            ].predicted.memory.total
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "plan") -> Plan:
+        if not isinstance(data, Mapping):
+            raise VpipeError(f"{where}: not a vpipe plan (expected a mapping at the top level)")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise VpipeError(
+                f"{where}: schema_version {data.get('schema_version')!r} is not "
+                f"{SCHEMA_VERSION}; re-run vpipe-plan with this version of vpipe"
+            )
+        try:
+            stages = tuple(
+                Stage(
+                    index=s["index"],
+                    nodes=tuple(s["nodes"]),
+                    recompute=tuple(s["recompute"]),
+                    predicted=_prediction(s["predicted"]),
+                )
+                for s in data["stages"]
+            )
+            plan = cls(
+                profile=data["profile"],
+                profile_sha256=data["profile_sha256"],
+                batch_size=data["batch_size"],
+                settings=PlanSettings(**_floats(data["settings"])),
+                stages=stages,
+                predicted=Prediction(**data["predicted"]),
+                baselines=tuple(
+                    Baseline(**{**b, "stage_sizes": tuple(b["stage_sizes"])})
+                    for b in data["baselines"]
+                ),
+                solver=SolverInfo(**data["solver"]),
+                notes=tuple(data.get("notes", ())),
+            )
+        except VpipeError as err:
+            raise VpipeError(f"{where}: {err}") from None
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            raise VpipeError(
+                f"{where}: malformed plan ({type(err).__name__}: {err}); re-run vpipe-plan"
+            ) from None
+        _validate(plan, where)
+        return plan
+
+
+def _prediction(data: Mapping[str, Any]) -> StagePrediction:
+    memory = {k: v for k, v in data["memory"].items() if k != "total"}
+    return StagePrediction(**{**data, "memory": MemoryBreakdown(**memory)})
+
+
+def _floats(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """YAML has no infinity literal that every reader agrees on: inf is written as the string."""
+    return {k: math.inf if v == "inf" else v for k, v in settings.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return value
+
+
+def _validate(plan: Plan, where: str) -> None:
+    if len(plan.stages) != plan.settings.gpus:
+        raise VpipeError(f"{where}: {len(plan.stages)} stages for {plan.settings.gpus} gpus")
+    seen: set[str] = set()
+    for position, stage in enumerate(plan.stages):
+        if stage.index != position:
+            raise VpipeError(f"{where}: stage {position} is numbered {stage.index}")
+        if not stage.nodes:
+            raise VpipeError(f"{where}: stage {position} has no nodes")
+        if seen & set(stage.nodes):
+            raise VpipeError(f"{where}: stage {position} repeats nodes of an earlier stage")
+        seen |= set(stage.nodes)
+        if not set(stage.recompute) <= set(stage.nodes):
+            raise VpipeError(f"{where}: stage {position} recomputes nodes it does not own")
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    save_yaml(plan.to_dict(), path)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file."""
+    return Plan.from_dict(load_yaml(path, "plan"), where=str(path))
