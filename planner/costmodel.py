@@ -1,0 +1,125 @@
+"""What a stage costs, in time and bytes, under each schedule: the planner's one cost model.
+
+Every solver, the brute-force oracle, the report and (later) the runtime's memory checks use
+these functions; nothing else re-derives the formulas. docs/planner.md states the model:
+
+- time per micro-batch: max(compute, comm_in, comm_out), compute = fwd + bwd of every node plus
+  fwd again of every recomputed node, comm = 2 x crossing bytes / bandwidth;
+- memory: weights x versions + grads + optimizer state + in-flight x (kept tensors + received
+  inputs) + the transient of recomputing the largest checkpoint segment.
+
+A *checkpoint segment* is a maximal run of recomputed nodes in the stage's (topological) order.
+A tensor produced in the stage is kept per in-flight micro-batch when a non-recomputed node
+keeps it for backward, or when a segment reads it from outside itself (checkpoint keeps its
+inputs). Tensors from earlier stages are kept as received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from vpipe.planner.graph import PlanGraph
+from vpipe.planner.schema import MemoryBreakdown, PlanSettings, StagePrediction
+
+
+@dataclass(frozen=True)
+class ScheduleShape:
+    """How a schedule multiplies a stage's per-micro-batch figures."""
+
+    versions: int  # weight versions alive (weight stashing keeps one per in-flight mini-batch)
+    in_flight: int  # micro-batches whose activations are alive at once
+    batch_fraction: float  # micro-batch / profiled batch: time and activations scale by it
+
+
+def schedule_shape(settings: PlanSettings, stage: int) -> ScheduleShape:
+    ahead = settings.gpus - stage  # stage s of S runs S - s forwards before its first backward
+    if settings.schedule == "asp":
+        return ScheduleShape(versions=ahead, in_flight=ahead, batch_fraction=1.0)
+    fraction = 1.0 / settings.microbatches
+    if settings.schedule == "1f1b":
+        return ScheduleShape(1, min(ahead, settings.microbatches), fraction)
+    return ScheduleShape(1, settings.microbatches, fraction)  # gpipe: all forwards first
+
+
+def crossing_bytes(graph: PlanGraph, prefix: Collection[int]) -> int:
+    """Bytes of the tensors produced in `prefix` and needed after it (the model's outputs are
+    needed by the loss on the last stage)."""
+    if len(prefix) == graph.size:
+        return 0
+    inside = set(prefix)
+    return sum(
+        graph.out_bytes[u]
+        for u in inside
+        if u in graph.outputs or any(w not in inside for w in graph.succs[u])
+    )
+
+
+def kept_bytes(
+    graph: PlanGraph, stage: Sequence[int], recompute: Collection[int]
+) -> tuple[int, int]:
+    """(bytes kept per micro-batch for backward, transient of the largest segment) of a stage.
+
+    Received inputs are not included: they depend on the cut before the stage.
+    """
+    members = set(stage)
+    recomputed = set(recompute)
+    segment: dict[int, int] = {}  # node -> the id of its checkpoint segment
+    segment_bytes: dict[int, int] = {}
+    current = -1
+    for position, n in enumerate(sorted(stage)):
+        if n in recomputed:
+            if current < 0:
+                current = position
+            segment[n] = current
+            segment_bytes[current] = segment_bytes.get(current, 0) + graph.transient_bytes(n)
+        else:
+            current = -1
+    held: set[int] = set()
+    internal = 0
+    for n in stage:
+        if n in recomputed:
+            # a segment keeps what it reads from outside itself
+            held.update(t for t in graph.reads[n] if segment.get(t, -2) != segment[n])
+        else:
+            internal += graph.internal_bytes[n]
+            held.update(graph.keeps[n])
+    kept = internal + sum(graph.out_bytes[t] for t in held if t in members)
+    return kept, max(segment_bytes.values(), default=0)
+
+
+def evaluate_stage(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    index: int,
+    before: Collection[int],
+    stage: Sequence[int],
+    recompute: Collection[int],
+) -> StagePrediction:
+    """Predicted time and memory of stage `index`, whose earlier stages hold `before`."""
+    shape = schedule_shape(settings, index)
+    scale = shape.batch_fraction
+    recompute_ms = sum(graph.fwd_ms[n] for n in recompute)
+    compute = sum(graph.compute_ms(n) for n in stage) + recompute_ms
+    received = crossing_bytes(graph, before)
+    sent = crossing_bytes(graph, set(before) | set(stage))
+    per_byte_ms = 2 / (settings.bandwidth_gbps * 1e6)  # activation forward + gradient back
+    comm_in, comm_out = received * per_byte_ms * scale, sent * per_byte_ms * scale
+    kept, transient = kept_bytes(graph, stage, recompute)
+    trainable = sum(graph.trainable_bytes[n] for n in stage)
+    memory = MemoryBreakdown(
+        params=sum(graph.param_bytes[n] for n in stage),
+        stash=trainable * (shape.versions - 1),
+        grads=trainable,
+        optimizer=trainable * graph.optimizer_factor,
+        activations=round(shape.in_flight * scale * (kept + received)),
+        transient=round(scale * transient),
+    )
+    return StagePrediction(
+        compute_ms=compute * scale,
+        recompute_ms=recompute_ms * scale,
+        comm_in_ms=comm_in,
+        comm_out_ms=comm_out,
+        time_ms=max(compute * scale, comm_in, comm_out),
+        memory=memory,
+    )

@@ -1,0 +1,103 @@
+"""The profile as the planner sees it: indexed nodes, edges, and who keeps which tensor.
+
+A *tensor* is named by the node that owns its storage (views resolved through `view_of`), and
+each tensor knows its *holders*: the nodes that keep it for backward (consumers listed in their
+`saved_inputs`, and the node that saves its own output). Everything here is computed once per
+profile and read by the cost model and the solvers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile
+
+PIPEDREAM_NOTE = (
+    "saved-for-backward bytes are unknown in this profile (imported from PipeDream): each node "
+    "is assumed to keep its own output, as PipeDream's memory model does"
+)
+
+
+@dataclass(frozen=True)
+class PlanGraph:
+    """Per-node arrays, indexed by topological position."""
+
+    names: tuple[str, ...]
+    preds: tuple[tuple[int, ...], ...]
+    succs: tuple[tuple[int, ...], ...]
+    fwd_ms: tuple[float, ...]  # zero for graph inputs (PipeDream's Input nodes cost nothing)
+    bwd_ms: tuple[float, ...]
+    param_bytes: tuple[int, ...]  # parameters and buffers: one live copy
+    trainable_bytes: tuple[int, ...]  # parameters that get gradients and optimizer state
+    optimizer_factor: int  # optimizer state bytes per trainable byte
+    out_bytes: tuple[int, ...]
+    internal_bytes: tuple[int, ...]  # kept for backward beyond inputs and own output
+    owner: tuple[int, ...]  # node owning the storage of each node's output (itself unless a view)
+    holders: tuple[tuple[int, ...], ...]  # per tensor (owner node): nodes that keep it
+    keeps: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it keeps
+    reads: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it takes as input
+    outputs: tuple[int, ...]  # nodes whose values the model returns: they reach the last stage
+    notes: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def compute_ms(self, i: int) -> float:
+        return self.fwd_ms[i] + self.bwd_ms[i]
+
+    def transient_bytes(self, i: int) -> int:
+        """What recomputing node i materialises for one micro-batch during its backward."""
+        own = self.out_bytes[i] if self.owner[i] == i and self.holders[i] else 0
+        return self.internal_bytes[i] + own
+
+
+def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
+    """Index a profile for planning; `optimizer` overrides the profile's for state bytes."""
+    index = {node.name: i for i, node in enumerate(profile.nodes)}
+    nodes = profile.nodes
+    preds = tuple(tuple(sorted({index[p] for p in n.inputs})) for n in nodes)
+    succs: list[list[int]] = [[] for _ in nodes]
+    for i, ps in enumerate(preds):
+        for p in ps:
+            succs[p].append(i)
+    owner = list(range(len(nodes)))
+    for i, node in enumerate(nodes):
+        if node.view_of:
+            owner[i] = owner[index[node.view_of]]
+    unknown = any(n.saved_bytes is None for n in nodes)
+    holders: list[list[int]] = [[] for _ in nodes]
+    keeps = []
+    internal = []
+    for i, node in enumerate(nodes):
+        kept = {owner[index[name]] for name in node.saved_inputs}
+        saves_output = node.saves_output or node.saved_bytes is None
+        if saves_output:
+            kept.add(owner[i])
+        own_output = node.output_bytes if node.saves_output and owner[i] == i else 0
+        internal.append(max((node.saved_bytes or 0) - own_output, 0))
+        keeps.append(tuple(sorted(kept)))
+        for t in kept:
+            holders[t].append(i)
+    placeholder = [n.op == "placeholder" for n in nodes]
+    factor = OPTIMIZER_STATE_FACTOR[optimizer or profile.optimizer]
+    return PlanGraph(
+        names=tuple(n.name for n in nodes),
+        preds=preds,
+        succs=tuple(tuple(s) for s in succs),
+        fwd_ms=tuple(0.0 if placeholder[i] else n.forward_ms for i, n in enumerate(nodes)),
+        bwd_ms=tuple(0.0 if placeholder[i] else n.backward_ms for i, n in enumerate(nodes)),
+        param_bytes=tuple(n.param_bytes + n.buffer_bytes for n in nodes),
+        trainable_bytes=tuple(n.grad_bytes for n in nodes),
+        optimizer_factor=factor,
+        out_bytes=tuple(n.output_bytes for n in nodes),
+        internal_bytes=tuple(internal),
+        owner=tuple(owner),
+        holders=tuple(tuple(h) for h in holders),
+        keeps=tuple(keeps),
+        reads=tuple(tuple(sorted({owner[p] for p in ps})) for ps in preds),
+        outputs=tuple(index[name] for name in profile.outputs)
+        if profile.source_kind == "model"
+        else (),
+        notes=(PIPEDREAM_NOTE,) if unknown else (),
+    )

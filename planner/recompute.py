@@ -1,0 +1,139 @@
+"""The cheapest recompute set that makes one stage fit its memory: exact, by dynamic programming.
+
+Recomputing a node adds its forward time again and frees what it keeps for backward, but a
+checkpoint segment keeps its inputs, and the largest segment is rebuilt whole during backward.
+Those effects depend on which neighbours are recomputed too, so this is no plain knapsack: the
+program walks the stage's nodes in order and carries, for every tensor still to be read, whether
+it is already kept and whether its producer is in the open segment. Partial solutions with the
+same such state are compared on (added time, kept bytes, peak transient, open segment's
+transient) and only the Pareto-best survive, so the result is exactly `costmodel.kept_bytes`'s
+optimum (tests check it against brute force).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vpipe.planner.graph import PlanGraph
+
+
+@dataclass(frozen=True)
+class MemoryRoom:
+    """Budget for a stage's recompute-dependent bytes: act x kept + trans x transient <= room."""
+
+    room: float  # the device cap less weights, grads, optimizer state and received inputs
+    act: float  # in-flight micro-batches x micro-batch fraction
+    trans: float  # micro-batch fraction
+
+
+@dataclass(frozen=True)
+class _Partial:
+    added_ms: float
+    kept: int
+    peak: int  # largest finished segment's transient, or the open one's if larger
+    current: int  # transient of the open segment
+    chosen: tuple[int, ...]  # recomputed nodes so far
+
+    def dominates(self, other: _Partial) -> bool:
+        return (
+            self.added_ms <= other.added_ms
+            and self.kept <= other.kept
+            and self.peak <= other.peak
+            and self.current <= other.current
+        )
+
+
+def cheapest_recompute(
+    graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, max_added_ms: float = math.inf
+) -> tuple[tuple[int, ...], float] | None:
+    """(recomputed nodes, added ms) of least added time that fits, or None if nothing fits."""
+    order = sorted(stage)
+    members = set(order)
+    last_use: dict[int, int] = {}
+    for position, n in enumerate(order):
+        for t in (*graph.reads[n], *graph.keeps[n]):
+            if t in members:
+                last_use[t] = position
+    # state: ((tensor, kept, producer in the open segment), ...) for tensors still to be read
+    states: dict[tuple, list[_Partial]] = {(): [_Partial(0.0, 0, 0, 0, ())]}
+    for position, n in enumerate(order):
+        following: dict[tuple, list[_Partial]] = {}
+        for live, partials in states.items():
+            for recompute in (False, True):
+                step = _step(graph, n, recompute, dict((t, (k, o)) for t, k, o in live), members)
+                tensors, extra_kept, extra_ms = step
+                key = tuple(
+                    sorted(
+                        (t, k, o) for t, (k, o) in tensors.items() if last_use.get(t, -1) > position
+                    )
+                )
+                for partial in partials:
+                    moved = _advance(graph, partial, n, recompute, extra_kept, extra_ms)
+                    if moved.added_ms > max_added_ms or not _fits(moved, budget):
+                        continue
+                    _insert(following.setdefault(key, []), moved)
+        states = following
+    finals = [p for partials in states.values() for p in partials]
+    if not finals:
+        return None
+    best = min(
+        finals, key=lambda p: (p.added_ms, budget.act * p.kept + budget.trans * p.peak, p.chosen)
+    )
+    return best.chosen, best.added_ms
+
+
+def _step(
+    graph: PlanGraph,
+    n: int,
+    recompute: bool,
+    tensors: dict[int, tuple[bool, bool]],
+    members: set[int],
+) -> tuple[dict[int, tuple[bool, bool]], int, float]:
+    """Apply node n's decision to the live tensors: (tensors, newly kept bytes, added ms)."""
+    newly_kept = 0
+    if recompute:
+        for t in graph.reads[n]:
+            if t in members and t in tensors and not any(tensors[t]):
+                tensors[t] = (True, False)  # a segment input: checkpoint keeps it
+                newly_kept += graph.out_bytes[t]
+        if graph.owner[n] == n:
+            tensors[n] = (False, True)
+        return tensors, newly_kept, graph.fwd_ms[n]
+    if graph.owner[n] == n:
+        tensors[n] = (False, False)
+    for t in graph.keeps[n]:
+        if t in members and t in tensors and not tensors[t][0]:
+            tensors[t] = (True, False)
+            newly_kept += graph.out_bytes[t]
+    # the run of recomputed nodes ends here: no tensor's producer is in an open segment now
+    tensors = {t: (kept, False) for t, (kept, _) in tensors.items()}
+    return tensors, newly_kept + graph.internal_bytes[n], 0.0
+
+
+def _advance(
+    graph: PlanGraph, partial: _Partial, n: int, recompute: bool, extra_kept: int, extra_ms: float
+) -> _Partial:
+    if recompute:
+        current = partial.current + graph.transient_bytes(n)
+        return _Partial(
+            partial.added_ms + extra_ms,
+            partial.kept + extra_kept,
+            max(partial.peak, current),
+            current,
+            (*partial.chosen, n),
+        )
+    return _Partial(partial.added_ms, partial.kept + extra_kept, partial.peak, 0, partial.chosen)
+
+
+def _fits(partial: _Partial, budget: MemoryRoom) -> bool:
+    return budget.act * partial.kept + budget.trans * partial.peak <= budget.room
+
+
+def _insert(front: list[_Partial], candidate: _Partial) -> None:
+    """Keep `front` a Pareto set: drop the candidate if dominated, else what it dominates."""
+    if any(p.dominates(candidate) for p in front):
+        return
+    front[:] = [p for p in front if not candidate.dominates(p)]
+    front.append(candidate)

@@ -1,0 +1,55 @@
+"""Random small profiles for property tests: DAGs with skips, views, kept inputs and outputs."""
+
+from __future__ import annotations
+
+import random
+
+from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
+
+
+def random_profile(seed: int, size: int) -> Profile:
+    rng = random.Random(seed)
+    nodes: list[NodeProfile] = []
+    for i in range(size):
+        name = f"n{i}"
+        if i == 0:
+            inputs: tuple[str, ...] = ()
+        else:
+            pool = [f"n{j}" for j in range(i)]
+            skips = rng.sample(pool, min(len(pool), rng.randint(0, 1)))
+            inputs = tuple(sorted({f"n{i - 1}", *skips}))
+        is_view = i > 0 and len(inputs) == 1 and rng.random() < 0.2
+        out = nodes[int(inputs[0][1:])].output_bytes if is_view else rng.randint(1, 8) * 100
+        saves_output = not is_view and rng.random() < 0.4
+        internal = rng.choice([0, 0, 50, 120])
+        params = rng.choice([0, 400, 1000])
+        nodes.append(
+            NodeProfile(
+                name=name,
+                op="placeholder" if i == 0 else "call_module",
+                target="T",
+                inputs=inputs,
+                outputs=(TensorMeta((out // 4,), "float32"),),
+                forward_ms=0.0 if i == 0 else rng.randint(1, 9) / 2,
+                backward_ms=0.0 if i == 0 else rng.randint(1, 9),
+                param_bytes=params,
+                grad_bytes=params,
+                optimizer_bytes=0,
+                buffer_bytes=0,
+                output_bytes=out,
+                saved_bytes=internal + (out if saves_output else 0),
+                saved_inputs=tuple(p for p in inputs if rng.random() < 0.5),
+                saves_output=saves_output,
+                view_of=inputs[0] if is_view else "",
+            )
+        )
+    return Profile(
+        source=f"random-{seed}",
+        source_kind="model",
+        device="cpu",
+        dtype="float32",
+        batch_size=4,
+        optimizer="sgd",
+        nodes=tuple(nodes),
+        outputs=(f"n{size - 1}",),
+    )

@@ -1,0 +1,48 @@
+"""The recompute program against brute force over every subset of a stage's nodes."""
+
+import itertools
+import math
+import random
+
+import pytest
+
+from vpipe.planner.costmodel import kept_bytes
+from vpipe.planner.graph import plan_graph
+from vpipe.planner.recompute import MemoryRoom, cheapest_recompute
+
+from .randomgraphs import random_profile
+
+
+def brute(graph, stage, budget):
+    best = None
+    for size in range(len(stage) + 1):
+        for chosen in itertools.combinations(stage, size):
+            kept, transient = kept_bytes(graph, stage, chosen)
+            if budget.act * kept + budget.trans * transient > budget.room:
+                continue
+            added = sum(graph.fwd_ms[n] for n in chosen)
+            if best is None or added < best:
+                best = added
+    return best
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_matches_brute_force(seed):
+    rng = random.Random(seed)
+    graph = plan_graph(random_profile(seed, rng.randint(2, 10)))
+    start = rng.randint(0, graph.size - 1)
+    stage = list(range(start, rng.randint(start + 1, graph.size)))
+    full_kept, full_transient = kept_bytes(graph, stage, ())
+    act, trans = rng.choice([1, 2, 3]), rng.choice([1, 0.5])
+    budget = MemoryRoom(
+        room=rng.uniform(0, 1.2) * (act * full_kept + trans * full_transient), act=act, trans=trans
+    )
+    expected = brute(graph, stage, budget)
+    found = cheapest_recompute(graph, stage, budget)
+    if expected is None:
+        assert found is None
+        return
+    chosen, added = found
+    assert math.isclose(added, expected)
+    kept, transient = kept_bytes(graph, stage, chosen)
+    assert act * kept + trans * transient <= budget.room
