@@ -1,0 +1,181 @@
+"""The same model as an integer program (PuLP; HiGHS when installed, CBC otherwise).
+
+It is the oracle that keeps the dynamic program honest on small graphs, and the fallback that
+proves (or improves) a split when the DAG has too many cuts to enumerate. Variables are named
+after what they mean:
+
+    x[n,k]  node n is on stage k          r[n]    node n is recomputed
+    z[n,k]  n is on stage k and recomputed (x AND r)
+    y[n,k]  n is on stage k or earlier     c[u,k]  u's output crosses the cut after stage k
+    h[t,k]  tensor t is kept on stage k    q[n,k]  transient of the open segment at n
+    p[k]    stage k's largest segment      T       the bottleneck time (minimised)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import pulp
+
+from vpipe.planner.costmodel import schedule_shape
+from vpipe.planner.graph import PlanGraph
+from vpipe.planner.schema import PlanSettings
+from vpipe.planner.split import Split
+
+TIME_LIMIT_S = 60.0
+
+
+def _solver(time_limit: float) -> pulp.LpSolver:
+    if "HiGHS" in pulp.listSolvers(onlyAvailable=True):
+        return pulp.HiGHS(msg=False, timeLimit=time_limit)
+    return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS prints a banner on file descriptor 1 even with msg=False; keep stdout clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def solve_ilp(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    warm_start: Split | None = None,
+    time_limit: float = TIME_LIMIT_S,
+) -> Split:
+    start = time.perf_counter()
+    nodes, stages = range(graph.size), range(settings.gpus)
+    last = settings.gpus - 1
+    prob = pulp.LpProblem("vpipe_split", pulp.LpMinimize)
+    binary, unit = pulp.LpBinary, {"lowBound": 0, "upBound": 1}
+    x = {(n, k): prob.add_variable(f"x_{n}_{k}", cat=binary) for n in nodes for k in stages}
+    r = {n: prob.add_variable(f"r_{n}", cat=binary) for n in nodes}
+    z = {(n, k): prob.add_variable(f"z_{n}_{k}", **unit) for n in nodes for k in stages}
+    c = {(u, k): prob.add_variable(f"c_{u}_{k}", **unit) for u in nodes for k in stages[:-1]}
+    h = {(t, k): prob.add_variable(f"h_{t}_{k}", **unit) for t in nodes for k in stages}
+    q = {(n, k): prob.add_variable(f"q_{n}_{k}", lowBound=0) for n in nodes for k in stages}
+    p = {k: prob.add_variable(f"p_{k}", lowBound=0) for k in stages}
+    bottleneck = prob.add_variable("T", lowBound=0)
+    prob += bottleneck
+
+    def stage_of(n: int) -> pulp.LpAffineExpression:
+        return pulp.lpSum(k * x[n, k] for k in stages)
+
+    def y(n: int, k: int) -> pulp.LpAffineExpression:
+        return pulp.lpSum(x[n, j] for j in range(k + 1))
+
+    # placement: one stage per node, none empty, every edge forward
+    for n in nodes:
+        prob += pulp.lpSum(x[n, k] for k in stages) == 1
+    for k in stages:
+        prob += pulp.lpSum(x[n, k] for n in nodes) >= 1
+    for u in nodes:
+        for v in graph.succs[u]:
+            prob += pulp.lpSum(k * x[u, k] for k in stages) <= pulp.lpSum(
+                k * x[v, k] for k in stages
+            )
+    # z = x AND r
+    for (n, k), var in z.items():
+        prob += var <= x[n, k]
+        prob += var <= r[n]
+        prob += var >= x[n, k] + r[n] - 1
+    # crossing: produced up to stage k, needed after it (model outputs are needed by the loss)
+    for u in nodes:
+        for k in stages[:-1]:
+            for v in graph.succs[u]:
+                prob += c[u, k] >= y(u, k) - y(v, k)
+            if u in graph.outputs:
+                prob += c[u, k] >= y(u, k)
+    crossing = {k: pulp.lpSum(graph.out_bytes[u] * c[u, k] for u in nodes) for k in stages[:-1]}
+    # kept tensors: by a holder that is not recomputed, or as the input of a checkpoint segment
+    for t in nodes:
+        for k in stages:
+            for holder in graph.holders[t]:
+                prob += h[t, k] >= x[t, k] + x[holder, k] - z[holder, k] - 1
+            for reader in (n for n in nodes if t in graph.reads[n] and n != t):
+                prob += h[t, k] >= z[reader, k] + x[t, k] - 1 - z[t, k]
+                for between in range(t + 1, reader):
+                    prob += h[t, k] >= z[reader, k] + x[t, k] + x[between, k] - z[between, k] - 2
+    # transient: the open segment grows through recomputed nodes of the stage, skips the others
+    big = sum(graph.transient_bytes(n) for n in nodes) + 1
+    for k in stages:
+        for n in nodes:
+            previous = q[n - 1, k] if n else 0
+            prob += q[n, k] >= previous + graph.transient_bytes(n) - big * (1 - z[n, k])
+            prob += q[n, k] >= previous - big * x[n, k]
+            prob += p[k] >= q[n, k]
+    per_byte = 2 / (settings.bandwidth_gbps * 1e6)
+    for k in stages:
+        shape = schedule_shape(settings, k)
+        scale = shape.batch_fraction
+        prob += bottleneck >= scale * pulp.lpSum(
+            graph.compute_ms(n) * x[n, k] + graph.fwd_ms[n] * z[n, k] for n in nodes
+        )
+        received = crossing[k - 1] if k else 0
+        if math.isfinite(per_byte):
+            if k:
+                prob += bottleneck >= per_byte * scale * crossing[k - 1]
+            if k < last:
+                prob += bottleneck >= per_byte * scale * crossing[k]
+        if math.isfinite(settings.memory_bytes):
+            weights = pulp.lpSum(
+                (
+                    graph.param_bytes[n]
+                    + graph.trainable_bytes[n] * (shape.versions + graph.optimizer_factor)
+                )
+                * x[n, k]
+                for n in nodes
+            )
+            kept = (
+                pulp.lpSum(
+                    graph.internal_bytes[n] * (x[n, k] - z[n, k]) + graph.out_bytes[n] * h[n, k]
+                    for n in nodes
+                )
+                + received
+            )
+            prob += weights + shape.in_flight * scale * kept + scale * p[k] <= settings.memory_bytes
+    if warm_start is not None and warm_start.feasible:
+        prob += bottleneck <= warm_start.bottleneck_ms  # only a better split is of interest
+    with _quiet_stdout():
+        prob.solve(_solver(time_limit))
+    return _result(prob, graph, settings, x, r, bottleneck, time.perf_counter() - start)
+
+
+def _result(prob, graph, settings, x, r, bottleneck, seconds) -> Split:
+    status = prob.sol_status  # 1: proven optimal, 2: feasible (time limit), else no solution
+    if status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        return Split(
+            solver="ilp",
+            feasible=False,
+            optimal=status == pulp.LpSolutionInfeasible,
+            seconds=seconds,
+        )
+    stages = tuple(
+        tuple(n for n in range(graph.size) if x[n, k].value() > 0.5) for k in range(settings.gpus)
+    )
+    recompute = tuple(tuple(n for n in stage if r[n].value() > 0.5) for stage in stages)
+    value = bottleneck.value()
+    optimal = status == pulp.LpSolutionOptimal
+    return Split(
+        solver="ilp",
+        feasible=True,
+        stages=stages,
+        recompute=recompute,
+        bottleneck_ms=value,
+        optimal=optimal,
+        lower_bound_ms=value if optimal else 0.0,
+        seconds=seconds,
+    )

@@ -1,0 +1,83 @@
+"""Plan a profile: solve for the split, then state its predictions and the baselines'."""
+
+from __future__ import annotations
+
+import math
+
+from vpipe.common.errors import VpipeError
+from vpipe.planner.baselines import baselines
+from vpipe.planner.diagnose import explain_infeasible
+from vpipe.planner.dp import solve_dp
+from vpipe.planner.graph import plan_graph
+from vpipe.planner.predict import predict_pipeline, predict_stages
+from vpipe.planner.schema import Plan, PlanSettings, SolverInfo, Stage
+from vpipe.planner.split import Split
+from vpipe.profiler.schema import Profile
+
+SOLVERS = ("auto", "dp", "ilp")
+
+
+def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Split:
+    graph = plan_graph(profile, settings.optimizer)
+    if settings.gpus > graph.size:
+        raise VpipeError(
+            f"--gpus {settings.gpus} is more than the profile's {graph.size} nodes; "
+            "use fewer GPUs or a finer profile (fewer --leaf classes)"
+        )
+    if solver == "ilp":
+        from vpipe.planner.ilp import solve_ilp
+
+        return solve_ilp(graph, settings)
+    split = solve_dp(graph, settings)
+    if solver == "auto" and split.feasible and not split.optimal:
+        from vpipe.planner.ilp import solve_ilp
+
+        proven = solve_ilp(graph, settings, warm_start=split)
+        if proven.feasible and proven.bottleneck_ms <= split.bottleneck_ms:
+            return proven
+    return split
+
+
+def make_plan(
+    profile: Profile,
+    profile_path: str,
+    profile_sha256: str,
+    settings: PlanSettings,
+    solver: str = "auto",
+) -> tuple[Plan, float]:
+    """The plan for `profile` under `settings` and the solve time in seconds; VpipeError (with
+    the reason) if none fits."""
+    graph = plan_graph(profile, settings.optimizer)
+    split = solve(profile, settings, solver)
+    if not split.feasible:
+        raise VpipeError(explain_infeasible(graph, settings))
+    predictions = predict_stages(graph, settings, split.stages, split.recompute)
+    names = graph.names
+    stages = tuple(
+        Stage(
+            index=k,
+            nodes=tuple(names[n] for n in stage),
+            recompute=tuple(names[n] for n in chosen),
+            predicted=prediction,
+        )
+        for k, (stage, chosen, prediction) in enumerate(
+            zip(split.stages, split.recompute, predictions, strict=True)
+        )
+    )
+    plan = Plan(
+        profile=profile_path,
+        profile_sha256=profile_sha256,
+        batch_size=profile.batch_size,
+        settings=settings,
+        stages=stages,
+        predicted=predict_pipeline(graph, settings, profile.batch_size, split.stages, predictions),
+        baselines=tuple(baselines(graph, settings, profile.batch_size)),
+        solver=SolverInfo(
+            name=split.solver,
+            optimal=split.optimal,
+            lower_bound_ms=split.lower_bound_ms if math.isfinite(split.lower_bound_ms) else 0.0,
+            cuts=split.cuts,
+        ),
+        notes=graph.notes,
+    )
+    return plan, split.seconds
