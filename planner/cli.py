@@ -1,37 +1,124 @@
-"""`vpipe-plan`: pick contiguous stage boundaries and per-stage recompute for a profile.
-
-Only the interface exists yet; its issue builds the rest.
-"""
+"""`vpipe-plan`: pick stage boundaries and per-stage recompute for a profile, write plan.yaml."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from vpipe.common.cli import not_implemented, run_command
+from rich.console import Console
+
+from vpipe.common.cli import run_command
+from vpipe.common.errors import VpipeError
+from vpipe.planner.planning import SOLVERS, make_plan
+from vpipe.planner.report import plot_plan, print_plan
+from vpipe.planner.schema import SCHEDULES, PlanSettings, save_plan
+from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, load_profile
+
+GIB = 2**30
+
+
+def _amount(text: str) -> float:
+    """A positive number, or inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or inf") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vpipe-plan",
-        description="Pick contiguous stage boundaries and per-stage recompute for a profile.",
+        description="Pick contiguous stage boundaries and, per stage, which nodes to recompute, "
+        "minimising the time per mini-batch under each device's memory. See docs/planner.md.",
     )
     parser.add_argument("profile", help="profile.yaml written by vpipe-profile")
+    parser.add_argument("--gpus", type=int, required=True, help="pipeline stages, one device each")
     parser.add_argument(
-        "--gpus", type=int, required=True, help="number of pipeline stages (one device each)"
+        "--memory",
+        type=_amount,
+        default=math.inf,
+        metavar="GiB",
+        help="memory per device in GiB, or inf (default inf)",
     )
     parser.add_argument(
-        "-o",
-        dest="output",
-        default="plan.yaml",
-        help="where to write the plan (default: plan.yaml)",
+        "--headroom",
+        type=float,
+        default=0.1,
+        help="share of --memory left free for the allocator (default 0.1)",
     )
+    parser.add_argument(
+        "--bandwidth",
+        type=_amount,
+        default=math.inf,
+        metavar="GB/s",
+        help="link bandwidth between stages in GB/s (1e9 B), or inf (default)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="asp",
+        help="asp (asynchronous 1F1B, weight stashing; default), 1f1b, gpipe",
+    )
+    parser.add_argument(
+        "--microbatches",
+        type=int,
+        help="micro-batches per mini-batch for 1f1b/gpipe (default 2 x gpus)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=tuple(OPTIMIZER_STATE_FACTOR),
+        help="optimizer whose state to count (default: the profile's)",
+    )
+    parser.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default="auto",
+        help="dp (exact over all cuts), ilp, or auto (dp; ilp to prove a dp "
+        "answer on graphs with too many cuts)",
+    )
+    parser.add_argument("-o", "--output", default="plan.yaml", help="plan file to write")
+    parser.add_argument("--plot", metavar="PNG", help="also draw per-stage time and memory")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no table")
     return parser
 
 
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    profile = load_profile(args.profile)
+    sha = hashlib.sha256(Path(args.profile).read_bytes()).hexdigest()
+    microbatches = args.microbatches or (1 if args.schedule == "asp" else 2 * args.gpus)
+    if args.schedule == "asp" and microbatches != 1:
+        raise VpipeError(
+            "--microbatches is for --schedule 1f1b or gpipe; asp runs whole mini-batches"
+        )
+    settings = PlanSettings(
+        gpus=args.gpus,
+        memory_bytes=args.memory * GIB * (1 - args.headroom),
+        bandwidth_gbps=args.bandwidth,
+        schedule=args.schedule,
+        microbatches=microbatches,
+        optimizer=args.optimizer or profile.optimizer,
+        headroom=args.headroom,
+    )
+    plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver)
+    save_plan(plan, args.output)
+    if args.plot:
+        plot_plan(plan, args.plot)
+    if not args.quiet:
+        print_plan(plan, seconds, Console(width=None if sys.stdout.isatty() else 120))
+    print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-plan", lambda args: not_implemented(build_parser(), args), argv)
+    return run_command("vpipe-plan", _run, argv)
 
 
 if __name__ == "__main__":

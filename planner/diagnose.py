@@ -14,26 +14,30 @@ GIB = 2**30
 
 
 def explain_infeasible(graph: PlanGraph, settings: PlanSettings) -> str:
-    """One line: which stage of the fastest unconstrained split cannot fit, by how much."""
+    """One line: the stage of the fastest unconstrained split furthest over the limit, with its
+    memory without recompute and with every node recomputed, and what would help."""
     free = solve_dp(graph, dataclasses.replace(settings, memory_bytes=math.inf))
     before: list[int] = []
     worst = None
     for index, stage in enumerate(free.stages):
-        least = evaluate_stage(graph, settings, index, before, stage, stage).memory
-        if worst is None or least.total > worst[1].total:
-            worst = (index, least)
+        plain = evaluate_stage(graph, settings, index, before, stage, ()).memory
+        full = evaluate_stage(graph, settings, index, before, stage, stage).memory
+        least = min(plain.total, full.total)
+        if worst is None or least > worst[1]:
+            worst = (index, least, plain, full)
         before += stage
     assert worst is not None
-    index, least = worst
-    over = least.total - settings.memory_bytes
-    weights = least.params + least.stash + least.grads + least.optimizer
+    index, least, plain, full = worst
+    weights = plain.params + plain.stash + plain.grads + plain.optimizer
     helps = ["more --gpus", "a smaller batch (re-profile with --batch-size)"]
     if settings.schedule == "asp":
         helps.append("--schedule 1f1b (one weight version, fewer mini-batches in flight)")
     return (
         f"no plan fits {settings.memory_bytes / GIB:.2f} GiB per device (after "
-        f"{settings.headroom:.0%} headroom): stage {index} of {settings.gpus} needs at least "
-        f"{least.total / GIB:.2f} GiB even with every node recomputed ({over / GIB:.2f} GiB over; "
-        f"weights, stashed versions, gradients and optimizer state alone are "
-        f"{weights / GIB:.2f} GiB); try {', '.join(helps)}, or more --memory"
+        f"{settings.headroom:.0%} headroom): in the fastest split, stage {index} of "
+        f"{settings.gpus} needs {plain.total / GIB:.2f} GiB without recompute and "
+        f"{full.total / GIB:.2f} GiB with every node recomputed "
+        f"({(least - settings.memory_bytes) / GIB:.2f} GiB over; weights, stashed versions, "
+        f"gradients and optimizer state alone are {weights / GIB:.2f} GiB); try "
+        f"{', '.join(helps)}, or more --memory"
     )

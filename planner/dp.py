@@ -70,11 +70,13 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
         ideals = prefix_ideals(graph)
         cuts = "prefixes of two topological orders (too many cuts to enumerate)"
     tables = _Tables(graph, ideals)
-    best, choice = _run(graph, settings, tables)
-    split = _reconstruct(graph, settings, tables, best, choice)
-    bound = max(tables.compute[-1] / settings.gpus, max(map(graph.compute_ms, range(graph.size))))
+    best, path, recomputed, searched_fully = _run(graph, settings, tables)
+    split = _reconstruct(tables, best, path, recomputed)
+    bound = float(
+        max(tables.compute[-1] / settings.gpus, max(map(graph.compute_ms, range(graph.size))))
+    )
     bound *= schedule_shape(settings, 0).batch_fraction
-    exact = cuts == "all"
+    exact = cuts == "all" and searched_fully
     return Split(
         solver="dp",
         feasible=split is not None,
@@ -89,69 +91,80 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
 
 
 def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
+    """Lazy exact search: a stage that needs recompute first counts at its time without
+    recompute (a lower bound: recompute only adds time); whenever the best chain uses such a
+    stage, its true cost is computed and the chain is searched again. When the best chain uses
+    only true costs, it is optimal."""
     per_byte = 2 / (settings.bandwidth_gbps * 1e6)
     count = len(tables.ideals)
-    best = np.full((settings.gpus, count), math.inf)
-    choice: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
+    costs, needy, rooms = [], [], []
     for k in range(settings.gpus):
         shape = schedule_shape(settings, k)
         scale = shape.batch_fraction
-        comm_in = tables.crossing * per_byte * scale  # indexed by J
-        comm_out = tables.crossing * per_byte * scale  # indexed by I
+        comm = tables.crossing * per_byte * scale
         compute = (tables.compute[None, :] - tables.compute[:, None]) * scale
-        stage_time = np.maximum(compute, np.maximum(comm_in[:, None], comm_out[None, :]))
+        stage_time = np.maximum(compute, np.maximum(comm[:, None], comm[None, :]))
         trainable = tables.trainable[None, :] - tables.trainable[:, None]
         weights = (
             tables.params[None, :]
             - tables.params[:, None]
             + trainable * (shape.versions + graph.optimizer_factor)
+            + shape.in_flight * scale * tables.crossing[:, None]
         )
-        received = shape.in_flight * scale * tables.crossing[:, None]
-        memory = weights + received + shape.in_flight * scale * tables.kept
-        previous = np.zeros(count) if k == 0 else best[k - 1]
-        if k == 0:
-            previous = np.where(np.arange(count) == 0, 0.0, math.inf)
-        value = np.maximum(previous[:, None], stage_time)
-        allowed = tables.inside & np.isfinite(value)
-        fits = allowed & (memory <= settings.memory_bytes)
-        for i in range(1, count):
-            column = np.where(fits[:, i], value[:, i], math.inf)
-            j = int(np.argmin(column))
-            if np.isfinite(column[j]):
-                best[k, i] = column[j]
-                choice[k, i] = (j, ())
-            # stages that need recompute, cheapest-looking first, while they can still win
-            needy = np.flatnonzero(allowed[:, i] & ~fits[:, i])
-            for j in needy[np.argsort(value[needy, i], kind="stable")]:
-                if value[j, i] >= best[k, i]:
-                    break
-                room = MemoryRoom(
-                    room=settings.memory_bytes - weights[j, i] - received[j, 0],
-                    act=shape.in_flight * scale,
-                    trans=scale,
-                )
-                slack = (best[k, i] - compute[j, i]) / scale
-                stage = members(tables.ideals[i] & ~tables.ideals[j])
-                found = cheapest_recompute(graph, stage, room, max_added_ms=slack)
-                if found is None:
-                    continue
-                chosen, added = found
-                candidate = max(previous[j], compute[j, i] + added * scale, comm_in[j], comm_out[i])
-                if candidate < best[k, i]:
-                    best[k, i] = candidate
-                    choice[k, i] = (int(j), chosen)
-    return best, choice
+        memory = weights + shape.in_flight * scale * tables.kept
+        costs.append(np.where(tables.inside, stage_time, math.inf))
+        needy.append(tables.inside & (memory > settings.memory_bytes))
+        rooms.append((settings.memory_bytes - weights, compute, shape, comm))
+    recomputed: dict[tuple[int, int, int], tuple[int, ...]] = {}
+    exact = True  # every recompute search was complete
+    while True:
+        best, arg = _chain(costs, count)
+        path = _path(arg, settings.gpus, count) if np.isfinite(best[-1, -1]) else []
+        todo = [(k, j, i) for k, j, i in path if needy[k][j, i] and (k, j, i) not in recomputed]
+        if not todo:
+            break
+        for k, j, i in todo:
+            room, compute, shape, comm = rooms[k]
+            scale = shape.batch_fraction
+            budget = MemoryRoom(room=room[j, i], act=shape.in_flight * scale, trans=scale)
+            found = cheapest_recompute(graph, members(tables.ideals[i] & ~tables.ideals[j]), budget)
+            if found is None:
+                costs[k][j, i] = math.inf
+                recomputed[k, j, i] = ()
+                continue
+            exact &= found.exact
+            recomputed[k, j, i] = found.chosen
+            costs[k][j, i] = max(compute[j, i] + found.added_ms * scale, comm[j], comm[i])
+    return best, path, recomputed, exact
 
 
-def _reconstruct(graph, settings, tables, best, choice):
-    last = len(tables.ideals) - 1
-    if not np.isfinite(best[settings.gpus - 1, last]):
-        return None
-    stages, recompute = [], []
-    i = last
-    for k in range(settings.gpus - 1, -1, -1):
-        j, chosen = choice[k, i]
-        stages.append(tuple(members(tables.ideals[i] & ~tables.ideals[j])))
-        recompute.append(tuple(chosen))
+def _chain(costs: list[np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Min-max over chains of ideals: best[k, I] and the J it came from."""
+    best = np.full((len(costs), count), math.inf)
+    arg = np.zeros((len(costs), count), dtype=np.int64)
+    previous = np.where(np.arange(count) == 0, 0.0, math.inf)
+    for k, cost in enumerate(costs):
+        value = np.maximum(previous[:, None], cost)
+        arg[k] = np.argmin(value, axis=0)
+        best[k] = value[arg[k], np.arange(count)]
+        previous = best[k]
+    return best, arg
+
+
+def _path(arg: np.ndarray, stages: int, count: int) -> list[tuple[int, int, int]]:
+    """The (stage, J, I) transitions of the best chain ending at the full set."""
+    path = []
+    i = count - 1
+    for k in range(stages - 1, -1, -1):
+        j = int(arg[k, i])
+        path.append((k, j, i))
         i = j
-    return tuple(reversed(stages)), tuple(reversed(recompute)), float(best[-1, last])
+    return path[::-1]
+
+
+def _reconstruct(tables, best, path, recomputed):
+    if not path:
+        return None
+    stages = tuple(tuple(members(tables.ideals[i] & ~tables.ideals[j])) for _, j, i in path)
+    recompute = tuple(recomputed.get(step, ()) for step in path)
+    return stages, recompute, float(best[-1, -1])

@@ -14,7 +14,7 @@ from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile
 
 PIPEDREAM_NOTE = (
     "saved-for-backward bytes are unknown in this profile (imported from PipeDream): each node "
-    "is assumed to keep its own output, as PipeDream's memory model does"
+    "that computes is assumed to keep its own output, as PipeDream's memory model does"
 )
 
 
@@ -71,7 +71,8 @@ def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
     internal = []
     for i, node in enumerate(nodes):
         kept = {owner[index[name]] for name in node.saved_inputs}
-        saves_output = node.saves_output or node.saved_bytes is None
+        # unknown (PipeDream): a node that computes keeps its output; bookkeeping ops do not
+        saves_output = node.saves_output or (node.saved_bytes is None and node.compute_ms > 0)
         if saves_output:
             kept.add(owner[i])
         own_output = node.output_bytes if node.saves_output and owner[i] == i else 0

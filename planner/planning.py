@@ -15,6 +15,7 @@ from vpipe.planner.split import Split
 from vpipe.profiler.schema import Profile
 
 SOLVERS = ("auto", "dp", "ilp")
+ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to prove a dp answer
 
 
 def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Split:
@@ -29,7 +30,8 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
 
         return solve_ilp(graph, settings)
     split = solve_dp(graph, settings)
-    if solver == "auto" and split.feasible and not split.optimal:
+    small = graph.size * settings.gpus <= ILP_AUTO_SIZE
+    if solver == "auto" and split.feasible and not split.optimal and small:
         from vpipe.planner.ilp import solve_ilp
 
         proven = solve_ilp(graph, settings, warm_start=split)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from vpipe.planner.graph import PlanGraph
 
+FRONT_LIMIT = 48  # Pareto points kept per state; past it the answer is no longer proven least
+
 
 @dataclass(frozen=True)
 class MemoryRoom:
@@ -45,10 +47,31 @@ class _Partial:
         )
 
 
+@dataclass(frozen=True)
+class Recompute:
+    chosen: tuple[int, ...]  # recomputed nodes
+    added_ms: float  # forward time they add
+    exact: bool  # proven the least; False if the search had to be thinned
+
+
 def cheapest_recompute(
     graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, max_added_ms: float = math.inf
-) -> tuple[tuple[int, ...], float] | None:
-    """(recomputed nodes, added ms) of least added time that fits, or None if nothing fits."""
+) -> Recompute | None:
+    """The recompute set of least added time that fits, or None if nothing fits."""
+    finals, exact = _solutions(graph, stage, budget, max_added_ms)
+    if not finals:
+        return None
+    best = min(
+        finals, key=lambda p: (p.added_ms, budget.act * p.kept + budget.trans * p.peak, p.chosen)
+    )
+    return Recompute(best.chosen, best.added_ms, exact)
+
+
+def _solutions(
+    graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, max_added_ms: float
+) -> tuple[list[_Partial], bool]:
+    """The Pareto-best complete recompute choices that fit `budget`, and whether that set is
+    complete (False when a front had to be thinned to FRONT_LIMIT points)."""
     order = sorted(stage)
     members = set(order)
     last_use: dict[int, int] = {}
@@ -58,6 +81,7 @@ def cheapest_recompute(
                 last_use[t] = position
     # state: ((tensor, kept, producer in the open segment), ...) for tensors still to be read
     states: dict[tuple, list[_Partial]] = {(): [_Partial(0.0, 0, 0, 0, ())]}
+    exact = True
     for position, n in enumerate(order):
         following: dict[tuple, list[_Partial]] = {}
         for live, partials in states.items():
@@ -74,14 +98,12 @@ def cheapest_recompute(
                     if moved.added_ms > max_added_ms or not _fits(moved, budget):
                         continue
                     _insert(following.setdefault(key, []), moved)
+        for key, front in following.items():
+            if len(front) > FRONT_LIMIT:
+                following[key] = _thin(front, budget)
+                exact = False
         states = following
-    finals = [p for partials in states.values() for p in partials]
-    if not finals:
-        return None
-    best = min(
-        finals, key=lambda p: (p.added_ms, budget.act * p.kept + budget.trans * p.peak, p.chosen)
-    )
-    return best.chosen, best.added_ms
+    return [p for partials in states.values() for p in partials], exact
 
 
 def _step(
@@ -137,3 +159,15 @@ def _insert(front: list[_Partial], candidate: _Partial) -> None:
         return
     front[:] = [p for p in front if not candidate.dominates(p)]
     front.append(candidate)
+
+
+def _thin(front: list[_Partial], budget: MemoryRoom) -> list[_Partial]:
+    """Keep the fastest half and the leanest half of an oversized front (exactness is lost)."""
+    fastest = sorted(front, key=lambda p: (p.added_ms, p.kept, p.peak))[: FRONT_LIMIT // 2]
+    leanest = sorted(front, key=lambda p: (budget.act * p.kept + budget.trans * p.peak, p.added_ms))
+    kept = {id(p): p for p in fastest}
+    for p in leanest:
+        if len(kept) >= FRONT_LIMIT:
+            break
+        kept.setdefault(id(p), p)
+    return list(kept.values())

@@ -42,7 +42,8 @@ def test_matches_brute_force(seed):
     if expected is None:
         assert found is None
         return
-    chosen, added = found
+    chosen, added = found.chosen, found.added_ms
+    assert found.exact
     assert math.isclose(added, expected)
     kept, transient = kept_bytes(graph, stage, chosen)
     assert act * kept + trans * transient <= budget.room

@@ -1,0 +1,143 @@
+"""Show a plan to a person: a per-stage table, the gain over the baselines, and a bar chart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from vpipe.common.errors import VpipeError
+from vpipe.planner.schema import Plan
+
+GIB = 2**30
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def stage_table(plan: Plan) -> Table:
+    s = plan.settings
+    limit = (
+        "no memory limit"
+        if math.isinf(s.memory_bytes)
+        else f"{s.memory_bytes / GIB:.2f} GiB usable per device"
+    )
+    table = Table(
+        title=f"{s.gpus} stages, {s.schedule}"
+        + (f", {s.microbatches} micro-batches" if s.schedule != "asp" else "")
+        + f", {limit}"
+    )
+    for column in (
+        "stage",
+        "nodes",
+        "recompute",
+        "compute ms",
+        "comm ms",
+        "time ms",
+        "weights GiB",
+        "activations GiB",
+        "transient GiB",
+        "total GiB",
+    ):
+        table.add_column(column, justify="right")
+    for stage in plan.stages:
+        p = stage.predicted
+        m = p.memory
+        mark = " *" if stage.index == plan.predicted.bottleneck_stage else ""
+        table.add_row(
+            f"{stage.index}{mark}",
+            str(len(stage.nodes)),
+            str(len(stage.recompute)),
+            f"{p.compute_ms:.3f}",
+            f"{max(p.comm_in_ms, p.comm_out_ms):.3f}",
+            f"{p.time_ms:.3f}",
+            _gib(m.params + m.stash + m.grads + m.optimizer),
+            _gib(m.activations),
+            _gib(m.transient),
+            _gib(m.total),
+        )
+    return table
+
+
+def summary_lines(plan: Plan, seconds: float) -> list[str]:
+    p = plan.predicted
+    solver = plan.solver
+    proof = (
+        "proven optimal"
+        if solver.optimal
+        else f"not proven optimal (lower bound {solver.lower_bound_ms:.3f} ms)"
+    )
+    lines = [
+        f"time per mini-batch {p.time_per_minibatch_ms:.3f} ms, "
+        f"{p.throughput_samples_per_s:.1f} samples/s, bottleneck stage {p.bottleneck_stage} (*)"
+        + (f", bubble {p.bubble_fraction:.0%}" if plan.settings.schedule != "asp" else ""),
+        f"solver {solver.name}: {proof}, cuts: {solver.cuts}, {seconds:.2f} s",
+    ]
+    for baseline in plan.baselines:
+        gain = baseline.time_per_minibatch_ms / p.time_per_minibatch_ms
+        fits = "" if baseline.fits else ", does not fit memory"
+        lines.append(
+            f"vs {baseline.name} split: {baseline.time_per_minibatch_ms:.3f} ms ({gain:.2f}x{fits})"
+        )
+    lines.extend(f"note: {note}" for note in plan.notes)
+    return lines
+
+
+def print_plan(plan: Plan, seconds: float, console: Console) -> None:
+    console.print(stage_table(plan))
+    for line in summary_lines(plan, seconds):
+        console.print(line, highlight=False)
+
+
+def plot_plan(plan: Plan, path: str | Path) -> None:
+    """Per-stage time (compute, recompute, comm) and memory by kind against the device limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = plan.stages
+    xs = [s.index for s in stages]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(xs) + 6), 4.5))
+    base = [s.predicted.compute_ms - s.predicted.recompute_ms for s in stages]
+    left.bar(xs, base, label="forward + backward", color="tab:blue")
+    left.bar(
+        xs,
+        [s.predicted.recompute_ms for s in stages],
+        bottom=base,
+        label="recompute",
+        color="tab:purple",
+    )
+    left.plot(
+        xs,
+        [max(s.predicted.comm_in_ms, s.predicted.comm_out_ms) for s in stages],
+        "k_",
+        markersize=20,
+        label="communication",
+    )
+    left.set(xlabel="stage", ylabel="ms per micro-batch", title="time")
+    left.legend()
+    kinds = ("params", "stash", "grads", "optimizer", "activations", "transient")
+    bottom = [0.0] * len(stages)
+    for kind in kinds:
+        values = [getattr(s.predicted.memory, kind) / GIB for s in stages]
+        right.bar(xs, values, bottom=bottom, label=kind)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    if math.isfinite(plan.settings.memory_bytes):
+        right.axhline(
+            plan.settings.memory_bytes / GIB, color="red", linestyle="--", label="usable memory"
+        )
+    right.set(xlabel="stage", ylabel="GiB", title="memory")
+    right.legend(fontsize=8)
+    for axis in (left, right):
+        axis.set_xticks(xs)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:
+        raise VpipeError(f"cannot write plot {path}: {err.strerror}") from None
+    finally:
+        plt.close(fig)
