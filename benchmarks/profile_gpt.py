@@ -16,10 +16,10 @@ import time
 
 import torch
 
+from vpipe.common.units import human_bytes
 from vpipe.models import gpt
 from vpipe.profiler.modelfile import ModelFile, default_loss
 from vpipe.profiler.profiling import ProfileSettings, profile_model
-from vpipe.profiler.report import human_bytes
 
 GPT12 = gpt.GPTConfig(vocab_size=512, seq_len=128, d_model=256, n_heads=8, n_layers=12)
 

@@ -9,13 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.units import human_bytes
 from vpipe.planner.schema import Plan
 
 GIB = 2**30
-
-
-def _gib(n: float) -> str:
-    return f"{n / GIB:.2f}"
 
 
 def stage_table(plan: Plan) -> Table:
@@ -23,7 +20,7 @@ def stage_table(plan: Plan) -> Table:
     limit = (
         "no memory limit"
         if math.isinf(s.memory_bytes)
-        else f"{s.memory_bytes / GIB:.2f} GiB usable per device"
+        else f"{human_bytes(s.memory_bytes)} usable per device"
     )
     table = Table(
         title=f"{s.gpus} stages, {s.schedule}"
@@ -37,10 +34,10 @@ def stage_table(plan: Plan) -> Table:
         "compute ms",
         "comm ms",
         "time ms",
-        "weights GiB",
-        "activations GiB",
-        "transient GiB",
-        "total GiB",
+        "weights",
+        "activations",
+        "transient",
+        "total",
     ):
         table.add_column(column, justify="right")
     for stage in plan.stages:
@@ -54,10 +51,10 @@ def stage_table(plan: Plan) -> Table:
             f"{p.compute_ms:.3f}",
             f"{max(p.comm_in_ms, p.comm_out_ms):.3f}",
             f"{p.time_ms:.3f}",
-            _gib(m.params + m.stash + m.grads + m.optimizer),
-            _gib(m.activations),
-            _gib(m.transient),
-            _gib(m.total),
+            human_bytes(m.params + m.stash + m.grads + m.optimizer),
+            human_bytes(m.activations),
+            human_bytes(m.transient),
+            human_bytes(m.total),
         )
     return table
 

@@ -8,19 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.units import human_bytes
 from vpipe.profiler.schema import Profile
 
 ROWS_SHOWN = 40  # past this, the table shows the costliest nodes; the file has them all
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def summary_table(profile: Profile) -> Table:

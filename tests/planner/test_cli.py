@@ -1,0 +1,77 @@
+"""vpipe-plan as a user runs it: the plan it writes, determinism, and clear errors."""
+
+import pytest
+
+from vpipe.planner.cli import main
+from vpipe.planner.schema import load_plan
+from vpipe.profiler.cli import main as profile_main
+from vpipe.profiler.schema import load_profile
+
+
+@pytest.fixture(scope="module")
+def profile_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("p") / "profile.yaml"
+    assert (
+        profile_main(
+            ["vpipe.models.gpt", "-o", str(path), "-q", "--repeats", "1", "--device", "cpu"]
+        )
+        == 0
+    )
+    return path
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_writes_a_valid_plan_and_plot(profile_path, tmp_path, capsys):
+    out, png = tmp_path / "plan.yaml", tmp_path / "plan.png"
+    code, stdout, _ = run([profile_path, "--gpus", "3", "-o", out, "--plot", png], capsys)
+    assert code == 0 and "proven optimal" in stdout
+    plan = load_plan(out)
+    profile = load_profile(profile_path)
+    assert [n for s in plan.stages for n in s.nodes] == [n.name for n in profile.nodes]
+    assert plan.solver.optimal and len(plan.baselines) == 2
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_input_same_bytes(profile_path, tmp_path, capsys):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    for out in (first, second):
+        assert (
+            run([profile_path, "--gpus", "4", "--memory", "0.008", "-o", out, "-q"], capsys)[0] == 0
+        )
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_memory_cap_forces_recompute(profile_path, tmp_path, capsys):
+    free = tmp_path / "free.yaml"
+    tight = tmp_path / "tight.yaml"
+    assert run([profile_path, "--gpus", "2", "-o", free, "-q"], capsys)[0] == 0
+    need = max(s.predicted.memory.total for s in load_plan(free).stages)
+    cap_gib = need * 0.8 / 2**30 / 0.9  # 80% of the need, before the 10% headroom
+    assert (
+        run([profile_path, "--gpus", "2", "--memory", cap_gib, "-o", tight, "-q"], capsys)[0] == 0
+    )
+    plan = load_plan(tight)
+    assert any(s.recompute for s in plan.stages)
+    assert all(s.predicted.memory.total <= plan.settings.memory_bytes for s in plan.stages)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{profile}", "--gpus", "2", "--memory", "0.00001"], "no plan fits"),
+        (["{profile}", "--gpus", "999"], "more than the profile's"),
+        (["missing.yaml", "--gpus", "2"], "cannot read profile"),
+        (["{profile}", "--gpus", "2", "--microbatches", "4"], "--microbatches is for"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, profile_path, tmp_path, capsys):
+    argv = [a.format(profile=profile_path) for a in argv] + ["-o", str(tmp_path / "p.yaml")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.startswith("vpipe-plan: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "p.yaml").exists()
