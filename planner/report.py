@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vpipe.common.errors import VpipeError
+from vpipe.common.plotting import pyplot, save_figure
 from vpipe.common.units import human_bytes
 from vpipe.planner.schema import Plan
 
@@ -91,11 +91,7 @@ def print_plan(plan: Plan, seconds: float, console: Console) -> None:
 
 def plot_plan(plan: Plan, path: str | Path) -> None:
     """Per-stage time (compute, recompute, comm) and memory by kind against the device limit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     stages = plan.stages
     xs = [s.index for s in stages]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(xs) + 6), 4.5))
@@ -131,10 +127,4 @@ def plot_plan(plan: Plan, path: str | Path) -> None:
     right.legend(fontsize=8)
     for axis in (left, right):
         axis.set_xticks(xs)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as err:
-        raise VpipeError(f"cannot write plot {path}: {err.strerror}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

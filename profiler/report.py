@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vpipe.common.errors import VpipeError
+from vpipe.common.plotting import pyplot, save_figure
 from vpipe.common.units import human_bytes
 from vpipe.profiler.schema import Profile
 
@@ -74,11 +74,7 @@ def print_summary(profile: Profile, console: Console) -> None:
 
 def plot_profile(profile: Profile, path: str | Path) -> None:
     """Per-node time (forward and backward stacked) over per-node memory, one bar per node."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     nodes = profile.nodes
     xs = range(len(nodes))
     mib = 1 / 2**20
@@ -101,10 +97,4 @@ def plot_profile(profile: Profile, path: str | Path) -> None:
     bottom.legend()
     if len(nodes) <= 60:
         bottom.set_xticks(list(xs), [n.name for n in nodes], rotation=90, fontsize=7)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as err:
-        raise VpipeError(f"cannot write plot {path}: {err.strerror}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

@@ -1,0 +1,29 @@
+"""Matplotlib without a screen, and saving a figure with a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vpipe.common.errors import VpipeError
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, imported only when a plot is asked for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Write `fig` as an image and close it, whatever happens."""
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    except OSError as err:
+        raise VpipeError(f"cannot write plot {path}: {err.strerror}") from None
+    finally:
+        pyplot().close(fig)

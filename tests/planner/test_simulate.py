@@ -1,0 +1,48 @@
+"""Schedules as data and the simulator, against closed forms."""
+
+import math
+
+import pytest
+
+from vpipe.common.schedules import BACKWARD, FORWARD, peak_in_flight, schedule
+from vpipe.planner.simulate import simulate
+
+
+@pytest.mark.parametrize("name", ["1f1b", "gpipe"])
+@pytest.mark.parametrize("stages, microbatches", [(1, 1), (2, 4), (4, 4), (4, 8), (3, 2)])
+def test_every_forward_before_its_backward(name, stages, microbatches):
+    for actions in schedule(name, stages, microbatches):
+        assert sorted((a.kind, a.microbatch) for a in actions) == sorted(
+            [(FORWARD, i) for i in range(microbatches)]
+            + [(BACKWARD, i) for i in range(microbatches)]
+        )
+        seen = set()
+        for action in actions:
+            if action.kind == BACKWARD:
+                assert action.microbatch in seen
+            seen.add(action.microbatch)
+
+
+@pytest.mark.parametrize("stages, microbatches", [(2, 4), (4, 4), (4, 8), (3, 2)])
+def test_in_flight_per_stage(stages, microbatches):
+    for s, actions in enumerate(schedule("1f1b", stages, microbatches)):
+        assert peak_in_flight(actions) == min(stages - s, microbatches)
+    for actions in schedule("gpipe", stages, microbatches):
+        assert peak_in_flight(actions) == microbatches
+
+
+@pytest.mark.parametrize("name", ["1f1b", "gpipe"])
+@pytest.mark.parametrize("stages, microbatches", [(2, 4), (4, 4), (4, 8)])
+def test_balanced_makespan_and_bubble(name, stages, microbatches):
+    """Equal stages, no transfer time: (M + S - 1)(f + b), bubble (S - 1) / (M + S - 1)."""
+    timeline = simulate(name, microbatches, [1.0] * stages, [2.0] * stages, [0.0] * (stages - 1))
+    assert math.isclose(timeline.makespan_ms, (microbatches + stages - 1) * 3.0)
+    assert math.isclose(timeline.bubble_fraction, (stages - 1) / (microbatches + stages - 1))
+
+
+def test_transfer_delays_the_pipeline():
+    """One micro-batch over two stages: forward, transfer, forward, backward, transfer, back."""
+    timeline = simulate("1f1b", 1, [1.0, 2.0], [3.0, 4.0], [0.5])
+    assert timeline.makespan_ms == 1.0 + 0.5 + 2.0 + 4.0 + 0.5 + 3.0
+    quick = simulate("1f1b", 4, [1.0, 1.0], [1.0, 1.0], [0.0])
+    assert simulate("1f1b", 4, [1.0, 1.0], [1.0, 1.0], [0.5]).makespan_ms > quick.makespan_ms
