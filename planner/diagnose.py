@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from vpipe.common.units import human_bytes
 from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.dp import solve_dp
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings
-
-GIB = 2**30
 
 
 def explain_infeasible(graph: PlanGraph, settings: PlanSettings) -> str:
@@ -33,11 +32,11 @@ def explain_infeasible(graph: PlanGraph, settings: PlanSettings) -> str:
     if settings.schedule == "asp":
         helps.append("--schedule 1f1b (one weight version, fewer mini-batches in flight)")
     return (
-        f"no plan fits {settings.memory_bytes / GIB:.2f} GiB per device (after "
+        f"no plan fits {human_bytes(settings.memory_bytes)} per device (after "
         f"{settings.headroom:.0%} headroom): in the fastest split, stage {index} of "
-        f"{settings.gpus} needs {plain.total / GIB:.2f} GiB without recompute and "
-        f"{full.total / GIB:.2f} GiB with every node recomputed "
-        f"({(least - settings.memory_bytes) / GIB:.2f} GiB over; weights, stashed versions, "
-        f"gradients and optimizer state alone are {weights / GIB:.2f} GiB); try "
+        f"{settings.gpus} needs {human_bytes(plain.total)} without recompute and "
+        f"{human_bytes(full.total)} with every node recomputed "
+        f"({human_bytes(least - settings.memory_bytes)} over; weights, stashed versions, "
+        f"gradients and optimizer state alone are {human_bytes(weights)}); try "
         f"{', '.join(helps)}, or more --memory"
     )

@@ -70,21 +70,23 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
         ideals = prefix_ideals(graph)
         cuts = "prefixes of two topological orders (too many cuts to enumerate)"
     tables = _Tables(graph, ideals)
-    best, path, recomputed, searched_fully = _run(graph, settings, tables)
+    best, path, recomputed, searched_fully, chain_bound = _run(graph, settings, tables)
     split = _reconstruct(tables, best, path, recomputed)
     bound = float(
         max(tables.compute[-1] / settings.gpus, max(map(graph.compute_ms, range(graph.size))))
     )
     bound *= schedule_shape(settings, 0).batch_fraction
-    exact = cuts == "all" and searched_fully
+    if cuts == "all":
+        bound = max(bound, chain_bound)
+    exact = cuts == "all" and (searched_fully or (split is not None and split[2] <= bound))
     return Split(
         solver="dp",
         feasible=split is not None,
         stages=split[0] if split else (),
         recompute=split[1] if split else (),
         bottleneck_ms=split[2] if split else math.inf,
-        optimal=exact and split is not None,
-        lower_bound_ms=split[2] if exact and split else bound,
+        optimal=exact,  # for an infeasible answer: proven that nothing fits
+        lower_bound_ms=split[2] if exact and split else min(bound, split[2] if split else bound),
         seconds=time.perf_counter() - start,
         cuts=cuts,
     )
@@ -117,8 +119,10 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
         rooms.append((settings.memory_bytes - weights, compute, shape, comm))
     recomputed: dict[tuple[int, int, int], tuple[int, ...]] = {}
     exact = True  # every recompute search was complete
+    bound = None  # the first search, recompute free everywhere, bounds the optimum from below
     while True:
         best, arg = _chain(costs, count)
+        bound = float(best[-1, -1]) if bound is None else bound
         path = _path(arg, settings.gpus, count) if np.isfinite(best[-1, -1]) else []
         todo = [(k, j, i) for k, j, i in path if needy[k][j, i] and (k, j, i) not in recomputed]
         if not todo:
@@ -128,14 +132,14 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
             scale = shape.batch_fraction
             budget = MemoryRoom(room=room[j, i], act=shape.in_flight * scale, trans=scale)
             found = cheapest_recompute(graph, members(tables.ideals[i] & ~tables.ideals[j]), budget)
-            if found is None:
+            exact &= found.exact
+            if found.chosen is None:
                 costs[k][j, i] = math.inf
                 recomputed[k, j, i] = ()
                 continue
-            exact &= found.exact
             recomputed[k, j, i] = found.chosen
             costs[k][j, i] = max(compute[j, i] + found.added_ms * scale, comm[j], comm[i])
-    return best, path, recomputed, exact
+    return best, path, recomputed, exact, bound
 
 
 def _chain(costs: list[np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -72,10 +72,12 @@ def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
     for i, node in enumerate(nodes):
         kept = {owner[index[name]] for name in node.saved_inputs}
         # unknown (PipeDream): a node that computes keeps its output; bookkeeping ops do not
-        saves_output = node.saves_output or (node.saved_bytes is None and node.compute_ms > 0)
+        saves_output = node.saves_output or (
+            node.saved_bytes is None and node.compute_ms > 0 and node.op != "placeholder"
+        )
         if saves_output:
             kept.add(owner[i])
-        own_output = node.output_bytes if node.saves_output and owner[i] == i else 0
+        own_output = node.output_bytes if node.saves_output else 0  # counted as kept below
         internal.append(max((node.saved_bytes or 0) - own_output, 0))
         keeps.append(tuple(sorted(kept)))
         for t in kept:

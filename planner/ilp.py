@@ -6,7 +6,7 @@ after what they mean:
 
     x[n,k]  node n is on stage k          r[n]    node n is recomputed
     z[n,k]  n is on stage k and recomputed (x AND r)
-    y[n,k]  n is on stage k or earlier     c[u,k]  u's output crosses the cut after stage k
+    c[u,k]  u's output crosses the cut after stage k  u's output crosses the cut after stage k
     h[t,k]  tensor t is kept on stage k    q[n,k]  transient of the open segment at n
     p[k]    stage k's largest segment      T       the bottleneck time (minimised)
 """
@@ -84,9 +84,7 @@ def solve_ilp(
         prob += pulp.lpSum(x[n, k] for n in nodes) >= 1
     for u in nodes:
         for v in graph.succs[u]:
-            prob += pulp.lpSum(k * x[u, k] for k in stages) <= pulp.lpSum(
-                k * x[v, k] for k in stages
-            )
+            prob += stage_of(u) <= stage_of(v)
     # z = x AND r
     for (n, k), var in z.items():
         prob += var <= x[n, k]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from vpipe.common.errors import VpipeError
 from vpipe.planner.baselines import baselines
+from vpipe.planner.costmodel import crossing_bytes, evaluate_stage, schedule_shape
 from vpipe.planner.diagnose import explain_infeasible
 from vpipe.planner.dp import solve_dp
-from vpipe.planner.graph import plan_graph
+from vpipe.planner.graph import PlanGraph, plan_graph
+from vpipe.planner.ilp import solve_ilp
 from vpipe.planner.predict import predict_pipeline, predict_stages
+from vpipe.planner.recompute import MemoryRoom, cheapest_recompute
 from vpipe.planner.schema import Plan, PlanSettings, SolverInfo, Stage
 from vpipe.planner.split import Split
 from vpipe.profiler.schema import Profile
@@ -26,18 +30,41 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
             "use fewer GPUs or a finer profile (fewer --leaf classes)"
         )
     if solver == "ilp":
-        from vpipe.planner.ilp import solve_ilp
-
-        return solve_ilp(graph, settings)
+        return least_recompute(graph, settings, solve_ilp(graph, settings))
     split = solve_dp(graph, settings)
     small = graph.size * settings.gpus <= ILP_AUTO_SIZE
-    if solver == "auto" and split.feasible and not split.optimal and small:
-        from vpipe.planner.ilp import solve_ilp
-
+    if solver == "auto" and not split.optimal and small:
         proven = solve_ilp(graph, settings, warm_start=split)
-        if proven.feasible and proven.bottleneck_ms <= split.bottleneck_ms:
-            return proven
+        if proven.feasible and proven.bottleneck_ms <= split.bottleneck_ms * (1 + 1e-9):
+            if proven.optimal and split.feasible:  # the same value, now proven: keep dp's split
+                return dataclasses.replace(split, optimal=True, lower_bound_ms=split.bottleneck_ms)
+            return least_recompute(graph, settings, proven)
+        if proven.optimal and not proven.feasible:
+            return dataclasses.replace(split, optimal=True)  # proven that nothing fits
     return split
+
+
+def least_recompute(graph: PlanGraph, settings: PlanSettings, split: Split) -> Split:
+    """The ILP only minimises the slowest stage; give every stage its cheapest recompute set."""
+    if not split.feasible:
+        return split
+    chosen = []
+    before: list[int] = []
+    for index, (stage, recompute) in enumerate(zip(split.stages, split.recompute, strict=True)):
+        shape = schedule_shape(settings, index)
+        plain = evaluate_stage(graph, settings, index, before, stage, ())
+        memory = plain.memory
+        kept_and_transient = memory.activations + memory.transient
+        received = round(shape.in_flight * shape.batch_fraction * crossing_bytes(graph, before))
+        room = MemoryRoom(
+            room=settings.memory_bytes - (memory.total - kept_and_transient) - received,
+            act=shape.in_flight * shape.batch_fraction,
+            trans=shape.batch_fraction,
+        )
+        found = cheapest_recompute(graph, stage, room)
+        chosen.append(found.chosen if found.chosen is not None else recompute)
+        before += stage
+    return dataclasses.replace(split, recompute=tuple(chosen))
 
 
 def make_plan(
@@ -52,7 +79,8 @@ def make_plan(
     graph = plan_graph(profile, settings.optimizer)
     split = solve(profile, settings, solver)
     if not split.feasible:
-        raise VpipeError(explain_infeasible(graph, settings))
+        caveat = "" if split.optimal else " (not proven: the recompute search was cut short)"
+        raise VpipeError(explain_infeasible(graph, settings) + caveat)
     predictions = predict_stages(graph, settings, split.stages, split.recompute)
     names = graph.names
     stages = tuple(

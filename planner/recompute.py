@@ -49,18 +49,20 @@ class _Partial:
 
 @dataclass(frozen=True)
 class Recompute:
-    chosen: tuple[int, ...]  # recomputed nodes
+    """The search's answer: `chosen` is None when nothing fits (proven only if `exact`)."""
+
+    chosen: tuple[int, ...] | None  # recomputed nodes
     added_ms: float  # forward time they add
-    exact: bool  # proven the least; False if the search had to be thinned
+    exact: bool  # proven; False if the search had to be thinned
 
 
 def cheapest_recompute(
     graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, max_added_ms: float = math.inf
-) -> Recompute | None:
-    """The recompute set of least added time that fits, or None if nothing fits."""
+) -> Recompute:
+    """The recompute set of least added time that fits (`chosen` None if none fits)."""
     finals, exact = _solutions(graph, stage, budget, max_added_ms)
     if not finals:
-        return None
+        return Recompute(None, math.inf, exact)
     best = min(
         finals, key=lambda p: (p.added_ms, budget.act * p.kept + budget.trans * p.peak, p.chosen)
     )

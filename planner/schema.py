@@ -100,6 +100,8 @@ class PlanSettings:
     headroom: float = 0.1  # share of --memory kept free for the allocator and the framework
 
     def __post_init__(self) -> None:
+        if not 0 <= self.headroom < 1:
+            raise VpipeError(f"--headroom must be in [0, 1) (got {self.headroom})")
         if self.gpus < 1:
             raise VpipeError(f"--gpus must be at least 1 (got {self.gpus})")
         if self.schedule not in SCHEDULES:
@@ -108,8 +110,6 @@ class PlanSettings:
             raise VpipeError(f"--microbatches must be at least 1 (got {self.microbatches})")
         if not self.memory_bytes > 0 or not self.bandwidth_gbps > 0:
             raise VpipeError("--memory and --bandwidth must be positive (or inf)")
-        if not 0 <= self.headroom < 1:
-            raise VpipeError(f"--headroom must be in [0, 1) (got {self.headroom})")
 
 
 @dataclass(frozen=True)
