@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vpipe.planner.graph import PlanGraph
 
-FRONT_LIMIT = 48  # Pareto points kept per state; past it the answer is no longer proven least
+FRONT_LIMIT = 32  # Pareto points kept per state; past it the answer is no longer proven least
 
 
 @dataclass(frozen=True)
@@ -30,21 +31,12 @@ class MemoryRoom:
     trans: float  # micro-batch fraction
 
 
-@dataclass(frozen=True)
-class _Partial:
+class _Partial(NamedTuple):
     added_ms: float
     kept: int
     peak: int  # largest finished segment's transient, or the open one's if larger
     current: int  # transient of the open segment
     chosen: tuple[int, ...]  # recomputed nodes so far
-
-    def dominates(self, other: _Partial) -> bool:
-        return (
-            self.added_ms <= other.added_ms
-            and self.kept <= other.kept
-            and self.peak <= other.peak
-            and self.current <= other.current
-        )
 
 
 @dataclass(frozen=True)
@@ -156,10 +148,21 @@ def _fits(partial: _Partial, budget: MemoryRoom) -> bool:
 
 
 def _insert(front: list[_Partial], candidate: _Partial) -> None:
-    """Keep `front` a Pareto set: drop the candidate if dominated, else what it dominates."""
-    if any(p.dominates(candidate) for p in front):
-        return
-    front[:] = [p for p in front if not candidate.dominates(p)]
+    """Keep `front` a Pareto set over (added time, kept, peak, current): drop the candidate if
+    another point is no worse in all four, else drop what it is no worse than. (The hot loop of
+    the planner: fields are unpacked once and compared as plain numbers.)"""
+    added, kept, peak, current = candidate[:4]
+    beaten = False
+    for p in front:
+        if p[0] <= added and p[1] <= kept and p[2] <= peak and p[3] <= current:
+            return
+        beaten = beaten or (added <= p[0] and kept <= p[1] and peak <= p[2] and current <= p[3])
+    if beaten:
+        front[:] = [
+            p
+            for p in front
+            if not (added <= p[0] and kept <= p[1] and peak <= p[2] and current <= p[3])
+        ]
     front.append(candidate)
 
 
