@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 
 from vpipe.planner.costmodel import evaluate_stage
-from vpipe.planner.cuts import all_ideals, members
+from vpipe.planner.cuts import members
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings
 from vpipe.planner.split import Split
@@ -30,8 +30,13 @@ def best_stage(
 
 
 def solve_brute_force(graph: PlanGraph, settings: PlanSettings) -> Split:
-    ideals = all_ideals(graph, limit=100_000)
-    assert ideals is not None, "brute force is for small graphs"
+    assert graph.size <= 14, "brute force is for small graphs"
+    # every down-closed subset, found the naive way (independent of planner.cuts)
+    ideals = [
+        m
+        for m in range(1 << graph.size)
+        if all(not m >> n & 1 or all(m >> p & 1 for p in graph.preds[n]) for n in range(graph.size))
+    ]
     full = (1 << graph.size) - 1
     inner = [m for m in ideals if m not in (0, full)]
     best: Split = Split(solver="brute", feasible=False, optimal=True)

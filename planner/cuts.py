@@ -32,14 +32,24 @@ def members(mask: int) -> list[int]:
 
 
 def all_ideals(graph: PlanGraph, limit: int) -> list[int] | None:
-    """Every ideal, sorted by size then value, or None if there are more than `limit`."""
-    pred_masks = [bits(p) for p in graph.preds]
+    """Every ideal worth considering, sorted by size then value, or None past `limit`.
+
+    Free nodes (no time, no bytes, kept by nobody) that can only hurt by moving are glued in
+    place: a dangling sink to its one producer (elsewhere, its input would cross cuts for
+    nothing) and a source of zero bytes to the first stage. This keeps graphs like GNMT, whose
+    unused outputs float free, from multiplying their cuts.
+    """
+    sinks, sources = _glued(graph)
+    free = {*sinks, *sources}
+    source_mask = bits(sources)
+    pred_masks = [bits(p) & ~source_mask for p in graph.preds]
+    movable = [n for n in range(graph.size) if n not in free]
     seen = {0}
     frontier = [0]
     while frontier:
         grown = []
         for ideal in frontier:
-            for n in range(graph.size):
+            for n in movable:
                 if not ideal >> n & 1 and pred_masks[n] & ~ideal == 0:
                     bigger = ideal | 1 << n
                     if bigger not in seen:
@@ -48,7 +58,40 @@ def all_ideals(graph: PlanGraph, limit: int) -> list[int] | None:
             if len(seen) > limit:
                 return None
         frontier = grown
-    return sorted(seen, key=lambda m: (m.bit_count(), m))
+    full = [_with_glued(m, sinks, source_mask) for m in seen]
+    return sorted(full, key=lambda m: (m.bit_count(), m))
+
+
+def _glued(graph: PlanGraph) -> tuple[dict[int, int], list[int]]:
+    """(dangling sink -> its producer, zero-byte sources) among the free nodes."""
+    outputs = set(graph.outputs)
+    sinks: dict[int, int] = {}
+    sources: list[int] = []
+    for n in range(graph.size):
+        free = (
+            graph.compute_ms(n) == 0
+            and graph.param_bytes[n] == 0
+            and graph.internal_bytes[n] == 0
+            and not graph.keeps[n]
+            and not graph.holders[n]
+            and n not in outputs
+        )
+        if not free:
+            continue
+        if not graph.succs[n] and len(graph.preds[n]) == 1:
+            sinks[n] = graph.preds[n][0]
+        elif not graph.preds[n] and graph.succs[n] and graph.out_bytes[n] == 0:
+            sources.append(n)
+    return sinks, sources
+
+
+def _with_glued(mask: int, sinks: dict[int, int], source_mask: int) -> int:
+    if mask:
+        mask |= source_mask
+    for sink, producer in sinks.items():  # ascending: a producer is settled before its sink
+        if mask >> producer & 1:
+            mask |= 1 << sink
+    return mask
 
 
 def prefix_ideals(graph: PlanGraph) -> list[int]:
