@@ -35,12 +35,15 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
     small = graph.size * settings.gpus <= ILP_AUTO_SIZE
     if solver == "auto" and not split.optimal and small:
         proven = solve_ilp(graph, settings, warm_start=split)
+        seconds = split.seconds + proven.seconds
         if proven.feasible and proven.bottleneck_ms <= split.bottleneck_ms * (1 + 1e-9):
             if proven.optimal and split.feasible:  # the same value, now proven: keep dp's split
-                return dataclasses.replace(split, optimal=True, lower_bound_ms=split.bottleneck_ms)
-            return least_recompute(graph, settings, proven)
-        if proven.optimal and not proven.feasible:
-            return dataclasses.replace(split, optimal=True)  # proven that nothing fits
+                return dataclasses.replace(
+                    split, optimal=True, lower_bound_ms=split.bottleneck_ms, seconds=seconds
+                )
+            return dataclasses.replace(least_recompute(graph, settings, proven), seconds=seconds)
+        if proven.optimal and not proven.feasible:  # proven that nothing fits
+            return dataclasses.replace(split, optimal=True, seconds=seconds)
     return split
 
 
