@@ -1,11 +1,11 @@
-"""Exact dynamic program over the DAG's cuts, with per-stage recompute solved inside it.
+"""Exact search over the DAG's cuts, with per-stage recompute solved inside it.
 
 best[k][I] is the smallest bottleneck time of placing ideal I on stages 0..k; a transition adds
 stage k = I \\ J for an ideal J inside I. Everything that adds up over nodes (compute, bytes) is a
 difference of per-ideal sums, and the tensors a stage keeps come from one matrix product, so
 all pairs (J, I) are costed at once with numpy. A stage that does not fit without recompute
-asks `recompute.cheapest_recompute`, but only when it could still beat the best value known for
-I — recompute only ever adds time, so the rest cannot matter.
+first counts at its time without recompute (a lower bound); only when the best chain uses it
+does `recompute.cheapest_recompute` cost it for real, and the chain is searched again.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class _Tables:
         n = graph.size
         self.ideals = ideals
         member = np.array([[m >> i & 1 for i in range(n)] for m in ideals], dtype=np.float64)
-        self.member = member
         self.compute = member @ np.array([graph.compute_ms(i) for i in range(n)])
         self.params = member @ np.array(graph.param_bytes, dtype=np.float64)
         self.trainable = member @ np.array(graph.trainable_bytes, dtype=np.float64)
