@@ -19,7 +19,10 @@ from typing import NamedTuple
 
 from vpipe.planner.graph import PlanGraph
 
-FRONT_LIMIT = 32  # Pareto points kept per state; past it the answer is no longer proven least
+# Pareto points kept per state: SEARCH_POINTS / stage nodes, at least MIN_FRONT, so a search costs
+# about the same however long the stage. Past the limit the answer is no longer proven least.
+SEARCH_POINTS = 2048
+MIN_FRONT = 8
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,9 @@ class MemoryRoom:
 class _Partial(NamedTuple):
     added_ms: float
     kept: int
-    peak: int  # largest finished segment's transient, or the open one's if larger
+    memory: float  # act x kept + trans x peak: what the budget is checked against
     current: int  # transient of the open segment
+    peak: int  # largest finished segment's transient, or the open one's if larger
     chosen: tuple[int, ...]  # recomputed nodes so far
 
 
@@ -55,18 +59,64 @@ def cheapest_recompute(
     finals, exact = _solutions(graph, stage, budget, max_added_ms)
     if not finals:
         return Recompute(None, math.inf, exact)
-    best = min(
-        finals, key=lambda p: (p.added_ms, budget.act * p.kept + budget.trans * p.peak, p.chosen)
-    )
+    best = min(finals, key=lambda p: (p.added_ms, p.memory, p.chosen))
     return Recompute(best.chosen, best.added_ms, exact)
+
+
+def added_lower_bound(
+    graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, kept: float
+) -> float:
+    """A lower bound on the forward time a stage keeping `kept` bytes per micro-batch without
+    recompute must add to fit `budget` (inf: nothing fits). Cheap, so the search can skip most
+    stages. Recomputing a node frees at most its own saved bytes and the stage tensors it keeps,
+    and segment inputs only add memory back, so a fractional knapsack over those savings never
+    exceeds the true cost."""
+    if _least_memory(graph, stage, budget) > budget.room:
+        return math.inf
+    shed = kept - budget.room / budget.act
+    members = set(stage)
+    items = []
+    for n in stage:
+        frees = graph.internal_bytes[n] + sum(
+            graph.out_bytes[t] for t in graph.keeps[n] if t in members
+        )
+        if frees > 0:
+            items.append((graph.fwd_ms[n] / frees, graph.fwd_ms[n], frees))
+    added = 0.0
+    for _, ms, frees in sorted(items):
+        if frees >= shed:
+            return added + ms * shed / frees
+        added, shed = added + ms, shed - frees
+    return math.inf
+
+
+def own_saved_bytes(graph: PlanGraph, n: int) -> int:
+    """What node n keeps for backward that no other node keeps for it: its saved bytes, and
+    its output if it saves that."""
+    return graph.internal_bytes[n] + (graph.out_bytes[n] if n in graph.keeps[n] else 0)
+
+
+def _least_memory(graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom) -> float:
+    """A lower bound on act x kept + trans x peak over every recompute choice: a node left alone
+    keeps at least its own saved bytes (and its output, if it saves that); a recomputed node is
+    rebuilt in some segment, so the peak is at least its transient. The best choice of that
+    relaxed problem recomputes exactly the nodes whose transient is below some threshold."""
+    nodes = sorted((graph.transient_bytes(n), own_saved_bytes(graph, n)) for n in stage)
+    left_alone = sum(own for _, own in nodes)
+    least = budget.act * left_alone
+    for transient, own in nodes:
+        left_alone -= own
+        least = min(least, budget.trans * transient + budget.act * left_alone)
+    return least
 
 
 def _solutions(
     graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, max_added_ms: float
 ) -> tuple[list[_Partial], bool]:
     """The Pareto-best complete recompute choices that fit `budget`, and whether that set is
-    complete (False when a front had to be thinned to FRONT_LIMIT points)."""
+    complete (False when a front had to be thinned)."""
     order = sorted(stage)
+    limit = max(MIN_FRONT, SEARCH_POINTS // len(order))
     members = set(order)
     last_use: dict[int, int] = {}
     for position, n in enumerate(order):
@@ -74,7 +124,7 @@ def _solutions(
             if t in members:
                 last_use[t] = position
     # state: ((tensor, kept, producer in the open segment), ...) for tensors still to be read
-    states: dict[tuple, list[_Partial]] = {(): [_Partial(0.0, 0, 0, 0, ())]}
+    states: dict[tuple, list[_Partial]] = {(): [_Partial(0.0, 0, 0.0, 0, 0, ())]}
     exact = True
     for position, n in enumerate(order):
         following: dict[tuple, list[_Partial]] = {}
@@ -88,13 +138,13 @@ def _solutions(
                     )
                 )
                 for partial in partials:
-                    moved = _advance(graph, partial, n, recompute, extra_kept, extra_ms)
-                    if moved.added_ms > max_added_ms or not _fits(moved, budget):
+                    moved = _advance(graph, budget, partial, n, recompute, extra_kept, extra_ms)
+                    if moved.added_ms > max_added_ms or moved.memory > budget.room:
                         continue
                     _insert(following.setdefault(key, []), moved)
         for key, front in following.items():
-            if len(front) > FRONT_LIMIT:
-                following[key] = _thin(front, budget)
+            if len(front) > limit:
+                following[key] = _thin(front, limit)
                 exact = False
         states = following
     return [p for partials in states.values() for p in partials], exact
@@ -129,50 +179,54 @@ def _step(
 
 
 def _advance(
-    graph: PlanGraph, partial: _Partial, n: int, recompute: bool, extra_kept: int, extra_ms: float
+    graph: PlanGraph,
+    budget: MemoryRoom,
+    partial: _Partial,
+    n: int,
+    recompute: bool,
+    extra_kept: int,
+    extra_ms: float,
 ) -> _Partial:
-    if recompute:
-        current = partial.current + graph.transient_bytes(n)
-        return _Partial(
-            partial.added_ms + extra_ms,
-            partial.kept + extra_kept,
-            max(partial.peak, current),
-            current,
-            (*partial.chosen, n),
-        )
-    return _Partial(partial.added_ms, partial.kept + extra_kept, partial.peak, 0, partial.chosen)
-
-
-def _fits(partial: _Partial, budget: MemoryRoom) -> bool:
-    return budget.act * partial.kept + budget.trans * partial.peak <= budget.room
+    kept = partial.kept + extra_kept
+    if not recompute:
+        memory = budget.act * kept + budget.trans * partial.peak
+        return _Partial(partial.added_ms, kept, memory, 0, partial.peak, partial.chosen)
+    current = partial.current + graph.transient_bytes(n)
+    peak = max(partial.peak, current)
+    memory = budget.act * kept + budget.trans * peak
+    return _Partial(partial.added_ms + extra_ms, kept, memory, current, peak, (*partial.chosen, n))
 
 
 def _insert(front: list[_Partial], candidate: _Partial) -> None:
-    """Keep `front` a Pareto set over (added time, kept, peak, current): drop the candidate if
-    another point is no worse in all four, else drop what it is no worse than. (The hot loop of
-    the planner: fields are unpacked once and compared as plain numbers.)"""
-    added, kept, peak, current = candidate[:4]
+    """Keep `front` a Pareto set over (added time, kept, memory, current): drop the candidate if
+    another point is no worse in all four, else drop what it is no worse than.
+
+    Comparing memory rather than peak is still safe: what later nodes add to kept is the same
+    for both points, and a larger open segment can only raise the peak, so a point with no more
+    kept, no larger open segment and no more memory now ends with no more memory. (The hot
+    loop of the planner: fields are unpacked once and compared as plain numbers.)"""
+    added, kept, memory, current = candidate[:4]
     beaten = False
     for p in front:
-        if p[0] <= added and p[1] <= kept and p[2] <= peak and p[3] <= current:
+        if p[0] <= added and p[1] <= kept and p[2] <= memory and p[3] <= current:
             return
-        beaten = beaten or (added <= p[0] and kept <= p[1] and peak <= p[2] and current <= p[3])
+        beaten = beaten or (added <= p[0] and kept <= p[1] and memory <= p[2] and current <= p[3])
     if beaten:
         front[:] = [
             p
             for p in front
-            if not (added <= p[0] and kept <= p[1] and peak <= p[2] and current <= p[3])
+            if not (added <= p[0] and kept <= p[1] and memory <= p[2] and current <= p[3])
         ]
     front.append(candidate)
 
 
-def _thin(front: list[_Partial], budget: MemoryRoom) -> list[_Partial]:
+def _thin(front: list[_Partial], limit: int) -> list[_Partial]:
     """Keep the fastest half and the leanest half of an oversized front (exactness is lost)."""
-    fastest = sorted(front, key=lambda p: (p.added_ms, p.kept, p.peak))[: FRONT_LIMIT // 2]
-    leanest = sorted(front, key=lambda p: (budget.act * p.kept + budget.trans * p.peak, p.added_ms))
+    fastest = sorted(front, key=lambda p: (p.added_ms, p.memory))[: limit // 2]
+    leanest = sorted(front, key=lambda p: (p.memory, p.added_ms))
     kept = {id(p): p for p in fastest}
     for p in leanest:
-        if len(kept) >= FRONT_LIMIT:
+        if len(kept) >= limit:
             break
         kept.setdefault(id(p), p)
     return list(kept.values())
