@@ -16,9 +16,9 @@ import time
 
 import torch
 
+from vpipe.common.modelfile import ModelFile, default_loss
 from vpipe.common.units import human_bytes
 from vpipe.models import gpt
-from vpipe.profiler.modelfile import ModelFile, default_loss
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 
 GPT12 = gpt.GPTConfig(vocab_size=512, seq_len=128, d_model=256, n_heads=8, n_layers=12)

@@ -1,7 +1,4 @@
-"""`vpipe-gen`: generate one PyTorch module file per stage and a pipeline config from a plan.
-
-Only the interface exists yet; its issue builds the rest.
-"""
+"""`vpipe-gen`: generate one PyTorch module file per stage and a pipeline config from a plan."""
 
 from __future__ import annotations
 
@@ -9,21 +6,44 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vpipe.common.cli import not_implemented, run_command
+from vpipe.common.cli import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vpipe-gen",
-        description="Generate one PyTorch module file per stage and a pipeline config from a plan.",
+        description=(
+            "Generate one readable PyTorch module file per stage (out/stage_<k>.py), each "
+            "stage's initial weights (out/weights/) and the config the runtime reads "
+            "(out/pipeline.yaml) from a plan. The plan names its profile, the profile its model."
+        ),
     )
     parser.add_argument("plan", help="plan.yaml written by vpipe-plan")
     parser.add_argument("-o", dest="output", default="out", help="output directory (default: out/)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     return parser
 
 
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from vpipe.codegen.generate import generate  # torch loads only when there is work to do
+
+    pipeline = generate(args.plan, args.output)
+    if not args.quiet:
+        for stage in pipeline.stages:
+            segments = f", {len(stage.recompute)} recompute segments" if stage.recompute else ""
+            print(
+                f"{args.output}/{stage.module.split(':')[0]}: {len(stage.inputs)} inputs, "
+                f"{len(stage.outputs)} outputs, {len(stage.parameters)} parameters{segments}"
+            )
+        if pipeline.tied:
+            print(f"tied parameters: {', '.join('/'.join(t.names) for t in pipeline.tied)}")
+        print(f"wrote {args.output}/pipeline.yaml")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-gen", lambda args: not_implemented(build_parser(), args), argv)
+    return run_command("vpipe-gen", _run, argv)
 
 
 if __name__ == "__main__":

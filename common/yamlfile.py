@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,20 @@ def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
 
 
 _Dumper.add_representer(list, _represent_list)
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses and tuples to the plain dicts and lists YAML writes; infinity as "inf" (YAML
+    has no infinity literal every reader agrees on)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return value
 
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:

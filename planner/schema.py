@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
-from vpipe.common.yamlfile import load_yaml, save_yaml
+from vpipe.common.yamlfile import load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 1
 SCHEDULES = ("asp", "1f1b", "gpipe")
@@ -126,7 +126,7 @@ class Plan:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        data = _plain(asdict(self))
+        data = plain(self)
         data = {"schema_version": data.pop("schema_version"), **data}
         for stage in data["stages"]:
             stage["predicted"]["memory"]["total"] = self.stages[
@@ -185,16 +185,6 @@ def _prediction(data: Mapping[str, Any]) -> StagePrediction:
 def _floats(settings: Mapping[str, Any]) -> dict[str, Any]:
     """YAML has no infinity literal that every reader agrees on: inf is written as the string."""
     return {k: math.inf if v == "inf" else v for k, v in settings.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return value
 
 
 def _validate(plan: Plan, where: str) -> None:

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _measure(args: argparse.Namespace, console: Console) -> Profile:
-    from vpipe.profiler.modelfile import load_model_file
+    from vpipe.common.modelfile import load_model_file
     from vpipe.profiler.profiling import ProfileSettings, profile_model
 
     model_file = load_model_file(args.model)

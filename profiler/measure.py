@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from vpipe.profiler.capture import flat_tensors
+from vpipe.common.capture import flat_tensors
 
 
 class Clock:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from vpipe.common.capture import capture, flat_tensors
 from vpipe.common.errors import VpipeError
-from vpipe.profiler.capture import capture, flat_tensors
+from vpipe.common.modelfile import ModelFile
 from vpipe.profiler.measure import (
     Clock,
     classify_saved,
@@ -18,7 +19,6 @@ from vpipe.profiler.measure import (
     time_node,
     time_whole_model,
 )
-from vpipe.profiler.modelfile import ModelFile
 from vpipe.profiler.schema import (
     OPTIMIZER_STATE_FACTOR,
     NodeProfile,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
-from vpipe.common.yamlfile import load_yaml, save_yaml
+from vpipe.common.yamlfile import load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 1
 
@@ -140,7 +140,7 @@ class Profile:
         for f in fields(self):
             if f.name in ("schema_version", "_index"):
                 continue
-            data[f.name] = _plain(getattr(self, f.name))
+            data[f.name] = plain(getattr(self, f.name))
         data["graph_sha256"] = self.graph_sha256
         return data
 
@@ -195,17 +195,6 @@ def _require(data: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in data:
         raise VpipeError(f"{where}: missing field {key!r}; re-run vpipe-profile")
     return data[key]
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses and tuples to the plain dicts and lists YAML writes."""
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _plain(v) for k, v in asdict(value).items()}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _validate(profile: Profile) -> None:

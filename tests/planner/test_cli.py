@@ -29,7 +29,7 @@ def run(argv, capsys):
 def test_writes_a_valid_plan_and_plot(profile_path, tmp_path, capsys):
     out, png = tmp_path / "plan.yaml", tmp_path / "plan.png"
     code, stdout, _ = run([profile_path, "--gpus", "3", "-o", out, "--plot", png], capsys)
-    assert code == 0 and "proven optimal" in stdout
+    assert code == 0 and "proven optimal" in stdout, stdout
     plan = load_plan(out)
     profile = load_profile(profile_path)
     assert [n for s in plan.stages for n in s.nodes] == [n.name for n in profile.nodes]

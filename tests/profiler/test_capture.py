@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from vpipe.common.capture import capture
 from vpipe.common.errors import VpipeError
+from vpipe.common.modelfile import load_model_file
 from vpipe.models import gpt
-from vpipe.profiler.capture import capture
-from vpipe.profiler.modelfile import load_model_file
 
 
 def test_untraceable_block_names_the_module_and_the_flag(fixtures):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vpipe.profiler.modelfile import load_model_file
+from vpipe.common.modelfile import load_model_file
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 
 BATCH = 2

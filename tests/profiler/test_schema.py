@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from vpipe.common.errors import VpipeError
-from vpipe.profiler.modelfile import load_model_file
+from vpipe.common.modelfile import load_model_file
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 from vpipe.profiler.schema import load_profile, save_profile
 

@@ -1,6 +1,6 @@
 """Measured times follow the work: layers of 1x, 4x and 16x the FLOPs time in that order."""
 
-from vpipe.profiler.modelfile import load_model_file
+from vpipe.common.modelfile import load_model_file
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 
 ATTEMPTS = 3  # the lowest of three medians per node: another busy process only ever adds time

@@ -1,0 +1,231 @@
+"""Plan → out/: stage files, initial weights per stage, pipeline.yaml; all or nothing.
+
+The generator re-traces the model the profile names and refuses to go on if anything changed
+since: the profile (its sha256 in the plan), the model file (its sha256 in the profile) or the
+traced graph (node by node). Files are written into a temporary directory that replaces `out/`
+only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from vpipe.codegen.ownership import adopt, owned_names, stage_tensors
+from vpipe.codegen.partition import StageFlow, partition
+from vpipe.codegen.render import render_stage, stage_text
+from vpipe.codegen.schema import Pipeline, StageSpec, TensorSpec, TiedParameter, save_pipeline
+from vpipe.common.capture import capture
+from vpipe.common.errors import VpipeError
+from vpipe.common.modelfile import ModelFile, load_model_file
+from vpipe.planner.schema import Plan, load_plan
+from vpipe.profiler.schema import Profile, load_profile
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Everything a plan stands on, checked to still agree with each other."""
+
+    plan: Plan
+    plan_path: Path
+    profile: Profile
+    model_file: ModelFile
+    model: nn.Module  # built with the profile's seed: its values are the initial weights
+    graph: fx.GraphModule
+
+
+def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
+    """Write the pipeline for `plan_path` into `out` and return its config."""
+    sources = load_sources(Path(plan_path))
+    out = Path(out)
+    _check_output_dir(out)
+    flows = partition(sources.profile, sources.plan)
+    _check_crossing_values(sources.profile, flows)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipeline = _write(sources, flows, staging, out)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return pipeline
+
+
+def load_sources(plan_path: Path) -> Sources:
+    plan = load_plan(plan_path)
+    profile_path = _find(plan.profile, plan_path)
+    if hashlib.sha256(profile_path.read_bytes()).hexdigest() != plan.profile_sha256:
+        raise VpipeError(
+            f"{profile_path} changed since {plan_path} was planned from it (sha256 differs); "
+            f"re-run vpipe-plan on it"
+        )
+    profile = load_profile(profile_path)
+    if profile.source_kind != "model":
+        raise VpipeError(
+            f"{profile_path} was imported from PipeDream: it has no model to generate code "
+            "from; profile the model with vpipe-profile model.py"
+        )
+    model_file = load_model_file(profile.source)
+    if profile.source_sha256 and model_file.sha256 != profile.source_sha256:
+        raise VpipeError(
+            f"{profile.source} changed since it was profiled (sha256 differs); re-run "
+            "vpipe-profile and vpipe-plan"
+        )
+    torch.manual_seed(profile.seed or 0)
+    model = model_file.build_model()
+    graph = capture(model, profile.leaves)
+    _check_graph(graph, profile)
+    return Sources(plan, plan_path, profile, model_file, model, graph)
+
+
+def _find(profile: str, plan_path: Path) -> Path:
+    for candidate in (Path(profile), plan_path.parent / profile):
+        if candidate.is_file():
+            return candidate
+    raise VpipeError(
+        f"{plan_path} names the profile {profile}, which is not there (nor next to the plan)"
+    )
+
+
+def _check_graph(graph: fx.GraphModule, profile: Profile) -> None:
+    traced = [n for n in graph.graph.nodes if n.op != "output"]
+    for node, recorded in zip(traced, profile.nodes, strict=False):
+        inputs = tuple(u.name for u in node.all_input_nodes)
+        if (node.name, node.op, inputs) != (recorded.name, recorded.op, recorded.inputs):
+            raise VpipeError(
+                f"the model's graph no longer matches the profile at node {recorded.name!r} "
+                f"(traced {node.name!r}); re-run vpipe-profile and vpipe-plan"
+            )
+    if len(traced) != len(profile.nodes):
+        raise VpipeError(
+            f"the model's graph has {len(traced)} nodes, the profile {len(profile.nodes)}; "
+            "re-run vpipe-profile and vpipe-plan"
+        )
+
+
+def _check_output_dir(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / "pipeline.yaml").is_file():
+        raise VpipeError(
+            f"{out} exists and is not a vpipe-gen output (no pipeline.yaml); choose another -o "
+            "or empty it"
+        )
+    if not out.parent.exists():
+        raise VpipeError(f"cannot write {out}: {out.parent} does not exist")
+
+
+def _check_crossing_values(profile: Profile, flows: tuple[StageFlow, ...]) -> None:
+    for flow in flows[1:]:
+        for name in flow.received:
+            if len(profile.node(name).outputs) != 1:
+                raise VpipeError(
+                    f"stage {flow.index} needs {name!r} from stage {flow.index - 1}, which is "
+                    "not one tensor; only tensors travel between stages: re-plan so that its "
+                    "readers share its stage, or keep its module whole with --leaf"
+                )
+
+
+def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: Path) -> Pipeline:
+    plan, profile = sources.plan, sources.profile
+    batch_size = profile.batch_size or 1
+    micro = batch_size // plan.settings.microbatches
+    if micro * plan.settings.microbatches != batch_size:
+        raise VpipeError(
+            f"batch size {batch_size} does not split into {plan.settings.microbatches} "
+            "micro-batches; re-plan with --microbatches dividing it"
+        )
+    inputs, _ = sources.model_file.batch(micro, 0)
+    specs = _tensor_specs(sources.graph, inputs)
+    plan_sha = hashlib.sha256(sources.plan_path.read_bytes()).hexdigest()
+    header = {
+        "plan": str(sources.plan_path),
+        "plan_sha256": plan_sha,
+        "model": profile.source,
+    }
+    placeholders = [n.name for n in profile.nodes if n.op == "placeholder"]
+    stage_specs = []
+    owners: dict[int, list[int]] = {}  # id(parameter) -> stages holding it
+    (staging / "weights").mkdir()
+    for flow in flows:
+        owns = owned_names(sources.graph, flow.nodes)
+        text = stage_text(sources.graph, flow, len(flows), owns)
+        (staging / f"stage_{flow.index}.py").write_text(render_stage(text, header))
+        holder = nn.Module()
+        adopt(holder, sources.model, owns)
+        tensors = stage_tensors(holder)
+        torch.save(
+            {k: v.detach().clone() for k, v in tensors.items()},
+            staging / "weights" / f"stage_{flow.index}.pt",
+        )
+        for parameter in holder.parameters():
+            owners.setdefault(id(parameter), []).append(flow.index)
+        stage_specs.append(
+            StageSpec(
+                index=flow.index,
+                module=f"stage_{flow.index}.py:Stage{flow.index}",
+                weights=f"weights/stage_{flow.index}.pt",
+                ranks=(flow.index,),
+                batch_inputs=tuple(placeholders.index(n) for n in flow.batch_inputs),
+                inputs=tuple(specs[n] for n in flow.inputs),
+                outputs=tuple(specs[n] for n in flow.sent),
+                recompute=flow.segments,
+                parameters=tuple(name for name, _ in holder.named_parameters()),
+                predicted=plan.stages[flow.index].predicted,
+            )
+        )
+    names: dict[int, list[str]] = {}
+    for name, parameter in sources.model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    tied = tuple(
+        TiedParameter(tuple(names[key]), tuple(stages))
+        for key, stages in owners.items()
+        if len(stages) > 1
+    )
+    output = sources.graph.graph.output_node().args[0]
+    pipeline = Pipeline(
+        plan=_relative(sources.plan_path, out),
+        plan_sha256=plan_sha,
+        model=profile.source,
+        model_sha256=profile.source_sha256,
+        seed=profile.seed or 0,
+        leaves=profile.leaves,
+        batch_size=batch_size,
+        microbatches=plan.settings.microbatches,
+        schedule=plan.settings.schedule,
+        optimizer=plan.settings.optimizer,
+        output_is_tuple=isinstance(output, (tuple, list)),
+        stages=tuple(stage_specs),
+        tied=tied,
+        predicted=plan.predicted,
+    )
+    save_pipeline(pipeline, staging / "pipeline.yaml")
+    return pipeline
+
+
+def _tensor_specs(graph: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> dict[str, TensorSpec]:
+    """Shape and dtype of every tensor value at the micro-batch size, from one forward."""
+    specs: dict[str, TensorSpec] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, node: fx.Node):
+            value = super().run_node(node)
+            if isinstance(value, torch.Tensor):
+                dtype = str(value.dtype).removeprefix("torch.")
+                specs[node.name] = TensorSpec(node.name, tuple(value.shape), dtype)
+            return value
+
+    with torch.no_grad():
+        Recorder(graph).run(*inputs)
+    return specs
+
+
+def _relative(path: Path, out: Path) -> str:
+    """`path` as seen from inside `out` (where pipeline.yaml lives)."""
+    return os.path.relpath(path.resolve(), out.resolve())

@@ -1,0 +1,154 @@
+"""Stage source text: torch.fx writes each op's line, a Jinja template writes everything else.
+
+A stage's nodes fall into blocks: runs computed plainly, and runs the plan recomputes (each one
+`torch.utils.checkpoint` segment, as the planner's memory model assumed). Each block becomes a
+small fx graph whose inputs are the values it reads from before it and whose outputs are the
+values read after it; fx's own code printer turns it into one line per op with the graph's node
+names as variables, so the stage runs exactly the ops the traced model runs, in the same order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from torch import fx
+
+from vpipe.codegen.partition import StageFlow
+
+TEMPLATES = Path(__file__).parent / "templates"
+# fx's printer refers to these without defining them; everything else it needs is a global we
+# import by name
+_PRINTER_NAMES = {
+    "torch": "import torch",
+    "device": "from torch import device",
+    "inf": "from math import inf",
+    "nan": "from math import nan",
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A recomputed run of nodes, emitted as a method that checkpoint calls."""
+
+    method: str
+    args: tuple[str, ...]
+    returns: tuple[str, ...]
+    body: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StageText:
+    """What the template needs for one stage; plain values only."""
+
+    index: int
+    stages: int
+    owns: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    body: tuple[str, ...]  # forward's lines, checkpoint calls included
+    segments: tuple[Segment, ...]
+    imports: tuple[str, ...]
+    node_count: int
+
+
+def stage_text(
+    gm: fx.GraphModule, flow: StageFlow, stages: int, owns: tuple[str, ...]
+) -> StageText:
+    """Lay out one stage as forward lines and checkpoint segment methods."""
+    by_name = {node.name: node for node in gm.graph.nodes}
+    recomputed = {name: i for i, seg in enumerate(flow.segments) for name in seg}
+    blocks: list[tuple[int | None, list[str]]] = []  # (segment index or None, node names)
+    for name in flow.nodes:
+        segment = recomputed.get(name)
+        if not blocks or blocks[-1][0] != segment:
+            blocks.append((segment, []))
+        blocks[-1][1].append(name)
+    # for each block, the values read after it: by later blocks, or sent on
+    needed_after: list[set[str]] = []
+    later: set[str] = set(flow.sent)
+    for _, names in reversed(blocks):
+        needed_after.append(set(later))
+        later |= {u.name for n in names for u in by_name[n].all_input_nodes}
+    needed_after.reverse()
+    body: list[str] = []
+    segments: list[Segment] = []
+    used_globals: set[str] = set()
+    for (segment, names), after in zip(blocks, needed_after, strict=True):
+        args, lines, returns, names_used = _block(by_name, names, after, segment is not None)
+        used_globals |= names_used
+        if segment is None:
+            body += lines
+            continue
+        method = f"_recompute_{segment}"
+        segments.append(Segment(method, args, returns, tuple(lines)))
+        call = f"checkpoint(self.{method}, {', '.join(args)}, use_reentrant=False)"
+        body.append(f"{', '.join(returns)}{',' if len(returns) == 1 else ''} = {call}")
+    return StageText(
+        index=flow.index,
+        stages=stages,
+        owns=owns,
+        inputs=flow.inputs,
+        outputs=flow.sent,
+        body=tuple(body),
+        segments=tuple(segments),
+        imports=tuple(sorted(_PRINTER_NAMES[name] for name in used_globals)),
+        node_count=len(flow.nodes),
+    )
+
+
+def _block(
+    by_name: dict[str, fx.Node], names: list[str], after: set[str], is_method: bool
+) -> tuple[tuple[str, ...], list[str], tuple[str, ...], set[str]]:
+    """(arguments, lines, returned names, printer globals used) of one block of nodes. An
+    inlined block also "returns" the inputs read after it, so fx does not free them."""
+    inside = set(names)
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    for node in (by_name[n] for n in names):
+        for source in node.all_input_nodes:
+            if source.name not in inside and source.name not in env:
+                env[source.name] = graph.placeholder(source.name)
+        env[node.name] = graph.node_copy(node, lambda u: env[u.name])
+        if env[node.name].name != node.name:  # fx renamed it: the lines would not link up
+            raise RuntimeError(f"fx renamed {node.name!r} to {env[node.name].name!r}")
+    returns = tuple(n for n in env if n in after and (n in inside or not is_method))
+    graph.output(tuple(env[n] for n in returns))
+    code = graph.python_code(root_module="self")
+    args = tuple(n.name for n in graph.nodes if n.op == "placeholder")
+    lines = _statements(code.src)
+    text = "\n".join(lines)
+    used = {name for name in code.globals if re.search(rf"\b{name}\b", text)}
+    unknown = used - set(_PRINTER_NAMES) - {"getattr"}
+    if unknown:
+        raise RuntimeError(f"generated code needs globals vpipe cannot import: {sorted(unknown)}")
+    return args, lines, returns, used - {"getattr"}
+
+
+def _statements(source: str) -> list[str]:
+    """The body of fx's forward without its return, one statement per line: fx frees dead
+    values with `a = b = None` after a semicolon, written here as `del a, b`."""
+    lines = source.strip().splitlines()
+    body = [line.strip() for line in lines[1:] if line.strip()]
+    if not body or not body[-1].startswith("return"):
+        raise RuntimeError("unexpected fx code layout")
+    statements = []
+    for line in body[:-1]:
+        statement, _, freed = line.partition(";  ")
+        statements.append(statement)
+        if freed:
+            statements.append("del " + ", ".join(freed.removesuffix(" = None").split(" = ")))
+    return statements
+
+
+def render_stage(text: StageText, header: dict[str, str]) -> str:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return environment.get_template("stage.py.j2").render(stage=text, **header)

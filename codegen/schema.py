@@ -1,0 +1,138 @@
+"""out/pipeline.yaml: what `vpipe-gen` writes and the runtime reads.
+
+Frozen records with `to_dict`/`from_dict`; dictionaries exist only at the YAML edge. Shapes are
+per micro-batch, the shapes the runtime sends and receives. No torch here, so the file can be
+checked anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vpipe.common.errors import VpipeError
+from vpipe.common.yamlfile import load_yaml, plain, save_yaml
+from vpipe.planner.schema import MemoryBreakdown, Prediction, StagePrediction
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor a stage takes or gives, by its graph node's name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # torch dtype name without "torch.", e.g. float32
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    index: int
+    module: str  # "stage_<k>.py:Stage<k>", relative to the pipeline file
+    weights: str  # initial values of the parameters and buffers it owns
+    ranks: tuple[int, ...]  # processes that run it (one per stage today)
+    batch_inputs: tuple[int, ...]  # indices into make_batch's inputs it reads itself
+    inputs: tuple[TensorSpec, ...]  # forward's arguments: batch inputs, then stage k-1's
+    outputs: tuple[TensorSpec, ...]  # what forward returns: to stage k+1, or the model outputs
+    recompute: tuple[tuple[str, ...], ...]  # checkpoint segments, as node names
+    parameters: tuple[str, ...]  # names as in the original model's state_dict
+    predicted: StagePrediction
+
+
+@dataclass(frozen=True)
+class TiedParameter:
+    """One parameter used by several stages: each holds a copy, the runtime keeps them equal."""
+
+    names: tuple[str, ...]  # every name it has in the original model
+    stages: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    plan: str  # path of the plan, relative to the pipeline file
+    plan_sha256: str
+    model: str  # the model file, as the profile names it
+    model_sha256: str | None
+    seed: int
+    leaves: tuple[str, ...]
+    batch_size: int
+    microbatches: int
+    schedule: str
+    optimizer: str
+    output_is_tuple: bool  # the model returns a tuple (else one tensor)
+    stages: tuple[StageSpec, ...]
+    tied: tuple[TiedParameter, ...]
+    predicted: Prediction
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def microbatch_size(self) -> int:
+        return self.batch_size // self.microbatches
+
+    def to_dict(self) -> dict[str, Any]:
+        data = plain(self)
+        return {"schema_version": data.pop("schema_version"), **data}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "pipeline") -> Pipeline:
+        if not isinstance(data, Mapping):
+            raise VpipeError(f"{where}: not a vpipe pipeline file (expected a mapping)")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise VpipeError(
+                f"{where}: schema_version {data.get('schema_version')!r} is not "
+                f"{SCHEMA_VERSION}; regenerate it with this vpipe: vpipe-gen plan.yaml -o <dir>"
+            )
+        try:
+            pipeline = cls(
+                **{
+                    **{k: v for k, v in data.items() if k != "schema_version"},
+                    "leaves": tuple(data["leaves"]),
+                    "stages": tuple(_stage(s) for s in data["stages"]),
+                    "tied": tuple(
+                        TiedParameter(tuple(t["names"]), tuple(t["stages"])) for t in data["tied"]
+                    ),
+                    "predicted": Prediction(**data["predicted"]),
+                }
+            )
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            raise VpipeError(
+                f"{where}: malformed pipeline file ({type(err).__name__}: {err}); "
+                "regenerate it with vpipe-gen"
+            ) from None
+        for position, stage in enumerate(pipeline.stages):
+            if stage.index != position:
+                raise VpipeError(f"{where}: stage {position} is numbered {stage.index}")
+        return pipeline
+
+
+def _tensors(items: Any) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in items)
+
+
+def _stage(data: Mapping[str, Any]) -> StageSpec:
+    predicted = dict(data["predicted"])
+    predicted["memory"] = MemoryBreakdown(**predicted["memory"])
+    return StageSpec(
+        index=data["index"],
+        module=data["module"],
+        weights=data["weights"],
+        ranks=tuple(data["ranks"]),
+        batch_inputs=tuple(data["batch_inputs"]),
+        inputs=_tensors(data["inputs"]),
+        outputs=_tensors(data["outputs"]),
+        recompute=tuple(tuple(s) for s in data["recompute"]),
+        parameters=tuple(data["parameters"]),
+        predicted=StagePrediction(**predicted),
+    )
+
+
+def save_pipeline(pipeline: Pipeline, path: str | Path) -> None:
+    save_yaml(pipeline.to_dict(), path)
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate out/pipeline.yaml."""
+    return Pipeline.from_dict(load_yaml(path, "pipeline"), where=str(path))
