@@ -36,6 +36,7 @@ def solve_brute_force(graph: PlanGraph, settings: PlanSettings) -> Split:
         m
         for m in range(1 << graph.size)
         if all(not m >> n & 1 or all(m >> p & 1 for p in graph.preds[n]) for n in range(graph.size))
+        and not graph.splits_a_group(m)
     ]
     full = (1 << graph.size) - 1
     inner = [m for m in ideals if m not in (0, full)]

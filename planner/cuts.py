@@ -40,18 +40,26 @@ def all_ideals(graph: PlanGraph, limit: int) -> list[int] | None:
     unused outputs float free, from multiplying their cuts.
     """
     sinks, sources = _glued(graph)
-    free = {*sinks, *sources}
+    grouped = {n for group in graph.together for n in group}
+    free = {*sinks, *sources} - grouped
+    sinks = {n: p for n, p in sinks.items() if n in free}
+    sources = [n for n in sources if n in free]
     source_mask = bits(sources)
-    pred_masks = [bits(p) & ~source_mask for p in graph.preds]
-    movable = [n for n in range(graph.size) if n not in free]
+    # the units an ideal grows by: single nodes, and groups that must share a stage
+    units = [bits(group) for group in graph.together]
+    units += [1 << n for n in range(graph.size) if n not in free and n not in grouped]
+    unit_preds = [
+        bits([p for n in members(unit) for p in graph.preds[n]]) & ~unit & ~source_mask
+        for unit in units
+    ]
     seen = {0}
     frontier = [0]
     while frontier:
         grown = []
         for ideal in frontier:
-            for n in movable:
-                if not ideal >> n & 1 and pred_masks[n] & ~ideal == 0:
-                    bigger = ideal | 1 << n
+            for unit, preds in zip(units, unit_preds, strict=True):
+                if not ideal & unit and preds & ~ideal == 0:
+                    bigger = ideal | unit
                     if bigger not in seen:
                         seen.add(bigger)
                         grown.append(bigger)
@@ -95,7 +103,8 @@ def _with_glued(mask: int, sinks: dict[int, int], source_mask: int) -> int:
 
 
 def prefix_ideals(graph: PlanGraph) -> list[int]:
-    """Prefixes of the profile's order and of a depth-first order: a small family of cuts."""
+    """Prefixes of the profile's order and of a depth-first order: a small family of cuts
+    (those that keep every `together` group whole)."""
     orders = [list(range(graph.size)), _depth_first_order(graph)]
     seen: set[int] = set()
     for order in orders:
@@ -103,7 +112,8 @@ def prefix_ideals(graph: PlanGraph) -> list[int]:
         seen.add(0)
         for n in order:
             mask |= 1 << n
-            seen.add(mask)
+            if not graph.splits_a_group(mask):
+                seen.add(mask)
     return sorted(seen, key=lambda m: (m.bit_count(), m))
 
 

@@ -38,6 +38,13 @@ class PlanGraph:
     reads: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it takes as input
     outputs: tuple[int, ...]  # nodes whose values the model returns: they reach the last stage
     notes: tuple[str, ...] = ()
+    # node groups that must share a stage: a value that is not one tensor (a size, a device, a
+    # tuple) cannot be sent between stages, so its producer stays with its readers
+    together: tuple[tuple[int, ...], ...] = ()
+
+    def splits_a_group(self, mask: int) -> bool:
+        """Whether the node set `mask` holds part of a `together` group but not all of it."""
+        return any(0 < sum(mask >> n & 1 for n in group) < len(group) for group in self.together)
 
     @property
     def size(self) -> int:
@@ -103,4 +110,25 @@ def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
         if profile.source_kind == "model"
         else (),
         notes=(PIPEDREAM_NOTE,) if unknown else (),
+        together=_together(profile, succs) if profile.source_kind == "model" else (),
     )
+
+
+def _together(profile: Profile, succs: list[list[int]]) -> tuple[tuple[int, ...], ...]:
+    """Groups joined by values that are not one tensor (union-find over producer-reader)."""
+    parent = list(range(len(profile.nodes)))
+
+    def root(n: int) -> int:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for i, node in enumerate(profile.nodes):
+        if node.op != "placeholder" and len(node.outputs) != 1:
+            for reader in succs[i]:
+                parent[root(reader)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for n in range(len(parent)):
+        groups.setdefault(root(n), []).append(n)
+    return tuple(tuple(g) for g in groups.values() if len(g) > 1)

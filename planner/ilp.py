@@ -85,6 +85,9 @@ def solve_ilp(
     for u in nodes:
         for v in graph.succs[u]:
             prob += stage_of(u) <= stage_of(v)
+    for first, *rest in graph.together:
+        for n in rest:
+            prob += stage_of(n) == stage_of(first)
     # z = x AND r
     for (n, k), var in z.items():
         prob += var <= x[n, k]

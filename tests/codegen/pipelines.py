@@ -1,0 +1,43 @@
+"""Profile, plan and generate bundled models for the codegen tests (real commands, no mocks)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from vpipe.codegen.cli import main as generate_main
+from vpipe.planner.cli import main as plan_main
+from vpipe.planner.schema import load_plan, save_plan
+from vpipe.profiler.cli import main as profile_main
+
+MODELS = ("gpt", "bert", "resnet", "vgg", "mlp")
+
+
+def profile(model: str, directory: Path, batch_size: int = 4) -> Path:
+    path = directory / f"{model}.profile.yaml"
+    argv = [f"vpipe.models.{model}", "-o", str(path), "-q", "--device", "cpu"]
+    argv += ["--batch-size", str(batch_size), "--repeats", "1", "--warmup", "0"]
+    assert profile_main(argv) == 0
+    return path
+
+
+def plan(profile_path: Path, gpus: int, directory: Path, recompute: bool, *extra: str) -> Path:
+    """A plan from vpipe-plan; with `recompute`, every stage also recomputes all but every third
+    node: runs of two (more, and more awkward, segments than a memory cap would pick)."""
+    path = directory / f"plan{gpus}{'r' if recompute else ''}.yaml"
+    assert plan_main([str(profile_path), "--gpus", str(gpus), "-o", str(path), "-q", *extra]) == 0
+    if recompute:
+        planned = load_plan(path)
+        stages = tuple(
+            dataclasses.replace(
+                stage, recompute=tuple(n for i, n in enumerate(stage.nodes) if i % 3)
+            )
+            for stage in planned.stages
+        )
+        save_plan(dataclasses.replace(planned, stages=stages), path)
+    return path
+
+
+def generate(plan_path: Path, out: Path) -> Path:
+    assert generate_main([str(plan_path), "-o", str(out), "-q"]) == 0
+    return out

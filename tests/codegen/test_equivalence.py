@@ -1,0 +1,44 @@
+"""Generated stages, chained in order, compute exactly what the original model computes."""
+
+import pytest
+import torch
+
+from vpipe.codegen.loading import forward_in_order, load_all
+from vpipe.common.modelfile import load_model_file
+
+from .pipelines import MODELS, generate, plan, profile
+
+
+@pytest.fixture(scope="module")
+def profiles(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("profiles")
+    return {model: profile(model, directory) for model in MODELS}
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["plain", "recompute"])
+@pytest.mark.parametrize("gpus", [2, 3, 4])
+@pytest.mark.parametrize("model", MODELS)
+def test_stages_equal_the_model(model, gpus, recompute, profiles, tmp_path):
+    out = generate(plan(profiles[model], gpus, tmp_path, recompute), tmp_path / "out")
+    pipeline, stages = load_all(out)
+    assert bool(any(s.recompute for s in pipeline.stages)) == recompute
+    model_file = load_model_file(pipeline.model)
+    torch.manual_seed(pipeline.seed)
+    reference = model_file.build_model()
+    inputs, target = model_file.batch(pipeline.batch_size, 3)
+
+    torch.manual_seed(1)
+    expected = reference(*inputs)
+    torch.manual_seed(1)
+    (output,) = forward_in_order(pipeline, stages, inputs)
+    assert torch.equal(output, expected)
+
+    model_file.loss_fn(expected, target).backward()
+    model_file.loss_fn(output, target).backward()
+    original = dict(reference.named_parameters())
+    seen = set()
+    for stage in stages:
+        for name, parameter in stage.named_parameters():
+            torch.testing.assert_close(parameter.grad, original[name].grad, msg=name)
+            seen.add(name)
+    assert seen == set(original)  # every parameter is owned by some stage
