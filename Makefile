@@ -1,5 +1,5 @@
 # The two commands of the README, and the steps they share.
-#   make demo   profile a bundled model, then plan it for 2 stages (later: generate, train)
+#   make demo   profile a bundled model, plan it for 2 stages, generate the stage files (later: train)
 #   make test   install vpipe (a normal, non-editable install) and run lint and the tests
 # Both build .venv on first use. PyTorch is installed first, pinned, so that the project's
 # `torch>=...` requirement installs nothing more: on a machine without a GPU that must be a
@@ -40,6 +40,7 @@ demo: install
 		-o $(DEMO)/profile.yaml --plot $(DEMO)/profile.png
 	$(BIN)/vpipe-plan $(DEMO)/profile.yaml --gpus 2 --memory 0.004 \
 		-o $(DEMO)/plan.yaml --plot $(DEMO)/plan.png
+	$(BIN)/vpipe-gen $(DEMO)/plan.yaml -o $(DEMO)/out
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

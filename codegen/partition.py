@@ -66,14 +66,15 @@ def partition(profile: Profile, plan: Plan) -> tuple[StageFlow, ...]:
                 )
             )
         )
+        nodes = tuple(sorted(stage.nodes, key=position.get))  # run in the profile's order
         flows.append(
             StageFlow(
                 index=k,
-                nodes=stage.nodes,
+                nodes=nodes,
                 batch_inputs=tuple(n for n in stage.nodes if profile.node(n).op == "placeholder"),
                 received=tuple(crossing),
                 sent=sent,
-                segments=_segments(stage.nodes, set(stage.recompute)),
+                segments=_segments(nodes, set(stage.recompute)),
             )
         )
     return tuple(flows)

@@ -9,7 +9,7 @@ names as variables, so the stage runs exactly the ops the traced model runs, in 
 
 from __future__ import annotations
 
-import re
+import ast
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +19,8 @@ from torch import fx
 from vpipe.codegen.partition import StageFlow
 
 TEMPLATES = Path(__file__).parent / "templates"
-# fx's printer refers to these without defining them; everything else it needs is a global we
-# import by name
-_PRINTER_NAMES = {
-    "torch": "import torch",
-    "device": "from torch import device",
-    "inf": "from math import inf",
-    "nan": "from math import nan",
-}
+# the globals fx's printer refers to without defining them, and the module each comes from
+_PRINTER_NAMES = {"torch": "torch", "device": "torch", "inf": "math", "nan": "math"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +44,8 @@ class StageText:
     outputs: tuple[str, ...]
     body: tuple[str, ...]  # forward's lines, checkpoint calls included
     segments: tuple[Segment, ...]
-    imports: tuple[str, ...]
+    stdlib_imports: tuple[str, ...]
+    imports: tuple[str, ...]  # third-party (torch, vpipe), sorted as isort wants
     node_count: int
 
 
@@ -94,9 +89,21 @@ def stage_text(
         outputs=flow.sent,
         body=tuple(body),
         segments=tuple(segments),
-        imports=tuple(sorted(_PRINTER_NAMES[name] for name in used_globals)),
+        **_imports(used_globals, bool(segments)),
         node_count=len(flow.nodes),
     )
+
+
+def _imports(printer_globals: set[str], checkpoints: bool) -> dict[str, tuple[str, ...]]:
+    math_names = sorted(n for n in printer_globals if _PRINTER_NAMES[n] == "math")
+    torch_names = sorted({"nn"} | {n for n in printer_globals if n == "device"})
+    third_party = ["import torch"] if "torch" in printer_globals else []
+    third_party.append(f"from torch import {', '.join(torch_names)}")
+    if checkpoints:
+        third_party.append("from torch.utils.checkpoint import checkpoint")
+    third_party.append("from vpipe.codegen.ownership import adopt")
+    stdlib = (f"from math import {', '.join(math_names)}",) if math_names else ()
+    return {"stdlib_imports": stdlib, "imports": tuple(third_party)}
 
 
 def _block(
@@ -119,8 +126,8 @@ def _block(
     code = graph.python_code(root_module="self")
     args = tuple(n.name for n in graph.nodes if n.op == "placeholder")
     lines = _statements(code.src)
-    text = "\n".join(lines)
-    used = {name for name in code.globals if re.search(rf"\b{name}\b", text)}
+    read = {n.id for n in ast.walk(ast.parse("\n".join(lines))) if isinstance(n, ast.Name)}
+    used = read & set(code.globals)
     unknown = used - set(_PRINTER_NAMES) - {"getattr"}
     if unknown:
         raise RuntimeError(f"generated code needs globals vpipe cannot import: {sorted(unknown)}")

@@ -1,5 +1,9 @@
 """Generated stages, chained in order, compute exactly what the original model computes."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,3 +46,7 @@ def test_stages_equal_the_model(model, gpus, recompute, profiles, tmp_path):
             torch.testing.assert_close(parameter.grad, original[name].grad, msg=name)
             seen.add(name)
     assert seen == set(original)  # every parameter is owned by some stage
+    ruff = Path(sys.executable).parent / "ruff"
+    files = sorted(str(f) for f in out.glob("stage_*.py"))
+    lint = subprocess.run([ruff, "check", "--isolated", *files], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
