@@ -19,8 +19,9 @@ def best_stage(
 ) -> tuple[float, tuple[int, ...]] | None:
     """Fastest recompute set of one stage that fits memory, trying every subset."""
     best = None
-    for size in range(len(stage) + 1):
-        for chosen in itertools.combinations(stage, size):
+    candidates = [n for n in stage if n not in graph.model_inputs]
+    for size in range(len(candidates) + 1):
+        for chosen in itertools.combinations(candidates, size):
             predicted = evaluate_stage(graph, settings, index, members(before), stage, chosen)
             if predicted.memory.total > settings.memory_bytes:
                 continue

@@ -38,6 +38,9 @@ class PlanGraph:
     reads: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it takes as input
     outputs: tuple[int, ...]  # nodes whose values the model returns: they reach the last stage
     notes: tuple[str, ...] = ()
+    model_inputs: frozenset[int] = (
+        frozenset()
+    )  # placeholders: read from the batch, never recomputed
     # node groups that must share a stage: a value that is not one tensor (a size, a device, a
     # tuple) cannot be sent between stages, so its producer stays with its readers
     together: tuple[tuple[int, ...], ...] = ()
@@ -110,6 +113,7 @@ def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
         if profile.source_kind == "model"
         else (),
         notes=(PIPEDREAM_NOTE,) if unknown else (),
+        model_inputs=frozenset(i for i in range(len(nodes)) if placeholder[i]),
         together=_together(profile, succs) if profile.source_kind == "model" else (),
     )
 

@@ -7,6 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from vpipe.codegen.loading import load_stage
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.modelfile import load_model_file
+from vpipe.planner.cli import main as plan_main
 from vpipe.planner.costmodel import kept_bytes
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.schema import load_plan
@@ -60,8 +61,9 @@ def _example(shape, dtype):
 
 
 def _saved_bytes(stage, inputs) -> int:
-    """Bytes autograd keeps for backward, by storage, leaving out weights and the inputs."""
-    excluded = {t.untyped_storage().data_ptr() for t in [*stage.parameters(), *inputs]}
+    """Bytes autograd keeps for backward, by storage, leaving out the weights. (The inputs here
+    are model inputs, nodes of the stage: the planner counts them when they are kept.)"""
+    excluded = {t.untyped_storage().data_ptr() for t in stage.parameters()}
     storages = {}
 
     def pack(tensor):
@@ -75,21 +77,42 @@ def _saved_bytes(stage, inputs) -> int:
     return sum(storages.values())
 
 
-def test_checkpoint_saves_what_the_planner_counts(gpt, tmp_path):
-    profile_path, plan_path, out = gpt
-    pipeline = load_pipeline(out / "pipeline.yaml")
-    plain = generate(plan(profile_path, 3, tmp_path, recompute=False), tmp_path / "plain")
+def test_checkpoint_saves_what_the_planner_counts(tmp_path):
+    """One stage, so both plans hold the same nodes; 80% of its memory forces the planner to
+    recompute."""
+    profile_path = profile("gpt", tmp_path)
+    free_plan = plan(profile_path, 1, tmp_path, recompute=False)
+    need = load_plan(free_plan).stages[0].predicted.memory.total
+    capped_plan = tmp_path / "capped.yaml"
+    cap_gib = need * 0.8 / 2**30 / 0.9  # before the 10% headroom
+    assert (
+        plan_main(
+            [
+                str(profile_path),
+                "--gpus",
+                "1",
+                "--memory",
+                str(cap_gib),
+                "-o",
+                str(capped_plan),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    stage_plan = load_plan(capped_plan).stages[0]
+    assert stage_plan.recompute
     graph = plan_graph(load_profile(profile_path))
     index = {name: i for i, name in enumerate(graph.names)}
-    stage_plan = max(load_plan(plan_path).stages, key=lambda s: len(s.nodes))  # the largest
-    k = stage_plan.index
     nodes = [index[n] for n in stage_plan.nodes]
     recomputed = [index[n] for n in stage_plan.recompute]
-    inputs = [
-        _example(spec.shape, getattr(torch, spec.dtype)) for spec in pipeline.stages[k].inputs
-    ]
-    with_checkpoint = _saved_bytes(load_stage(out, pipeline, k), inputs)
-    without = _saved_bytes(load_stage(plain, load_pipeline(plain / "pipeline.yaml"), k), inputs)
-    assert with_checkpoint < without
-    assert with_checkpoint == kept_bytes(graph, nodes, recomputed)[0]
-    assert without == kept_bytes(graph, nodes, ())[0]
+    measured = {}
+    for name, plan_path in (("plain", free_plan), ("checkpointed", capped_plan)):
+        out = generate(plan_path, tmp_path / name)
+        pipeline = load_pipeline(out / "pipeline.yaml")
+        stage = load_stage(out, pipeline, 0)
+        inputs = [_example(s.shape, getattr(torch, s.dtype)) for s in pipeline.stages[0].inputs]
+        measured[name] = _saved_bytes(stage, inputs)
+    assert measured["checkpointed"] < measured["plain"]
+    assert measured["checkpointed"] == kept_bytes(graph, nodes, recomputed)[0]
+    assert measured["plain"] == kept_bytes(graph, nodes, ())[0]

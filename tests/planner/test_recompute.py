@@ -14,9 +14,12 @@ from .randomgraphs import random_profile
 
 
 def brute(graph, stage, budget):
+    """Every subset of the stage's nodes but the model inputs (read from the batch, they have
+    nothing to recompute)."""
     best = None
-    for size in range(len(stage) + 1):
-        for chosen in itertools.combinations(stage, size):
+    candidates = [n for n in stage if n not in graph.model_inputs]
+    for size in range(len(candidates) + 1):
+        for chosen in itertools.combinations(candidates, size):
             kept, transient = kept_bytes(graph, stage, chosen)
             if budget.act * kept + budget.trans * transient > budget.room:
                 continue
