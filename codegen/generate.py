@@ -134,14 +134,8 @@ def _check_crossing_values(profile: Profile, flows: tuple[StageFlow, ...]) -> No
 
 def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: Path) -> Pipeline:
     plan, profile = sources.plan, sources.profile
-    batch_size = profile.batch_size or 1
-    micro = batch_size // plan.settings.microbatches
-    if micro * plan.settings.microbatches != batch_size:
-        raise VpipeError(
-            f"batch size {batch_size} does not split into {plan.settings.microbatches} "
-            "micro-batches; re-plan with --microbatches dividing it"
-        )
-    inputs, _ = sources.model_file.batch(micro, 0)
+    batch_size = profile.batch_size or 1  # the micro-batch: what flows through the pipeline
+    inputs, _ = sources.model_file.batch(batch_size, 0)
     specs = _tensor_specs(sources.graph, inputs)
     plan_sha = hashlib.sha256(sources.plan_path.read_bytes()).hexdigest()
     header = {

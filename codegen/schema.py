@@ -58,8 +58,8 @@ class Pipeline:
     model_sha256: str | None
     seed: int
     leaves: tuple[str, ...]
-    batch_size: int
-    microbatches: int
+    batch_size: int  # per micro-batch: the profile's batch size
+    microbatches: int  # per optimizer step under 1f1b and gpipe (1 under asp)
     schedule: str
     optimizer: str
     output_is_tuple: bool  # the model returns a tuple (else one tensor)
@@ -67,10 +67,6 @@ class Pipeline:
     tied: tuple[TiedParameter, ...]
     predicted: Prediction
     schema_version: int = SCHEMA_VERSION
-
-    @property
-    def microbatch_size(self) -> int:
-        return self.batch_size // self.microbatches
 
     def to_dict(self) -> dict[str, Any]:
         data = plain(self)

@@ -29,17 +29,15 @@ class ScheduleShape:
 
     versions: int  # weight versions alive (weight stashing keeps one per in-flight mini-batch)
     in_flight: int  # micro-batches whose activations are alive at once
-    batch_fraction: float  # micro-batch / profiled batch: time and activations scale by it
 
 
 def schedule_shape(settings: PlanSettings, stage: int) -> ScheduleShape:
     ahead = settings.gpus - stage  # stage s of S runs S - s forwards before its first backward
     if settings.schedule == "asp":
-        return ScheduleShape(versions=ahead, in_flight=ahead, batch_fraction=1.0)
-    fraction = 1.0 / settings.microbatches
+        return ScheduleShape(versions=ahead, in_flight=ahead)
     if settings.schedule == "1f1b":
-        return ScheduleShape(1, min(ahead, settings.microbatches), fraction)
-    return ScheduleShape(1, settings.microbatches, fraction)  # gpipe: all forwards first
+        return ScheduleShape(1, min(ahead, settings.microbatches))
+    return ScheduleShape(1, settings.microbatches)  # gpipe: all forwards first
 
 
 def crossing_bytes(graph: PlanGraph, prefix: Collection[int]) -> int:
@@ -98,13 +96,12 @@ def evaluate_stage(
 ) -> StagePrediction:
     """Predicted time and memory of stage `index`, whose earlier stages hold `before`."""
     shape = schedule_shape(settings, index)
-    scale = shape.batch_fraction
     recompute_ms = sum(graph.fwd_ms[n] for n in recompute)
     compute = sum(graph.compute_ms(n) for n in stage) + recompute_ms
     received = crossing_bytes(graph, before)
     sent = crossing_bytes(graph, set(before) | set(stage))
     per_byte_ms = 2 / (settings.bandwidth_gbps * 1e6)  # activation forward + gradient back
-    comm_in, comm_out = received * per_byte_ms * scale, sent * per_byte_ms * scale
+    comm_in, comm_out = received * per_byte_ms, sent * per_byte_ms
     kept, transient = kept_bytes(graph, stage, recompute)
     trainable = sum(graph.trainable_bytes[n] for n in stage)
     memory = MemoryBreakdown(
@@ -112,14 +109,14 @@ def evaluate_stage(
         stash=trainable * (shape.versions - 1),
         grads=trainable,
         optimizer=trainable * graph.optimizer_factor,
-        activations=round(shape.in_flight * scale * (kept + received)),
-        transient=round(scale * transient),
+        activations=shape.in_flight * (kept + received),
+        transient=transient,
     )
     return StagePrediction(
-        compute_ms=compute * scale,
-        recompute_ms=recompute_ms * scale,
+        compute_ms=compute,
+        recompute_ms=recompute_ms,
         comm_in_ms=comm_in,
         comm_out_ms=comm_out,
-        time_ms=max(compute * scale, comm_in, comm_out),
+        time_ms=max(compute, comm_in, comm_out),
         memory=memory,
     )

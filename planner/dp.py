@@ -75,16 +75,16 @@ class _Tables:
         ]
         self.above = member @ (own[:, None] * (transient[:, None] > self.thresholds[None, :]))
 
-    def floor(self, js: np.ndarray, is_: np.ndarray, act: float, trans: float) -> np.ndarray:
-        """A lower bound on act x kept + trans x peak of stages I \\ J over every recompute
+    def floor(self, js: np.ndarray, is_: np.ndarray, in_flight: int) -> np.ndarray:
+        """A lower bound on in_flight x kept + peak of stages I \\ J over every recompute
         choice (recompute._least_memory's relaxation, vectorised): between consecutive
-        thresholds t_q < t_q+1, the best relaxed choice costs at least trans x t_q plus the own
-        bytes of the nodes whose transient exceeds t_q+1."""
+        thresholds t_q < t_q+1, the best relaxed choice costs at least t_q plus in_flight x the
+        own bytes of the nodes whose transient exceeds t_q+1."""
         top = self.thresholds[-1]
-        least = np.full(len(js), trans * top)
+        least = np.full(len(js), top)
         for q in range(len(self.thresholds) - 1):
             rest = self.above[is_, q + 1] - self.above[js, q + 1]
-            least = np.minimum(least, trans * self.thresholds[q] + act * rest)
+            least = np.minimum(least, self.thresholds[q] + in_flight * rest)
         return least
 
 
@@ -101,7 +101,6 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
     bound = float(
         max(tables.compute[-1] / settings.gpus, max(map(graph.compute_ms, range(graph.size))))
     )
-    bound *= schedule_shape(settings, 0).batch_fraction
     if cuts == "all":
         bound = max(bound, chain_bound)
     exact = cuts == "all" and (searched_fully or (split is not None and split[2] <= bound))
@@ -130,22 +129,21 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
     costs, needy, rooms = [], [], []
     for k in range(settings.gpus):
         shape = schedule_shape(settings, k)
-        scale = shape.batch_fraction
-        comm = tables.crossing * per_byte * scale
-        compute = (tables.compute[None, :] - tables.compute[:, None]) * scale
+        comm = tables.crossing * per_byte
+        compute = tables.compute[None, :] - tables.compute[:, None]
         stage_time = np.maximum(compute, np.maximum(comm[:, None], comm[None, :]))
         trainable = tables.trainable[None, :] - tables.trainable[:, None]
         weights = (
             tables.params[None, :]
             - tables.params[:, None]
             + trainable * (shape.versions + graph.optimizer_factor)
-            + shape.in_flight * scale * tables.crossing[:, None]
+            + shape.in_flight * tables.crossing[:, None]
         )
-        memory = weights + shape.in_flight * scale * tables.kept
+        memory = weights + shape.in_flight * tables.kept
         cost = np.where(tables.inside, stage_time, math.inf)
         over = tables.inside & (memory > settings.memory_bytes)
         js, is_ = np.nonzero(over)
-        floor = weights[js, is_] + tables.floor(js, is_, shape.in_flight * scale, scale)
+        floor = weights[js, is_] + tables.floor(js, is_, shape.in_flight)
         hopeless = floor > settings.memory_bytes  # no recompute choice can fit these
         cost[js[hopeless], is_[hopeless]] = math.inf
         over[js[hopeless], is_[hopeless]] = False
@@ -165,16 +163,15 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
             break
         for k, j, i in todo:
             room, compute, shape, comm = rooms[k]
-            scale = shape.batch_fraction
-            budget = MemoryRoom(room=room[j, i], act=shape.in_flight * scale, trans=scale)
+            budget = MemoryRoom(room=room[j, i], in_flight=shape.in_flight)
             stage = members(tables.ideals[i] & ~tables.ideals[j])
             if (k, j, i) not in bounded:  # first the cheap bound; search only if still chosen
                 bounded.add((k, j, i))
                 least = added_lower_bound(graph, stage, budget, tables.kept[j, i])
                 if least > 0:
-                    chain.raise_cost(k, j, i, max(compute[j, i] + least * scale, comm[j], comm[i]))
+                    chain.raise_cost(k, j, i, max(compute[j, i] + least, comm[j], comm[i]))
                     continue
-            found = cheapest_recompute(graph, stage, budget, (upper - compute[j, i]) / scale)
+            found = cheapest_recompute(graph, stage, budget, upper - compute[j, i])
             if not found.exact:
                 unproven[k, j, i] = costs[k][j, i]
             recomputed[k, j, i] = found.chosen or ()
@@ -184,7 +181,7 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
                 i,
                 math.inf
                 if found.chosen is None
-                else max(compute[j, i] + found.added_ms * scale, comm[j], comm[i]),
+                else max(compute[j, i] + found.added_ms, comm[j], comm[i]),
             )
         if all(not needy[k][j, i] or (k, j, i) in recomputed for k, j, i in path):
             upper = min(upper, max(costs[k][j, i] for k, j, i in path))  # a real plan

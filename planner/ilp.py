@@ -123,16 +123,15 @@ def solve_ilp(
     per_byte = 2 / (settings.bandwidth_gbps * 1e6)
     for k in stages:
         shape = schedule_shape(settings, k)
-        scale = shape.batch_fraction
-        prob += bottleneck >= scale * pulp.lpSum(
+        prob += bottleneck >= pulp.lpSum(
             graph.compute_ms(n) * x[n, k] + graph.fwd_ms[n] * z[n, k] for n in nodes
         )
         received = crossing[k - 1] if k else 0
         if math.isfinite(per_byte):
             if k:
-                prob += bottleneck >= per_byte * scale * crossing[k - 1]
+                prob += bottleneck >= per_byte * crossing[k - 1]
             if k < last:
-                prob += bottleneck >= per_byte * scale * crossing[k]
+                prob += bottleneck >= per_byte * crossing[k]
         if math.isfinite(settings.memory_bytes):
             weights = pulp.lpSum(
                 (
@@ -149,7 +148,7 @@ def solve_ilp(
                 )
                 + received
             )
-            prob += weights + shape.in_flight * scale * kept + scale * p[k] <= settings.memory_bytes
+            prob += weights + shape.in_flight * kept + p[k] <= settings.memory_bytes
     if warm_start is not None and warm_start.feasible:
         prob += bottleneck <= warm_start.bottleneck_ms  # only a better split is of interest
     with _quiet_stdout():

@@ -58,11 +58,10 @@ def least_recompute(graph: PlanGraph, settings: PlanSettings, split: Split) -> S
         plain = evaluate_stage(graph, settings, index, before, stage, ())
         memory = plain.memory
         kept_and_transient = memory.activations + memory.transient
-        received = round(shape.in_flight * shape.batch_fraction * crossing_bytes(graph, before))
+        received = shape.in_flight * crossing_bytes(graph, before)
         room = MemoryRoom(
             room=settings.memory_bytes - (memory.total - kept_and_transient) - received,
-            act=shape.in_flight * shape.batch_fraction,
-            trans=shape.batch_fraction,
+            in_flight=shape.in_flight,
         )
         found = cheapest_recompute(graph, stage, room)
         chosen.append(found.chosen if found.chosen is not None else recompute)

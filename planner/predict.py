@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vpipe.planner.costmodel import crossing_bytes, evaluate_stage, schedule_shape
+from vpipe.planner.costmodel import crossing_bytes, evaluate_stage
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings, Prediction, StagePrediction
 from vpipe.planner.simulate import simulate
@@ -31,15 +31,16 @@ def predict_pipeline(
     stages: Sequence[Sequence[int]],
     predictions: Sequence[StagePrediction],
 ) -> Prediction:
-    """Time per mini-batch: the slowest stage under asp (steady state, no bubble); the
-    simulated iteration, bubbles included, under the synchronous schedules."""
+    """Time per mini-batch: the slowest stage under asp (steady state, no bubble; a mini-batch
+    is one profiled batch); the simulated iteration over M micro-batches of the profiled batch
+    size, bubbles included, under the synchronous schedules."""
     bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
     if settings.schedule == "asp":
         minibatch_ms, bubble = predictions[bottleneck].time_ms, 0.0
     else:
         timeline = simulate_plan(graph, settings, stages, predictions)
         minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
-    samples = batch_size or 1
+    samples = (batch_size or 1) * (1 if settings.schedule == "asp" else settings.microbatches)
     return Prediction(
         time_per_minibatch_ms=minibatch_ms,
         throughput_samples_per_s=samples / (minibatch_ms / 1e3) if minibatch_ms else 0.0,
@@ -55,12 +56,11 @@ def simulate_plan(
     predictions: Sequence[StagePrediction],
 ):
     """The synchronous schedule's timeline for these stages, one micro-batch per action."""
-    scale = schedule_shape(settings, 0).batch_fraction
-    forward = [sum(graph.fwd_ms[n] for n in stage) * scale for stage in stages]
+    forward = [sum(graph.fwd_ms[n] for n in stage) for stage in stages]
     backward = [p.compute_ms - f for p, f in zip(predictions, forward, strict=True)]
     transfer = []
     before: list[int] = []
     for stage in stages[:-1]:
         before += stage
-        transfer.append(crossing_bytes(graph, before) / (settings.bandwidth_gbps * 1e6) * scale)
+        transfer.append(crossing_bytes(graph, before) / (settings.bandwidth_gbps * 1e6))
     return simulate(settings.schedule, settings.microbatches, forward, backward, transfer)

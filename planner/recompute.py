@@ -27,17 +27,16 @@ MIN_FRONT = 8
 
 @dataclass(frozen=True)
 class MemoryRoom:
-    """Budget for a stage's recompute-dependent bytes: act x kept + trans x transient <= room."""
+    """Budget for a stage's recompute-dependent bytes: in_flight x kept + transient <= room."""
 
     room: float  # the device cap less weights, grads, optimizer state and received inputs
-    act: float  # in-flight micro-batches x micro-batch fraction
-    trans: float  # micro-batch fraction
+    in_flight: int  # micro-batches whose kept tensors are alive at once
 
 
 class _Partial(NamedTuple):
     added_ms: float
     kept: int
-    memory: float  # act x kept + trans x peak: what the budget is checked against
+    memory: float  # in_flight x kept + peak: what the budget is checked against
     current: int  # transient of the open segment
     peak: int  # largest finished segment's transient, or the open one's if larger
     chosen: tuple[int, ...]  # recomputed nodes so far
@@ -73,7 +72,7 @@ def added_lower_bound(
     exceeds the true cost."""
     if _least_memory(graph, stage, budget) > budget.room:
         return math.inf
-    shed = kept - budget.room / budget.act
+    shed = kept - budget.room / budget.in_flight
     members = set(stage)
     items = []
     for n in stage:
@@ -99,16 +98,16 @@ def own_saved_bytes(graph: PlanGraph, n: int) -> int:
 
 
 def _least_memory(graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom) -> float:
-    """A lower bound on act x kept + trans x peak over every recompute choice: a node left alone
+    """A lower bound on in_flight x kept + peak over every recompute choice: a node left alone
     keeps at least its own saved bytes (and its output, if it saves that); a recomputed node is
     rebuilt in some segment, so the peak is at least its transient. The best choice of that
     relaxed problem recomputes exactly the nodes whose transient is below some threshold."""
     nodes = sorted((graph.transient_bytes(n), own_saved_bytes(graph, n)) for n in stage)
     left_alone = sum(own for _, own in nodes)
-    least = budget.act * left_alone
+    least = budget.in_flight * left_alone
     for transient, own in nodes:
         left_alone -= own
-        least = min(least, budget.trans * transient + budget.act * left_alone)
+        least = min(least, transient + budget.in_flight * left_alone)
     return least
 
 
@@ -191,11 +190,11 @@ def _advance(
 ) -> _Partial:
     kept = partial.kept + extra_kept
     if not recompute:
-        memory = budget.act * kept + budget.trans * partial.peak
+        memory = budget.in_flight * kept + partial.peak
         return _Partial(partial.added_ms, kept, memory, 0, partial.peak, partial.chosen)
     current = partial.current + graph.transient_bytes(n)
     peak = max(partial.peak, current)
-    memory = budget.act * kept + budget.trans * peak
+    memory = budget.in_flight * kept + peak
     return _Partial(partial.added_ms + extra_ms, kept, memory, current, peak, (*partial.chosen, n))
 
 

@@ -21,7 +21,7 @@ def brute(graph, stage, budget):
     for size in range(len(candidates) + 1):
         for chosen in itertools.combinations(candidates, size):
             kept, transient = kept_bytes(graph, stage, chosen)
-            if budget.act * kept + budget.trans * transient > budget.room:
+            if budget.in_flight * kept + transient > budget.room:
                 continue
             added = sum(graph.fwd_ms[n] for n in chosen)
             if best is None or added < best:
@@ -36,9 +36,9 @@ def test_matches_brute_force(seed):
     start = rng.randint(0, graph.size - 1)
     stage = list(range(start, rng.randint(start + 1, graph.size)))
     full_kept, full_transient = kept_bytes(graph, stage, ())
-    act, trans = rng.choice([1, 2, 3]), rng.choice([1, 0.5])
+    in_flight = rng.choice([1, 2, 3])
     budget = MemoryRoom(
-        room=rng.uniform(0, 1.2) * (act * full_kept + trans * full_transient), act=act, trans=trans
+        room=rng.uniform(0, 1.2) * (in_flight * full_kept + full_transient), in_flight=in_flight
     )
     expected = brute(graph, stage, budget)
     found = cheapest_recompute(graph, stage, budget)
@@ -50,4 +50,4 @@ def test_matches_brute_force(seed):
     assert found.exact
     assert math.isclose(added, expected)
     kept, transient = kept_bytes(graph, stage, chosen)
-    assert act * kept + trans * transient <= budget.room
+    assert in_flight * kept + transient <= budget.room
