@@ -66,3 +66,70 @@ def peak_in_flight(actions: list[Action]) -> int:
         alive += 1 if action.kind == FORWARD else -1
         peak = max(peak, alive)
     return peak
+
+
+def run_actions(name: str, stages: int, microbatches: int, steps: int) -> list[list[Action]]:
+    """Every stage's actions for a whole run, micro-batches numbered globally from 0.
+
+    Synchronous schedules repeat their mini-batch `steps` times (a flush between steps; the
+    optimizer steps after each step's last backward). `asp` is one 1F1B stream of
+    `steps` micro-batches with no flush: each backward is followed by its own update.
+    """
+    if name == "asp":
+        return [one_f_one_b(stages, steps, s) for s in range(stages)]
+    plans = schedule(name, stages, microbatches)
+    return [
+        [Action(a.kind, step * microbatches + a.microbatch) for step in range(steps) for a in plan]
+        for plan in plans
+    ]
+
+
+def in_flight_limit(name: str, stages: int, microbatches: int, stage: int) -> int:
+    """Micro-batches stage `stage` may hold at once: what the planner's memory model counts."""
+    if name == "asp":
+        return stages - stage
+    if name == "1f1b":
+        return min(stages - stage, microbatches)
+    return microbatches
+
+
+def validate(name: str, actions: list[list[Action]], microbatches: int) -> None:
+    """Raise ValueError unless every stage runs each micro-batch's forward then its backward
+    exactly once, holds no more in flight than `in_flight_limit`, and the stages together can
+    run to the end (a forward needs the previous stage's forward of that micro-batch, a backward
+    the next stage's backward): the check a schedule passes before any process starts."""
+    stages = len(actions)
+    for s, plan in enumerate(actions):
+        forwards = [a.microbatch for a in plan if a.kind == FORWARD]
+        backwards = [a.microbatch for a in plan if a.kind == BACKWARD]
+        if sorted(forwards) != sorted(backwards) or len(set(forwards)) != len(forwards):
+            raise ValueError(f"stage {s}: forwards and backwards do not pair up one to one")
+        limit = in_flight_limit(name, stages, microbatches, s)
+        if peak_in_flight(plan) > limit:
+            raise ValueError(f"stage {s}: {peak_in_flight(plan)} in flight, more than {limit}")
+    done: set[tuple[int, str, int]] = set()
+    position = [0] * stages
+    while any(position[s] < len(actions[s]) for s in range(stages)):
+        progressed = False
+        for s in range(stages):
+            while position[s] < len(actions[s]):
+                action = actions[s][position[s]]
+                i = action.microbatch
+                if action.kind == FORWARD:
+                    ready = s == 0 or (s - 1, FORWARD, i) in done
+                else:
+                    ready = (s, FORWARD, i) in done and (
+                        s == stages - 1 or (s + 1, BACKWARD, i) in done
+                    )
+                if not ready:
+                    break
+                done.add((s, action.kind, i))
+                position[s] += 1
+                progressed = True
+        if not progressed:
+            stuck = ", ".join(
+                f"stage {s} at {actions[s][position[s]]}"
+                for s in range(stages)
+                if position[s] < len(actions[s])
+            )
+            raise ValueError(f"the schedule cannot proceed: {stuck}")

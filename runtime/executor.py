@@ -1,0 +1,148 @@
+"""The one loop that walks a stage's actions: forwards, backwards, updates, weight stashing.
+
+Weights are plain tensors in versions (name -> tensor), never a module's own parameters: a
+forward runs the stage through `torch.func.functional_call` with the newest version and keeps
+a reference to it; its backward asks autograd for gradients with respect to exactly that
+version. Updates are out of place (`runtime.optim`), so a version a pending backward needs is
+never modified; it is freed when no micro-batch in flight uses it. Under `asp` every backward
+is followed by an update (PipeDream's weight stashing); under `1f1b` and `gpipe` gradients add
+up over the step's M micro-batches and one update follows the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+
+from vpipe.codegen.loading import load_stage
+from vpipe.codegen.schema import Pipeline
+from vpipe.common.modelfile import ModelFile
+from vpipe.common.schedules import FORWARD, Action
+from vpipe.runtime.links import Links, carries_gradient
+from vpipe.runtime.optim import Updater
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class _InFlight:
+    weights: Weights  # the version its forward used
+    received: list[torch.Tensor]  # inputs from the previous stage (leaves)
+    outputs: list[torch.Tensor]  # what it sent on, or [loss] on the last stage
+
+
+@dataclass
+class StageLog:
+    """What a stage saw: losses per micro-batch (last stage) and the most weight versions alive."""
+
+    losses: dict[int, float] = field(default_factory=dict)
+    peak_versions: int = 0
+
+
+class StageExecutor:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        directory: Path,
+        index: int,
+        model_file: ModelFile,
+        updater: Updater,
+        links: Links,
+        schedule: str,
+        device: torch.device,
+    ) -> None:
+        self.pipeline, self.index, self.links = pipeline, index, links
+        self.model_file, self.updater, self.schedule = model_file, updater, schedule
+        self.last = index == len(pipeline.stages) - 1
+        self.spec = pipeline.stages[index]
+        self.module = load_stage(directory, pipeline, index, device)
+        self.device = device
+        self.weights: Weights = {
+            name: p.detach().requires_grad_() for name, p in self.module.named_parameters()
+        }
+        self.buffers = dict(self.module.named_buffers())
+        self.in_flight: dict[int, _InFlight] = {}
+        self.accumulated: Weights = {}
+        self.backwards = 0
+        self.log = StageLog()
+
+    def run(self, actions: list[Action]) -> StageLog:
+        for action in actions:
+            if action.kind == FORWARD:
+                self.forward(action.microbatch)
+            else:
+                self.backward(action.microbatch)
+            alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
+            self.log.peak_versions = max(self.log.peak_versions, len(alive))
+        self.links.flush()
+        return self.log
+
+    def forward(self, i: int) -> None:
+        batch = self._batch(i) if self.spec.batch_inputs or self.last else None
+        own = [batch[0][j].to(self.device) for j in self.spec.batch_inputs] if batch else []
+        received = self.links.recv_activations()
+        for tensor in received:
+            if tensor.is_floating_point():
+                tensor.requires_grad_()
+        weights = self.weights
+        outputs = functional_call(self.module, {**weights, **self.buffers}, (*own, *received))
+        if self.last:
+            output = outputs if self.pipeline.output_is_tuple else outputs[0]
+            loss = self.model_file.loss_fn(output, batch[1].to(self.device))
+            self.log.losses[i] = loss.item()
+            outputs = (loss,)
+        else:
+            self.links.send_activations(outputs)
+        self.in_flight[i] = _InFlight(weights, received, list(outputs))
+
+    def backward(self, i: int) -> None:
+        pending = self.in_flight.pop(i)
+        if self.last:
+            scale = 1.0 if self.schedule == "asp" else 1.0 / self.pipeline.microbatches
+            roots, seeds = pending.outputs, [torch.tensor(scale, device=self.device)]
+        else:
+            floats = [
+                o
+                for o, s in zip(pending.outputs, self.spec.outputs, strict=True)
+                if carries_gradient(s)
+            ]
+            grads = self.links.recv_gradients()
+            pairs = [(o, g) for o, g in zip(floats, grads, strict=True) if o.requires_grad]
+            roots, seeds = [o for o, _ in pairs], [g for _, g in pairs]
+        names = list(pending.weights)
+        wrt = [pending.weights[n] for n in names]
+        leaves = [t for t in pending.received if t.is_floating_point()]
+        found = torch.autograd.grad(roots, wrt + leaves, seeds, allow_unused=True)
+        if self.index > 0:
+            self.links.send_gradients(
+                [
+                    g if g is not None else torch.zeros_like(t)
+                    for g, t in zip(found[len(wrt) :], leaves, strict=True)
+                ]
+            )
+        grads = {
+            n: g if g is not None else torch.zeros_like(pending.weights[n])
+            for n, g in zip(names, found[: len(wrt)], strict=True)
+        }
+        self._apply(grads)
+
+    def _apply(self, grads: Weights) -> None:
+        self.backwards += 1
+        if self.schedule != "asp":
+            for name, grad in grads.items():
+                total = self.accumulated.get(name)
+                self.accumulated[name] = grad if total is None else total + grad
+            if self.backwards % self.pipeline.microbatches:
+                return
+            grads, self.accumulated = self.accumulated, {}
+        new = self.updater.step({n: t.detach() for n, t in self.weights.items()}, grads)
+        self.weights = {n: t.requires_grad_() for n, t in new.items()}
+
+    def _batch(self, i: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        return self.model_file.batch(self.pipeline.batch_size, i)
+
+    def final_weights(self) -> Weights:
+        return {n: t.detach().clone() for n, t in self.weights.items()}

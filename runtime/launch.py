@@ -1,0 +1,150 @@
+"""Start one process per stage (PyTorch's elastic launcher, the machinery behind torchrun), or,
+when already started by torchrun, run this process's stage."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vpipe.codegen.schema import load_pipeline
+from vpipe.common.errors import VpipeError
+from vpipe.common.modelfile import load_model_file
+from vpipe.common.schedules import run_actions, validate
+from vpipe.common.yamlfile import save_yaml
+from vpipe.runtime.executor import StageExecutor
+from vpipe.runtime.links import Links
+from vpipe.runtime.optim import Updater
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    pipeline: str  # path of pipeline.yaml
+    schedule: str
+    steps: int
+    lr: float
+    optimizer: str
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    print_every: int = 10
+    threads: int = 0  # per process; 0: the machine's cores shared out evenly
+    timeout_s: float = 300.0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.pipeline).parent / "run"
+
+
+def launch(settings: RunSettings) -> None:
+    """Train: in this process if torchrun started it, else in one new process per stage."""
+    pipeline = load_pipeline(settings.pipeline)
+    stages = len(pipeline.stages)
+    validate(
+        settings.schedule, _actions(settings, stages, pipeline.microbatches), pipeline.microbatches
+    )
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        run_stage(settings)
+        return
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=stages,
+        run_id=f"vpipe-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    try:
+        elastic_launch(config, run_stage)(settings)
+    except Exception as err:  # the launcher reports a failed worker as ChildFailedError
+        raise VpipeError(f"training failed: {str(err).strip().splitlines()[0]}") from None
+
+
+def _actions(settings: RunSettings, stages: int, microbatches: int):
+    """A step is M micro-batches and one update under 1f1b and gpipe; one micro-batch under asp."""
+    return run_actions(settings.schedule, stages, microbatches, settings.steps)
+
+
+def run_stage(settings: RunSettings) -> None:
+    """One process: join the group, build this stage, walk its actions, write results."""
+    pipeline = load_pipeline(settings.pipeline)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    stages = len(pipeline.stages)
+    if world != stages:
+        raise VpipeError(f"{world} processes for {stages} stages; start one process per stage")
+    device = torch.device("cpu")
+    backend = "gloo"
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
+    print(
+        f"Finished initializing process group; backend: {backend}, rank: {rank}, "
+        f"world_size: {world}",
+        flush=True,
+    )
+    print(f"[Rank {rank}] Stage: {rank}", flush=True)
+    directory = Path(settings.pipeline).parent
+    model_file = load_model_file(pipeline.model)
+    updater = Updater(settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
+    executor = StageExecutor(
+        pipeline,
+        directory,
+        rank,
+        model_file,
+        updater,
+        Links(pipeline, rank, device),
+        settings.schedule,
+        device,
+    )
+    actions = _actions(settings, stages, pipeline.microbatches)[rank]
+    start = time.perf_counter()
+    log = executor.run(actions)
+    seconds = time.perf_counter() - start
+    run_dir = settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(executor.final_weights(), run_dir / f"final_stage_{rank}.pt")
+    save_yaml(
+        {"peak_weight_versions": log.peak_versions, "seconds": seconds},
+        run_dir / f"stage_{rank}.yaml",
+    )
+    if rank == stages - 1:
+        _write_metrics(settings, pipeline.microbatches, pipeline.batch_size, log.losses, seconds)
+        save_yaml(asdict(settings), run_dir / "settings.yaml")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _write_metrics(settings, microbatches, batch_size, losses, seconds) -> None:
+    per_step = 1 if settings.schedule == "asp" else microbatches
+    steps = len(losses) // per_step
+    samples_per_s = steps * per_step * batch_size / seconds if seconds else 0.0
+    with open(settings.run_dir / "metrics.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["step", "loss", "samples_per_s"])
+        for step in range(steps):
+            loss = sum(losses[step * per_step + j] for j in range(per_step)) / per_step
+            writer.writerow([step, f"{loss:.6f}", f"{samples_per_s:.2f}"])
+            if step % settings.print_every == 0 or step == steps - 1:
+                print(f"Epoch 0, Iteration {step}, Loss: {loss:.4f}", flush=True)
+    print(f"throughput: {samples_per_s:.1f} samples/s over {steps} steps", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
