@@ -115,7 +115,9 @@ class StageExecutor:
         names = list(pending.weights)
         wrt = [pending.weights[n] for n in names]
         leaves = [t for t in pending.received if t.is_floating_point()]
-        found = torch.autograd.grad(roots, wrt + leaves, seeds, allow_unused=True)
+        found: tuple[torch.Tensor | None, ...] = (None,) * len(wrt + leaves)
+        if roots and wrt + leaves:  # a stage may hold no weights and take no float inputs
+            found = torch.autograd.grad(roots, wrt + leaves, seeds, allow_unused=True)
         if self.index > 0:
             self.links.send_gradients(
                 [

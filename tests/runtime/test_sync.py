@@ -1,0 +1,62 @@
+"""Synchronous schedules on real gloo processes equal single-process gradient accumulation."""
+
+import csv
+
+import pytest
+import torch
+
+from vpipe.codegen.schema import load_pipeline
+from vpipe.common.modelfile import load_model_file
+from vpipe.runtime.cli import main as train_main
+
+from ..codegen.pipelines import generate, plan, profile
+
+MICROBATCHES = 3
+STEPS = 3
+LR = 0.05
+
+
+@pytest.fixture(scope="module")
+def gpt_profile(tmp_path_factory):
+    return profile("gpt", tmp_path_factory.mktemp("gpt"), batch_size=2)
+
+
+def single_process(pipeline, steps):
+    """The reference: one model, M micro-batches' gradients summed (loss / M), one SGD step
+    with momentum per step; micro-batch i is make_batch(batch_size, i)."""
+    model_file = load_model_file(pipeline.model)
+    torch.manual_seed(pipeline.seed)
+    model = model_file.build_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    losses = []
+    for step in range(steps):
+        optimizer.zero_grad()
+        total = 0.0
+        for j in range(pipeline.microbatches):
+            inputs, target = model_file.batch(pipeline.batch_size, step * pipeline.microbatches + j)
+            loss = model_file.loss_fn(model(*inputs), target)
+            (loss / pipeline.microbatches).backward()
+            total += loss.item()
+        losses.append(total / pipeline.microbatches)
+        optimizer.step()
+    return dict(model.named_parameters()), losses
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+@pytest.mark.parametrize("stages", [2, 4])
+def test_pipeline_equals_single_process(gpt_profile, tmp_path, stages, schedule):
+    argv = ["--schedule", schedule, "--microbatches", str(MICROBATCHES)]
+    out = generate(plan(gpt_profile, stages, tmp_path, False, *argv), tmp_path / "out")
+    argv = [str(out / "pipeline.yaml"), "--steps", str(STEPS), "--lr", str(LR)]
+    assert train_main([*argv, "--optimizer", "momentum", "--threads", "1"]) == 0
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    expected, losses = single_process(pipeline, STEPS)
+    seen = set()
+    for k in range(stages):
+        for name, tensor in torch.load(out / "run" / f"final_stage_{k}.pt").items():
+            torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
+            seen.add(name)
+    assert seen == set(expected)
+    with open(out / "run" / "metrics.csv") as file:
+        logged = [float(row["loss"]) for row in csv.DictReader(file)]
+    assert logged == pytest.approx(losses, rel=1e-5)
