@@ -1,5 +1,5 @@
 # The two commands of the README, and the steps they share.
-#   make demo   profile a bundled model, plan it for 2 stages, generate the stage files (later: train)
+#   make demo   profile a bundled model, plan 2 stages, generate them, train them (2 processes)
 #   make test   install vpipe (a normal, non-editable install) and run lint and the tests
 # Both build .venv on first use. PyTorch is installed first, pinned, so that the project's
 # `torch>=...` requirement installs nothing more: on a machine without a GPU that must be a
@@ -41,6 +41,8 @@ demo: install
 	$(BIN)/vpipe-plan $(DEMO)/profile.yaml --gpus 2 --memory 0.004 \
 		-o $(DEMO)/plan.yaml --plot $(DEMO)/plan.png
 	$(BIN)/vpipe-gen $(DEMO)/plan.yaml -o $(DEMO)/out
+	$(BIN)/vpipe-train $(DEMO)/out/pipeline.yaml --steps 300 --lr 0.05 --optimizer momentum \
+		--print-every 50
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

@@ -11,6 +11,7 @@ up over the step's M micro-batches and one update follows the last.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class StageExecutor:
         self.accumulated: Weights = {}
         self.backwards = 0
         self.log = StageLog()
+        # the last stage reports each micro-batch's loss, in order
+        self.on_loss: Callable[[float], None] = lambda loss: None
 
     def run(self, actions: list[Action]) -> StageLog:
         for action in actions:
@@ -93,6 +96,7 @@ class StageExecutor:
             output = outputs if self.pipeline.output_is_tuple else outputs[0]
             loss = self.model_file.loss_fn(output, batch[1].to(self.device))
             self.log.losses[i] = loss.item()
+            self.on_loss(self.log.losses[i])
             outputs = (loss,)
         else:
             self.links.send_activations(outputs)

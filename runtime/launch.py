@@ -3,7 +3,6 @@ when already started by torchrun, run this process's stage."""
 
 from __future__ import annotations
 
-import csv
 import os
 import socket
 import time
@@ -22,6 +21,7 @@ from vpipe.common.schedules import run_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
+from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.optim import Updater
 
 
@@ -101,6 +101,8 @@ def run_stage(settings: RunSettings) -> None:
     directory = Path(settings.pipeline).parent
     model_file = load_model_file(pipeline.model)
     updater = Updater(settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
+    run_dir = settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
     executor = StageExecutor(
         pipeline,
         directory,
@@ -111,37 +113,28 @@ def run_stage(settings: RunSettings) -> None:
         settings.schedule,
         device,
     )
+    dist.barrier()  # every stage built: the clock starts now
+    metrics = None
+    if rank == stages - 1:  # the stage that computes the loss reports it
+        per_step = 1 if settings.schedule == "asp" else pipeline.microbatches
+        metrics = Metrics(
+            run_dir / "metrics.csv", per_step, pipeline.batch_size, settings.print_every
+        )
+        executor.on_loss = metrics.add
+        save_yaml(asdict(settings), run_dir / "settings.yaml")
     actions = _actions(settings, stages, pipeline.microbatches)[rank]
     start = time.perf_counter()
     log = executor.run(actions)
     seconds = time.perf_counter() - start
-    run_dir = settings.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if metrics:
+        metrics.close()
     torch.save(executor.final_weights(), run_dir / f"final_stage_{rank}.pt")
     save_yaml(
         {"peak_weight_versions": log.peak_versions, "seconds": seconds},
         run_dir / f"stage_{rank}.yaml",
     )
-    if rank == stages - 1:
-        _write_metrics(settings, pipeline.microbatches, pipeline.batch_size, log.losses, seconds)
-        save_yaml(asdict(settings), run_dir / "settings.yaml")
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _write_metrics(settings, microbatches, batch_size, losses, seconds) -> None:
-    per_step = 1 if settings.schedule == "asp" else microbatches
-    steps = len(losses) // per_step
-    samples_per_s = steps * per_step * batch_size / seconds if seconds else 0.0
-    with open(settings.run_dir / "metrics.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["step", "loss", "samples_per_s"])
-        for step in range(steps):
-            loss = sum(losses[step * per_step + j] for j in range(per_step)) / per_step
-            writer.writerow([step, f"{loss:.6f}", f"{samples_per_s:.2f}"])
-            if step % settings.print_every == 0 or step == steps - 1:
-                print(f"Epoch 0, Iteration {step}, Loss: {loss:.4f}", flush=True)
-    print(f"throughput: {samples_per_s:.1f} samples/s over {steps} steps", flush=True)
 
 
 def _free_port() -> int:

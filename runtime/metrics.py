@@ -1,0 +1,46 @@
+"""Per-step loss and throughput as training goes: printed lines and out/run/metrics.csv.
+
+Rows are written and flushed as each step finishes, so a run that is stopped keeps what it did.
+A step's loss is the mean over its micro-batches (M under 1f1b and gpipe, one under asp).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+
+class Metrics:
+    def __init__(self, path: Path, per_step: int, batch_size: int, print_every: int) -> None:
+        self.per_step, self.batch_size, self.print_every = per_step, batch_size, print_every
+        self.file = open(path, "w", newline="")  # noqa: SIM115 (closed in close())
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(["step", "loss", "samples_per_s", "elapsed_s"])
+        self.start = time.perf_counter()
+        self.pending: list[float] = []
+        self.step = 0
+
+    def add(self, loss: float) -> None:
+        """One micro-batch's loss, in micro-batch order."""
+        self.pending.append(loss)
+        if len(self.pending) < self.per_step:
+            return
+        mean = sum(self.pending) / self.per_step
+        self.pending.clear()
+        elapsed = time.perf_counter() - self.start
+        rate = (self.step + 1) * self.per_step * self.batch_size / elapsed
+        self.writer.writerow([self.step, f"{mean:.6f}", f"{rate:.2f}", f"{elapsed:.3f}"])
+        self.file.flush()
+        if self.step % self.print_every == 0:
+            print(
+                f"Epoch 0, Iteration {self.step}, Loss: {mean:.4f}, {rate:.1f} samples/s",
+                flush=True,
+            )
+        self.step += 1
+
+    def close(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = self.step * self.per_step * self.batch_size / elapsed if elapsed else 0.0
+        print(f"throughput: {rate:.1f} samples/s over {self.step} steps", flush=True)
+        self.file.close()
