@@ -24,6 +24,7 @@ from vpipe.common.modelfile import ModelFile
 from vpipe.common.schedules import FORWARD, Action
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.optim import Updater
+from vpipe.runtime.tied import TiedGradients
 
 Weights = dict[str, torch.Tensor]
 
@@ -68,6 +69,7 @@ class StageExecutor:
         self.in_flight: dict[int, _InFlight] = {}
         self.accumulated: Weights = {}
         self.backwards = 0
+        self.tied = TiedGradients(pipeline, index, schedule)
         self.log = StageLog()
         # the last stage reports each micro-batch's loss, in order
         self.on_loss: Callable[[float], None] = lambda loss: None
@@ -144,6 +146,7 @@ class StageExecutor:
             if self.backwards % self.pipeline.microbatches:
                 return
             grads, self.accumulated = self.accumulated, {}
+            self.tied.sum(grads)
         new = self.updater.step({n: t.detach() for n, t in self.weights.items()}, grads)
         self.weights = {n: t.requires_grad_() for n, t in new.items()}
 

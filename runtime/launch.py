@@ -23,6 +23,7 @@ from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.optim import Updater
+from vpipe.runtime.tied import check_schedule
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def launch(settings: RunSettings) -> None:
     validate(
         settings.schedule, _actions(settings, stages, pipeline.microbatches), pipeline.microbatches
     )
+    check_schedule(pipeline, settings.schedule)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         run_stage(settings)
         return
