@@ -1,0 +1,129 @@
+"""vpipe's runtime against torch.distributed.pipelining on the same split, in one run.
+
+    python benchmarks/runtime_vs_pipelining.py [--stages 2] [--steps 30] [--microbatches 4]
+
+Profiles the bundled GPT (micro-batch 8) on CPU, plans it for `--stages` stages under 1f1b,
+generates the stage files, then trains the same generated stages, same weights, same data and
+the same number of samples four ways, each with one gloo process per stage and one thread per
+process: vpipe 1f1b, vpipe asp, pipelining Schedule1F1B and ScheduleGPipe. Prints samples/s
+and the ratios against Schedule1F1B (targets, runtime issue: vpipe 1f1b >= 1.0x, asp >= 1.1x).
+Throughput is measured on the last stage from a barrier after every stage is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vpipe.codegen.cli import main as generate_main
+from vpipe.codegen.loading import load_stage
+from vpipe.codegen.schema import load_pipeline
+from vpipe.common.modelfile import load_model_file
+from vpipe.planner.cli import main as plan_main
+from vpipe.profiler.cli import main as profile_main
+from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.launch import _free_port
+
+
+def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> None:
+    """One rank of torch.distributed.pipelining over vpipe's generated stage."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    pipeline = load_pipeline(Path(out) / "pipeline.yaml")
+    model_file = load_model_file(pipeline.model)
+    module = load_stage(out, pipeline, rank)
+    stage = PipelineStage(module, rank, world, torch.device("cpu"))
+    m = pipeline.microbatches
+
+    def loss_fn(output, target):
+        return model_file.loss_fn(output[0] if isinstance(output, tuple) else output, target)
+
+    kind = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[schedule_name]
+    schedule = kind(stage, m, loss_fn=loss_fn)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
+    dist.barrier()
+    start = time.perf_counter()
+    for step in range(steps):
+        batches = [model_file.batch(pipeline.batch_size, step * m + j) for j in range(m)]
+        inputs = torch.cat([b[0][0] for b in batches])
+        target = torch.cat([b[1] for b in batches])
+        optimizer.zero_grad()
+        if rank == 0:
+            schedule.step(inputs)
+        elif rank == world - 1:
+            schedule.step(target=target)
+        else:
+            schedule.step()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    if rank == world - 1:
+        Path(result).write_text(str(steps * m * pipeline.batch_size / seconds))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run_pipelining(out: Path, schedule: str, steps: int, stages: int) -> float:
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    result = out / f"pipelining_{schedule}.txt"
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=stages,
+        run_id=f"bench-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        max_restarts=0,
+        start_method="spawn",
+    )
+    elastic_launch(config, pipelining_worker)(str(out), schedule, steps, str(result))
+    return float(result.read_text())
+
+
+def run_vpipe(out: Path, schedule: str, steps: int) -> float:
+    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--schedule", schedule]
+    assert train_main([*argv, "--lr", "0.01", "--optimizer", "momentum", "--threads", "1"]) == 0
+    with open(out / "run" / "metrics.csv") as file:
+        return float(list(csv.DictReader(file))[-1]["samples_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=30, help="synchronous steps")
+    parser.add_argument("--microbatches", type=int, default=4)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vpipe-bench-"))
+    profile = work / "profile.yaml"
+    assert profile_main(["vpipe.models.gpt", "-o", str(profile), "-q", "--device", "cpu"]) == 0
+    plan = work / "plan.yaml"
+    argv = [str(profile), "--gpus", str(args.stages), "--schedule", "1f1b"]
+    assert plan_main([*argv, "--microbatches", str(args.microbatches), "-o", str(plan), "-q"]) == 0
+    out = work / "out"
+    assert generate_main([str(plan), "-o", str(out), "-q"]) == 0
+    samples = args.steps * args.microbatches  # micro-batches: the same work for every runner
+    rates = {
+        "pipelining Schedule1F1B": run_pipelining(out, "1f1b", args.steps, args.stages),
+        "pipelining ScheduleGPipe": run_pipelining(out, "gpipe", args.steps, args.stages),
+        "vpipe 1f1b": run_vpipe(out, "1f1b", args.steps),
+        "vpipe asp": run_vpipe(out, "asp", samples),
+    }
+    baseline = rates["pipelining Schedule1F1B"]
+    print(f"\nGPT, {args.stages} stages, {args.microbatches} micro-batches of 8, gloo on CPU")
+    print(f"{'runner':<26} {'samples/s':>10} {'vs Schedule1F1B':>16}")
+    for name, rate in rates.items():
+        print(f"{name:<26} {rate:>10.1f} {rate / baseline:>15.2f}x")
+
+
+if __name__ == "__main__":
+    main()
