@@ -29,7 +29,7 @@ from vpipe.common.modelfile import load_model_file
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.launch import _free_port
+from vpipe.runtime.launch import free_port
 
 
 def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> None:
@@ -82,7 +82,7 @@ def run_pipelining(out: Path, schedule: str, steps: int, stages: int) -> float:
         nproc_per_node=stages,
         run_id=f"bench-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
         max_restarts=0,
         start_method="spawn",
     )

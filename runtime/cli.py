@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from vpipe.common.cli import run_command
+from vpipe.runtime.settings import defaults
 
 SCHEDULES = ("asp", "1f1b", "gpipe")
 
@@ -22,45 +23,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("pipeline", help="out/pipeline.yaml written by vpipe-gen")
     parser.add_argument(
+        "--config",
+        help="run settings from a YAML file (keys: the options below, e.g. lr, steps); "
+        "flags override it",
+    )
+    parser.add_argument(
         "--steps",
         type=int,
-        default=10,
-        help="optimizer steps: M micro-batches each under 1f1b/gpipe, one under asp (default 10)",
+        help=f"optimizer steps: M micro-batches each under 1f1b/gpipe, one under asp "
+        f"(default {defaults()['steps']})",
     )
     parser.add_argument(
         "--schedule", choices=SCHEDULES, help="default: the schedule the plan was made for"
     )
-    parser.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    parser.add_argument("--lr", type=float, help=f"learning rate (default {defaults()['lr']})")
     parser.add_argument(
         "--optimizer", choices=("sgd", "momentum", "adam"), help="default: the plan's"
     )
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--print-every", type=int, default=10, help="steps between loss lines")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per process")
+    parser.add_argument("--momentum", type=float, help=f"default {defaults()['momentum']}")
+    parser.add_argument("--weight-decay", type=float, help="default 0")
+    parser.add_argument("--print-every", type=int, help="steps between loss lines (default 10)")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: shared)")
     return parser
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    """Flags, over the --config file, over the defaults (schedule and optimizer: the plan's)."""
+    from vpipe.common.errors import VpipeError
+    from vpipe.common.yamlfile import load_yaml
+
+    config = load_yaml(args.config, "run config") if args.config else {}
+    if not isinstance(config, dict):
+        raise VpipeError(f"{args.config}: a run config is a mapping of option: value")
+    known = defaults()
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise VpipeError(
+            f"{args.config}: unknown setting {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    chosen = {}
+    for key, default in known.items():
+        flag = getattr(args, key, None)
+        chosen[key] = flag if flag is not None else config.get(key, default)
+    return chosen
 
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
-    from vpipe.runtime.launch import RunSettings, launch
+    from vpipe.runtime.launch import launch
+    from vpipe.runtime.settings import RunSettings
 
-    if args.steps < 1 or args.lr <= 0:
-        raise VpipeError("--steps must be at least 1 and --lr positive")
+    chosen = settings_from(args)
+    if chosen["steps"] < 1 or chosen["lr"] <= 0:
+        raise VpipeError("steps must be at least 1 and lr positive")
     pipeline = load_pipeline(args.pipeline)
-    launch(
-        RunSettings(
-            pipeline=args.pipeline,
-            schedule=args.schedule or pipeline.schedule,
-            steps=args.steps,
-            lr=args.lr,
-            optimizer=args.optimizer or pipeline.optimizer,
-            weight_decay=args.weight_decay,
-            print_every=args.print_every,
-            threads=args.threads,
-        )
-    )
+    chosen["schedule"] = chosen["schedule"] or pipeline.schedule
+    chosen["optimizer"] = chosen["optimizer"] or pipeline.optimizer
+    launch(RunSettings(pipeline=args.pipeline, **chosen))
     return 0
 
 

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,25 +23,8 @@ from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.optim import Updater
+from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.tied import check_schedule
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    pipeline: str  # path of pipeline.yaml
-    schedule: str
-    steps: int
-    lr: float
-    optimizer: str
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    print_every: int = 10
-    threads: int = 0  # per process; 0: the machine's cores shared out evenly
-    timeout_s: float = 300.0
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.pipeline).parent / "run"
 
 
 def launch(settings: RunSettings) -> None:
@@ -63,7 +46,7 @@ def launch(settings: RunSettings) -> None:
         nproc_per_node=stages,
         run_id=f"vpipe-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
@@ -139,7 +122,7 @@ def run_stage(settings: RunSettings) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

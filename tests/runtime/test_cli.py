@@ -1,0 +1,55 @@
+"""vpipe-train as a user runs it: a run config, flags over it, and one clear line on bad input."""
+
+import pytest
+
+from vpipe.common.yamlfile import load_yaml
+from vpipe.runtime.cli import main as train_main
+
+from ..codegen.pipelines import generate, plan, profile
+
+
+@pytest.fixture(scope="module")
+def mlp_pipeline(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("mlp")
+    return generate(plan(profile("mlp", directory), 2, directory, False), directory / "out")
+
+
+def test_config_file_and_flags(mlp_pipeline, tmp_path):
+    config = tmp_path / "run.yml"
+    config.write_text("lr: 0.2\nsteps: 3\noptimizer: adam\nschedule: gpipe\n")
+    argv = [str(mlp_pipeline / "pipeline.yaml"), "--config", str(config), "--steps", "2"]
+    assert train_main([*argv, "--threads", "1"]) == 0
+    used = load_yaml(mlp_pipeline / "run" / "settings.yaml", "settings")
+    assert (used["lr"], used["steps"], used["optimizer"], used["schedule"]) == (
+        0.2,
+        2,  # the flag wins over the file
+        "adam",
+        "gpipe",
+    )
+    rows = (mlp_pipeline / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,samples_per_s,elapsed_s" and len(rows) == 3
+
+
+def _error(argv, capsys):
+    code = train_main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    return err
+
+
+def test_unknown_config_key(mlp_pipeline, tmp_path, capsys):
+    config = tmp_path / "run.yml"
+    config.write_text("learning_rate: 0.1\n")
+    err = _error([mlp_pipeline / "pipeline.yaml", "--config", config], capsys)
+    assert "unknown setting learning_rate" in err
+
+
+def test_missing_pipeline(tmp_path, capsys):
+    assert "pipeline" in _error([tmp_path / "nowhere.yaml"], capsys)
+
+
+def test_pipeline_from_another_version(mlp_pipeline, tmp_path, capsys):
+    edited = tmp_path / "pipeline.yaml"
+    text = (mlp_pipeline / "pipeline.yaml").read_text()
+    edited.write_text(text.replace("schema_version: 1", "schema_version: 99"))
+    assert "regenerate it" in _error([edited], capsys)
