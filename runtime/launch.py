@@ -17,7 +17,7 @@ import torch.distributed as dist
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import load_model_file
-from vpipe.common.schedules import run_actions, validate
+from vpipe.common.schedules import FORWARD, run_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
@@ -88,13 +88,14 @@ def run_stage(settings: RunSettings) -> None:
     updater = Updater(settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    actions = _actions(settings, stages, pipeline.microbatches)[rank]
     executor = StageExecutor(
         pipeline,
         directory,
         rank,
         model_file,
         updater,
-        Links(pipeline, rank, device),
+        Links(pipeline, rank, device, sum(a.kind == FORWARD for a in actions)),
         settings.schedule,
         device,
     )
@@ -107,7 +108,6 @@ def run_stage(settings: RunSettings) -> None:
         )
         executor.on_loss = metrics.add
         save_yaml(asdict(settings), run_dir / "settings.yaml")
-    actions = _actions(settings, stages, pipeline.microbatches)[rank]
     start = time.perf_counter()
     log = executor.run(actions)
     seconds = time.perf_counter() - start

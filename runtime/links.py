@@ -2,12 +2,15 @@
 
 Activations go from stage k to k+1, gradients back from k+1 to k; each travels as one message
 per tensor in the order pipeline.yaml lists them, and both ends walk the same schedule, so
-messages pair up in order. Sends are asynchronous (overlapped with compute); a receive blocks
-until its tensor is there. Only floating-point tensors carry gradients back.
+messages pair up in order. Sends are asynchronous (overlapped with compute), and each
+receive is posted one micro-batch ahead, so a message's latency overlaps the compute before it
+is needed (gloo's small-message latency is a millisecond or more). Only floating-point tensors
+carry gradients back.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import torch
@@ -22,28 +25,57 @@ def carries_gradient(spec: TensorSpec) -> bool:
     return getattr(torch, spec.dtype).is_floating_point
 
 
+class _Inbox:
+    """Receives of one kind from one peer, posted ahead of use, `total` in all."""
+
+    def __init__(self, specs: Sequence[TensorSpec], peer: int, tag: int, total: int, device):
+        self.specs, self.peer, self.tag, self.device = specs, peer, tag, device
+        self.left = total if specs else 0  # not yet posted
+        self.posted: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
+
+    def take(self) -> list[torch.Tensor]:
+        self._post_ahead(2)
+        works, buffers = self.posted.popleft()
+        for work in works:
+            work.wait()
+        self._post_ahead(1)
+        return buffers
+
+    def _post_ahead(self, depth: int) -> None:
+        while len(self.posted) < depth and self.left > 0:
+            buffers = [
+                torch.empty(s.shape, dtype=getattr(torch, s.dtype), device=self.device)
+                for s in self.specs
+            ]
+            works = [dist.irecv(b, src=self.peer, tag=self.tag) for b in buffers]
+            self.posted.append((works, buffers))
+            self.left -= 1
+
+
 class Links:
-    def __init__(self, pipeline: Pipeline, stage: int, device: torch.device) -> None:
+    def __init__(
+        self, pipeline: Pipeline, stage: int, device: torch.device, microbatches: int
+    ) -> None:
+        """`microbatches`: how many this run sends through (every receive is posted ahead)."""
         spec = pipeline.stages[stage]
         self.stage, self.last = stage, len(pipeline.stages) - 1
-        self.device = device
-        self.received = spec.inputs[len(spec.batch_inputs) :]  # from stage - 1
-        self.sent = spec.outputs if stage < self.last else ()
+        received = spec.inputs[len(spec.batch_inputs) :] if stage > 0 else ()
+        sent = spec.outputs if stage < self.last else ()
+        self.activations = _Inbox(received, stage - 1, ACTIVATION, microbatches, device)
+        self.gradients = _Inbox(
+            [s for s in sent if carries_gradient(s)], stage + 1, GRADIENT, microbatches, device
+        )
         self.pending: list[dist.Work] = []
 
     def recv_activations(self) -> list[torch.Tensor]:
-        return [self._recv(spec, self.stage - 1, ACTIVATION) for spec in self.received]
+        return self.activations.take() if self.activations.specs else []
 
     def send_activations(self, tensors: Sequence[torch.Tensor]) -> None:
         for tensor in tensors:
             self._send(tensor, self.stage + 1, ACTIVATION)
 
     def recv_gradients(self) -> list[torch.Tensor]:
-        return [
-            self._recv(spec, self.stage + 1, GRADIENT)
-            for spec in self.sent
-            if carries_gradient(spec)
-        ]
+        return self.gradients.take() if self.gradients.specs else []
 
     def send_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
         for tensor in tensors:
@@ -58,8 +90,3 @@ class Links:
     def _send(self, tensor: torch.Tensor, peer: int, tag: int) -> None:
         self.pending = [w for w in self.pending if not w.is_completed()]
         self.pending.append(dist.isend(tensor.detach().contiguous(), dst=peer, tag=tag))
-
-    def _recv(self, spec: TensorSpec, peer: int, tag: int) -> torch.Tensor:
-        buffer = torch.empty(spec.shape, dtype=getattr(torch, spec.dtype), device=self.device)
-        dist.recv(buffer, src=peer, tag=tag)
-        return buffer
