@@ -7,13 +7,15 @@ generates the stage files, then trains the same generated stages, same weights, 
 the same number of samples four ways, each with one gloo process per stage and one thread per
 process: vpipe 1f1b, vpipe asp, pipelining Schedule1F1B and ScheduleGPipe. Prints samples/s
 and the ratios against Schedule1F1B (targets, runtime issue: vpipe 1f1b >= 1.0x, asp >= 1.1x).
-Throughput is measured on the last stage from a barrier after every stage is built.
+Throughput is measured on the last stage from a barrier after every stage is built; each runner
+runs `--rounds` times, interleaved, and the median counts (this machine's speed drifts).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import tempfile
 import time
 import uuid
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30, help="synchronous steps")
     parser.add_argument("--microbatches", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each; the median counts")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vpipe-bench-"))
     profile = work / "profile.yaml"
@@ -112,14 +115,23 @@ def main() -> None:
     out = work / "out"
     assert generate_main([str(plan), "-o", str(out), "-q"]) == 0
     samples = args.steps * args.microbatches  # micro-batches: the same work for every runner
-    rates = {
-        "pipelining Schedule1F1B": run_pipelining(out, "1f1b", args.steps, args.stages),
-        "pipelining ScheduleGPipe": run_pipelining(out, "gpipe", args.steps, args.stages),
-        "vpipe 1f1b": run_vpipe(out, "1f1b", args.steps),
-        "vpipe asp": run_vpipe(out, "asp", samples),
+    runners = {
+        "pipelining Schedule1F1B": lambda: run_pipelining(out, "1f1b", args.steps, args.stages),
+        "pipelining ScheduleGPipe": lambda: run_pipelining(out, "gpipe", args.steps, args.stages),
+        "vpipe 1f1b": lambda: run_vpipe(out, "1f1b", args.steps),
+        "vpipe asp": lambda: run_vpipe(out, "asp", samples),
     }
+    measured: dict[str, list[float]] = {name: [] for name in runners}
+    for round_ in range(args.rounds):  # interleaved, so drift in machine speed hits all alike
+        names = list(runners) if round_ % 2 == 0 else list(reversed(runners))
+        for name in names:
+            measured[name].append(runners[name]())
+    rates = {name: statistics.median(values) for name, values in measured.items()}
     baseline = rates["pipelining Schedule1F1B"]
-    print(f"\nGPT, {args.stages} stages, {args.microbatches} micro-batches of 8, gloo on CPU")
+    print(
+        f"\nGPT, {args.stages} stages, {args.microbatches} micro-batches of 8, gloo on CPU, "
+        f"median of {args.rounds} interleaved rounds"
+    )
     print(f"{'runner':<26} {'samples/s':>10} {'vs Schedule1F1B':>16}")
     for name, rate in rates.items():
         print(f"{name:<26} {rate:>10.1f} {rate / baseline:>15.2f}x")
