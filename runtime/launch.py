@@ -104,7 +104,11 @@ def run_stage(settings: RunSettings) -> None:
     if rank == stages - 1:  # the stage that computes the loss reports it
         per_step = 1 if settings.schedule == "asp" else pipeline.microbatches
         metrics = Metrics(
-            run_dir / "metrics.csv", per_step, pipeline.batch_size, settings.print_every
+            run_dir / "metrics.csv",
+            per_step,
+            pipeline.batch_size,
+            settings.print_every,
+            settings.steps,
         )
         executor.on_loss = metrics.add
         save_yaml(asdict(settings), run_dir / "settings.yaml")

@@ -7,13 +7,25 @@ A step's loss is the mean over its micro-batches (M under 1f1b and gpipe, one un
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 
 class Metrics:
-    def __init__(self, path: Path, per_step: int, batch_size: int, print_every: int) -> None:
+    def __init__(
+        self, path: Path, per_step: int, batch_size: int, print_every: int, steps: int
+    ) -> None:
         self.per_step, self.batch_size, self.print_every = per_step, batch_size, print_every
+        self.progress = None
+        if sys.stdout.isatty():  # a bar for people; plain lines for logs and pipes
+            self.progress = Progress(
+                TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+            )
+            self.task = self.progress.add_task("steps", total=steps)
+            self.progress.start()
         self.file = open(path, "w", newline="")  # noqa: SIM115 (closed in close())
         self.writer = csv.writer(self.file)
         self.writer.writerow(["step", "loss", "samples_per_s", "elapsed_s"])
@@ -33,14 +45,21 @@ class Metrics:
         self.writer.writerow([self.step, f"{mean:.6f}", f"{rate:.2f}", f"{elapsed:.3f}"])
         self.file.flush()
         if self.step % self.print_every == 0:
-            print(
-                f"Epoch 0, Iteration {self.step}, Loss: {mean:.4f}, {rate:.1f} samples/s",
-                flush=True,
-            )
+            self._print(f"Epoch 0, Iteration {self.step}, Loss: {mean:.4f}, {rate:.1f} samples/s")
+        if self.progress is not None:
+            self.progress.advance(self.task)
         self.step += 1
+
+    def _print(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(line, highlight=False)
+        else:
+            print(line, flush=True)
 
     def close(self) -> None:
         elapsed = time.perf_counter() - self.start
         rate = self.step * self.per_step * self.batch_size / elapsed if elapsed else 0.0
+        if self.progress is not None:
+            self.progress.stop()
         print(f"throughput: {rate:.1f} samples/s over {self.step} steps", flush=True)
         self.file.close()
