@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from vpipe.codegen.cli import main as generate_main
-from vpipe.codegen.loading import load_stage
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.modelfile import load_model_file
+from vpipe.common.stages import load_stage
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
@@ -43,7 +43,8 @@ def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> 
     rank, world = dist.get_rank(), dist.get_world_size()
     pipeline = load_pipeline(Path(out) / "pipeline.yaml")
     model_file = load_model_file(pipeline.model)
-    module = load_stage(out, pipeline, rank)
+    spec = pipeline.stages[rank]
+    module = load_stage(out, spec.module, spec.weights, pipeline.model)
     stage = PipelineStage(module, rank, world, torch.device("cpu"))
     m = pipeline.microbatches
 

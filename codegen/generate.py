@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from vpipe.codegen.ownership import adopt, owned_names, stage_tensors
+from vpipe.codegen.ownership import owned_names
 from vpipe.codegen.partition import StageFlow, partition
 from vpipe.codegen.render import render_stage, stage_text
 from vpipe.codegen.schema import Pipeline, StageSpec, TensorSpec, TiedParameter, save_pipeline
 from vpipe.common.capture import capture
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile, load_model_file
+from vpipe.common.stages import adopt, stage_tensors
 from vpipe.planner.schema import Plan, load_plan
 from vpipe.profiler.schema import Profile, load_profile
 

@@ -101,7 +101,7 @@ def _imports(printer_globals: set[str], checkpoints: bool) -> dict[str, tuple[st
     third_party.append(f"from torch import {', '.join(torch_names)}")
     if checkpoints:
         third_party.append("from torch.utils.checkpoint import checkpoint")
-    third_party.append("from vpipe.codegen.ownership import adopt")
+    third_party.append("from vpipe.common.stages import adopt")
     stdlib = (f"from math import {', '.join(math_names)}",) if math_names else ()
     return {"stdlib_imports": stdlib, "imports": tuple(third_party)}
 

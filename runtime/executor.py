@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
-from vpipe.codegen.loading import load_stage
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.modelfile import ModelFile
 from vpipe.common.schedules import FORWARD, Action
+from vpipe.common.stages import load_stage
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.optim import Updater
 from vpipe.runtime.tied import TiedGradients
@@ -60,7 +60,9 @@ class StageExecutor:
         self.model_file, self.updater, self.schedule = model_file, updater, schedule
         self.last = index == len(pipeline.stages) - 1
         self.spec = pipeline.stages[index]
-        self.module = load_stage(directory, pipeline, index, device)
+        self.module = load_stage(
+            directory, self.spec.module, self.spec.weights, pipeline.model, device
+        )
         self.device = device
         self.weights: Weights = {
             name: p.detach().requires_grad_() for name, p in self.module.named_parameters()

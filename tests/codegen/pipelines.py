@@ -5,7 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from vpipe.codegen.cli import main as generate_main
+from vpipe.codegen.schema import Pipeline, load_pipeline
+from vpipe.common.stages import load_stage
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import load_plan, save_plan
 from vpipe.profiler.cli import main as profile_main
@@ -41,3 +46,18 @@ def plan(profile_path: Path, gpus: int, directory: Path, recompute: bool, *extra
 def generate(plan_path: Path, out: Path) -> Path:
     assert generate_main([str(plan_path), "-o", str(out), "-q"]) == 0
     return out
+
+
+def load_all(directory: Path) -> tuple[Pipeline, list[nn.Module]]:
+    """The pipeline config and every stage, on the CPU."""
+    pipeline = load_pipeline(Path(directory) / "pipeline.yaml")
+    stages = [load_stage(directory, s.module, s.weights, pipeline.model) for s in pipeline.stages]
+    return pipeline, stages
+
+
+def forward_in_order(pipeline: Pipeline, stages, batch) -> tuple[torch.Tensor, ...]:
+    """Run the stages one after another in one process: what the pipeline computes."""
+    sent: tuple[torch.Tensor, ...] = ()
+    for spec, stage in zip(pipeline.stages, stages, strict=True):
+        sent = stage(*(batch[i] for i in spec.batch_inputs), *sent)
+    return sent

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vpipe.codegen.loading import forward_in_order, load_all
 from vpipe.common.modelfile import load_model_file
 
-from .pipelines import MODELS, generate, plan, profile
+from .pipelines import MODELS, forward_in_order, generate, load_all, plan, profile
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from vpipe.codegen.cli import main as generate_main
-from vpipe.codegen.loading import forward_in_order, load_all
 from vpipe.common.modelfile import load_model_file
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
+
+from .pipelines import forward_in_order, load_all
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tied.py"
 

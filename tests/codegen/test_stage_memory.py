@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vpipe.codegen.loading import load_stage
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.modelfile import load_model_file
+from vpipe.common.stages import load_stage
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.costmodel import kept_bytes
 from vpipe.planner.graph import plan_graph
@@ -43,7 +43,9 @@ def test_building_a_stage_allocates_only_its_parameters(gpt, index):
     _, _, out = gpt
     pipeline = load_pipeline(out / "pipeline.yaml")
     with _Allocations() as allocations:
-        stage = load_stage(out, pipeline, index)
+        stage = load_stage(
+            out, pipeline.stages[index].module, pipeline.stages[index].weights, pipeline.model
+        )
     own = sum(t.untyped_storage().nbytes() for t in [*stage.parameters(), *stage.buffers()])
     whole = sum(
         p.numel() * p.element_size()
@@ -110,7 +112,9 @@ def test_checkpoint_saves_what_the_planner_counts(tmp_path):
     for name, plan_path in (("plain", free_plan), ("checkpointed", capped_plan)):
         out = generate(plan_path, tmp_path / name)
         pipeline = load_pipeline(out / "pipeline.yaml")
-        stage = load_stage(out, pipeline, 0)
+        stage = load_stage(
+            out, pipeline.stages[0].module, pipeline.stages[0].weights, pipeline.model
+        )
         inputs = [_example(s.shape, getattr(torch, s.dtype)) for s in pipeline.stages[0].inputs]
         measured[name] = _saved_bytes(stage, inputs)
     assert measured["checkpointed"] < measured["plain"]

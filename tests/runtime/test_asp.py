@@ -6,14 +6,13 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from vpipe.codegen.loading import load_all
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.schedules import FORWARD, run_actions
 from vpipe.common.yamlfile import load_yaml
 from vpipe.planner.schema import load_plan, save_plan
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, plan, profile
+from ..codegen.pipelines import generate, load_all, plan, profile
 
 STEPS = 8
 LR = 0.05

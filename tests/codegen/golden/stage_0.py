@@ -8,7 +8,7 @@ Returns: layers_2.
 
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from vpipe.codegen.ownership import adopt
+from vpipe.common.stages import adopt
 
 
 class Stage0(nn.Module):
@@ -21,7 +21,7 @@ class Stage0(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         """Take this stage's parts from `model`; build that on the meta device so nothing else
-        is allocated (vpipe.codegen.ownership.build_stage)."""
+        is allocated (vpipe.common.stages.build_stage)."""
         super().__init__()
         adopt(self, model, self.OWNS)
 
