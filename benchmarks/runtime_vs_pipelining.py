@@ -18,7 +18,6 @@ import csv
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from vpipe.common.stages import load_stage
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.launch import free_port
+from vpipe.runtime.launch import on_this_machine
 
 
 def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> None:
@@ -76,20 +75,8 @@ def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> 
 
 
 def run_pipelining(out: Path, schedule: str, steps: int, stages: int) -> float:
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     result = out / f"pipelining_{schedule}.txt"
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=stages,
-        run_id=f"bench-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{free_port()}",
-        max_restarts=0,
-        start_method="spawn",
-    )
-    elastic_launch(config, pipelining_worker)(str(out), schedule, steps, str(result))
+    on_this_machine(stages, pipelining_worker, str(out), schedule, steps, str(result))
     return float(result.read_text())
 
 

@@ -38,23 +38,29 @@ def launch(settings: RunSettings) -> None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         run_stage(settings)
         return
+    try:
+        on_this_machine(stages, run_stage, settings)
+    except Exception as err:  # the launcher reports a failed worker as ChildFailedError
+        raise VpipeError(f"training failed: {str(err).strip().splitlines()[0]}") from None
+
+
+def on_this_machine(processes: int, entrypoint, *args) -> None:
+    """Run `entrypoint(*args)` in `processes` new processes joined by a c10d rendezvous on
+    loopback: what torchrun --standalone does, from Python."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
-        nproc_per_node=stages,
+        nproc_per_node=processes,
         run_id=f"vpipe-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
     )
-    try:
-        elastic_launch(config, run_stage)(settings)
-    except Exception as err:  # the launcher reports a failed worker as ChildFailedError
-        raise VpipeError(f"training failed: {str(err).strip().splitlines()[0]}") from None
+    elastic_launch(config, entrypoint)(*args)
 
 
 def _actions(settings: RunSettings, stages: int, microbatches: int):
@@ -126,7 +132,7 @@ def run_stage(settings: RunSettings) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
