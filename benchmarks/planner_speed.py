@@ -23,7 +23,7 @@ from vpipe.planner.graph import plan_graph
 from vpipe.planner.predict import predict_stages
 from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.pipedream import import_pipedream
-from vpipe.profiler.schema import NodeProfile, Profile
+from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
 
 PROFILES = Path(__file__).resolve().parents[1].parent / "shared" / "profiles" / "pipedream"
 
@@ -42,7 +42,7 @@ def synthetic(size: int) -> Profile:
                 op="placeholder" if i == 0 else "call_function",
                 target="op",
                 inputs=inputs,
-                outputs=(),
+                outputs=(TensorMeta((out // 4,), "float32"),),
                 forward_ms=0.0 if i == 0 else 0.1 + (i % 7) * 0.05,
                 backward_ms=0.0 if i == 0 else 0.2 + (i % 5) * 0.05,
                 param_bytes=(i % 2) * 65536,

@@ -37,7 +37,8 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
         proven = solve_ilp(graph, settings, warm_start=split)
         seconds = split.seconds + proven.seconds
         if proven.feasible and proven.bottleneck_ms <= split.bottleneck_ms * (1 + 1e-9):
-            if proven.optimal and split.feasible:  # the same value, now proven: keep dp's split
+            same = split.feasible and proven.bottleneck_ms >= split.bottleneck_ms * (1 - 1e-9)
+            if proven.optimal and same:  # the same value, now proven: keep dp's split
                 return dataclasses.replace(
                     split, optimal=True, lower_bound_ms=split.bottleneck_ms, seconds=seconds
                 )

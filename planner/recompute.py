@@ -19,9 +19,11 @@ from typing import NamedTuple
 
 from vpipe.planner.graph import PlanGraph
 
-# Pareto points kept per state: SEARCH_POINTS / stage nodes, at least MIN_FRONT, so a search costs
-# about the same however long the stage. Past the limit the answer is no longer proven least.
-SEARCH_POINTS = 2048
+# Pareto points kept per state: SEARCH_WORK / (stage nodes x graph nodes), at least MIN_FRONT, so
+# a search costs about the same however long the stage, and a whole plan about the same however
+# large the graph: small graphs get exact searches, large ones thinned fronts. Past the limit the
+# answer is no longer proven least.
+SEARCH_WORK = 1_000_000
 MIN_FRONT = 8
 
 
@@ -117,7 +119,7 @@ def _solutions(
     """The Pareto-best complete recompute choices that fit `budget`, and whether that set is
     complete (False when a front had to be thinned)."""
     order = sorted(stage)
-    limit = max(MIN_FRONT, SEARCH_POINTS // len(order))
+    limit = max(MIN_FRONT, SEARCH_WORK // (len(order) * graph.size))
     members = set(order)
     last_use: dict[int, int] = {}
     for position, n in enumerate(order):

@@ -32,7 +32,8 @@ def test_writes_a_valid_plan_and_plot(profile_path, tmp_path, capsys):
     assert code == 0 and "proven optimal" in stdout, stdout
     plan = load_plan(out)
     profile = load_profile(profile_path)
-    assert [n for s in plan.stages for n in s.nodes] == [n.name for n in profile.nodes]
+    placed = [n for s in plan.stages for n in s.nodes]  # stages need not be runs of the order
+    assert sorted(placed) == sorted(n.name for n in profile.nodes)
     assert plan.solver.optimal and len(plan.baselines) == 2
     assert png.read_bytes()[:4] == b"\x89PNG"
 
