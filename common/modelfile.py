@@ -41,6 +41,7 @@ class ModelFile:
     make_batch: Callable[[int, int], tuple[object, torch.Tensor]]
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     sha256: str | None  # of the source file, so later parts can tell it changed
+    epoch_samples: int | None = None  # EPOCH_SAMPLES: what `--epochs` counts in
 
     def batch(self, batch_size: int, step: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Call make_batch and check its shape: inputs as a tuple, every batch dim right."""
@@ -91,7 +92,15 @@ def load_model_file(source: str) -> ModelFile:
         make_batch=module.make_batch,
         loss_fn=getattr(module, "loss_fn", default_loss),
         sha256=sha,
+        epoch_samples=_epoch_samples(module, source),
     )
+
+
+def _epoch_samples(module: ModuleType, source: str) -> int | None:
+    value = getattr(module, "EPOCH_SAMPLES", None)
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise VpipeError(f"{source}: EPOCH_SAMPLES must be a positive int (got {value!r})")
+    return value
 
 
 def _import(source: str) -> tuple[ModuleType, Path | None]:

@@ -98,6 +98,11 @@ def load_stage(
     assert spec is not None and spec.loader is not None
     loaded = importlib.util.module_from_spec(spec)
     sys.modules[name] = loaded
-    spec.loader.exec_module(loaded)
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as err:
+        raise VpipeError(
+            f"{path} cannot be loaded ({type(err).__name__}: {err}); regenerate it with vpipe-gen"
+        ) from None
     build_model = load_model_file(model_source).build_model
     return build_stage(getattr(loaded, class_name), build_model, directory / weights, device)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from vpipe.models.attention import SelfAttention, check_heads
 
 NOISE = 0.1  # share of tokens make_batch replaces at random: the task is learnable, not trivial
+EPOCH_SAMPLES = 1024  # what vpipe-train --epochs counts (the data is made from the step index)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run settings from a YAML file (keys: the options below, e.g. lr, steps); "
         "flags override it",
     )
-    parser.add_argument(
+    how_long = parser.add_mutually_exclusive_group()
+    how_long.add_argument(
+        "--epochs",
+        type=int,
+        help="train this many epochs of the model file's EPOCH_SAMPLES samples",
+    )
+    how_long.add_argument(
         "--steps",
         type=int,
         help=f"optimizer steps: M micro-batches each under 1f1b/gpipe, one under asp "
@@ -55,7 +61,8 @@ def settings_from(args: argparse.Namespace) -> dict:
     config = load_yaml(args.config, "run config") if args.config else {}
     if not isinstance(config, dict):
         raise VpipeError(f"{args.config}: a run config is a mapping of option: value")
-    known = defaults()
+    known = {**defaults(), "epochs": None}
+    del known["steps_per_epoch"]  # derived from epochs
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise VpipeError(
@@ -73,15 +80,27 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
+    from vpipe.common.modelfile import load_model_file
     from vpipe.runtime.launch import launch
     from vpipe.runtime.settings import RunSettings
 
     chosen = settings_from(args)
-    if chosen["steps"] < 1 or chosen["lr"] <= 0:
-        raise VpipeError("steps must be at least 1 and lr positive")
+    epochs = chosen.pop("epochs")
     pipeline = load_pipeline(args.pipeline)
     chosen["schedule"] = chosen["schedule"] or pipeline.schedule
     chosen["optimizer"] = chosen["optimizer"] or pipeline.optimizer
+    per_step = pipeline.batch_size * (1 if chosen["schedule"] == "asp" else pipeline.microbatches)
+    if epochs is not None:
+        samples = load_model_file(pipeline.model).epoch_samples
+        if samples is None:
+            raise VpipeError(
+                f"--epochs: {pipeline.model} defines no EPOCH_SAMPLES (samples per epoch); "
+                "define it, or give --steps"
+            )
+        chosen["steps_per_epoch"] = max(1, samples // per_step)
+        chosen["steps"] = epochs * chosen["steps_per_epoch"]
+    if chosen["steps"] < 1 or chosen["lr"] <= 0:
+        raise VpipeError("steps must be at least 1 and lr positive")
     launch(RunSettings(pipeline=args.pipeline, **chosen))
     return 0
 

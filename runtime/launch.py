@@ -3,8 +3,10 @@ when already started by torchrun, run this process's stage."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -35,13 +37,19 @@ def launch(settings: RunSettings) -> None:
         settings.schedule, _actions(settings, stages, pipeline.microbatches), pipeline.microbatches
     )
     check_schedule(pipeline, settings.schedule)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         run_stage(settings)
         return
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    # a failing stage prints its own one-line error; the launcher's tracebacks would bury it
+    for name in ("torch.distributed.elastic", "torch.multiprocessing"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        on_this_machine(stages, run_stage, settings)
-    except Exception as err:  # the launcher reports a failed worker as ChildFailedError
-        raise VpipeError(f"training failed: {str(err).strip().splitlines()[0]}") from None
+        on_this_machine(stages, stage_main, settings)
+    except ChildFailedError as err:
+        failed = ", ".join(str(rank) for rank in sorted(err.failures))
+        raise VpipeError(f"training failed on stage {failed} (its error is above)") from None
 
 
 def on_this_machine(processes: int, entrypoint, *args) -> None:
@@ -66,6 +74,15 @@ def on_this_machine(processes: int, entrypoint, *args) -> None:
 def _actions(settings: RunSettings, stages: int, microbatches: int):
     """A step is M micro-batches and one update under 1f1b and gpipe; one micro-batch under asp."""
     return run_actions(settings.schedule, stages, microbatches, settings.steps)
+
+
+def stage_main(settings: RunSettings) -> None:
+    """A process the launcher started: run its stage; on bad input, one line and exit 2."""
+    try:
+        run_stage(settings)
+    except VpipeError as err:
+        print(f"vpipe-train: error: stage {os.environ.get('RANK')}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run_stage(settings: RunSettings) -> None:
@@ -115,6 +132,7 @@ def run_stage(settings: RunSettings) -> None:
             pipeline.batch_size,
             settings.print_every,
             settings.steps,
+            settings.steps_per_epoch,
         )
         executor.on_loss = metrics.add
         save_yaml(asdict(settings), run_dir / "settings.yaml")

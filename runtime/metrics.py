@@ -16,9 +16,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 class Metrics:
     def __init__(
-        self, path: Path, per_step: int, batch_size: int, print_every: int, steps: int
+        self,
+        path: Path,
+        per_step: int,
+        batch_size: int,
+        print_every: int,
+        steps: int,
+        steps_per_epoch: int = 0,
     ) -> None:
         self.per_step, self.batch_size, self.print_every = per_step, batch_size, print_every
+        self.steps_per_epoch = steps_per_epoch or steps
         self.progress = None
         if sys.stdout.isatty():  # a bar for people; plain lines for logs and pipes
             self.progress = Progress(
@@ -45,7 +52,10 @@ class Metrics:
         self.writer.writerow([self.step, f"{mean:.6f}", f"{rate:.2f}", f"{elapsed:.3f}"])
         self.file.flush()
         if self.step % self.print_every == 0:
-            self._print(f"Epoch 0, Iteration {self.step}, Loss: {mean:.4f}, {rate:.1f} samples/s")
+            epoch, iteration = divmod(self.step, self.steps_per_epoch)
+            self._print(
+                f"Epoch {epoch}, Iteration {iteration}, Loss: {mean:.4f}, {rate:.1f} samples/s"
+            )
         if self.progress is not None:
             self.progress.advance(self.task)
         self.step += 1

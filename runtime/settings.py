@@ -17,6 +17,7 @@ class RunSettings:
     weight_decay: float = 0.0
     print_every: int = 10
     threads: int = 0  # per process; 0: the machine's cores shared out evenly
+    steps_per_epoch: int = 0  # for the "Epoch e, Iteration i" lines; 0: one endless epoch
     timeout_s: float = 300.0
 
     @property

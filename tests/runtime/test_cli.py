@@ -53,3 +53,22 @@ def test_pipeline_from_another_version(mlp_pipeline, tmp_path, capsys):
     text = (mlp_pipeline / "pipeline.yaml").read_text()
     edited.write_text(text.replace("schema_version: 1", "schema_version: 99"))
     assert "regenerate it" in _error([edited], capsys)
+
+
+def test_epochs_need_the_model_files_epoch_size(mlp_pipeline, capsys):
+    err = _error([mlp_pipeline / "pipeline.yaml", "--epochs", "1"], capsys)
+    assert "defines no EPOCH_SAMPLES" in err
+
+
+def test_a_stage_file_that_no_longer_loads(mlp_pipeline, tmp_path, capfd):
+    """One line per failing stage, then the launcher's one line; exit status 2."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(mlp_pipeline, out)
+    (out / "stage_1.py").write_text("import no_such_module\n")
+    code = train_main([str(out / "pipeline.yaml"), "--steps", "1"])
+    err = capfd.readouterr().err  # the stage's line comes from its own process
+    assert code == 2
+    assert "stage 1: " in err and "stage_1.py cannot be loaded" in err
+    assert "training failed on stage 1" in err
