@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from vpipe.common.cli import run_command
 from vpipe.runtime.settings import defaults
@@ -50,7 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, help="default 0")
     parser.add_argument("--print-every", type=int, help="steps between loss lines (default 10)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: shared)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: report the last run (predicted vs measured per stage, the bubble) "
+        "and draw its timeline to <pipeline dir>/run/timeline.png",
+    )
     return parser
+
+
+def _report(pipeline_path: str) -> int:
+    from rich.console import Console
+
+    from vpipe.codegen.schema import load_pipeline
+    from vpipe.common.yamlfile import load_yaml
+    from vpipe.runtime.report import build_report, draw_timeline, print_report
+
+    pipeline = load_pipeline(pipeline_path)
+    run_dir = Path(pipeline_path).parent / "run"
+    used = load_yaml(run_dir / "settings.yaml", "run settings")
+    report = build_report(pipeline, run_dir, used["schedule"])
+    print_report(report, Console())
+    draw_timeline(report, [bool(s.recompute) for s in pipeline.stages], run_dir / "timeline.png")
+    print(f"wrote {run_dir / 'timeline.png'}")
+    return 0
 
 
 def settings_from(args: argparse.Namespace) -> dict:
@@ -78,6 +102,8 @@ def settings_from(args: argparse.Namespace) -> dict:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report:
+        return _report(args.pipeline)
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
     from vpipe.common.modelfile import load_model_file

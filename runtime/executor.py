@@ -11,6 +11,7 @@ up over the step's M micro-batches and one update follows the last.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,26 @@ class _InFlight:
     outputs: list[torch.Tensor]  # what it sent on, or [loss] on the last stage
 
 
+@dataclass(frozen=True)
+class ActionEvent:
+    """One action as it ran: seconds on the machine's monotonic clock (perf_counter), and the
+    part of it spent blocked waiting for a neighbour's tensors."""
+
+    action: str  # F or B
+    microbatch: int
+    start_s: float
+    end_s: float
+    wait_s: float
+
+
 @dataclass
 class StageLog:
-    """What a stage saw: losses per micro-batch (last stage) and the most weight versions alive."""
+    """What a stage saw: losses per micro-batch (last stage), the most weight versions alive,
+    and every action's timing."""
 
     losses: dict[int, float] = field(default_factory=dict)
     peak_versions: int = 0
+    events: list[ActionEvent] = field(default_factory=list)
 
 
 class StageExecutor:
@@ -78,10 +93,20 @@ class StageExecutor:
 
     def run(self, actions: list[Action]) -> StageLog:
         for action in actions:
+            start, waited = time.perf_counter(), self.links.waited_s()
             if action.kind == FORWARD:
                 self.forward(action.microbatch)
             else:
                 self.backward(action.microbatch)
+            self.log.events.append(
+                ActionEvent(
+                    action.kind,
+                    action.microbatch,
+                    start,
+                    time.perf_counter(),
+                    self.links.waited_s() - waited,
+                )
+            )
             alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
             self.log.peak_versions = max(self.log.peak_versions, len(alive))
         self.links.flush()

@@ -21,6 +21,7 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.schedules import FORWARD, run_actions, validate
 from vpipe.common.yamlfile import save_yaml
+from vpipe.runtime.events import write_events
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.metrics import Metrics
@@ -142,6 +143,7 @@ def run_stage(settings: RunSettings) -> None:
     if metrics:
         metrics.close()
     torch.save(executor.final_weights(), run_dir / f"final_stage_{rank}.pt")
+    write_events(log.events, run_dir / f"events_stage{rank}.csv")
     save_yaml(
         {"peak_weight_versions": log.peak_versions, "seconds": seconds},
         run_dir / f"stage_{rank}.yaml",

@@ -10,6 +10,7 @@ carry gradients back.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -32,12 +33,15 @@ class _Inbox:
         self.specs, self.peer, self.tag, self.device = specs, peer, tag, device
         self.left = total if specs else 0  # not yet posted
         self.posted: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
+        self.waited_s = 0.0  # blocked in receives, for the run's event log
 
     def take(self) -> list[torch.Tensor]:
         self._post_ahead(2)
         works, buffers = self.posted.popleft()
+        start = time.perf_counter()
         for work in works:
             work.wait()
+        self.waited_s += time.perf_counter() - start
         self._post_ahead(1)
         return buffers
 
@@ -80,6 +84,10 @@ class Links:
     def send_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
         for tensor in tensors:
             self._send(tensor, self.stage - 1, GRADIENT)
+
+    def waited_s(self) -> float:
+        """Seconds spent blocked in receives so far."""
+        return self.activations.waited_s + self.gradients.waited_s
 
     def flush(self) -> None:
         """Wait for every send to finish (before exit, or before reusing a buffer)."""

@@ -1,0 +1,48 @@
+"""Per-stage action timings: out/run/events_stage<k>.csv, written by each stage, read by the report.
+
+One row per action (forward or backward of a micro-batch): start and end on the machine's
+monotonic clock (comparable across the stages of one machine) and the seconds spent blocked
+waiting for a neighbour. Recording costs two clock reads per action, so it is always on.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from vpipe.common.errors import VpipeError
+from vpipe.runtime.executor import ActionEvent
+
+COLUMNS = ["action", "microbatch", "start_s", "end_s", "wait_s"]
+
+
+def write_events(events: Iterable[ActionEvent], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(COLUMNS)
+        for e in events:
+            writer.writerow(
+                [e.action, e.microbatch, f"{e.start_s:.6f}", f"{e.end_s:.6f}", f"{e.wait_s:.6f}"]
+            )
+    tmp.replace(path)
+
+
+def read_events(path: Path) -> list[ActionEvent]:
+    if not path.is_file():
+        raise VpipeError(f"{path} is missing: run vpipe-train first (it writes one per stage)")
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    if rows and list(rows[0]) != COLUMNS:
+        raise VpipeError(f"{path}: expected columns {', '.join(COLUMNS)}")
+    return [
+        ActionEvent(
+            r["action"],
+            int(r["microbatch"]),
+            float(r["start_s"]),
+            float(r["end_s"]),
+            float(r["wait_s"]),
+        )
+        for r in rows
+    ]
