@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-every", type=int, help="steps between loss lines (default 10)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: shared)")
     parser.add_argument(
+        "--timeout-s",
+        type=float,
+        help="seconds a stage waits on a neighbour before it gives up (default 300)",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="train nothing: report the last run (predicted vs measured per stage, the bubble) "

@@ -20,6 +20,7 @@ import torch
 from torch.func import functional_call
 
 from vpipe.codegen.schema import Pipeline
+from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile
 from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage
@@ -121,6 +122,7 @@ class StageExecutor:
                 tensor.requires_grad_()
         weights = self.weights
         outputs = functional_call(self.module, {**weights, **self.buffers}, (*own, *received))
+        self._check(outputs)
         if self.last:
             output = outputs if self.pipeline.output_is_tuple else outputs[0]
             loss = self.model_file.loss_fn(output, batch[1].to(self.device))
@@ -176,6 +178,21 @@ class StageExecutor:
             self.tied.sum(grads)
         new = self.updater.step({n: t.detach() for n, t in self.weights.items()}, grads)
         self.weights = {n: t.requires_grad_() for n, t in new.items()}
+
+    def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:
+        """The stage returns what pipeline.yaml says: catches stage files edited by hand."""
+        for spec, tensor in zip(self.spec.outputs, outputs, strict=False):
+            if tuple(tensor.shape) != spec.shape or str(tensor.dtype) != f"torch.{spec.dtype}":
+                raise VpipeError(
+                    f"stage {self.index} returns {spec.name} as {tuple(tensor.shape)} "
+                    f"{str(tensor.dtype).removeprefix('torch.')}; pipeline.yaml expects "
+                    f"{spec.shape} {spec.dtype}: regenerate with vpipe-gen"
+                )
+        if len(outputs) != len(self.spec.outputs):
+            raise VpipeError(
+                f"stage {self.index} returns {len(outputs)} tensors; pipeline.yaml expects "
+                f"{len(self.spec.outputs)}: regenerate with vpipe-gen"
+            )
 
     def _batch(self, i: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         return self.model_file.batch(self.pipeline.batch_size, i)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from vpipe.codegen.schema import Pipeline, TensorSpec
+from vpipe.common.errors import VpipeError
 
 ACTIVATION, GRADIENT = 0, 1
 
@@ -39,8 +40,12 @@ class _Inbox:
         self._post_ahead(2)
         works, buffers = self.posted.popleft()
         start = time.perf_counter()
-        for work in works:
-            work.wait()
+        try:
+            for work in works:
+                work.wait()
+        except RuntimeError as err:  # the peer died, or the group's timeout passed
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
+            raise VpipeError(f"lost stage {self.peer}: {reason}") from None
         self.waited_s += time.perf_counter() - start
         self._post_ahead(1)
         return buffers

@@ -1,5 +1,8 @@
 """vpipe-train as a user runs it: a run config, flags over it, and one clear line on bad input."""
 
+import re
+import shutil
+
 import pytest
 
 from vpipe.common.yamlfile import load_yaml
@@ -62,8 +65,6 @@ def test_epochs_need_the_model_files_epoch_size(mlp_pipeline, capsys):
 
 def test_a_stage_file_that_no_longer_loads(mlp_pipeline, tmp_path, capfd):
     """One line per failing stage, then the launcher's one line; exit status 2."""
-    import shutil
-
     out = tmp_path / "out"
     shutil.copytree(mlp_pipeline, out)
     (out / "stage_1.py").write_text("import no_such_module\n")
@@ -72,3 +73,15 @@ def test_a_stage_file_that_no_longer_loads(mlp_pipeline, tmp_path, capfd):
     assert code == 2
     assert "stage 1: " in err and "stage_1.py cannot be loaded" in err
     assert "training failed on stage 1" in err
+
+
+def test_a_stage_edited_to_return_another_shape(mlp_pipeline, tmp_path, capfd):
+    out = tmp_path / "out"
+    shutil.copytree(mlp_pipeline, out)
+    stage = out / "stage_0.py"
+    edited = re.sub(r"return \((\w+),\)", r"return (\1[:, :1],)", stage.read_text(), count=1)
+    stage.write_text(edited)
+    code = train_main([str(out / "pipeline.yaml"), "--steps", "1"])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert "stage 0 returns" in err and "pipeline.yaml expects" in err, err
