@@ -1,0 +1,61 @@
+"""A dead stage never hangs the others: they exit non-zero, naming it, within the timeout."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..codegen.pipelines import generate, plan, profile
+
+TIMEOUT_S = 30
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_killing_one_rank_stops_the_other(tmp_path):
+    """Two ranks started the way torchrun starts them (one per machine, say); rank 0 is killed
+    mid-run; rank 1 must exit non-zero well within --timeout-s, saying which stage it lost."""
+    out = generate(plan(profile("mlp", tmp_path), 2, tmp_path, False), tmp_path / "out")
+    train = shutil.which("vpipe-train", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port())}
+    argv = [
+        train,
+        str(out / "pipeline.yaml"),
+        "--steps",
+        "1000000",
+        "--threads",
+        "1",
+        "--timeout-s",
+        str(TIMEOUT_S),
+    ]
+    ranks = []
+    for r in range(2):  # rank 0 hosts the rendezvous store: give it a head start
+        ranks.append(
+            subprocess.Popen(
+                argv,
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        time.sleep(1.0)
+    metrics = out / "run" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 5):
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    ranks[0].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, err = ranks[1].communicate(timeout=TIMEOUT_S + 30)
+    assert ranks[1].returncode != 0
+    assert time.monotonic() - killed_at < TIMEOUT_S
+    assert "lost stage 0" in err, err
