@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
-from vpipe.common.yamlfile import load_yaml, plain, save_yaml
+from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 from vpipe.planner.schema import MemoryBreakdown, Prediction, StagePrediction
 
 SCHEMA_VERSION = 1
@@ -74,13 +74,13 @@ class Pipeline:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "pipeline") -> Pipeline:
-        if not isinstance(data, Mapping):
-            raise VpipeError(f"{where}: not a vpipe pipeline file (expected a mapping)")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise VpipeError(
-                f"{where}: schema_version {data.get('schema_version')!r} is not "
-                f"{SCHEMA_VERSION}; regenerate it with this vpipe: vpipe-gen plan.yaml -o <dir>"
-            )
+        check_header(
+            data,
+            SCHEMA_VERSION,
+            where,
+            "pipeline file",
+            "regenerate it with this vpipe: vpipe-gen plan.yaml -o <dir>",
+        )
         try:
             pipeline = cls(
                 **{

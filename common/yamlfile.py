@@ -38,6 +38,16 @@ def plain(value: Any) -> Any:
     return value
 
 
+def check_header(data: Any, version: int, where: str, what: str, remedy: str) -> None:
+    """The first check of every vpipe file: a mapping, of this schema version (else `remedy`)."""
+    if not isinstance(data, dict):
+        raise VpipeError(f"{where}: not a vpipe {what} (expected a mapping at the top level)")
+    if data.get("schema_version") != version:
+        raise VpipeError(
+            f"{where}: schema_version {data.get('schema_version')!r} is not {version}; {remedy}"
+        )
+
+
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write through a temporary file and rename it, so a crash never leaves half a file."""
     path = Path(path)

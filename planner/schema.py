@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
-from vpipe.common.yamlfile import load_yaml, plain, save_yaml
+from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 1
 SCHEDULES = ("asp", "1f1b", "gpipe")
@@ -136,13 +136,9 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "plan") -> Plan:
-        if not isinstance(data, Mapping):
-            raise VpipeError(f"{where}: not a vpipe plan (expected a mapping at the top level)")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise VpipeError(
-                f"{where}: schema_version {data.get('schema_version')!r} is not "
-                f"{SCHEMA_VERSION}; re-run vpipe-plan with this version of vpipe"
-            )
+        check_header(
+            data, SCHEMA_VERSION, where, "plan", "re-run vpipe-plan with this version of vpipe"
+        )
         try:
             stages = tuple(
                 Stage(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
-from vpipe.common.yamlfile import load_yaml, plain, save_yaml
+from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 1
 
@@ -146,14 +146,13 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "profile") -> Profile:
-        if not isinstance(data, Mapping):
-            raise VpipeError(f"{where}: not a vpipe profile (expected a mapping at the top level)")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise VpipeError(
-                f"{where}: schema_version {version!r} is not {SCHEMA_VERSION}; "
-                "re-run vpipe-profile with this version of vpipe"
-            )
+        check_header(
+            data,
+            SCHEMA_VERSION,
+            where,
+            "profile",
+            "re-run vpipe-profile with this version of vpipe",
+        )
         body = {k: v for k, v in data.items() if k not in ("schema_version", "graph_sha256")}
         try:
             nodes = tuple(_node_from_dict(n) for n in _require(body, "nodes", where))
