@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a stage waits on a neighbour before it gives up (default 300)",
     )
     parser.add_argument(
+        "--checkpoint-dir", help="where checkpoints go (default: <pipeline dir>/run/checkpoints)"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, help="steps between checkpoints (1f1b and gpipe)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue from the newest checkpoint every stage finished, up to --steps",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="train nothing: report the last run (predicted vs measured per stage, the bubble) "
@@ -132,6 +144,11 @@ def _run(argv: Sequence[str] | None) -> int:
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
     if chosen["steps"] < 1 or chosen["lr"] <= 0:
         raise VpipeError("steps must be at least 1 and lr positive")
+    if chosen["schedule"] == "asp" and (chosen["checkpoint_every"] or chosen["resume"]):
+        raise VpipeError(
+            "checkpoints are built for --schedule 1f1b and gpipe so far (asp must also save "
+            "the weight versions in flight)"
+        )
     launch(RunSettings(pipeline=args.pipeline, **chosen))
     return 0
 

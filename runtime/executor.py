@@ -89,8 +89,9 @@ class StageExecutor:
         self.backwards = 0
         self.tied = TiedGradients(pipeline, index, schedule)
         self.log = StageLog()
-        # the last stage reports each micro-batch's loss, in order
+        # the last stage reports each micro-batch's loss, in order; every stage, each update
         self.on_loss: Callable[[float], None] = lambda loss: None
+        self.on_update: Callable[[int], None] = lambda updates: None
 
     def run(self, actions: list[Action]) -> StageLog:
         for action in actions:
@@ -178,6 +179,7 @@ class StageExecutor:
             self.tied.sum(grads)
         new = self.updater.step({n: t.detach() for n, t in self.weights.items()}, grads)
         self.weights = {n: t.requires_grad_() for n, t in new.items()}
+        self.on_update(self.updater.steps)
 
     def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:
         """The stage returns what pipeline.yaml says: catches stage files edited by hand."""

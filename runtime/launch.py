@@ -21,6 +21,7 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.schedules import FORWARD, run_actions, validate
 from vpipe.common.yamlfile import save_yaml
+from vpipe.runtime import checkpoint
 from vpipe.runtime.events import write_events
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
@@ -123,6 +124,23 @@ def run_stage(settings: RunSettings) -> None:
         settings.schedule,
         device,
     )
+    first_step = _restore(settings, pipeline, rank, executor) if settings.resume else 0
+    actions = [a for a in actions if a.microbatch >= first_step * pipeline.microbatches]
+    if settings.checkpoint_every:
+        every = settings.checkpoint_every
+
+        def checkpoint_after(updates: int) -> None:
+            if updates % every == 0:
+                checkpoint.save(
+                    settings.checkpoints,
+                    updates,
+                    rank,
+                    executor.weights,
+                    updater,
+                    pipeline.plan_sha256,
+                )
+
+        executor.on_update = checkpoint_after
     dist.barrier()  # every stage built: the clock starts now
     metrics = None
     if rank == stages - 1:  # the stage that computes the loss reports it
@@ -134,6 +152,7 @@ def run_stage(settings: RunSettings) -> None:
             settings.print_every,
             settings.steps,
             settings.steps_per_epoch,
+            first_step,
         )
         executor.on_loss = metrics.add
         save_yaml(asdict(settings), run_dir / "settings.yaml")
@@ -150,6 +169,24 @@ def run_stage(settings: RunSettings) -> None:
     )
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _restore(settings: RunSettings, pipeline, rank: int, executor: StageExecutor) -> int:
+    """Load this stage's newest complete checkpoint into `executor`; the step it resumes at."""
+    step = checkpoint.newest_complete(settings.checkpoints, len(pipeline.stages))
+    if step is None:
+        raise VpipeError(
+            f"--resume: {settings.checkpoints} holds no checkpoint that every stage finished"
+        )
+    weights = checkpoint.load(
+        settings.checkpoints, step, rank, executor.updater, pipeline.plan_sha256
+    )
+    if set(weights) != set(executor.weights):
+        raise VpipeError(f"{settings.checkpoints}: stage {rank}'s weights do not match this stage")
+    executor.weights = {n: t.requires_grad_() for n, t in weights.items()}
+    if rank == 0:
+        print(f"resuming after step {step} from {settings.checkpoints}", flush=True)
+    return step
 
 
 def _free_port() -> int:

@@ -23,7 +23,9 @@ class Metrics:
         print_every: int,
         steps: int,
         steps_per_epoch: int = 0,
+        first_step: int = 0,
     ) -> None:
+        """`first_step` > 0 resumes: rows are appended after the ones already there."""
         self.per_step, self.batch_size, self.print_every = per_step, batch_size, print_every
         self.steps_per_epoch = steps_per_epoch or steps
         self.progress = None
@@ -33,12 +35,14 @@ class Metrics:
             )
             self.task = self.progress.add_task("steps", total=steps)
             self.progress.start()
-        self.file = open(path, "w", newline="")  # noqa: SIM115 (closed in close())
+        resuming = first_step > 0 and path.is_file()
+        self.file = open(path, "a" if resuming else "w", newline="")  # noqa: SIM115 (close())
         self.writer = csv.writer(self.file)
-        self.writer.writerow(["step", "loss", "samples_per_s", "elapsed_s"])
+        if not resuming:
+            self.writer.writerow(["step", "loss", "samples_per_s", "elapsed_s"])
         self.start = time.perf_counter()
         self.pending: list[float] = []
-        self.step = 0
+        self.first_step = self.step = first_step
 
     def add(self, loss: float) -> None:
         """One micro-batch's loss, in micro-batch order."""
@@ -48,7 +52,7 @@ class Metrics:
         mean = sum(self.pending) / self.per_step
         self.pending.clear()
         elapsed = time.perf_counter() - self.start
-        rate = (self.step + 1) * self.per_step * self.batch_size / elapsed
+        rate = (self.step + 1 - self.first_step) * self.per_step * self.batch_size / elapsed
         self.writer.writerow([self.step, f"{mean:.6f}", f"{rate:.2f}", f"{elapsed:.3f}"])
         self.file.flush()
         if self.step % self.print_every == 0:
@@ -68,8 +72,9 @@ class Metrics:
 
     def close(self) -> None:
         elapsed = time.perf_counter() - self.start
-        rate = self.step * self.per_step * self.batch_size / elapsed if elapsed else 0.0
+        done = self.step - self.first_step
+        rate = done * self.per_step * self.batch_size / elapsed if elapsed else 0.0
         if self.progress is not None:
             self.progress.stop()
-        print(f"throughput: {rate:.1f} samples/s over {self.step} steps", flush=True)
+        print(f"throughput: {rate:.1f} samples/s over {done} steps", flush=True)
         self.file.close()

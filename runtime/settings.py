@@ -18,11 +18,18 @@ class RunSettings:
     print_every: int = 10
     threads: int = 0  # per process; 0: the machine's cores shared out evenly
     steps_per_epoch: int = 0  # for the "Epoch e, Iteration i" lines; 0: one endless epoch
+    checkpoint_dir: str = ""  # where checkpoints go ("": <pipeline dir>/run/checkpoints)
+    checkpoint_every: int = 0  # steps between checkpoints; 0: none
+    resume: bool = False  # continue from the newest checkpoint every stage finished
     timeout_s: float = 300.0
 
     @property
     def run_dir(self) -> Path:
         return Path(self.pipeline).parent / "run"
+
+    @property
+    def checkpoints(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else self.run_dir / "checkpoints"
 
 
 def defaults() -> dict[str, object]:
