@@ -33,9 +33,15 @@ def test_resume_equals_an_unbroken_run(tmp_path):
     assert [r.split(",")[1] for r in rows[1:]] == [r.split(",")[1] for r in unbroken[1:]]
 
 
-def test_resume_without_a_checkpoint(tmp_path, capfd):
-    out = generate(
-        plan(profile("mlp", tmp_path), 2, tmp_path, False, "--schedule", "1f1b"), tmp_path / "out"
-    )
+def test_resume_needs_this_plans_checkpoint(tmp_path, capfd):
+    profiled = profile("mlp", tmp_path)
+    out = generate(plan(profiled, 2, tmp_path, False, "--schedule", "1f1b"), tmp_path / "out")
     assert train_main([str(out / "pipeline.yaml"), "--steps", "2", "--resume"]) == 2
     assert "holds no checkpoint that every stage finished" in capfd.readouterr().err
+
+    argv = [str(out / "pipeline.yaml"), "--steps", "1", "--checkpoint-every", "1"]
+    assert train_main(argv) == 0
+    other = generate(plan(profiled, 2, tmp_path, False, "--schedule", "gpipe"), tmp_path / "b")
+    argv = ["--checkpoint-dir", str(out / "run" / "checkpoints"), "--resume", "--steps", "2"]
+    assert train_main([str(other / "pipeline.yaml"), *argv]) == 2
+    assert "belongs to another plan" in capfd.readouterr().err
