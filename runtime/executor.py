@@ -52,10 +52,8 @@ class ActionEvent:
 
 @dataclass
 class StageLog:
-    """What a stage saw: losses per micro-batch (last stage), the most weight versions alive,
-    and every action's timing."""
+    """What a stage saw: the most weight versions alive, and every action's timing."""
 
-    losses: dict[int, float] = field(default_factory=dict)
     peak_versions: int = 0
     events: list[ActionEvent] = field(default_factory=list)
 
@@ -127,8 +125,7 @@ class StageExecutor:
         if self.last:
             output = outputs if self.pipeline.output_is_tuple else outputs[0]
             loss = self.model_file.loss_fn(output, batch[1].to(self.device))
-            self.log.losses[i] = loss.item()
-            self.on_loss(self.log.losses[i])
+            self.on_loss(loss.item())
             outputs = (loss,)
         else:
             self.links.send_activations(outputs)
