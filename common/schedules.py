@@ -18,6 +18,7 @@ flight on stage s.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 FORWARD, BACKWARD = "F", "B"
@@ -34,12 +35,16 @@ class Action:
 
 def one_f_one_b(stages: int, microbatches: int, stage: int) -> list[Action]:
     """PipeDream-Flush order for one stage: warm-up forwards, 1F1B alternation, drain."""
+    return list(_one_f_one_b(stages, microbatches, stage))
+
+
+def _one_f_one_b(stages: int, microbatches: int, stage: int) -> Iterator[Action]:
     warmup = min(stages - 1 - stage, microbatches)
-    actions = [Action(FORWARD, i) for i in range(warmup)]
+    yield from (Action(FORWARD, i) for i in range(warmup))
     for i in range(microbatches - warmup):
-        actions += [Action(FORWARD, warmup + i), Action(BACKWARD, i)]
-    actions += [Action(BACKWARD, i) for i in range(microbatches - warmup, microbatches)]
-    return actions
+        yield Action(FORWARD, warmup + i)
+        yield Action(BACKWARD, i)
+    yield from (Action(BACKWARD, i) for i in range(microbatches - warmup, microbatches))
 
 
 def gpipe(stages: int, microbatches: int, stage: int) -> list[Action]:
@@ -68,20 +73,38 @@ def peak_in_flight(actions: list[Action]) -> int:
     return peak
 
 
-def run_actions(name: str, stages: int, microbatches: int, steps: int) -> list[list[Action]]:
-    """Every stage's actions for a whole run, micro-batches numbered globally from 0.
+def stage_actions(
+    name: str, stages: int, microbatches: int, steps: int, stage: int
+) -> Iterator[Action]:
+    """One stage's actions for a whole run, micro-batches numbered globally from 0, made as
+    they are needed (a run of a million steps holds no list of millions of actions).
 
     Synchronous schedules repeat their mini-batch `steps` times (a flush between steps; the
     optimizer steps after each step's last backward). `asp` is one 1F1B stream of
     `steps` micro-batches with no flush: each backward is followed by its own update.
     """
     if name == "asp":
-        return [one_f_one_b(stages, steps, s) for s in range(stages)]
-    plans = schedule(name, stages, microbatches)
-    return [
-        [Action(a.kind, step * microbatches + a.microbatch) for step in range(steps) for a in plan]
-        for plan in plans
-    ]
+        yield from _one_f_one_b(stages, steps, stage)
+        return
+    plan = SCHEDULES[name](stages, microbatches, stage)
+    for step in range(steps):
+        yield from (Action(a.kind, step * microbatches + a.microbatch) for a in plan)
+
+
+def run_actions(name: str, stages: int, microbatches: int, steps: int) -> list[list[Action]]:
+    """Every stage's actions for a whole run (see `stage_actions`), as lists."""
+    return [list(stage_actions(name, stages, microbatches, steps, s)) for s in range(stages)]
+
+
+def resumed(actions: Iterable[Action], done: int) -> Iterator[Action]:
+    """The actions left once micro-batches 0 .. done - 1 have had their backward: everything
+    after the backward of micro-batch done - 1 (all of `actions` when done is 0)."""
+    actions = iter(actions)
+    if done:
+        for action in actions:
+            if action == Action(BACKWARD, done - 1):
+                break
+    yield from actions
 
 
 def in_flight_limit(name: str, stages: int, microbatches: int, stage: int) -> int:

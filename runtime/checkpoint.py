@@ -1,10 +1,11 @@
-"""Per-stage checkpoints at step boundaries, and finding the newest one every stage finished.
+"""Per-stage checkpoints, and finding the newest one every stage finished.
 
-Each stage writes `<dir>/step_<n>/stage_<k>.pt` through a temporary file and a rename, so a
-kill mid-write leaves the previous checkpoint whole. A step counts only when every stage's file
-for it exists; resume takes the newest such step. Under the synchronous schedules nothing is in
-flight at a step boundary, so weights, optimizer state, the step and the RNG state are all there
-is to save (asp checkpoints, which must also hold the stashed versions, are not built yet).
+Each stage writes `<dir>/step_<n>/stage_<k>.pt` right after its n-th optimizer step, through a
+temporary file and a rename, so a kill mid-write leaves the previous checkpoint whole. A step
+counts only when every stage's file for it exists; resume takes the newest such step. Under
+1f1b and gpipe nothing is in flight then; under asp a stage also saves, for each micro-batch in
+flight, the weight version its forward used (`StageExecutor.snapshot`), and resume rebuilds
+those micro-batches from them (`StageExecutor.restore`).
 """
 
 from __future__ import annotations
@@ -21,47 +22,70 @@ from vpipe.runtime.optim import Updater
 KEEP = 2  # newest complete steps kept; older ones are removed
 
 
-def save(directory: Path, step: int, stage: int, weights, updater: Updater, plan_sha256: str):
+def save(
+    directory: Path,
+    step: int,
+    stage: int,
+    stages: int,
+    snapshot: dict,
+    updater: Updater,
+    identity: dict[str, str],
+) -> None:
+    """`identity`: what a resume must match (the plan's sha256, the schedule)."""
     folder = directory / f"step_{step}"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"stage_{stage}.pt"
     tmp = folder / f".stage_{stage}.pt.tmp"
     state = {
-        "plan_sha256": plan_sha256,
+        **identity,
         "step": step,
-        "weights": {n: t.detach() for n, t in weights.items()},
+        "stage": snapshot,
         "optimizer": updater.state,
         "optimizer_steps": updater.steps,
-        "rng": torch.get_rng_state(),
     }
     torch.save(state, tmp)
-    os.replace(tmp, path)
-    for old in _steps(directory)[:-KEEP]:
-        shutil.rmtree(directory / f"step_{old}", ignore_errors=True)
+    os.replace(tmp, folder / f"stage_{stage}.pt")
+    complete = _complete(directory, stages)
+    if len(complete) > KEEP:  # older steps, finished or not, are no longer needed
+        for old in _steps(directory):
+            if old < complete[-KEEP]:
+                shutil.rmtree(directory / f"step_{old}", ignore_errors=True)
 
 
 def newest_complete(directory: Path, stages: int) -> int | None:
     """The newest step every stage has a checkpoint for (None if there is none)."""
-    done = [
-        s
-        for s in _steps(directory)
-        if all((directory / f"step_{s}" / f"stage_{k}.pt").is_file() for k in range(stages))
-    ]
-    return done[-1] if done else None
+    complete = _complete(directory, stages)
+    return complete[-1] if complete else None
 
 
-def load(directory: Path, step: int, stage: int, updater: Updater, plan_sha256: str):
-    """The stage's weights at `step`; `updater` takes its saved state."""
+def load(
+    directory: Path, step: int, stage: int, updater: Updater, identity: dict[str, str]
+) -> dict:
+    """The stage's record at `step` (see `StageExecutor.snapshot`); `updater` takes its state."""
     path = directory / f"step_{step}" / f"stage_{stage}.pt"
     state = torch.load(path, weights_only=True)
-    if state["plan_sha256"] != plan_sha256:
+    if state.get("plan_sha256") != identity["plan_sha256"]:
         raise VpipeError(
             f"{path} belongs to another plan (its plan sha256 differs); resume with the "
             "pipeline that wrote it, or choose another --checkpoint-dir"
         )
+    if state.get("schedule") != identity["schedule"]:
+        raise VpipeError(
+            f"{path} was written under --schedule {state.get('schedule')}; resume with it"
+        )
     updater.state, updater.steps = state["optimizer"], state["optimizer_steps"]
-    torch.set_rng_state(state["rng"])
-    return state["weights"]
+    return state["stage"]
+
+
+def holds_any(directory: Path) -> bool:
+    return bool(_steps(directory))
+
+
+def _complete(directory: Path, stages: int) -> list[int]:
+    return [
+        s
+        for s in _steps(directory)
+        if all((directory / f"step_{s}" / f"stage_{k}.pt").is_file() for k in range(stages))
+    ]
 
 
 def _steps(directory: Path) -> list[int]:

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-dir", help="where checkpoints go (default: <pipeline dir>/run/checkpoints)"
     )
     parser.add_argument(
-        "--checkpoint-every", type=int, help="steps between checkpoints (1f1b and gpipe)"
+        "--checkpoint-every", type=int, help="steps between checkpoints (default: none)"
     )
     parser.add_argument(
         "--resume",
@@ -144,11 +144,6 @@ def _run(argv: Sequence[str] | None) -> int:
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
     if chosen["steps"] < 1 or chosen["lr"] <= 0:
         raise VpipeError("steps must be at least 1 and lr positive")
-    if chosen["schedule"] == "asp" and (chosen["checkpoint_every"] or chosen["resume"]):
-        raise VpipeError(
-            "checkpoints are built for --schedule 1f1b and gpipe so far (asp must also save "
-            "the weight versions in flight)"
-        )
     launch(RunSettings(pipeline=args.pipeline, **chosen))
     return 0
 

@@ -12,8 +12,8 @@ up over the step's M micro-batches and one update follows the last.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,8 +24,10 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile
 from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage
+from vpipe.runtime import rng
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.optim import Updater
+from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import TiedGradients
 
 Weights = dict[str, torch.Tensor]
@@ -36,6 +38,7 @@ class _InFlight:
     weights: Weights  # the version its forward used
     received: list[torch.Tensor]  # inputs from the previous stage (leaves)
     outputs: list[torch.Tensor]  # what it sent on, or [loss] on the last stage
+    rng: RngState  # the random state its forward started from, to replay it on resume
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,6 @@ class ActionEvent:
     start_s: float
     end_s: float
     wait_s: float
-
-
-@dataclass
-class StageLog:
-    """What a stage saw: the most weight versions alive, and every action's timing."""
-
-    peak_versions: int = 0
-    events: list[ActionEvent] = field(default_factory=list)
 
 
 class StageExecutor:
@@ -86,19 +81,21 @@ class StageExecutor:
         self.accumulated: Weights = {}
         self.backwards = 0
         self.tied = TiedGradients(pipeline, index, schedule)
-        self.log = StageLog()
+        self.peak_versions = 0  # the most weight versions alive at once
         # the last stage reports each micro-batch's loss, in order; every stage, each update
+        # and each action's timing
         self.on_loss: Callable[[float], None] = lambda loss: None
         self.on_update: Callable[[int], None] = lambda updates: None
+        self.on_event: Callable[[ActionEvent], None] = lambda event: None
 
-    def run(self, actions: list[Action]) -> StageLog:
+    def run(self, actions: Iterable[Action]) -> None:
         for action in actions:
             start, waited = time.perf_counter(), self.links.waited_s()
             if action.kind == FORWARD:
                 self.forward(action.microbatch)
             else:
                 self.backward(action.microbatch)
-            self.log.events.append(
+            self.on_event(
                 ActionEvent(
                     action.kind,
                     action.microbatch,
@@ -108,18 +105,54 @@ class StageExecutor:
                 )
             )
             alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
-            self.log.peak_versions = max(self.log.peak_versions, len(alive))
+            self.peak_versions = max(self.peak_versions, len(alive))
         self.links.flush()
-        return self.log
 
-    def forward(self, i: int) -> None:
+    def snapshot(self) -> dict:
+        """What a checkpoint holds of this stage beside the optimizer: the newest weights, the
+        random state, and per micro-batch in flight (asp) the stashed version its forward used
+        and the random state it started from. A version several share is saved once."""
+        versions: list[Weights] = []
+        index: dict[int, int] = {}
+        in_flight = []
+        for i, pending in sorted(self.in_flight.items()):
+            if id(pending.weights) not in index:
+                index[id(pending.weights)] = len(versions)
+                versions.append(_detached(pending.weights))
+            in_flight.append((i, index[id(pending.weights)], pending.rng))
+        return {
+            "weights": _detached(self.weights),
+            "versions": versions,
+            "in_flight": in_flight,
+            "rng": rng.get_state(),
+        }
+
+    def restore(self, saved: dict, microbatches: int) -> None:
+        """Continue from `snapshot()`'s record: take its weights, then rebuild the micro-batches
+        that were in flight by running their forwards again on their stashed versions and
+        random states (receiving and sending as they did), skipping any at or past
+        `microbatches`, the run's end. Every stage does this, so the messages that were in
+        transit when the checkpoint was taken are sent again."""
+        if set(saved["weights"]) != set(self.weights):
+            raise VpipeError(f"the checkpoint's weights for stage {self.index} are not its own")
+        self.weights = _trainable(saved["weights"])
+        versions = [_trainable(v) for v in saved["versions"]]
+        for i, version, state in saved["in_flight"]:
+            if i < microbatches:
+                rng.set_state(state)
+                self.forward(i, versions[version])
+        rng.set_state(saved["rng"])
+
+    def forward(self, i: int, weights: Weights | None = None) -> None:
+        """Micro-batch i's forward on `weights` (default: the newest version)."""
+        state = rng.get_state()
         batch = self._batch(i) if self.spec.batch_inputs or self.last else None
         own = [batch[0][j].to(self.device) for j in self.spec.batch_inputs] if batch else []
         received = self.links.recv_activations()
         for tensor in received:
             if tensor.is_floating_point():
                 tensor.requires_grad_()
-        weights = self.weights
+        weights = self.weights if weights is None else weights
         outputs = functional_call(self.module, {**weights, **self.buffers}, (*own, *received))
         self._check(outputs)
         if self.last:
@@ -129,7 +162,7 @@ class StageExecutor:
             outputs = (loss,)
         else:
             self.links.send_activations(outputs)
-        self.in_flight[i] = _InFlight(weights, received, list(outputs))
+        self.in_flight[i] = _InFlight(weights, received, list(outputs), state)
 
     def backward(self, i: int) -> None:
         pending = self.in_flight.pop(i)
@@ -174,8 +207,7 @@ class StageExecutor:
                 return
             grads, self.accumulated = self.accumulated, {}
             self.tied.sum(grads)
-        new = self.updater.step({n: t.detach() for n, t in self.weights.items()}, grads)
-        self.weights = {n: t.requires_grad_() for n, t in new.items()}
+        self.weights = _trainable(self.updater.step(_detached(self.weights), grads))
         self.on_update(self.updater.steps)
 
     def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:
@@ -198,3 +230,11 @@ class StageExecutor:
 
     def final_weights(self) -> Weights:
         return {n: t.detach().clone() for n, t in self.weights.items()}
+
+
+def _detached(weights: Weights) -> Weights:
+    return {n: t.detach() for n, t in weights.items()}
+
+
+def _trainable(weights: Weights) -> Weights:
+    return {n: t.requires_grad_() for n, t in weights.items()}

@@ -19,10 +19,10 @@ import torch.distributed as dist
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import load_model_file
-from vpipe.common.schedules import FORWARD, run_actions, validate
+from vpipe.common.schedules import resumed, run_actions, stage_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint
-from vpipe.runtime.events import write_events
+from vpipe.runtime.events import EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.metrics import Metrics
@@ -35,10 +35,15 @@ def launch(settings: RunSettings) -> None:
     """Train: in this process if torchrun started it, else in one new process per stage."""
     pipeline = load_pipeline(settings.pipeline)
     stages = len(pipeline.stages)
+    # the schedules repeat themselves after a few steps: checking a short run checks a long one
+    checked = min(settings.steps, 2 * stages + 2)
     validate(
-        settings.schedule, _actions(settings, stages, pipeline.microbatches), pipeline.microbatches
+        settings.schedule,
+        run_actions(settings.schedule, stages, pipeline.microbatches, checked),
+        pipeline.microbatches,
     )
     check_schedule(pipeline, settings.schedule)
+    _check_checkpoints(settings, stages)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         run_stage(settings)
         return
@@ -73,9 +78,30 @@ def on_this_machine(processes: int, entrypoint, *args) -> None:
     elastic_launch(config, entrypoint)(*args)
 
 
-def _actions(settings: RunSettings, stages: int, microbatches: int):
+def _check_checkpoints(settings: RunSettings, stages: int) -> None:
+    """Before any process starts: --resume needs a checkpoint short of --steps, and a new run
+    never writes over checkpoints an earlier run left."""
+    if settings.resume:
+        step = checkpoint.newest_complete(settings.checkpoints, stages)
+        if step is None:
+            raise VpipeError(
+                f"--resume: {settings.checkpoints} holds no checkpoint that every stage finished"
+            )
+        if step >= settings.steps:
+            raise VpipeError(
+                f"--resume: the newest checkpoint is after step {step}, and --steps is "
+                f"{settings.steps}: nothing is left to run; raise --steps"
+            )
+    elif settings.checkpoint_every and checkpoint.holds_any(settings.checkpoints):
+        raise VpipeError(
+            f"{settings.checkpoints} holds checkpoints of an earlier run: --resume to continue "
+            "it, or choose another --checkpoint-dir (or remove that one)"
+        )
+
+
+def _per_step(settings: RunSettings, microbatches: int) -> int:
     """A step is M micro-batches and one update under 1f1b and gpipe; one micro-batch under asp."""
-    return run_actions(settings.schedule, stages, microbatches, settings.steps)
+    return 1 if settings.schedule == "asp" else microbatches
 
 
 def stage_main(settings: RunSettings) -> None:
@@ -93,7 +119,11 @@ def run_stage(settings: RunSettings) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     stages = len(pipeline.stages)
     if world != stages:
-        raise VpipeError(f"{world} processes for {stages} stages; start one process per stage")
+        raise VpipeError(
+            f"this pipeline has {stages} stages and runs as {stages} processes, one per stage; "
+            f"{world} {'was' if world == 1 else 'were'} started (torchrun --nproc-per-node "
+            f"{stages}, or --nnodes x --nproc-per-node making {stages})"
+        )
     device = torch.device("cpu")
     backend = "gloo"
     if torch.cuda.is_available():
@@ -101,6 +131,7 @@ def run_stage(settings: RunSettings) -> None:
         torch.cuda.set_device(device)
         backend = "nccl"
     torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(pipeline.seed + rank)  # dropout masks: the same in every run of this plan
     dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
     print(
         f"Finished initializing process group; backend: {backend}, rank: {rank}, "
@@ -113,19 +144,29 @@ def run_stage(settings: RunSettings) -> None:
     updater = Updater(settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    actions = _actions(settings, stages, pipeline.microbatches)[rank]
+    per_step = _per_step(settings, pipeline.microbatches)
+    first_step = checkpoint.newest_complete(settings.checkpoints, stages) if settings.resume else 0
+    assert first_step is not None  # launch() checked
+    total, done = settings.steps * per_step, first_step * per_step
+    actions = resumed(
+        stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank), done
+    )
     executor = StageExecutor(
         pipeline,
         directory,
         rank,
         model_file,
         updater,
-        Links(pipeline, rank, device, sum(a.kind == FORWARD for a in actions)),
+        Links(pipeline, rank, device, total - done),
         settings.schedule,
         device,
     )
-    first_step = _restore(settings, pipeline, rank, executor) if settings.resume else 0
-    actions = [a for a in actions if a.microbatch >= first_step * pipeline.microbatches]
+    identity = {"plan_sha256": pipeline.plan_sha256, "schedule": settings.schedule}
+    if settings.resume:
+        saved = checkpoint.load(settings.checkpoints, first_step, rank, updater, identity)
+        executor.restore(saved, total)
+        if rank == 0:
+            print(f"resuming after step {first_step} from {settings.checkpoints}", flush=True)
     if settings.checkpoint_every:
         every = settings.checkpoint_every
 
@@ -135,16 +176,16 @@ def run_stage(settings: RunSettings) -> None:
                     settings.checkpoints,
                     updates,
                     rank,
-                    executor.weights,
+                    stages,
+                    executor.snapshot(),
                     updater,
-                    pipeline.plan_sha256,
+                    identity,
                 )
 
         executor.on_update = checkpoint_after
     dist.barrier()  # every stage built: the clock starts now
     metrics = None
     if rank == stages - 1:  # the stage that computes the loss reports it
-        per_step = 1 if settings.schedule == "asp" else pipeline.microbatches
         metrics = Metrics(
             run_dir / "metrics.csv",
             per_step,
@@ -156,37 +197,21 @@ def run_stage(settings: RunSettings) -> None:
         )
         executor.on_loss = metrics.add
         save_yaml(asdict(settings), run_dir / "settings.yaml")
+    events = EventLog(run_dir / f"events_stage{rank}.csv")
+    executor.on_event = events.add
     start = time.perf_counter()
-    log = executor.run(actions)
+    executor.run(actions)
     seconds = time.perf_counter() - start
+    events.close()
     if metrics:
         metrics.close()
     torch.save(executor.final_weights(), run_dir / f"final_stage_{rank}.pt")
-    write_events(log.events, run_dir / f"events_stage{rank}.csv")
     save_yaml(
-        {"peak_weight_versions": log.peak_versions, "seconds": seconds},
+        {"peak_weight_versions": executor.peak_versions, "seconds": seconds},
         run_dir / f"stage_{rank}.yaml",
     )
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _restore(settings: RunSettings, pipeline, rank: int, executor: StageExecutor) -> int:
-    """Load this stage's newest complete checkpoint into `executor`; the step it resumes at."""
-    step = checkpoint.newest_complete(settings.checkpoints, len(pipeline.stages))
-    if step is None:
-        raise VpipeError(
-            f"--resume: {settings.checkpoints} holds no checkpoint that every stage finished"
-        )
-    weights = checkpoint.load(
-        settings.checkpoints, step, rank, executor.updater, pipeline.plan_sha256
-    )
-    if set(weights) != set(executor.weights):
-        raise VpipeError(f"{settings.checkpoints}: stage {rank}'s weights do not match this stage")
-    executor.weights = {n: t.requires_grad_() for n, t in weights.items()}
-    if rank == 0:
-        print(f"resuming after step {step} from {settings.checkpoints}", flush=True)
-    return step
 
 
 def _free_port() -> int:

@@ -25,7 +25,8 @@ class Metrics:
         steps_per_epoch: int = 0,
         first_step: int = 0,
     ) -> None:
-        """`first_step` > 0 resumes: rows are appended after the ones already there."""
+        """`first_step` > 0 resumes: the rows of earlier steps are kept, and those of steps a
+        stopped run did after its checkpoint go (this run does them again)."""
         self.per_step, self.batch_size, self.print_every = per_step, batch_size, print_every
         self.steps_per_epoch = steps_per_epoch or steps
         self.progress = None
@@ -35,11 +36,13 @@ class Metrics:
             )
             self.task = self.progress.add_task("steps", total=steps)
             self.progress.start()
-        resuming = first_step > 0 and path.is_file()
-        self.file = open(path, "a" if resuming else "w", newline="")  # noqa: SIM115 (close())
+        kept = _rows_before(path, first_step) if first_step > 0 and path.is_file() else []
+        tmp = path.with_name(f".{path.name}.tmp")  # a kill now loses none of the kept rows
+        with open(tmp, "w", newline="") as file:
+            csv.writer(file).writerows([["step", "loss", "samples_per_s", "elapsed_s"], *kept])
+        tmp.replace(path)
+        self.file = open(path, "a", newline="")  # noqa: SIM115 (closed by close())
         self.writer = csv.writer(self.file)
-        if not resuming:
-            self.writer.writerow(["step", "loss", "samples_per_s", "elapsed_s"])
         self.start = time.perf_counter()
         self.pending: list[float] = []
         self.first_step = self.step = first_step
@@ -78,3 +81,9 @@ class Metrics:
             self.progress.stop()
         print(f"throughput: {rate:.1f} samples/s over {done} steps", flush=True)
         self.file.close()
+
+
+def _rows_before(path: Path, step: int) -> list[list[str]]:
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))[1:]
+    return [row for row in rows if row and row[0].isdigit() and int(row[0]) < step]

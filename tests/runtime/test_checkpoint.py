@@ -1,47 +1,200 @@
-"""A synchronous run stopped after a checkpoint and resumed ends bitwise as an unbroken run."""
+"""Checkpoints: a run killed mid-way and resumed ends bitwise as an unbroken run, under the
+synchronous schedules and under asp (whose stashed weight versions travel in the checkpoint); a
+kill during a write leaves the previous checkpoint whole; bad resumes are refused."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
+import pytest
 import torch
 
+from vpipe.planner.cli import main as plan_main
+from vpipe.profiler.cli import main as profile_main
+from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.optim import Updater
 
 from ..codegen.pipelines import generate, plan, profile
 
+DROPOUT_MLP = Path(__file__).parent / "fixtures" / "dropout_mlp.py"
+COMMON = ["--optimizer", "momentum", "--lr", "0.05", "--threads", "1"]
 
-def _final(out, stages=2):
+
+def _final(out, stages):
     return [torch.load(out / "run" / f"final_stage_{k}.pt") for k in range(stages)]
 
 
-def test_resume_equals_an_unbroken_run(tmp_path):
-    argv = ["--schedule", "1f1b", "--microbatches", "2"]
-    fresh = generate(plan(profile("gpt", tmp_path, 2), 2, tmp_path, False, *argv), tmp_path / "a")
-    broken = tmp_path / "b"
-    shutil.copytree(fresh, broken)
-    common = ["--optimizer", "momentum", "--lr", "0.05", "--threads", "1"]
-    assert train_main([str(fresh / "pipeline.yaml"), "--steps", "4", *common]) == 0
-    first = [str(broken / "pipeline.yaml"), "--steps", "2", "--checkpoint-every", "1", *common]
-    assert train_main(first) == 0
-    assert train_main([str(broken / "pipeline.yaml"), "--steps", "4", "--resume", *common]) == 0
-    for expected, resumed in zip(_final(fresh), _final(broken), strict=True):
+def _rows(out):
+    rows = (out / "run" / "metrics.csv").read_text().splitlines()[1:]
+    return [row.split(",")[:2] for row in rows]  # step, loss
+
+
+def _train_until_killed(out: Path, stages: int, every: int, at_least: int) -> int:
+    """Start a long run as a user would (its own process group), SIGKILL every process once a
+    checkpoint after step `at_least` is complete; the newest complete step."""
+    train = shutil.which("vpipe-train", path=str(Path(sys.executable).parent))
+    argv = [train, str(out / "pipeline.yaml"), "--steps", "100000", *COMMON]
+    run = subprocess.Popen(
+        [*argv, "--checkpoint-every", str(every)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    folder = out / "run" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while (checkpoint.newest_complete(folder, stages) or 0) < at_least:
+        assert run.poll() is None, "the run ended before it was killed"
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    return checkpoint.newest_complete(folder, stages)
+
+
+@pytest.mark.parametrize("schedule", ["asp", "1f1b"])
+def test_killed_run_resumes_exactly(tmp_path, schedule):
+    """asp on 3 stages (stage 0 keeps 3 micro-batches and up to 3 weight versions in flight),
+    dropout on; 1f1b on 2 stages, 2 micro-batches a step."""
+    stages = 3 if schedule == "asp" else 2
+    profiled = tmp_path / "profile.yaml"
+    argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
+    assert profile_main(argv) == 0
+    planned = tmp_path / "plan.yaml"
+    argv = [str(profiled), "--gpus", str(stages), "--schedule", schedule]
+    if schedule == "1f1b":
+        argv += ["--microbatches", "2"]
+    assert plan_main([*argv, "-o", str(planned), "-q"]) == 0
+    unbroken = generate(planned, tmp_path / "unbroken")
+    broken = tmp_path / "broken"
+    shutil.copytree(unbroken, broken)
+
+    done = _train_until_killed(broken, stages, every=4, at_least=8)
+    steps = done + 7  # resumed runs need not stop at a checkpoint
+    resume = [str(broken / "pipeline.yaml"), "--steps", str(steps), "--resume", *COMMON]
+    assert train_main(resume) == 0
+    assert train_main([str(unbroken / "pipeline.yaml"), "--steps", str(steps), *COMMON]) == 0
+
+    for expected, resumed in zip(_final(unbroken, stages), _final(broken, stages), strict=True):
         assert expected.keys() == resumed.keys()
         for name in expected:
             assert torch.equal(expected[name], resumed[name]), name
-    rows = (broken / "run" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]  # appended, nothing lost
-    unbroken = (fresh / "run" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[1] for r in rows[1:]] == [r.split(",")[1] for r in unbroken[1:]]
+    # metrics.csv: every step once (the killed run's rows past its checkpoint are replaced)
+    assert _rows(broken) == [[str(s), loss] for s, (_, loss) in enumerate(_rows(unbroken))]
+    assert len(_rows(broken)) == steps
 
 
-def test_resume_needs_this_plans_checkpoint(tmp_path, capfd):
-    profiled = profile("mlp", tmp_path)
-    out = generate(plan(profiled, 2, tmp_path, False, "--schedule", "1f1b"), tmp_path / "out")
-    assert train_main([str(out / "pipeline.yaml"), "--steps", "2", "--resume"]) == 2
+def test_resume_needs_what_asp_saves(tmp_path):
+    """The asp test above can fail: a checkpoint whose in-flight micro-batches lost their
+    stashed weight versions (replaced by the newest weights), or their random states (dropout
+    draws other masks), resumes to other weights; the same checkpoint untouched does not."""
+    profiled = tmp_path / "profile.yaml"
+    argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
+    assert profile_main(argv) == 0
+    argv = [str(profiled), "--gpus", "2", "--schedule", "asp", "-o", str(tmp_path / "plan.yaml")]
+    assert plan_main([*argv, "-q"]) == 0
+    out = generate(tmp_path / "plan.yaml", tmp_path / "out")
+    pipeline = str(out / "pipeline.yaml")
+    assert train_main([pipeline, "--steps", "4", "--checkpoint-every", "2", *COMMON]) == 0
+    unbroken = _final(out, 2)[0]
+    shutil.rmtree(out / "run" / "checkpoints" / "step_4")  # resume from step 2
+
+    def resumes_unbroken() -> bool:
+        assert train_main([pipeline, "--steps", "4", "--resume", *COMMON]) == 0
+        return all(torch.equal(unbroken[n], w) for n, w in _final(out, 2)[0].items())
+
+    assert resumes_unbroken()
+    path = out / "run" / "checkpoints" / "step_2" / "stage_0.pt"
+    saved = torch.load(path, weights_only=True)
+    stage = saved["stage"]
+    assert stage["in_flight"], "stage 0 of 2 keeps a micro-batch in flight under asp"
+    newest = [stage["weights"]] * len(stage["versions"])
+    torch.save({**saved, "stage": {**stage, "versions": newest}}, path)
+    assert not resumes_unbroken()
+    rng = [(i, v, stage["rng"]) for i, v, _ in stage["in_flight"]]
+    torch.save({**saved, "stage": {**stage, "in_flight": rng}}, path)
+    assert not resumes_unbroken()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    from vpipe.runtime import checkpoint
+    from vpipe.runtime.optim import Updater
+
+    folder, identity = Path(sys.argv[1]), {"plan_sha256": "p", "schedule": "1f1b"}
+    small = {"weights": {"w": torch.ones(4)}, "versions": [], "in_flight": [], "rng": {}}
+    checkpoint.save(folder, 1, 0, 1, small, Updater("sgd", 0.1), identity)
+    large = {**small, "weights": {"w": torch.zeros(128 * 2**20)}}  # 512 MiB: a long write
+    checkpoint.save(folder, 2, 0, 1, large, Updater("sgd", 0.1), identity)
+    """
+)
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    folder = tmp_path / "checkpoints"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)])
+    partial = folder / "step_2" / ".stage_0.pt.tmp"
+    deadline = time.monotonic() + 60
+    while not (partial.is_file() and partial.stat().st_size > 0):
+        assert writer.poll() is None and time.monotonic() < deadline, "the write was not caught"
+        time.sleep(0.001)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert not (folder / "step_2" / "stage_0.pt").exists()
+    assert checkpoint.newest_complete(folder, 1) == 1
+    identity = {"plan_sha256": "p", "schedule": "1f1b"}
+    saved = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity)
+    assert torch.equal(saved["weights"]["w"], torch.ones(4))
+
+
+@pytest.fixture
+def mlp_pipeline(tmp_path):
+    out = generate(plan(profile("mlp", tmp_path), 2, tmp_path, False), tmp_path / "out")
+    return out / "pipeline.yaml"
+
+
+def test_bad_resumes_are_refused(mlp_pipeline, tmp_path, capfd):
+    pipeline = str(mlp_pipeline)
+    assert train_main([pipeline, "--steps", "2", "--resume"]) == 2
     assert "holds no checkpoint that every stage finished" in capfd.readouterr().err
 
-    argv = [str(out / "pipeline.yaml"), "--steps", "1", "--checkpoint-every", "1"]
-    assert train_main(argv) == 0
+    assert train_main([pipeline, "--steps", "2", "--checkpoint-every", "1", *COMMON]) == 0
+    folder = mlp_pipeline.parent / "run" / "checkpoints"
+    written = {p: p.read_bytes() for p in folder.rglob("*.pt")}
+    capfd.readouterr()
+    # a new run would write over them: refused, nothing touched
+    assert train_main([pipeline, "--steps", "2", "--checkpoint-every", "1"]) == 2
+    assert "holds checkpoints of an earlier run" in capfd.readouterr().err
+    assert train_main([pipeline, "--steps", "2", "--resume"]) == 2
+    assert "nothing is left to run; raise --steps" in capfd.readouterr().err
+    assert train_main([pipeline, "--steps", "3", "--resume", "--schedule", "1f1b"]) == 2
+    assert "was written under --schedule asp; resume with it" in capfd.readouterr().err
+    assert {p: p.read_bytes() for p in folder.rglob("*.pt")} == written
+
+    profiled = tmp_path / "mlp.profile.yaml"
     other = generate(plan(profiled, 2, tmp_path, False, "--schedule", "gpipe"), tmp_path / "b")
-    argv = ["--checkpoint-dir", str(out / "run" / "checkpoints"), "--resume", "--steps", "2"]
+    argv = ["--checkpoint-dir", str(folder), "--resume", "--steps", "3"]
     assert train_main([str(other / "pipeline.yaml"), *argv]) == 2
     assert "belongs to another plan" in capfd.readouterr().err
+    assert {p: p.read_bytes() for p in folder.rglob("*.pt")} == written
+
+
+def test_fewer_processes_than_stages(mlp_pipeline, monkeypatch, capfd):
+    """Started by torchrun with one process for a two-stage pipeline."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert train_main([str(mlp_pipeline), "--steps", "1"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [
+        "vpipe-train: error: this pipeline has 2 stages and runs as 2 processes, one per "
+        "stage; 1 was started (torchrun --nproc-per-node 2, or --nnodes x --nproc-per-node "
+        "making 2)"
+    ]
