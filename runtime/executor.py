@@ -11,6 +11,7 @@ up over the step's M micro-batches and one update follows the last.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
 
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
@@ -183,7 +185,8 @@ class StageExecutor:
         leaves = [t for t in pending.received if t.is_floating_point()]
         found: tuple[torch.Tensor | None, ...] = (None,) * len(wrt + leaves)
         if roots and wrt + leaves:  # a stage may hold no weights and take no float inputs
-            found = torch.autograd.grad(roots, wrt + leaves, seeds, allow_unused=True)
+            with self._recomputing_on(pending.weights):
+                found = torch.autograd.grad(roots, wrt + leaves, seeds, allow_unused=True)
         if self.index > 0:
             self.links.send_gradients(
                 [
@@ -196,6 +199,14 @@ class StageExecutor:
             for n, g in zip(names, found[: len(wrt)], strict=True)
         }
         self._apply(grads)
+
+    def _recomputing_on(self, weights: Weights):
+        """Backward recomputes checkpointed segments through the module's own attributes,
+        after the forward's `functional_call` has put them back: point them at the version
+        the forward used for as long as the backward runs."""
+        if not self.spec.recompute:
+            return contextlib.nullcontext()
+        return _reparametrize_module(self.module, {**weights, **self.buffers})
 
     def _apply(self, grads: Weights) -> None:
         self.backwards += 1

@@ -3,6 +3,7 @@ when already started by torchrun, run this process's stage."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from vpipe.runtime import checkpoint
 from vpipe.runtime.events import EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
+from vpipe.runtime.memory import LiveBytes
 from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.optim import Updater
 from vpipe.runtime.settings import RunSettings
@@ -97,6 +99,19 @@ def _check_checkpoints(settings: RunSettings, stages: int) -> None:
             f"{settings.checkpoints} holds checkpoints of an earlier run: --resume to continue "
             "it, or choose another --checkpoint-dir (or remove that one)"
         )
+
+
+def _memory_meter(
+    settings: RunSettings, executor: StageExecutor, device: torch.device
+) -> LiveBytes | None:
+    """On CPU with --measure-memory, a counter of live tensor bytes, starting from the stage's
+    weights and buffers; on CUDA, the allocator's peak is reset instead (it is always read)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return None
+    if not settings.measure_memory:
+        return None
+    return LiveBytes([*executor.weights.values(), *executor.buffers.values()])
 
 
 def _per_step(settings: RunSettings, microbatches: int) -> int:
@@ -199,15 +214,24 @@ def run_stage(settings: RunSettings) -> None:
         save_yaml(asdict(settings), run_dir / "settings.yaml")
     events = EventLog(run_dir / f"events_stage{rank}.csv")
     executor.on_event = events.add
+    meter = _memory_meter(settings, executor, device)
     start = time.perf_counter()
-    executor.run(actions)
+    with meter or contextlib.nullcontext():
+        executor.run(actions)
     seconds = time.perf_counter() - start
     events.close()
     if metrics:
         metrics.close()
     torch.save(executor.final_weights(), run_dir / f"final_stage_{rank}.pt")
+    peak = meter.peak if meter else None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
     save_yaml(
-        {"peak_weight_versions": executor.peak_versions, "seconds": seconds},
+        {
+            "peak_weight_versions": executor.peak_versions,
+            "seconds": seconds,
+            "peak_memory_bytes": peak,
+        },
         run_dir / f"stage_{rank}.yaml",
     )
     dist.barrier()

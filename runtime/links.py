@@ -21,6 +21,10 @@ from vpipe.codegen.schema import Pipeline, TensorSpec
 from vpipe.common.errors import VpipeError
 
 ACTIVATION, GRADIENT = 0, 1
+# sends kept unconfirmed (per micro-batch sent): gloo marks a send done only once it is waited
+# on, so older ones are waited for; they finished long ago (the peer posts receives ahead), and
+# waiting two micro-batches behind can never wait on the peer's future (see Links._sent)
+SENDS_AHEAD = 2
 
 
 def carries_gradient(spec: TensorSpec) -> bool:
@@ -40,12 +44,7 @@ class _Inbox:
         self._post_ahead(2)
         works, buffers = self.posted.popleft()
         start = time.perf_counter()
-        try:
-            for work in works:
-                work.wait()
-        except RuntimeError as err:  # the peer died, or the group's timeout passed
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
-            raise VpipeError(f"lost stage {self.peer}: {reason}") from None
+        _wait(works, self.peer)
         self.waited_s += time.perf_counter() - start
         self._post_ahead(1)
         return buffers
@@ -74,32 +73,45 @@ class Links:
         self.gradients = _Inbox(
             [s for s in sent if carries_gradient(s)], stage + 1, GRADIENT, microbatches, device
         )
-        self.pending: list[dist.Work] = []
+        self.pending: deque[tuple[list[dist.Work], int]] = deque()  # sends, and to whom
 
     def recv_activations(self) -> list[torch.Tensor]:
         return self.activations.take() if self.activations.specs else []
 
     def send_activations(self, tensors: Sequence[torch.Tensor]) -> None:
-        for tensor in tensors:
-            self._send(tensor, self.stage + 1, ACTIVATION)
+        self._send(tensors, self.stage + 1, ACTIVATION)
 
     def recv_gradients(self) -> list[torch.Tensor]:
         return self.gradients.take() if self.gradients.specs else []
 
     def send_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
-        for tensor in tensors:
-            self._send(tensor, self.stage - 1, GRADIENT)
+        self._send(tensors, self.stage - 1, GRADIENT)
 
     def waited_s(self) -> float:
         """Seconds spent blocked in receives so far."""
         return self.activations.waited_s + self.gradients.waited_s
 
     def flush(self) -> None:
-        """Wait for every send to finish (before exit, or before reusing a buffer)."""
-        for work in self.pending:
-            work.wait()
-        self.pending.clear()
+        """Wait for every send to finish (before exit)."""
+        while self.pending:
+            _wait(*self.pending.popleft())
 
-    def _send(self, tensor: torch.Tensor, peer: int, tag: int) -> None:
-        self.pending = [w for w in self.pending if not w.is_completed()]
-        self.pending.append(dist.isend(tensor.detach().contiguous(), dst=peer, tag=tag))
+    def _send(self, tensors: Sequence[torch.Tensor], peer: int, tag: int) -> None:
+        """One micro-batch's tensors, asynchronously; first wait on the sends SENDS_AHEAD
+        micro-batches back, so that finished sends (and the tensors they hold) are let go.
+        Such a send to stage s + 1 finished once s + 1 posted its receive, which it does on
+        taking the activations before it; nothing stage s + 1 needs for that is still to come
+        from this stage (and the same holds for gradients to s - 1)."""
+        while len(self.pending) >= SENDS_AHEAD:
+            _wait(*self.pending.popleft())
+        works = [dist.isend(t.detach().contiguous(), dst=peer, tag=tag) for t in tensors]
+        self.pending.append((works, peer))
+
+
+def _wait(works: Sequence[dist.Work], peer: int) -> None:
+    try:
+        for work in works:
+            work.wait()
+    except RuntimeError as err:  # the peer died, or the group's timeout passed
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
+        raise VpipeError(f"lost stage {peer}: {reason}") from None

@@ -22,6 +22,7 @@ class RunSettings:
     checkpoint_every: int = 0  # steps between checkpoints; 0: none
     resume: bool = False  # continue from the newest checkpoint every stage finished
     timeout_s: float = 300.0
+    measure_memory: bool = False  # count live tensor bytes on CPU (slow; CUDA always measures)
 
     @property
     def run_dir(self) -> Path:

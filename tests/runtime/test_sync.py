@@ -42,11 +42,20 @@ def single_process(pipeline, steps):
     return dict(model.named_parameters()), losses
 
 
-@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
-@pytest.mark.parametrize("stages", [2, 4])
-def test_pipeline_equals_single_process(gpt_profile, tmp_path, stages, schedule):
+@pytest.mark.parametrize(
+    ("schedule", "stages", "recompute"),
+    [
+        ("1f1b", 2, False),
+        ("gpipe", 2, False),
+        ("1f1b", 4, False),
+        ("gpipe", 4, False),
+        ("1f1b", 2, True),  # recomputed segments must see the weights their forward used
+        ("gpipe", 4, True),
+    ],
+)
+def test_pipeline_equals_single_process(gpt_profile, tmp_path, stages, schedule, recompute):
     argv = ["--schedule", schedule, "--microbatches", str(MICROBATCHES)]
-    out = generate(plan(gpt_profile, stages, tmp_path, False, *argv), tmp_path / "out")
+    out = generate(plan(gpt_profile, stages, tmp_path, recompute, *argv), tmp_path / "out")
     argv = [str(out / "pipeline.yaml"), "--steps", str(STEPS), "--lr", str(LR)]
     assert train_main([*argv, "--optimizer", "momentum", "--threads", "1"]) == 0
     pipeline = load_pipeline(out / "pipeline.yaml")
