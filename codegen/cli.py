@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vpipe.common.cli import run_command
+from vpipe.common.cli import CommandParser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="vpipe-gen",
         description=(
             "Generate one readable PyTorch module file per stage (out/stage_<k>.py), each "

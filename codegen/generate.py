@@ -49,7 +49,10 @@ def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
     _check_output_dir(out)
     flows = partition(sources.profile, sources.plan)
     _check_crossing_values(sources.profile, flows)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:  # e.g. a read-only directory
+        raise VpipeError(f"cannot write {out}: {err.strerror}; choose another -o") from None
     try:
         pipeline = _write(sources, flows, staging, out)
         if out.exists():
@@ -113,6 +116,8 @@ def _check_graph(graph: fx.GraphModule, profile: Profile) -> None:
 
 
 def _check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise VpipeError(f"cannot write {out}: it is a file, not a directory; choose another -o")
     if out.exists() and any(out.iterdir()) and not (out / "pipeline.yaml").is_file():
         raise VpipeError(
             f"{out} exists and is not a vpipe-gen output (no pipeline.yaml); choose another -o "
@@ -120,6 +125,8 @@ def _check_output_dir(out: Path) -> None:
         )
     if not out.parent.exists():
         raise VpipeError(f"cannot write {out}: {out.parent} does not exist")
+    if not out.parent.is_dir():
+        raise VpipeError(f"cannot write {out}: {out.parent} is a file; choose another -o")
 
 
 def _check_crossing_values(profile: Profile, flows: tuple[StageFlow, ...]) -> None:

@@ -118,7 +118,10 @@ def _block(
         for source in node.all_input_nodes:
             if source.name not in inside and source.name not in env:
                 env[source.name] = graph.placeholder(source.name)
-        env[node.name] = graph.node_copy(node, lambda u: env[u.name])
+        if node.op == "placeholder":  # by its node name: its target may be a builtin's
+            env[node.name] = graph.placeholder(node.name)  # (nn.Sequential's is `input`)
+        else:
+            env[node.name] = graph.node_copy(node, lambda u: env[u.name])
         if env[node.name].name != node.name:  # fx renamed it: the lines would not link up
             raise RuntimeError(f"fx renamed {node.name!r} to {env[node.name].name!r}")
     returns = tuple(n for n in env if n in after and (n in inside or not is_method))

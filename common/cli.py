@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from vpipe.common.errors import VpipeError
 
 USAGE_ERROR = 2
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes (a bad option value, a missing argument) fail like every
+    other bad input: one line, exit status 2, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise VpipeError(f"{message}; see {self.prog} --help")
 
 
 def run_command(

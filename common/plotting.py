@@ -18,6 +18,16 @@ def pyplot() -> Any:
     return plt
 
 
+def check_plot_path(path: str | None) -> None:
+    """Before any work: a --plot whose folder is missing would fail only after the command had
+    written its YAML, leaving half its output."""
+    if path and not Path(path).parent.is_dir():
+        raise VpipeError(
+            f"cannot write plot {path}: {Path(path).parent} is not a directory; "
+            "choose another --plot"
+        )
+
+
 def save_figure(fig: Any, path: str | Path) -> None:
     """Write `fig` as an image and close it, whatever happens."""
     try:

@@ -76,4 +76,8 @@ def load_yaml(path: str | Path, what: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise VpipeError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        # the problem and where, not PyYAML's first line ("while parsing a flow sequence")
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise VpipeError(f"{path} is not valid YAML: {problem}{where}") from None

@@ -1,1 +1,2 @@
-"""Reference models that follow vpipe's model-file contract: gpt, bert, resnet, vgg, mlp."""
+"""Reference models that follow vpipe's model-file contract: gpt, bert, resnet, vgg, mlp, and
+widehead (an imbalanced one)."""

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vpipe.common.cli import run_command
+from vpipe.common.cli import CommandParser, run_command
 from vpipe.common.errors import VpipeError
+from vpipe.common.plotting import check_plot_path
 from vpipe.planner.planning import SOLVERS, make_plan
 from vpipe.planner.report import plot_plan, print_plan
 from vpipe.planner.schema import SCHEDULES, PlanSettings, save_plan
@@ -33,7 +34,7 @@ def _amount(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="vpipe-plan",
         description="Pick contiguous stage boundaries and, per stage, which nodes to recompute, "
         "minimising the time per mini-batch under each device's memory. See docs/planner.md.",
@@ -92,9 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    check_plot_path(args.plot)
     profile = load_profile(args.profile)
     sha = hashlib.sha256(Path(args.profile).read_bytes()).hexdigest()
-    microbatches = args.microbatches or (1 if args.schedule == "asp" else 2 * args.gpus)
+    microbatches = args.microbatches
+    if microbatches is None:  # not `or`: --microbatches 0 is an error, not the default
+        microbatches = 1 if args.schedule == "asp" else 2 * args.gpus
     if args.schedule == "asp" and microbatches != 1:
         raise VpipeError(
             "--microbatches is for --schedule 1f1b or gpipe; asp runs whole mini-batches"

@@ -10,15 +10,16 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vpipe.common.cli import run_command
+from vpipe.common.cli import CommandParser, run_command
 from vpipe.common.errors import VpipeError
+from vpipe.common.plotting import check_plot_path
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile, save_profile
 
 DEFAULT_BATCH = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="vpipe-profile",
         description="Capture a model (a model.py file or an importable module such as "
         "vpipe.models.gpt) as a torch.fx graph and measure every node's forward and backward "
@@ -70,7 +71,7 @@ def _measure(args: argparse.Namespace, console: Console) -> Profile:
 
     model_file = load_model_file(args.model)
     settings = ProfileSettings(
-        batch_size=args.batch_size or DEFAULT_BATCH,
+        batch_size=DEFAULT_BATCH if args.batch_size is None else args.batch_size,
         device=args.device,
         optimizer=args.optimizer,
         leaves=tuple(args.leaf),
@@ -97,6 +98,9 @@ def _measure(args: argparse.Namespace, console: Console) -> Profile:
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
+    check_plot_path(args.plot)
+    if args.batch_size is not None and args.batch_size < 1:  # 0 is not "the default"
+        raise VpipeError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.import_pipedream:
         if args.model:
             raise VpipeError("give either a model or --import-pipedream GRAPH_TXT, not both")

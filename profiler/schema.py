@@ -155,7 +155,7 @@ class Profile:
         )
         body = {k: v for k, v in data.items() if k not in ("schema_version", "graph_sha256")}
         try:
-            nodes = tuple(_node_from_dict(n) for n in _require(body, "nodes", where))
+            nodes = tuple(_node_from_dict(n) for n in _require(body, "nodes"))
             whole = body.pop("whole_model", None)
             profile = cls(
                 **{
@@ -164,7 +164,7 @@ class Profile:
                     if k not in ("nodes", "outputs", "leaves", "notes")
                 },
                 nodes=nodes,
-                outputs=tuple(_require(body, "outputs", where)),
+                outputs=tuple(_require(body, "outputs")),
                 leaves=tuple(body.get("leaves", ())),
                 notes=tuple(body.get("notes", ())),
                 whole_model=WholeModel(**whole) if whole is not None else None,
@@ -190,9 +190,9 @@ def _node_from_dict(data: Mapping[str, Any]) -> NodeProfile:
     return NodeProfile(**values)
 
 
-def _require(data: Mapping[str, Any], key: str, where: str) -> Any:
+def _require(data: Mapping[str, Any], key: str) -> Any:
     if key not in data:
-        raise VpipeError(f"{where}: missing field {key!r}; re-run vpipe-profile")
+        raise VpipeError(f"missing field {key!r}; re-run vpipe-profile")
     return data[key]
 
 

@@ -7,14 +7,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vpipe.common.cli import run_command
+from vpipe.common.cli import CommandParser, run_command
 from vpipe.runtime.settings import defaults
 
 SCHEDULES = ("asp", "1f1b", "gpipe")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+CHOICES = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS}
+NUMBERS = {  # setting: (whole number, smallest value, whether the smallest itself is allowed)
+    "steps": (True, 1, True),
+    "epochs": (True, 1, True),
+    "print_every": (True, 1, True),
+    "threads": (True, 0, True),
+    "checkpoint_every": (True, 0, True),
+    "lr": (False, 0, False),
+    "timeout_s": (False, 0, False),
+    "momentum": (False, 0, True),
+    "weight_decay": (False, 0, True),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="vpipe-train",
         description=(
             "Train the generated pipeline: one process per stage on this machine (PyTorch's "
@@ -44,9 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule", choices=SCHEDULES, help="default: the schedule the plan was made for"
     )
     parser.add_argument("--lr", type=float, help=f"learning rate (default {defaults()['lr']})")
-    parser.add_argument(
-        "--optimizer", choices=("sgd", "momentum", "adam"), help="default: the plan's"
-    )
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the plan's")
     parser.add_argument("--momentum", type=float, help=f"default {defaults()['momentum']}")
     parser.add_argument("--weight-decay", type=float, help="default 0")
     parser.add_argument("--print-every", type=int, help="steps between loss lines (default 10)")
@@ -69,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from the newest checkpoint every stage finished, up to --steps",
     )
     parser.add_argument(
+        "--measure-memory",
+        action="store_true",
+        default=None,
+        help="on CPU, count every stage's live tensor bytes and keep the peak for --report "
+        "(a Python call per op: slower; on GPU the peak is always taken from CUDA's allocator)",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="train nothing: report the last run (predicted vs measured per stage, the bubble) "
@@ -81,11 +99,16 @@ def _report(pipeline_path: str) -> int:
     from rich.console import Console
 
     from vpipe.codegen.schema import load_pipeline
+    from vpipe.common.errors import VpipeError
     from vpipe.common.yamlfile import load_yaml
     from vpipe.runtime.report import build_report, draw_timeline, print_report
 
     pipeline = load_pipeline(pipeline_path)
     run_dir = Path(pipeline_path).parent / "run"
+    if not (run_dir / "settings.yaml").is_file():
+        raise VpipeError(
+            f"{run_dir} holds no run to report; train first: vpipe-train {pipeline_path}"
+        )
     used = load_yaml(run_dir / "settings.yaml", "run settings")
     report = build_report(pipeline, run_dir, used["schedule"])
     print_report(report, Console())
@@ -114,7 +137,32 @@ def settings_from(args: argparse.Namespace) -> dict:
     for key, default in known.items():
         flag = getattr(args, key, None)
         chosen[key] = flag if flag is not None else config.get(key, default)
+        where = f"--{key.replace('_', '-')}" if flag is not None else f"{args.config}: {key}"
+        _check_value(key, chosen[key], default, where)
     return chosen
+
+
+def _check_value(key: str, value: object, default: object, where: str) -> None:
+    """One setting, from a flag or the run config, before any process starts: of its kind and
+    in its range (a bad one would otherwise fail inside a stage, or not at all)."""
+    from vpipe.common.errors import VpipeError
+
+    if value is None:
+        return
+    if key in CHOICES and value not in CHOICES[key]:
+        raise VpipeError(f"{where} {value!r}: use one of {', '.join(CHOICES[key])}")
+    if key in NUMBERS:
+        whole, least, inclusive = NUMBERS[key]
+        number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+        if not (number and (value >= least if inclusive else value > least)):
+            kind = "a whole number" if whole else "a number"
+            raise VpipeError(
+                f"{where} {value!r}: must be {kind} {'of at least' if inclusive else 'above'} "
+                f"{least}"
+            )
+    elif isinstance(default, (bool, str)) and not isinstance(value, type(default)):
+        kind = "true or false" if isinstance(default, bool) else "a path"
+        raise VpipeError(f"{where} {value!r}: must be {kind}")
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -142,8 +190,6 @@ def _run(argv: Sequence[str] | None) -> int:
             )
         chosen["steps_per_epoch"] = max(1, samples // per_step)
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
-    if chosen["steps"] < 1 or chosen["lr"] <= 0:
-        raise VpipeError("steps must be at least 1 and lr positive")
     launch(RunSettings(pipeline=args.pipeline, **chosen))
     return 0
 

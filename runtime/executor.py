@@ -112,8 +112,9 @@ class StageExecutor:
 
     def snapshot(self) -> dict:
         """What a checkpoint holds of this stage beside the optimizer: the newest weights, the
-        random state, and per micro-batch in flight (asp) the stashed version its forward used
-        and the random state it started from. A version several share is saved once."""
+        buffers, the random state, and per micro-batch in flight (asp) the stashed version its
+        forward used and the random state it started from. A version several share is saved
+        once."""
         versions: list[Weights] = []
         index: dict[int, int] = {}
         in_flight = []
@@ -124,6 +125,7 @@ class StageExecutor:
             in_flight.append((i, index[id(pending.weights)], pending.rng))
         return {
             "weights": _detached(self.weights),
+            "buffers": {n: b.detach().clone() for n, b in self.buffers.items()},
             "versions": versions,
             "in_flight": in_flight,
             "rng": rng.get_state(),
@@ -134,7 +136,8 @@ class StageExecutor:
         that were in flight by running their forwards again on their stashed versions and
         random states (receiving and sending as they did), skipping any at or past
         `microbatches`, the run's end. Every stage does this, so the messages that were in
-        transit when the checkpoint was taken are sent again."""
+        transit when the checkpoint was taken are sent again. Buffers (running statistics)
+        are taken after the replay: the replayed forwards' updates are in them already."""
         if set(saved["weights"]) != set(self.weights):
             raise VpipeError(f"the checkpoint's weights for stage {self.index} are not its own")
         self.weights = _trainable(saved["weights"])
@@ -144,6 +147,8 @@ class StageExecutor:
                 rng.set_state(state)
                 self.forward(i, versions[version])
         rng.set_state(saved["rng"])
+        # new tensors, not copies into the old: the replayed forwards' graphs hold the old ones
+        self.buffers = {name: saved["buffers"][name] for name in self.buffers}
 
     def forward(self, i: int, weights: Weights | None = None) -> None:
         """Micro-batch i's forward on `weights` (default: the newest version)."""
@@ -239,8 +244,9 @@ class StageExecutor:
     def _batch(self, i: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         return self.model_file.batch(self.pipeline.batch_size, i)
 
-    def final_weights(self) -> Weights:
-        return {n: t.detach().clone() for n, t in self.weights.items()}
+    def final_state(self) -> Weights:
+        """The trained weights and buffers (running statistics), by their model names."""
+        return {n: t.detach().clone() for n, t in {**self.weights, **self.buffers}.items()}
 
 
 def _detached(weights: Weights) -> Weights:

@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import asdict
 from datetime import timedelta
@@ -120,12 +121,17 @@ def _per_step(settings: RunSettings, microbatches: int) -> int:
 
 
 def stage_main(settings: RunSettings) -> None:
-    """A process the launcher started: run its stage; on bad input, one line and exit 2."""
+    """A process the launcher started: run its stage; on bad input, one line and exit 2; on a
+    bug, its traceback (the launcher's own logging, which would also show it, is silenced)."""
     try:
         run_stage(settings)
     except VpipeError as err:
         print(f"vpipe-train: error: stage {os.environ.get('RANK')}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception:
+        print(f"vpipe-train: stage {os.environ.get('RANK')} failed:", file=sys.stderr)
+        traceback.print_exc()
+        raise SystemExit(1) from None
 
 
 def run_stage(settings: RunSettings) -> None:
@@ -198,7 +204,11 @@ def run_stage(settings: RunSettings) -> None:
                 )
 
         executor.on_update = checkpoint_after
-    dist.barrier()  # every stage built: the clock starts now
+    try:
+        dist.barrier()  # every stage built: the clock starts now
+    except RuntimeError as err:  # another stage failed while being built: its line says why
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
+        raise VpipeError(f"lost a stage before training began: {reason}") from None
     metrics = None
     if rank == stages - 1:  # the stage that computes the loss reports it
         metrics = Metrics(
@@ -222,7 +232,7 @@ def run_stage(settings: RunSettings) -> None:
     events.close()
     if metrics:
         metrics.close()
-    torch.save(executor.final_weights(), run_dir / f"final_stage_{rank}.pt")
+    torch.save(executor.final_state(), run_dir / f"final_stage_{rank}.pt")
     peak = meter.peak if meter else None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from vpipe.common.modelfile import load_model_file
+from vpipe.planner.cli import main as plan_main
+from vpipe.profiler.cli import main as profile_main
 
 from .pipelines import MODELS, forward_in_order, generate, load_all, plan, profile
 
@@ -49,3 +51,21 @@ def test_stages_equal_the_model(model, gpus, recompute, profiles, tmp_path):
     files = sorted(str(f) for f in out.glob("stage_*.py"))
     lint = subprocess.run([ruff, "check", "--isolated", *files], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
+
+
+def test_a_sequential_model(tmp_path):
+    """A bare nn.Sequential: fx names its forward's argument `input`, a builtin's name, which the
+    generated stage must not read in place of the argument."""
+    fixture = Path(__file__).parents[1] / "runtime" / "fixtures" / "dropout_mlp.py"
+    profiled, planned = tmp_path / "profile.yaml", tmp_path / "plan.yaml"
+    assert profile_main([str(fixture), "-o", str(profiled), "-q", "--repeats", "1"]) == 0
+    assert plan_main([str(profiled), "--gpus", "3", "-o", str(planned), "-q"]) == 0
+    pipeline, stages = load_all(generate(planned, tmp_path / "out"))
+    model_file = load_model_file(pipeline.model)
+    torch.manual_seed(pipeline.seed)
+    reference = model_file.build_model()
+    inputs, _ = model_file.batch(pipeline.batch_size, 0)
+    torch.manual_seed(1)
+    expected = reference(*inputs)
+    torch.manual_seed(1)
+    assert torch.equal(forward_in_order(pipeline, stages, inputs)[0], expected)

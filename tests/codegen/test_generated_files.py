@@ -1,4 +1,5 @@
-"""The generated text itself: a golden copy, determinism, lint, and a clear error per bad input."""
+"""The generated text itself: a golden copy, determinism, lint (bad inputs:
+tests/test_bad_inputs.py)."""
 
 import dataclasses
 import os
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from vpipe.codegen.cli import main as generate_main
 from vpipe.planner.schema import load_plan, save_plan
 
 from .pipelines import generate, plan, profile
@@ -63,60 +63,3 @@ def test_generated_files_lint_and_compile(mlp_plan, tmp_path):
     ruff = Path(sys.executable).parent / "ruff"
     result = subprocess.run([ruff, "check", "--isolated", *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
-
-
-def _run(argv, capsys):
-    code = generate_main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def test_profile_changed_since_planning(mlp_plan, tmp_path, capsys):
-    plan_copy = tmp_path / "plan.yaml"
-    plan_copy.write_text(mlp_plan.read_text())
-    profile_path = mlp_plan.parent / load_plan(mlp_plan).profile
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(Path(profile_path).read_text() + "\n# edited\n")
-    text = plan_copy.read_text().replace(str(load_plan(mlp_plan).profile), str(edited))
-    plan_copy.write_text(text)
-    code, err = _run([plan_copy, "-o", tmp_path / "out"], capsys)
-    assert code == 2 and "changed since" in err and err.count("\n") == 1
-    assert not (tmp_path / "out").exists()
-
-
-def test_backward_edge_in_a_hand_edited_plan(mlp_plan, tmp_path, capsys):
-    planned = load_plan(mlp_plan)
-    first, second = planned.stages
-    swapped = (  # the model input moves to stage 1, but stage 0 reads it
-        dataclasses.replace(first, nodes=first.nodes[1:], recompute=()),
-        dataclasses.replace(second, nodes=(first.nodes[0], *second.nodes)),
-    )
-    bad = tmp_path / "bad.yaml"
-    save_plan(dataclasses.replace(planned, stages=swapped), bad)
-    code, err = _run([bad, "-o", tmp_path / "out"], capsys)
-    assert code == 2 and "from the later stage 1" in err, err
-    assert not (tmp_path / "out").exists()
-
-
-def test_missing_node_in_a_hand_edited_plan(mlp_plan, tmp_path, capsys):
-    planned = load_plan(mlp_plan)
-    first, second = planned.stages
-    dropped = (first, dataclasses.replace(second, nodes=second.nodes[:-1], recompute=()))
-    bad = tmp_path / "bad.yaml"
-    save_plan(dataclasses.replace(planned, stages=dropped), bad)
-    code, err = _run([bad, "-o", tmp_path / "out"], capsys)
-    assert code == 2 and "places no stage on nodes" in err
-    assert not (tmp_path / "out").exists()
-
-
-def test_refuses_to_overwrite_a_foreign_directory(mlp_plan, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    code, err = _run([mlp_plan, "-o", out], capsys)
-    assert code == 2 and "not a vpipe-gen output" in err
-    assert (out / "notes.txt").read_text() == "mine"
-
-
-def test_unwritable_output_directory(mlp_plan, tmp_path, capsys):
-    code, err = _run([mlp_plan, "-o", tmp_path / "no" / "such" / "out"], capsys)
-    assert code == 2 and "does not exist" in err

@@ -22,7 +22,7 @@ from vpipe.runtime.optim import Updater
 
 from ..codegen.pipelines import generate, plan, profile
 
-DROPOUT_MLP = Path(__file__).parent / "fixtures" / "dropout_mlp.py"
+DROPOUT_MLP = Path(__file__).parent / "fixtures" / "dropout_mlp.py"  # also batch norm
 COMMON = ["--optimizer", "momentum", "--lr", "0.05", "--threads", "1"]
 
 

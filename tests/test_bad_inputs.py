@@ -1,0 +1,592 @@
+"""The bad-input catalogue: every command against every bad input the issues name, and those
+found since.
+
+Each must fail the way vpipe promises a user: one line on stderr, `<command>: error: ...`, that
+names the problem (and usually the fix), exit status 2, no traceback, and no file written or
+overwritten. Under vpipe-train's local launcher a failing stage prints its own one-line error
+and the launcher adds one line naming the stage; those are the only lines allowed then.
+
+Every case runs in a fresh copy of one set of real artefacts (a profile, a plan and a generated
+pipeline of the bundled MLP; a profile and plan of the tied test model, a model *file* a case can
+edit), all named relative to that folder, so a case edits its copy and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from vpipe.codegen.cli import main as generate_main
+from vpipe.codegen.schema import load_pipeline
+from vpipe.planner.cli import main as plan_main
+from vpipe.planner.schema import Stage, load_plan, save_plan
+from vpipe.profiler.cli import main as profile_main
+from vpipe.runtime import checkpoint
+from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.optim import Updater
+
+from .codegen.pipelines import generate, plan, profile
+
+HERE = Path(__file__).parent
+FIXTURES = HERE / "profiler" / "fixtures"
+TIED = HERE / "codegen" / "fixtures" / "tied.py"
+QUICK = ["-q", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
+
+# The artefacts every case starts from, relative to its folder.
+PROFILE = "mlp.profile.yaml"
+PLAN = "plan2.yaml"
+PIPELINE = "out/pipeline.yaml"
+TIED_PLAN = "tied.plan.yaml"
+CHECKPOINTS = Path("out/run/checkpoints")
+
+Build = Callable[[pytest.MonkeyPatch], object]  # edits the case's folder (the cwd)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real artefacts, built once: the MLP split after its 4th node (so the tensor between the
+    stages is known: layers_2, [4, 128]), generated to out/; the tied model profiled and planned."""
+    root = tmp_path_factory.mktemp("made")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        planned = load_plan(plan(profile("mlp", Path(".")), 2, Path("."), False))
+        nodes = [n for s in planned.stages for n in s.nodes]
+        stages = tuple(
+            replace(stage, nodes=tuple(part), recompute=())
+            for stage, part in zip(planned.stages, (nodes[:4], nodes[4:]), strict=True)
+        )
+        save_plan(replace(planned, stages=stages), PLAN)
+        generate(Path(PLAN), Path("out"))
+        shutil.copy(TIED, "tied.py")
+        assert profile_main(["tied.py", "-o", "tied.profile.yaml", *QUICK]) == 0
+        assert plan_main(["tied.profile.yaml", "--gpus", "2", "-o", TIED_PLAN, "-q"]) == 0
+    return root
+
+
+# Builders: what a case does to its copy before the command runs.
+
+
+def nothing(_: pytest.MonkeyPatch) -> None:
+    pass
+
+
+def write(path: str, text: str | bytes) -> Build:
+    def build(_: pytest.MonkeyPatch) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            Path(path).write_bytes(text)
+        else:
+            Path(path).write_text(text)
+
+    return build
+
+
+def edit(path: str, pattern: str, replacement: str) -> Build:
+    """Replace the first match of the regular expression `pattern` in `path`."""
+
+    def build(_: pytest.MonkeyPatch) -> None:
+        text = Path(path).read_text()
+        edited = re.sub(pattern, replacement, text, count=1, flags=re.MULTILINE)
+        assert edited != text, f"{pattern!r} is not in {path}"
+        Path(path).write_text(edited)
+
+    return build
+
+
+def remove(path: str) -> Build:
+    return lambda _: Path(path).unlink()
+
+
+def env(**variables: str) -> Build:
+    def build(mp: pytest.MonkeyPatch) -> None:
+        for name, value in variables.items():
+            mp.setenv(name, value)
+
+    return build
+
+
+def restage(change: Callable[[Stage, Stage], tuple[Stage, Stage]]) -> Build:
+    """Edit the plan's split by hand: `change(stage 0, stage 1)` gives the new stages."""
+
+    def build(_: pytest.MonkeyPatch) -> None:
+        planned = load_plan(PLAN)
+        save_plan(replace(planned, stages=change(*planned.stages)), PLAN)
+
+    return build
+
+
+def checkpoints(step: int, plan_sha256: str | None = None) -> Build:
+    """Both stages' checkpoint after `step`, written by the runtime's own writer; of the
+    generated pipeline's plan unless another plan's sha256 is given."""
+
+    def build(_: pytest.MonkeyPatch) -> None:
+        sha = plan_sha256 or load_pipeline(PIPELINE).plan_sha256
+        identity = {"plan_sha256": sha, "schedule": "asp"}
+        for stage in (0, 1):
+            checkpoint.save(CHECKPOINTS, step, stage, 2, {}, Updater("sgd", 0.1), identity)
+
+    return build
+
+
+def pipedream_plan(_: pytest.MonkeyPatch) -> None:
+    """A plan of a profile imported from PipeDream: it has no model behind it."""
+    Path("graph.txt").write_text(
+        "node1 -- Input0 -- forward_compute_time=0.0, backward_compute_time=0.0, "
+        "activation_size=64.0, parameter_size=0.0\n"
+        "node2 -- Linear(4, 4) -- forward_compute_time=1.5, backward_compute_time=2.5, "
+        "activation_size=64.0, parameter_size=80.0\n"
+        "node3 -- Linear(4, 4) -- forward_compute_time=1.5, backward_compute_time=2.5, "
+        "activation_size=64.0, parameter_size=80.0\n"
+        "\tnode1 -- node2\n\tnode2 -- node3\n"
+    )
+    assert profile_main(["--import-pipedream", "graph.txt", "-o", "pd.yaml", "-q"]) == 0
+    assert plan_main(["pd.yaml", "--gpus", "2", "-o", "pd.plan.yaml", "-q"]) == 0
+
+
+def backward_edge(first: Stage, second: Stage) -> tuple[Stage, Stage]:
+    """The model input moves to stage 1, but stage 0 still reads it."""
+    moved = (first.nodes[0], *second.nodes)
+    return replace(first, nodes=first.nodes[1:]), replace(second, nodes=moved)
+
+
+def missing_node(first: Stage, second: Stage) -> tuple[Stage, Stage]:
+    return first, replace(second, nodes=second.nodes[:-1])
+
+
+# The catalogue, one table per command: each case is (its name, argv, what its one line must
+# say, what is done to the case's copy first).
+
+
+def case(name: str, argv: list, expected: str | tuple[str, ...], build: Build = nothing, **kw):
+    return pytest.param(build, argv, expected, id=name, **kw)
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+HANDBUILT = FIXTURES / "handbuilt.py"
+MODEL = "import torch\n\n\ndef build_model():\n    {}\n\n\ndef make_batch(b, s):\n    {}\n"
+LINEAR = "return torch.nn.Linear(2, 2)"
+BATCH = "return torch.zeros(b, 2), torch.zeros(b, dtype=torch.long)"
+
+PROFILER = [
+    case("missing model file", ["nowhere.py"], "model file nowhere.py not found"),
+    case("unknown module", ["no_such_pkg.model"], "no model file or importable module"),
+    case("no model at all", [], "no model given"),
+    case(
+        "model file that does not import",
+        ["m.py"],
+        "importing m.py failed: SyntaxError",
+        write("m.py", "def f(:\n"),
+    ),
+    case("file without build_model", [FIXTURES / "no_build.py"], "defines no build_model()"),
+    case(
+        "file without make_batch",
+        ["m.py"],
+        "defines no make_batch()",
+        write("m.py", f"import torch\n\n\ndef build_model():\n    {LINEAR}\n"),
+    ),
+    case(
+        "build_model raises",
+        ["m.py"],
+        "build_model() failed: ValueError: boom",
+        write("m.py", MODEL.format("raise ValueError('boom')", BATCH)),
+    ),
+    case(
+        "build_model returns no module",
+        ["m.py"],
+        "build_model() returned a int, not a torch.nn.Module",
+        write("m.py", MODEL.format("return 3", BATCH)),
+    ),
+    case(
+        "make_batch returns no (inputs, target)",
+        ["m.py"],
+        "make_batch must return (inputs, target), got Tensor",
+        write("m.py", MODEL.format(LINEAR, "return torch.zeros(b, 2)")),
+    ),
+    case(
+        "make_batch of the wrong shape",
+        [FIXTURES / "wrong_batch.py"],
+        "the model's forward failed on make_batch(8, 0)",
+    ),
+    case(
+        "untraceable model without --leaf",
+        [FIXTURES / "untraceable.py"],
+        ("torch.fx cannot trace", "profile it whole with --leaf Gate"),
+    ),
+    case(
+        "--leaf of a class the model lacks",
+        [HANDBUILT, "--leaf", "Nope"],
+        "--leaf Nope: no submodule of this model has that class",
+    ),
+    case(
+        "--device cuda without a GPU",
+        [HANDBUILT, "--device", "cuda"],
+        "no CUDA GPU is visible to PyTorch on this machine; use --device cpu",
+        marks=NO_GPU,
+    ),
+    case("--device of no kind", [HANDBUILT, "--device", "tpu"], "invalid choice: 'tpu'"),
+    case("--batch-size 0", [HANDBUILT, "--batch-size", "0"], "--batch-size must be at least 1"),
+    case("--repeats 0", [HANDBUILT, "--repeats", "0"], "--repeats must be at least 1"),
+    case("--warmup -1", [HANDBUILT, "--warmup", "-1"], "--warmup at least 0"),
+    case("--repeats not a number", [HANDBUILT, "--repeats", "x"], "invalid int value: 'x'"),
+    case(
+        "output in a missing directory",
+        [HANDBUILT, "--repeats", "1", "--warmup", "0", "-o", "no/dir/p.yaml"],
+        "cannot write no/dir/p.yaml: No such file or directory",
+    ),
+    case(
+        "--plot in a missing directory",
+        [HANDBUILT, "--plot", "no/dir/p.png"],
+        "cannot write plot no/dir/p.png: no/dir is not a directory",
+    ),
+    case(
+        "missing graph.txt", ["--import-pipedream", "g.txt"], "cannot read PipeDream profile g.txt"
+    ),
+    case(
+        "malformed graph.txt",
+        ["--import-pipedream", "g.txt"],
+        "g.txt, line 1: cannot parse node line",
+        write("g.txt", "node1 ReLU\n"),
+    ),
+    case("a model and a graph.txt", ["m.py", "--import-pipedream", "g.txt"], "not both"),
+]
+
+TWO = ["--gpus", "2"]
+
+PLANNER = [
+    case("missing profile", ["nowhere.yaml", *TWO], "cannot read profile nowhere.yaml"),
+    case(
+        "profile of another schema version",
+        [PROFILE, *TWO],
+        "schema_version 99 is not 1; re-run vpipe-profile",
+        edit(PROFILE, "^schema_version: 1$", "schema_version: 99"),
+    ),
+    case(
+        "corrupt YAML",
+        ["p.yaml", *TWO],
+        "p.yaml is not valid YAML: expected ',' or ']', but got '<stream end>' at line 2",
+        write("p.yaml", "nodes: [1, 2\n"),
+    ),
+    case(
+        "YAML that is no mapping",
+        ["p.yaml", *TWO],
+        "p.yaml: not a vpipe profile (expected a mapping at the top level)",
+        write("p.yaml", "- a\n- b\n"),
+    ),
+    case("empty profile", ["p.yaml", *TWO], "p.yaml: not a vpipe profile", write("p.yaml", "")),
+    case(
+        "binary profile", ["p.yaml", *TWO], "is not a text file", write("p.yaml", b"\xff\xfe\x00")
+    ),
+    case("a plan given as the profile", [PLAN, *TWO], f"{PLAN}: missing field 'nodes'"),
+    case("--gpus 0", [PROFILE, "--gpus", "0"], "--gpus must be at least 1 (got 0)"),
+    case("more gpus than nodes", [PROFILE, "--gpus", "12"], "--gpus 12 is more than the profile's"),
+    case("--gpus missing", [PROFILE], "the following arguments are required: --gpus"),
+    case(
+        "memory cap nothing fits",
+        [PROFILE, *TWO, "--memory", "0.00001"],
+        ("no plan fits 9.4 KiB per device", "with every node recomputed", "try more --gpus"),
+    ),
+    case("--memory 0", [PROFILE, *TWO, "--memory", "0"], "argument --memory: '0' must be positive"),
+    case(
+        "--memory not a number",
+        [PROFILE, *TWO, "--memory", "lots"],
+        "'lots' is not a number or inf",
+    ),
+    case("--bandwidth negative", [PROFILE, *TWO, "--bandwidth", "-1"], "'-1' must be positive"),
+    case(
+        "--bandwidth not a number",
+        [PROFILE, *TWO, "--bandwidth", "x"],
+        "'x' is not a number or inf",
+    ),
+    case("--headroom 1", [PROFILE, *TWO, "--headroom", "1"], "--headroom must be in [0, 1)"),
+    case(
+        "--microbatches under asp",
+        [PROFILE, *TWO, "--microbatches", "4"],
+        "--microbatches is for --schedule 1f1b or gpipe",
+    ),
+    case(
+        "--microbatches 0",
+        [PROFILE, *TWO, "--schedule", "1f1b", "--microbatches", "0"],
+        "--microbatches must be at least 1 (got 0)",
+    ),
+    case(
+        "output in a missing directory",
+        [PROFILE, *TWO, "-o", "no/dir/plan.yaml"],
+        "cannot write no/dir/plan.yaml: No such file or directory",
+    ),
+    case(
+        "--plot in a missing directory",
+        [PROFILE, *TWO, "--plot", "no/dir/plan.png"],
+        "cannot write plot no/dir/plan.png: no/dir is not a directory",
+    ),
+]
+
+CODEGEN = [
+    case("missing plan", ["nowhere.yaml"], "cannot read plan nowhere.yaml"),
+    case(
+        "plan of another schema version",
+        [PLAN],
+        "schema_version 99 is not 1; re-run vpipe-plan",
+        edit(PLAN, "^schema_version: 1$", "schema_version: 99"),
+    ),
+    case("a profile given as the plan", [PROFILE], f"{PROFILE}: malformed plan"),
+    case(
+        "plan whose profile changed",
+        [PLAN, "-o", "new"],
+        f"{PROFILE} changed since {PLAN} was planned from it",
+        edit(PROFILE, r"\Z", "# edited\n"),
+    ),
+    case(
+        "plan whose profile is gone",
+        [PLAN, "-o", "new"],
+        f"names the profile {PROFILE}, which is not there",
+        remove(PROFILE),
+    ),
+    case(
+        "plan of a PipeDream profile",
+        ["pd.plan.yaml", "-o", "new"],
+        "imported from PipeDream: it has no model to generate code from",
+        pipedream_plan,
+    ),
+    case(
+        "model file changed since profiling",
+        [TIED_PLAN, "-o", "new"],
+        "tied.py changed since it was profiled",
+        edit("tied.py", r"\Z", "# edited\n"),
+    ),
+    case(
+        "traced graph changed since profiling",
+        [TIED_PLAN, "-o", "new"],
+        "the model's graph no longer matches the profile",
+        env(VPIPE_TEST_DEPTH="4"),
+    ),
+    case(
+        "hand-edited plan with a backward edge",
+        [PLAN, "-o", "new"],
+        "from the later stage 1",
+        restage(backward_edge),
+    ),
+    case(
+        "hand-edited plan missing a node",
+        [PLAN, "-o", "new"],
+        "places no stage on nodes",
+        restage(missing_node),
+    ),
+    case(
+        "output dir that is not vpipe's",
+        [PLAN, "-o", "mine"],
+        "mine exists and is not a vpipe-gen output",
+        write("mine/notes.txt", "mine"),
+    ),
+    case(
+        "output that is a file",
+        [PLAN, "-o", "mine"],
+        "cannot write mine: it is a file, not a directory",
+        write("mine", "mine"),
+    ),
+    case(
+        "output inside a file",
+        [PLAN, "-o", "mine/out"],
+        "cannot write mine/out: mine is a file",
+        write("mine", "mine"),
+    ),
+    case(
+        "output in a missing directory",
+        [PLAN, "-o", "no/such/out"],
+        "cannot write no/such/out: no/such does not exist",
+    ),
+    case("output name too long", [PLAN, "-o", "x" * 250], ("cannot write x", "File name too long")),
+]
+
+STEP = ["--steps", "1", "--threads", "1"]
+RUN_CONFIG = [PIPELINE, "--config", "run.yml"]
+
+TRAIN = [
+    case("missing pipeline.yaml", ["out/no.yaml", *STEP], "cannot read pipeline out/no.yaml"),
+    case(
+        "pipeline.yaml of another schema version",
+        [PIPELINE, *STEP],
+        "schema_version 99 is not 1; regenerate it with this vpipe",
+        edit(PIPELINE, "^schema_version: 1$", "schema_version: 99"),
+    ),
+    case("a plan given as the pipeline", [PLAN, *STEP], "malformed pipeline file"),
+    case(
+        "unknown config key",
+        RUN_CONFIG,
+        "run.yml: unknown setting learning_rate; known: ",
+        write("run.yml", "learning_rate: 0.1\n"),
+    ),
+    case(
+        "config that is no mapping",
+        RUN_CONFIG,
+        "run.yml: a run config is a mapping",
+        write("run.yml", "- lr\n"),
+    ),
+    case(
+        "config value of the wrong kind",
+        RUN_CONFIG,
+        "run.yml: steps 'many': must be a whole number of at least 1",
+        write("run.yml", "steps: many\n"),
+    ),
+    case(
+        "config schedule unknown",
+        RUN_CONFIG,
+        "run.yml: schedule 'fast': use one of asp, 1f1b, gpipe",
+        write("run.yml", "schedule: fast\n"),
+    ),
+    case("missing config", RUN_CONFIG, "cannot read run config run.yml"),
+    case("--steps 0", [PIPELINE, "--steps", "0"], "--steps 0: must be a whole number"),
+    case("--steps not a number", [PIPELINE, "--steps", "x"], "--steps: invalid int value: 'x'"),
+    case("--steps and --epochs", [PIPELINE, *STEP, "--epochs", "1"], "not allowed with argument"),
+    case("--lr 0", [PIPELINE, "--lr", "0"], "--lr 0.0: must be a number above 0"),
+    case("--threads -1", [PIPELINE, "--threads", "-1"], "--threads -1: must be a whole number"),
+    case("--print-every 0", [PIPELINE, "--print-every", "0"], "--print-every 0: must be a whole"),
+    case("--timeout-s 0", [PIPELINE, "--timeout-s", "0"], "--timeout-s 0.0: must be a number"),
+    case("--checkpoint-every -1", [PIPELINE, "--checkpoint-every", "-1"], "--checkpoint-every -1"),
+    case(
+        "--epochs without EPOCH_SAMPLES",
+        [PIPELINE, "--epochs", "1"],
+        "defines no EPOCH_SAMPLES (samples per epoch); define it, or give --steps",
+    ),
+    case(
+        "--report before any run",
+        [PIPELINE, "--report"],
+        "out/run holds no run to report; train first",
+    ),
+    case(
+        "fewer processes than stages under torchrun",
+        [PIPELINE, *STEP],
+        "this pipeline has 2 stages and runs as 2 processes, one per stage; 1 was started",
+        env(RANK="0", WORLD_SIZE="1"),
+    ),
+    case(
+        "--resume with no checkpoint",
+        [PIPELINE, "--resume", *STEP],
+        "--resume: out/run/checkpoints holds no checkpoint that every stage finished",
+    ),
+    case(
+        "--resume with nothing left to run",
+        [PIPELINE, "--resume", "--steps", "2"],
+        "after step 2, and --steps is 2: nothing is left to run; raise --steps",
+        checkpoints(2),
+    ),
+    case(
+        "new run into an earlier run's checkpoints",
+        [PIPELINE, *STEP, "--checkpoint-every", "1"],
+        "holds checkpoints of an earlier run: --resume to continue it",
+        checkpoints(1),
+    ),
+]
+
+# Errors only a stage can see: the local launcher starts both stage processes (seconds each).
+TRAIN_LAUNCHED = [
+    case(
+        "stage file that no longer loads",
+        [PIPELINE, *STEP],
+        "stage 1: out/stage_1.py cannot be loaded",
+        write("out/stage_1.py", "import no_such_module\n"),
+    ),
+    case(
+        "stage edited to return another shape",
+        [PIPELINE, *STEP],
+        "stage 0: stage 0 returns layers_2 as (4, 1) float32; pipeline.yaml expects (4, 128)",
+        edit("out/stage_0.py", r"return \((\w+),\)", r"return (\1[:, :1],)"),
+    ),
+    case(
+        "checkpoints of a different plan",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        "step_1/stage_0.pt belongs to another plan",
+        checkpoints(1, plan_sha256="0" * 64),
+    ),
+]
+
+COMMANDS = {
+    "vpipe-profile": profile_main,
+    "vpipe-plan": plan_main,
+    "vpipe-gen": generate_main,
+    "vpipe-train": train_main,
+}
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {
+        p.relative_to(folder): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+@pytest.fixture
+def fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> Callable[..., None]:
+    """Run a command in a fresh copy of `start` (or an empty folder) after `build`; check the
+    one clear line, exit status 2, and that no file was written (`launched`: that no file that
+    was there before changed, and that the error lines are the stages' and the launcher's)."""
+
+    def run(
+        command: str,
+        build: Build,
+        argv: list,
+        expected: str | tuple[str, ...],
+        start: Path | None = None,
+        launched: bool = False,
+    ) -> None:
+        work = tmp_path / "case"
+        if start:
+            shutil.copytree(start, work)
+        else:
+            work.mkdir()
+        monkeypatch.chdir(work)
+        build(monkeypatch)
+        before = _files(work)
+        capfd.readouterr()  # what building printed
+        code = COMMANDS[command]([str(a) for a in argv])
+        err = capfd.readouterr().err
+        lines, prefix = err.splitlines(), f"{command}: error: "
+        assert code == 2, err
+        if launched:
+            *stages, last = lines
+            assert stages and all(line.startswith(f"{prefix}stage ") for line in stages), err
+            assert last.startswith(f"{prefix}training failed on stage"), err
+        else:
+            assert len(lines) == 1 and err.endswith("\n") and err.startswith(prefix), err
+        for part in expected if isinstance(expected, tuple) else (expected,):
+            assert part in err, err
+        after = _files(work)
+        if launched:
+            assert {p: after.get(p) for p in before} == before
+        else:
+            assert after == before
+
+    return run
+
+
+@pytest.mark.parametrize("build, argv, expected", PROFILER)
+def test_profile(build, argv, expected, fails_cleanly):
+    fails_cleanly("vpipe-profile", build, [*argv, "-q"], expected)
+
+
+@pytest.mark.parametrize("build, argv, expected", PLANNER)
+def test_plan(build, argv, expected, made, fails_cleanly):
+    fails_cleanly("vpipe-plan", build, [*argv, "-q"], expected, made)
+
+
+@pytest.mark.parametrize("build, argv, expected", CODEGEN)
+def test_gen(build, argv, expected, made, fails_cleanly):
+    fails_cleanly("vpipe-gen", build, [*argv, "-q"], expected, made)
+
+
+@pytest.mark.parametrize("build, argv, expected", TRAIN)
+def test_train(build, argv, expected, made, fails_cleanly):
+    fails_cleanly("vpipe-train", build, argv, expected, made)
+
+
+@pytest.mark.parametrize("build, argv, expected", TRAIN_LAUNCHED)
+def test_train_launched(build, argv, expected, made, fails_cleanly):
+    fails_cleanly("vpipe-train", build, argv, expected, made, launched=True)
