@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size",
         type=int,
-        help=f"mini-batch size (default {DEFAULT_BATCH}); with --import-pipedream, "
+        help=f"micro-batch size (default {DEFAULT_BATCH}); with --import-pipedream, "
         "the batch the file was measured at, if known",
     )
     parser.add_argument(
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per node (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per node first")
     parser.add_argument("--seed", type=int, default=0, help="torch seed before build_model()")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads to measure with (default 0: torch's default, all cores); give what "
+        "each stage will have, e.g. vpipe-train's --threads",
+    )
     parser.add_argument("--plot", metavar="PNG", help="also draw per-node time and memory bars")
     parser.add_argument(
         "--import-pipedream",
@@ -78,6 +85,7 @@ def _measure(args: argparse.Namespace, console: Console) -> Profile:
         warmup=args.warmup,
         repeats=args.repeats,
         seed=args.seed,
+        threads=args.threads,
     )
     columns = (
         TextColumn("profiling {task.fields[node]:<24}"),

@@ -39,6 +39,7 @@ class ProfileSettings:
     warmup: int = 2
     repeats: int = 5
     seed: int = 0
+    threads: int = 0  # CPU threads while measuring; 0: torch's default (all cores)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -67,6 +68,10 @@ def profile_model(
     if settings.batch_size < 1 or settings.repeats < 1 or settings.warmup < 0:
         raise VpipeError("--batch-size and --repeats must be at least 1, --warmup at least 0")
     device = pick_device(settings.device)
+    if settings.threads < 0:
+        raise VpipeError(f"--threads {settings.threads}: must be at least 0 (0: torch's default)")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     try:
         model = model_file.build_model()
@@ -144,6 +149,7 @@ def profile_model(
         outputs=tuple(n.name for n in output_node.all_input_nodes),
         torch_version=str(torch.__version__),
         seed=settings.seed,
+        threads=torch.get_num_threads() if device.type == "cpu" else None,
         source_sha256=model_file.sha256,
         leaves=tuple(settings.leaves),
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),

@@ -101,6 +101,7 @@ class Profile:
     outputs: tuple[str, ...]  # nodes whose values the model returns
     torch_version: str | None = None
     seed: int | None = None  # torch.manual_seed before build_model(): later parts rebuild it
+    threads: int | None = None  # CPU threads the times were measured with (None: not on CPU)
     source_sha256: str | None = None
     leaves: tuple[str, ...] = ()
     whole_model: WholeModel | None = None

@@ -1,9 +1,9 @@
 """Per-stage action timings: out/run/events_stage<k>.csv, written by each stage, read by the report.
 
 One row per action (forward or backward of a micro-batch): start and end on the machine's
-monotonic clock (comparable across the stages of one machine) and the seconds spent blocked
-waiting for a neighbour. Recording costs two clock reads and a buffered row per action, so it
-is always on.
+monotonic clock (comparable across the stages of one machine), the seconds spent blocked waiting
+for a neighbour, and the process's CPU seconds during the action. Recording costs three clock
+reads and a buffered row per action, so it is always on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from vpipe.common.errors import VpipeError
 from vpipe.runtime.executor import ActionEvent
 
-COLUMNS = ["action", "microbatch", "start_s", "end_s", "wait_s"]
+COLUMNS = ["action", "microbatch", "start_s", "end_s", "wait_s", "cpu_s"]
 
 
 class EventLog:
@@ -28,7 +28,11 @@ class EventLog:
 
     def add(self, e: ActionEvent) -> None:
         self.writer.writerow(
-            [e.action, e.microbatch, f"{e.start_s:.6f}", f"{e.end_s:.6f}", f"{e.wait_s:.6f}"]
+            [
+                e.action,
+                e.microbatch,
+                *(f"{t:.6f}" for t in (e.start_s, e.end_s, e.wait_s, e.cpu_s)),
+            ]
         )
 
     def close(self) -> None:
@@ -49,6 +53,7 @@ def read_events(path: Path) -> list[ActionEvent]:
             float(r["start_s"]),
             float(r["end_s"]),
             float(r["wait_s"]),
+            float(r["cpu_s"]),
         )
         for r in rows
     ]

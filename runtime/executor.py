@@ -45,14 +45,16 @@ class _InFlight:
 
 @dataclass(frozen=True)
 class ActionEvent:
-    """One action as it ran: seconds on the machine's monotonic clock (perf_counter), and the
-    part of it spent blocked waiting for a neighbour's tensors."""
+    """One action as it ran: seconds on the machine's monotonic clock (perf_counter), the part
+    of it spent blocked waiting for a neighbour's tensors, and the CPU seconds the process used
+    meanwhile (what the stage computed when more processes than cores share the machine)."""
 
     action: str  # F or B
     microbatch: int
     start_s: float
     end_s: float
     wait_s: float
+    cpu_s: float
 
 
 class StageExecutor:
@@ -92,7 +94,7 @@ class StageExecutor:
 
     def run(self, actions: Iterable[Action]) -> None:
         for action in actions:
-            start, waited = time.perf_counter(), self.links.waited_s()
+            start, waited, cpu = time.perf_counter(), self.links.waited_s(), time.process_time()
             if action.kind == FORWARD:
                 self.forward(action.microbatch)
             else:
@@ -104,6 +106,7 @@ class StageExecutor:
                     start,
                     time.perf_counter(),
                     self.links.waited_s() - waited,
+                    time.process_time() - cpu,
                 )
             )
             alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
