@@ -43,15 +43,33 @@ def parameter_balanced_split(weights: list[int], parts: int) -> list[list[int]]:
     return [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
+BASELINE_SPLITS = ("uniform", "parameter-balanced")
+BASELINE_RULE = "baseline rule"  # the `cuts` a plan made by --split <rule> records
+
+
+def baseline_split(graph: PlanGraph, name: str, parts: int) -> list[list[int]]:
+    """The split rule `name` makes, each cut moved later past any value that is not one tensor
+    (a tuple stays on one stage with its readers, as vpipe's own splits keep it)."""
+    if name == "uniform":
+        stages = uniform_split(graph.size, parts)
+    else:
+        stages = parameter_balanced_split(list(graph.param_bytes), parts)
+    bounds = [0]
+    for stage in stages[:-1]:
+        bound = max(stage[-1] + 1 if stage else 0, bounds[-1])
+        while bound < graph.size and graph.splits_a_group((1 << bound) - 1):
+            bound += 1
+        bounds.append(bound)
+    bounds.append(graph.size)
+    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
 def baselines(graph: PlanGraph, settings: PlanSettings, batch_size: int | None) -> list[Baseline]:
     if graph.size < settings.gpus:
         return []
-    candidates = {
-        "uniform": uniform_split(graph.size, settings.gpus),
-        "parameter-balanced": parameter_balanced_split(list(graph.param_bytes), settings.gpus),
-    }
     found = []
-    for name, stages in candidates.items():
+    for name in BASELINE_SPLITS:
+        stages = baseline_split(graph, name, settings.gpus)
         if any(not stage for stage in stages):
             continue
         none = [[] for _ in stages]

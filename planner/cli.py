@@ -14,12 +14,11 @@ from rich.console import Console
 from vpipe.common.cli import CommandParser, run_command
 from vpipe.common.errors import VpipeError
 from vpipe.common.plotting import check_plot_path
-from vpipe.planner.planning import SOLVERS, make_plan
+from vpipe.planner.baselines import BASELINE_SPLITS
+from vpipe.planner.planning import GIB, SOLVERS, make_plan
 from vpipe.planner.report import plot_plan, print_plan
 from vpipe.planner.schema import SCHEDULES, PlanSettings, save_plan
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, load_profile
-
-GIB = 2**30
 
 
 def _amount(text: str) -> float:
@@ -85,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: dp, then the ilp to prove or improve an unproven dp answer on graphs of "
         "at most 400 nodes x stages); the plan says whether its answer is proven",
     )
+    parser.add_argument(
+        "--split",
+        choices=("optimal", *BASELINE_SPLITS),
+        default="optimal",
+        help="optimal (default): solve for the fastest split; uniform (equal node counts) or "
+        "parameter-balanced (DeepSpeed's `parameters`): write the split that rule makes, with "
+        "no recompute, to run it against vpipe's",
+    )
     parser.add_argument("-o", "--output", default="plan.yaml", help="plan file to write")
     parser.add_argument("--plot", metavar="PNG", help="also draw per-stage time and memory")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table")
@@ -112,7 +119,7 @@ def _run(argv: Sequence[str] | None) -> int:
         optimizer=args.optimizer or profile.optimizer,
         headroom=args.headroom,
     )
-    plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver)
+    plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver, args.split)
     save_plan(plan, args.output)
     if args.plot:
         plot_plan(plan, args.plot)

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from vpipe.common.errors import VpipeError
-from vpipe.planner.baselines import baselines
+from vpipe.planner.baselines import BASELINE_RULE, baseline_split, baselines
 from vpipe.planner.costmodel import crossing_bytes, evaluate_stage, schedule_shape
 from vpipe.planner.diagnose import explain_infeasible
 from vpipe.planner.dp import solve_dp
@@ -19,6 +19,7 @@ from vpipe.planner.split import Split
 from vpipe.profiler.schema import Profile
 
 SOLVERS = ("auto", "dp", "ilp")
+GIB = 2**30
 ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to prove a dp answer
 
 
@@ -46,6 +47,29 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
         if proven.optimal and not proven.feasible:  # proven that nothing fits
             return dataclasses.replace(split, optimal=True, seconds=seconds)
     return split
+
+
+def _baseline(graph: PlanGraph, settings: PlanSettings, rule: str) -> Split:
+    if settings.gpus > graph.size:
+        raise VpipeError(f"--gpus {settings.gpus} is more than the profile's {graph.size} nodes")
+    stages = baseline_split(graph, rule, settings.gpus)
+    if any(not stage for stage in stages):
+        raise VpipeError(f"the {rule} split leaves a stage empty here; use fewer --gpus")
+    none: list[list[int]] = [[] for _ in stages]
+    for k, prediction in enumerate(predict_stages(graph, settings, stages, none)):
+        if prediction.memory.total > settings.memory_bytes:
+            raise VpipeError(
+                f"the {rule} split does not fit: stage {k} needs "
+                f"{prediction.memory.total / GIB:.3f} GiB, more than --memory allows; raise "
+                "--memory, or plan with --split optimal (which may recompute)"
+            )
+    return Split(
+        solver=rule,
+        feasible=True,
+        stages=tuple(map(tuple, stages)),
+        recompute=tuple(() for _ in stages),
+        cuts=BASELINE_RULE,
+    )
 
 
 def least_recompute(graph: PlanGraph, settings: PlanSettings, split: Split) -> Split:
@@ -76,14 +100,19 @@ def make_plan(
     profile_sha256: str,
     settings: PlanSettings,
     solver: str = "auto",
+    rule: str = "optimal",
 ) -> tuple[Plan, float]:
     """The plan for `profile` under `settings` and the solve time in seconds; VpipeError (with
-    the reason) if none fits."""
+    the reason) if none fits. `rule`: "optimal" solves; a baseline's name (uniform,
+    parameter-balanced) takes that rule's split instead, so that it can be run and measured."""
     graph = plan_graph(profile, settings.optimizer)
-    split = solve(profile, settings, solver)
-    if not split.feasible:
-        caveat = "" if split.optimal else " (not proven: the recompute search was cut short)"
-        raise VpipeError(explain_infeasible(graph, settings) + caveat)
+    if rule == "optimal":
+        split = solve(profile, settings, solver)
+        if not split.feasible:
+            caveat = "" if split.optimal else " (not proven: the recompute search was cut short)"
+            raise VpipeError(explain_infeasible(graph, settings) + caveat)
+    else:
+        split = _baseline(graph, settings, rule)
     predictions = predict_stages(graph, settings, split.stages, split.recompute)
     names = graph.names
     stages = tuple(

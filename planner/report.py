@@ -10,6 +10,7 @@ from rich.table import Table
 
 from vpipe.common.plotting import pyplot, save_figure
 from vpipe.common.units import human_bytes
+from vpipe.planner.baselines import BASELINE_RULE
 from vpipe.planner.schema import Plan
 
 GIB = 2**30
@@ -71,7 +72,9 @@ def summary_lines(plan: Plan, seconds: float) -> list[str]:
         f"time per mini-batch {p.time_per_minibatch_ms:.3f} ms, "
         f"{p.throughput_samples_per_s:.1f} samples/s, bottleneck stage {p.bottleneck_stage} (*)"
         + (f", bubble {p.bubble_fraction:.0%}" if plan.settings.schedule != "asp" else ""),
-        f"solver {solver.name}: {proof}, cuts: {solver.cuts}, {seconds:.2f} s",
+        f"solver {solver.name}: {proof}, cuts: {solver.cuts}, {seconds:.2f} s"
+        if solver.cuts != BASELINE_RULE
+        else f"split by the {solver.name} rule (--split), not solved: the baseline to beat",
     ]
     for baseline in plan.baselines:
         gain = baseline.time_per_minibatch_ms / p.time_per_minibatch_ms

@@ -226,7 +226,11 @@ class StageExecutor:
                 return
             grads, self.accumulated = self.accumulated, {}
             self.tied.sum(grads)
-        self.weights = _trainable(self.updater.step(_detached(self.weights), grads))
+        # in place unless a micro-batch in flight (asp) still needs this version for its backward
+        held = any(pending.weights is self.weights for pending in self.in_flight.values())
+        self.weights = _trainable(
+            self.updater.step(_detached(self.weights), grads, in_place=not held)
+        )
         self.on_update(self.updater.steps)
 
     def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:

@@ -30,16 +30,24 @@ class Updater:
 
     @torch.no_grad()
     def step(
-        self, weights: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]
+        self, weights: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], in_place: bool
     ) -> dict[str, torch.Tensor]:
-        """New weights from `weights` and their gradients; optimizer state advances in place."""
+        """The weights after one step on `grads`; optimizer state advances in place. With
+        `in_place` the step writes into `weights` (nothing else needs them: no second copy of
+        the weights is ever alive); otherwise it makes new tensors and leaves `weights` to the
+        backwards that still need them. Either way no temporary as large as a weight is made
+        beyond what torch.optim makes (`add` with `alpha`, as torch.optim's SGD does)."""
         self.steps += 1
         new = {}
         for name, weight in weights.items():
             grad = grads[name]
             if self.weight_decay:
-                grad = grad + self.weight_decay * weight
-            new[name] = weight - self.lr * self._direction(name, grad)
+                grad = grad.add(weight, alpha=self.weight_decay)
+            direction = self._direction(name, grad)
+            if in_place:
+                new[name] = weight.add_(direction, alpha=-self.lr)
+            else:
+                new[name] = torch.add(weight, direction, alpha=-self.lr)
         return new
 
     def _direction(self, name: str, grad: torch.Tensor) -> torch.Tensor:

@@ -291,6 +291,11 @@ PLANNER = [
         [PROFILE, *TWO, "--memory", "0.00001"],
         ("no plan fits 9.4 KiB per device", "with every node recomputed", "try more --gpus"),
     ),
+    case(
+        "a split rule that does not fit",
+        [PROFILE, *TWO, "--split", "uniform", "--memory", "0.0001"],
+        ("the uniform split does not fit: stage 0 needs", "plan with --split optimal"),
+    ),
     case("--memory 0", [PROFILE, *TWO, "--memory", "0"], "argument --memory: '0' must be positive"),
     case(
         "--memory not a number",

@@ -1,0 +1,161 @@
+"""Split quality, measured: vpipe's plan against the splits people make by rule, run for real.
+
+    python benchmarks/split_quality.py [--models widehead gpt] [--stages 2] [--steps 300]
+
+For each model: profile with one thread (what each stage runs with), then plan three ways with
+`vpipe-plan --split`: `optimal` (vpipe's solvers), `uniform` (equal node counts per stage,
+torchgpipe's and DeepSpeed's `uniform`) and `parameter-balanced` (DeepSpeed's `parameters`).
+Each plan is generated and trained with asp on the same processes (one per stage, one thread
+each), `--rounds` times interleaved so that drift in the machine's speed hits all alike; the
+median samples/s counts. Prints predicted and measured throughput and vpipe's gain over each
+rule, and writes split_quality.png. Target (issue 7): >= 1.2x on the imbalanced model
+(`vpipe.models.widehead`), measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vpipe.codegen.cli import main as generate_main
+from vpipe.common.plotting import pyplot, save_figure
+from vpipe.planner.cli import main as plan_main
+from vpipe.planner.schema import load_plan
+from vpipe.profiler.cli import main as profile_main
+from vpipe.runtime.cli import main as train_main
+
+RULES = ("optimal", "uniform", "parameter-balanced")
+TARGET = 1.2
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    model: str
+    stages: int
+    rule: str
+    stage_sizes: tuple[int, ...]
+    predicted_samples_per_s: float
+    measured_samples_per_s: float
+
+
+def train_rate(out: Path, steps: int) -> float:
+    """Samples per second over the run, from the stage that computes the loss."""
+    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--threads", "1"]
+    assert train_main([*argv, "--print-every", str(10**9), "--lr", "0.001"]) == 0
+    with open(out / "run" / "metrics.csv") as file:
+        return float(list(csv.DictReader(file))[-1]["samples_per_s"])
+
+
+def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> list[SplitResult]:
+    folder = work / f"{model}{stages}"
+    folder.mkdir()
+    profile = folder / "profile.yaml"
+    argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
+    assert profile_main([*argv, "--threads", "1"]) == 0
+    outs = {}
+    for rule in RULES:
+        plan = folder / f"{rule}.yaml"
+        argv = [str(profile), "--gpus", str(stages), "--split", rule, "-o", str(plan), "-q"]
+        assert plan_main(argv) == 0
+        outs[rule] = folder / rule
+        assert generate_main([str(plan), "-o", str(outs[rule]), "-q"]) == 0
+    measured: dict[str, list[float]] = {rule: [] for rule in RULES}
+    for round_ in range(rounds):
+        for rule in RULES if round_ % 2 == 0 else reversed(RULES):
+            measured[rule].append(train_rate(outs[rule], steps))
+    results = []
+    for rule in RULES:
+        planned = load_plan(folder / f"{rule}.yaml")
+        results.append(
+            SplitResult(
+                model,
+                stages,
+                rule,
+                tuple(len(s.nodes) for s in planned.stages),
+                planned.predicted.throughput_samples_per_s,
+                statistics.median(measured[rule]),
+            )
+        )
+    return results
+
+
+def print_table(results: list[SplitResult]) -> None:
+    print(
+        f"{'model':<9} {'S':>2} {'split':<19} {'nodes per stage':<16} {'pred samples/s':>14} "
+        f"{'meas samples/s':>14} {'vpipe gain':>10}"
+    )
+    for r in results:
+        best = next(
+            x for x in results if (x.model, x.stages, x.rule) == (r.model, r.stages, "optimal")
+        )
+        gain = best.measured_samples_per_s / r.measured_samples_per_s
+        sizes = "/".join(map(str, r.stage_sizes))
+        print(
+            f"{r.model:<9} {r.stages:>2} {r.rule:<19} {sizes:<16} "
+            f"{r.predicted_samples_per_s:>14.1f} {r.measured_samples_per_s:>14.1f} {gain:>9.2f}x"
+        )
+
+
+def plot(results: list[SplitResult], path: Path) -> None:
+    plt = pyplot()
+    groups = sorted({(r.model, r.stages) for r in results})
+    fig, ax = plt.subplots(figsize=(3 + 3 * len(groups), 4))
+    width = 0.8 / len(RULES)
+    for j, rule in enumerate(RULES):
+        values = [
+            next(
+                r.measured_samples_per_s
+                for r in results
+                if (r.model, r.stages, r.rule) == (*g, rule)
+            )
+            for g in groups
+        ]
+        ax.bar([i + j * width for i in range(len(groups))], values, width, label=rule)
+    ax.set_xticks([i + width for i in range(len(groups))], [f"{m}, {s} stages" for m, s in groups])
+    ax.set_ylabel("measured samples/s")
+    ax.set_title("vpipe's split against rule-made splits (asp, CPU)")
+    ax.legend()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["widehead", "gpt"])
+    parser.add_argument("--stages", nargs="+", type=int, default=[2])
+    parser.add_argument("--steps", type=int, default=300, help="asp steps per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each; the median counts")
+    parser.add_argument("--out", type=Path, default=Path("."), help="where the PNG goes")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vpipe-splits-"))
+    results = [
+        r
+        for model in args.models
+        for stages in args.stages
+        for r in compare(model, stages, work, args.steps, args.rounds)
+    ]
+    print(
+        f"\nCPU, {os.cpu_count()} cores, asp, one process per stage, one thread each, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    print_table(results)
+    gains = [
+        best.measured_samples_per_s / r.measured_samples_per_s
+        for best in results
+        if best.model == "widehead" and best.rule == "optimal"
+        for r in results
+        if (r.model, r.stages) == (best.model, best.stages) and r.rule != "optimal"
+    ]
+    if gains:
+        verdict = "PASS" if min(gains) >= TARGET else "FAIL"
+        print(f"widehead: vpipe's gain over every rule >= {TARGET}x: {verdict} ({min(gains):.2f}x)")
+    plot(results, args.out / "split_quality.png")
+    print(f"wrote {args.out / 'split_quality.png'}")
+
+
+if __name__ == "__main__":
+    main()
