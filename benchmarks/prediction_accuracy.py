@@ -12,7 +12,7 @@ shorter run with `--measure-memory` for memory. Per stage it compares
   allocations). With more processes than cores, processes take turns on a core and wall time
   counts the turns of others, so the process's CPU time during each action is used instead;
 - memory: the plan's predicted total against the peak of the stage's live tensor bytes, counted
-  op by op (runtime/memory.py: every storage an op returns, until its last reference goes;
+  op by op (common/memory.py: every storage an op returns, until its last reference goes;
   what `torch.cuda.max_memory_allocated` reports on a GPU).
 
 Targets (issue 7): within ±10% for both. Prints one table and writes prediction_accuracy.png

@@ -78,7 +78,7 @@ def baselines(graph: PlanGraph, settings: PlanSettings, batch_size: int | None) 
         found.append(
             Baseline(
                 name=name,
-                stage_sizes=tuple(len(s) for s in stages),
+                stage_sizes=tuple(sum(n != graph.loss for n in s) for s in stages),  # model nodes
                 time_per_minibatch_ms=pipeline.time_per_minibatch_ms,
                 fits=all(p.memory.total <= settings.memory_bytes for p in predictions),
             )

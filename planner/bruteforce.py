@@ -19,7 +19,7 @@ def best_stage(
 ) -> tuple[float, tuple[int, ...]] | None:
     """Fastest recompute set of one stage that fits memory, trying every subset."""
     best = None
-    candidates = [n for n in stage if n not in graph.model_inputs]
+    candidates = [n for n in stage if n not in graph.never_recomputed]
     for size in range(len(candidates) + 1):
         for chosen in itertools.combinations(candidates, size):
             predicted = evaluate_stage(graph, settings, index, members(before), stage, chosen)

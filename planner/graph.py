@@ -38,9 +38,9 @@ class PlanGraph:
     reads: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it takes as input
     outputs: tuple[int, ...]  # nodes whose values the model returns: they reach the last stage
     notes: tuple[str, ...] = ()
-    model_inputs: frozenset[int] = (
-        frozenset()
-    )  # placeholders: read from the batch, never recomputed
+    # placeholders (read from the batch) and the loss (run outside the stage's module)
+    never_recomputed: frozenset[int] = frozenset()
+    loss: int | None = None  # the loss's node, if the profile measured it: not in plan files
     # node groups that must share a stage: a value that is not one tensor (a size, a device, a
     # tuple) cannot be sent between stages, so its producer stays with its readers
     together: tuple[tuple[int, ...], ...] = ()
@@ -64,8 +64,11 @@ class PlanGraph:
 
 def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
     """Index a profile for planning; `optimizer` overrides the profile's for state bytes."""
-    index = {node.name: i for i, node in enumerate(profile.nodes)}
-    nodes = profile.nodes
+    # the loss is one more node, after the outputs it reads: it lands on the last stage, which
+    # runs it; what its backward adds is counted with what it keeps (one micro-batch at a time
+    # on the last stage under asp and 1f1b; gpipe's M in flight make this an over-estimate)
+    nodes = (*profile.nodes, profile.loss) if profile.loss else profile.nodes
+    index = {node.name: i for i, node in enumerate(nodes)}
     preds = tuple(tuple(sorted({index[p] for p in n.inputs})) for n in nodes)
     succs: list[list[int]] = [[] for _ in nodes]
     for i, ps in enumerate(preds):
@@ -88,7 +91,8 @@ def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
         if saves_output:
             kept.add(owner[i])
         own_output = node.output_bytes if node.saves_output else 0  # counted as kept below
-        internal.append(max((node.saved_bytes or 0) - own_output, 0))
+        extra = (node.workspace_bytes or 0) if node.op == "loss" else 0
+        internal.append(max((node.saved_bytes or 0) - own_output, 0) + extra)
         keeps.append(tuple(sorted(kept)))
         for t in kept:
             holders[t].append(i)
@@ -113,9 +117,26 @@ def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
         if profile.source_kind == "model"
         else (),
         notes=(PIPEDREAM_NOTE,) if unknown else (),
-        model_inputs=frozenset(i for i in range(len(nodes)) if placeholder[i]),
-        together=_together(profile, succs) if profile.source_kind == "model" else (),
+        never_recomputed=frozenset(
+            i for i, n in enumerate(nodes) if placeholder[i] or n.op == "loss"
+        ),
+        loss=len(nodes) - 1 if profile.loss else None,
+        together=_with_loss(_together(profile, succs), index, profile)
+        if profile.source_kind == "model"
+        else (),
     )
+
+
+def _with_loss(
+    groups: tuple[tuple[int, ...], ...], index: dict[str, int], profile: Profile
+) -> tuple[tuple[int, ...], ...]:
+    """The loss shares a stage with the node of the model's first output (and that node's
+    group), so no stage is left holding the loss alone, with nothing of the model to run."""
+    if profile.loss is None or not profile.outputs:
+        return groups
+    first, loss = index[profile.outputs[0]], index[profile.loss.name]
+    joined = next((g for g in groups if first in g), (first,))
+    return (*(g for g in groups if g is not joined), tuple(sorted((*joined, loss))))
 
 
 def _together(profile: Profile, succs: list[list[int]]) -> tuple[tuple[int, ...], ...]:

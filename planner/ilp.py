@@ -63,7 +63,7 @@ def solve_ilp(
     binary, unit = pulp.LpBinary, {"lowBound": 0, "upBound": 1}
     x = {(n, k): prob.add_variable(f"x_{n}_{k}", cat=binary) for n in nodes for k in stages}
     r = {n: prob.add_variable(f"r_{n}", cat=binary) for n in nodes}
-    for n in graph.model_inputs:  # read from the batch: nothing to recompute
+    for n in graph.never_recomputed:  # placeholders and the loss
         prob += r[n] == 0
     z = {(n, k): prob.add_variable(f"z_{n}_{k}", **unit) for n in nodes for k in stages}
     c = {(u, k): prob.add_variable(f"c_{u}_{k}", **unit) for u in nodes for k in stages[:-1]}

@@ -118,7 +118,7 @@ def make_plan(
     stages = tuple(
         Stage(
             index=k,
-            nodes=tuple(names[n] for n in stage),
+            nodes=tuple(names[n] for n in stage if n != graph.loss),  # the model's nodes
             recompute=tuple(names[n] for n in chosen),
             predicted=prediction,
         )

@@ -78,7 +78,7 @@ def added_lower_bound(
     members = set(stage)
     items = []
     for n in stage:
-        if n in graph.model_inputs:
+        if n in graph.never_recomputed:
             continue
         frees = graph.internal_bytes[n] + sum(
             graph.out_bytes[t] for t in graph.keeps[n] if t in members
@@ -132,7 +132,7 @@ def _solutions(
     for position, n in enumerate(order):
         following: dict[tuple, list[_Partial]] = {}
         for live, partials in states.items():
-            for recompute in (False,) if n in graph.model_inputs else (False, True):
+            for recompute in (False,) if n in graph.never_recomputed else (False, True):
                 step = _step(graph, n, recompute, dict((t, (k, o)) for t, k, o in live), members)
                 tensors, extra_kept, extra_ms = step
                 key = tuple(

@@ -219,3 +219,77 @@ def time_whole_model(
 
     timing = time_forward_backward(prepare, clock, warmup, repeats)
     return timing, torch.cuda.max_memory_allocated() if clock.cuda else None
+
+
+@dataclass(frozen=True)
+class LossCost:
+    """The loss on one micro-batch's outputs: its time, what it saves for backward (its own
+    tensors, e.g. log-softmax's output), which outputs it keeps, and the peak its backward adds
+    (the gradients it makes, as large as the outputs)."""
+
+    timing: Timing
+    saved_bytes: int
+    kept_outputs: tuple[int, ...]  # positions in the flat list of the model's output tensors
+    backward_peak_bytes: int
+
+
+def measure_loss(
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    output: Any,
+    target: torch.Tensor,
+    clock: Clock,
+    warmup: int,
+    repeats: int,
+) -> LossCost:
+    """Time and weigh `loss_fn(output, target)` on copies of the model's output (as the last
+    stage receives it: leaves that require grad)."""
+    from vpipe.common.memory import LiveBytes
+
+    def fresh() -> Any:
+        return _fresh_leaves(output)
+
+    timing = time_forward_backward(lambda: _call(loss_fn, fresh(), target), clock, warmup, repeats)
+    leaves = fresh()
+    outputs = {storage_key(t): i for i, t in enumerate(flat_tensors(leaves))}
+    saved: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(leaves, target)
+    sizes = {storage_key(t): storage_bytes(t) for t in saved}
+    own = sum(size for key, size in sizes.items() if key not in outputs)
+    kept = tuple(sorted({outputs[key] for key in sizes if key in outputs}))
+    if clock.cuda:
+        saved.clear()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        loss.backward()
+        added = torch.cuda.max_memory_allocated() - before
+    else:  # net of what the backward frees: the saved tensors are counted from the start
+        meter = LiveBytes(saved)
+        start = meter.current
+        saved.clear()
+        with meter:
+            loss.backward()
+        added = meter.peak - start
+    return LossCost(timing, own, kept, added)
+
+
+def _call(loss_fn: Callable[[Any, torch.Tensor], torch.Tensor], output: Any, target):
+    return lambda: loss_fn(output, target)
+
+
+def _fresh_leaves(value: Any) -> Any:
+    """Floating-point tensors as new leaves that require grad, the rest as they are."""
+    if isinstance(value, torch.Tensor):
+        leaf = value.detach().clone()
+        return leaf.requires_grad_() if leaf.is_floating_point() else leaf
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fresh_leaves(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fresh_leaves(v) for k, v in value.items()}
+    return value

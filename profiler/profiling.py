@@ -13,13 +13,16 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile
 from vpipe.profiler.measure import (
     Clock,
+    LossCost,
     classify_saved,
+    measure_loss,
     reference_run,
     storage_key,
     time_node,
     time_whole_model,
 )
 from vpipe.profiler.schema import (
+    LOSS_NODE,
     OPTIMIZER_STATE_FACTOR,
     NodeProfile,
     Profile,
@@ -95,7 +98,7 @@ def profile_model(
     state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
     clock = Clock(device)
     graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
-    total(len(graph_nodes) + 1)
+    total(len(graph_nodes) + 2)  # and the whole model, and the loss
     nodes = []
     storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
     for node in graph_nodes:
@@ -137,6 +140,12 @@ def profile_model(
     whole, peak = time_whole_model(model, inputs, clock, settings.warmup, settings.repeats)
     progress("whole model")
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    with torch.no_grad():
+        output = model(*inputs)
+    cost = measure_loss(
+        model_file.loss_fn, output, target, clock, settings.warmup, settings.repeats
+    )
+    progress("loss")
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     return Profile(
         source=model_file.source,
@@ -153,6 +162,31 @@ def profile_model(
         source_sha256=model_file.sha256,
         leaves=tuple(settings.leaves),
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
+        loss=_loss_node(model_file, tuple(n.name for n in output_node.all_input_nodes), cost),
+    )
+
+
+def _loss_node(model_file: ModelFile, outputs: tuple[str, ...], cost: LossCost) -> NodeProfile:
+    """The loss as one more node after the model's outputs (named after no graph node)."""
+    kept = tuple(outputs[i] for i in cost.kept_outputs if i < len(outputs))
+    if len(cost.kept_outputs) > len(kept):  # outputs that are not one tensor each: keep all
+        kept = outputs
+    return NodeProfile(
+        name=LOSS_NODE,
+        op="loss",
+        target=getattr(model_file.loss_fn, "__name__", "loss_fn"),
+        inputs=outputs,
+        outputs=(TensorMeta((), "float32"),),
+        forward_ms=round(cost.timing.forward_ms, 4),
+        backward_ms=round(cost.timing.backward_ms, 4),
+        param_bytes=0,
+        grad_bytes=0,
+        optimizer_bytes=0,
+        buffer_bytes=0,
+        output_bytes=0,
+        saved_bytes=cost.saved_bytes,
+        saved_inputs=kept,
+        workspace_bytes=cost.backward_peak_bytes,
     )
 
 

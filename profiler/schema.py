@@ -37,6 +37,9 @@ class TensorMeta:
         return n
 
 
+LOSS_NODE = "(loss)"  # the loss's name as a node: no graph node can have it (not an identifier)
+
+
 @dataclass(frozen=True)
 class NodeProfile:
     """One node of the captured graph: its edges, its times and its bytes.
@@ -105,6 +108,9 @@ class Profile:
     source_sha256: str | None = None
     leaves: tuple[str, ...] = ()
     whole_model: WholeModel | None = None
+    # the loss on the model's outputs, as one more node that reads them: the last stage runs it.
+    # saved_bytes: what it keeps for backward; workspace_bytes: the peak its backward adds
+    loss: NodeProfile | None = None
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -158,12 +164,14 @@ class Profile:
         try:
             nodes = tuple(_node_from_dict(n) for n in _require(body, "nodes"))
             whole = body.pop("whole_model", None)
+            loss = body.pop("loss", None)
             profile = cls(
                 **{
                     k: v
                     for k, v in body.items()
                     if k not in ("nodes", "outputs", "leaves", "notes")
                 },
+                loss=_node_from_dict(loss) if loss is not None else None,
                 nodes=nodes,
                 outputs=tuple(_require(body, "outputs")),
                 leaves=tuple(body.get("leaves", ())),

@@ -17,7 +17,7 @@ def brute(graph, stage, budget):
     """Every subset of the stage's nodes but the model inputs (read from the batch, they have
     nothing to recompute)."""
     best = None
-    candidates = [n for n in stage if n not in graph.model_inputs]
+    candidates = [n for n in stage if n not in graph.never_recomputed]
     for size in range(len(candidates) + 1):
         for chosen in itertools.combinations(candidates, size):
             kept, transient = kept_bytes(graph, stage, chosen)

@@ -87,3 +87,13 @@ def test_saved_union_matches_an_independent_whole_model_count(profile, request):
         node.output_bytes for node in kept.values() if not node.saves_output
     )
     assert total == sum(storages.values()) == 384 + 512 + 32 + 512
+
+
+def test_the_loss_by_hand(profile):
+    loss, linear = profile.loss, by_target(profile, "Linear")
+    assert (loss.op, loss.inputs) == ("loss", (linear.name,))
+    # cross-entropy keeps the log-softmax of the logits (2 x 5 x 4 B), the labels (2 x 8 B) and
+    # the count of labels it averages over (one float); not the logits themselves
+    assert (loss.saved_inputs, loss.saved_bytes) == ((), 40 + 16 + 4)
+    # its backward makes the log-softmax gradient and the logits' gradient, each 40 B
+    assert 40 <= loss.workspace_bytes <= 2 * 40

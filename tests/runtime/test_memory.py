@@ -3,9 +3,9 @@ the length of a run (sent tensors are let go)."""
 
 import torch
 
+from vpipe.common.memory import LiveBytes
 from vpipe.common.yamlfile import load_yaml
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.memory import LiveBytes
 
 from ..codegen.pipelines import generate, plan, profile
 

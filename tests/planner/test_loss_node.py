@@ -1,0 +1,33 @@
+"""The loss is planned as one more node: on the last stage, with the model's output, never
+recomputed, absent from plan files, its time and bytes in the last stage's prediction."""
+
+import pytest
+
+from vpipe.planner.costmodel import kept_bytes
+from vpipe.planner.graph import plan_graph
+from vpipe.planner.schema import load_plan
+from vpipe.profiler.schema import LOSS_NODE, load_profile
+
+from ..codegen.pipelines import plan, profile
+
+
+def test_the_loss_runs_on_the_last_stage(tmp_path):
+    profiled = profile("mlp", tmp_path)
+    measured = load_profile(profiled)
+    graph = plan_graph(measured)
+    assert graph.loss == graph.size - 1 and graph.names[graph.loss] == LOSS_NODE
+    assert graph.loss in graph.never_recomputed
+
+    planned = load_plan(plan(profiled, 3, tmp_path, False))
+    names = [n for stage in planned.stages for n in stage.nodes]
+    assert sorted(names) == sorted(n.name for n in measured.nodes)  # the model's nodes only
+    last = planned.stages[-1]
+    assert measured.outputs[0] in last.nodes
+    own_ms = sum(measured.node(n).compute_ms for n in last.nodes)
+    assert last.predicted.compute_ms == pytest.approx(own_ms + measured.loss.compute_ms)
+
+    index = {name: i for i, name in enumerate(graph.names)}
+    nodes = [index[n] for n in last.nodes]
+    with_loss, _ = kept_bytes(graph, [*nodes, graph.loss], ())
+    without, _ = kept_bytes(graph, nodes, ())
+    assert with_loss - without == measured.loss.saved_bytes + measured.loss.workspace_bytes
