@@ -2,15 +2,16 @@
 
     python benchmarks/convergence.py [--samples 16384] [--stages 2] [--microbatches 4] [--lr 0.5]
 
-Profiles vpipe.models.gpt on CPU (micro-batch 8), plans it for `--stages` stages twice (asp, and
-1f1b with M = `--microbatches`), generates both, and trains both with vpipe-train (one gloo
-process per stage, one thread each) on the same `--samples` samples: micro-batches 0, 1, 2, ...
-of make_batch in the same order, from the same initial weights. Under 1f1b a step is M
-micro-batches and one update; under asp a step is one micro-batch and one update per stage, so
-asp runs M times as many steps. Prints steps, updates, first and final loss (the mean over the
-last `--tail` share of the samples, to smooth the noise of single steps), the ratio asp/1f1b
-and wall time, and draws both loss curves against samples seen in one PNG. Target (issue 7):
-final losses within 5% of each other. PASS or FAIL is printed; the exit status is 0 either way.
+Profiles vpipe.models.gpt on CPU (micro-batch 8, one thread, as each stage trains), plans it
+for `--stages` stages twice (asp, and 1f1b with M = `--microbatches`), generates both, and
+trains both with vpipe-train (one gloo process per stage, one thread each) on the same
+`--samples` samples: micro-batches 0, 1, 2, ... of make_batch in the same order, from the
+same initial weights. Under 1f1b a step is M micro-batches and one update; under asp a step is
+one micro-batch and one update per stage, so asp runs M times as many steps. Prints steps,
+updates, first and final loss (the mean over the last `--tail` share of the samples, to smooth
+the noise of single steps), the ratio asp/1f1b and wall time, and draws both loss curves
+against samples seen in one PNG. Target (issue 7): final losses within 5% of each other. PASS
+or FAIL is printed; the exit status is 0 either way.
 
 Learning rate: one optimizer for both, SGD with momentum 0.9 (torch.optim's formula), and the
 same learning rate per sample (the linear scaling rule): 1f1b steps with `--lr` on the mean
@@ -23,6 +24,13 @@ side on its own would hide the difference this benchmark is meant to show. `--lr
 chosen for 1f1b alone (single-process sweep with batch 32 over 8192 samples: 0.1 reached 3.78,
 0.3 2.81, 1.0 2.58; 0.5 is inside the range that trains well, not the edge of it) and asp gets
 0.125 by the rule. The default 16384 samples take about 4 minutes in all on a 2-core CPU.
+
+The split matters: under asp only the weights of the stages before the last train on stale
+gradients, so the output says what each stage holds. Profiling uses one thread because with
+torch's default threads on a busy 2-core machine per-node times came out up to 8x too high and
+the split moved (asp at the defaults: final loss 1.852 with 18% of the weights on stage 0,
+1.996 with 55%). Measured here at the defaults (55% on stage 0): asp 1.996, 1f1b 1.912, ratio
+1.044, PASS; with --lr 0.3 the ratio is 1.009: staleness costs more as the step grows.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpipe.codegen.cli import main as generate_main
+from vpipe.codegen.schema import load_pipeline
 from vpipe.common.plotting import pyplot, save_figure
+from vpipe.models import gpt
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
@@ -75,6 +85,27 @@ def prepare(work: Path, stages: int, schedule: str, microbatches: int) -> Path:
     return out / "pipeline.yaml"
 
 
+def describe_split(pipeline_path: Path) -> str:
+    """What each stage holds, its share of the weights and, under asp, how stale its gradients
+    are: the split decides how much of the model asp trains on old weights."""
+    pipeline = load_pipeline(pipeline_path)
+    sizes = {name: p.numel() for name, p in gpt.build_model().named_parameters()}
+    total = sum(sizes.values())
+    last = len(pipeline.stages) - 1
+    parts = []
+    for spec in pipeline.stages:
+        modules = dict.fromkeys(
+            ".".join(name.split(".")[:2] if name.startswith("blocks.") else name.split(".")[:1])
+            for name in spec.parameters
+        )
+        share = sum(sizes[name] for name in spec.parameters) / total
+        parts.append(
+            f"stage {spec.index} ({' '.join(modules)}; {share:.0%} of weights, "
+            f"asp staleness {last - spec.index})"
+        )
+    return "; ".join(parts)
+
+
 def train(pipeline: Path, schedule: str, steps: int, per_step: int, lr: float) -> Run:
     argv = [str(pipeline), "--steps", str(steps), "--schedule", schedule, "--lr", str(lr)]
     argv += ["--optimizer", "momentum", "--threads", "1", "--print-every", str(max(1, steps // 4))]
@@ -109,7 +140,8 @@ def smooth(samples: list[int], losses: list[float], window: int) -> list[float]:
 def draw(runs: list[Run], tail: float, title: str, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    window = max(BATCH, runs[0].samples[-1] // 50)
+    sync = runs[-1]  # 1f1b: a window of whole steps, about 2% of the run
+    window = sync.samples[0] * max(1, len(sync.samples) // 50)
     for run, color in zip(runs, ("tab:blue", "tab:orange"), strict=True):
         ax.plot(run.samples, run.losses, color=color, alpha=0.2, linewidth=0.6)
         label = (
@@ -138,7 +170,7 @@ def main() -> None:
     steps = max(1, args.samples // (m * BATCH))  # whole 1f1b steps; asp runs M times as many
     work = Path(tempfile.mkdtemp(prefix="vpipe-convergence-"))
     profile = work / "profile.yaml"
-    argv = ["vpipe.models.gpt", "--batch-size", str(BATCH), "--device", "cpu"]
+    argv = ["vpipe.models.gpt", "--batch-size", str(BATCH), "--device", "cpu", "--threads", "1"]
     assert profile_main([*argv, "-o", str(profile), "-q"]) == 0
     pipelines = {schedule: prepare(work, args.stages, schedule, m) for schedule in ("asp", "1f1b")}
     runs = [
@@ -166,6 +198,12 @@ def main() -> None:
             f"{run.wall_s:>7.1f}"
         )
     print(f"final loss: mean over the last {args.tail:.0%} of the samples")
+    splits = {schedule: describe_split(path) for schedule, path in pipelines.items()}
+    if splits["asp"] == splits["1f1b"]:
+        print(f"split (both plans): {splits['asp']}")
+    else:
+        for schedule, split in splits.items():
+            print(f"split ({schedule} plan): {split}")
     verdict = "PASS" if abs(ratio - 1) <= TARGET else "FAIL"
     print(f"final loss ratio asp/1f1b: {ratio:.4f} (target within {TARGET:.0%} of 1): {verdict}")
     print(f"wrote {plot}")

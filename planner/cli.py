@@ -17,7 +17,7 @@ from vpipe.common.plotting import check_plot_path
 from vpipe.planner.baselines import BASELINE_SPLITS
 from vpipe.planner.planning import GIB, SOLVERS, make_plan
 from vpipe.planner.report import plot_plan, print_plan
-from vpipe.planner.schema import SCHEDULES, PlanSettings, save_plan
+from vpipe.planner.schema import RECOMPUTE, SCHEDULES, PlanSettings, save_plan
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, load_profile
 
 
@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         "at most 400 nodes x stages); the plan says whether its answer is proven",
     )
     parser.add_argument(
+        "--recompute",
+        choices=RECOMPUTE,
+        default="auto",
+        help="auto (default): per stage, the cheapest recompute that fits; never: no "
+        "recompute (fails if nothing fits without); all: every stage recomputes its whole "
+        "forward (the GPipe habit), to compare",
+    )
+    parser.add_argument(
         "--split",
         choices=("optimal", *BASELINE_SPLITS),
         default="optimal",
@@ -118,6 +126,7 @@ def _run(argv: Sequence[str] | None) -> int:
         microbatches=microbatches,
         optimizer=args.optimizer or profile.optimizer,
         headroom=args.headroom,
+        recompute=args.recompute,
     )
     plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver, args.split)
     save_plan(plan, args.output)

@@ -29,8 +29,10 @@ def explain_infeasible(graph: PlanGraph, settings: PlanSettings) -> str:
     index, least, plain, full = worst
     weights = plain.params + plain.stash + plain.grads + plain.optimizer
     helps = ["more --gpus", "a smaller batch (re-profile with --batch-size)"]
+    if settings.recompute == "never":
+        helps.insert(0, "--recompute auto")
     if settings.schedule == "asp":
-        helps.append("--schedule 1f1b (one weight version, fewer mini-batches in flight)")
+        helps.append("--schedule 1f1b (one weight version, fewer micro-batches in flight)")
     return (
         f"no plan fits {human_bytes(settings.memory_bytes)} per device (after "
         f"{settings.headroom:.0%} headroom): in the fastest split, stage {index} of "

@@ -25,6 +25,8 @@ ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to pro
 
 def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Split:
     graph = plan_graph(profile, settings.optimizer)
+    if settings.recompute == "never":
+        graph = dataclasses.replace(graph, never_recomputed=frozenset(range(graph.size)))
     if settings.gpus > graph.size:
         raise VpipeError(
             f"--gpus {settings.gpus} is more than the profile's {graph.size} nodes; "
@@ -47,6 +49,22 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
         if proven.optimal and not proven.feasible:  # proven that nothing fits
             return dataclasses.replace(split, optimal=True, seconds=seconds)
     return split
+
+
+def _recompute_all(graph: PlanGraph, settings: PlanSettings, split: Split) -> Split:
+    """The GPipe habit: every stage recomputes its whole forward (all but its inputs and the
+    loss), on the split solved for the same cap."""
+    everything = tuple(
+        tuple(n for n in stage if n not in graph.never_recomputed) for stage in split.stages
+    )
+    for k, prediction in enumerate(predict_stages(graph, settings, split.stages, everything)):
+        if prediction.memory.total > settings.memory_bytes:
+            raise VpipeError(
+                f"with everything recomputed, stage {k} needs "
+                f"{prediction.memory.total / GIB:.3f} GiB, more than --memory allows (one "
+                "segment that long rebuilds more than it saves); use --recompute auto"
+            )
+    return dataclasses.replace(split, recompute=everything)
 
 
 def _baseline(graph: PlanGraph, settings: PlanSettings, rule: str) -> Split:
@@ -113,6 +131,8 @@ def make_plan(
             raise VpipeError(explain_infeasible(graph, settings) + caveat)
     else:
         split = _baseline(graph, settings, rule)
+    if settings.recompute == "all":
+        split = _recompute_all(graph, settings, split)
     predictions = predict_stages(graph, settings, split.stages, split.recompute)
     names = graph.names
     stages = tuple(

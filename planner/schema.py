@@ -18,6 +18,7 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 1
 SCHEDULES = ("asp", "1f1b", "gpipe")
+RECOMPUTE = ("auto", "never", "all")
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,11 @@ class PlanSettings:
     microbatches: int = 1
     optimizer: str = "sgd"
     headroom: float = 0.1  # share of --memory kept free for the allocator and the framework
+    recompute: str = "auto"  # auto: chosen per stage; never; all: every stage, whole forward
 
     def __post_init__(self) -> None:
+        if self.recompute not in RECOMPUTE:
+            raise VpipeError(f"--recompute {self.recompute}: use one of {', '.join(RECOMPUTE)}")
         if not 0 <= self.headroom < 1:
             raise VpipeError(f"--headroom must be in [0, 1) (got {self.headroom})")
         if self.gpus < 1:
