@@ -5,13 +5,13 @@
 Profiles the model with one thread (as each stage runs), then finds by bisection the smallest
 `--memory` at which `vpipe-plan --recompute never` still finds a plan, and sets the cap 10%
 below it (or 7, 4, 1% below, the first at which recomputing everything fits at all): there, no
-split fits without recompute (the planner proves it: `never` fails). At that cap it plans twice: `--recompute auto` (vpipe: per stage, the cheapest recompute that fits) and
-`--recompute all` (the GPipe habit: every stage recomputes its whole forward, same split). Both
-are generated and trained with asp, one process per stage and one thread each: `--rounds` timed
-runs, interleaved (the median counts), and one run with `--measure-memory` (the peak of live
-tensor bytes per stage, counted op by op: common/memory.py). Prints, per plan and stage, the
-predicted and measured peak against the cap, and the throughput of each; writes
-memory_bound.png.
+split fits without recompute (the planner proves it: `never` fails). At that cap it plans
+twice: `--recompute auto` (vpipe: per stage, the cheapest recompute that fits) and `--recompute
+all` (the GPipe habit: every stage recomputes its whole forward, same split). Both are generated
+and trained with asp, one process per stage and one thread each: `--rounds` timed runs,
+interleaved (the median counts), and one run with `--measure-memory` (the peak of live tensor
+bytes per stage, counted op by op: common/memory.py). Prints, per plan and stage, the predicted
+and measured peak against the cap, and the throughput of each; writes memory_bound.png.
 """
 
 from __future__ import annotations
