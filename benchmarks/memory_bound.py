@@ -55,17 +55,15 @@ def smallest_cap(profile: Path, stages: int, work: Path) -> float:
     high = 1.0
     while not plans(profile, stages, high, "never", work / "probe.yaml"):
         high *= 2
-    low = high / 64
-    while high / low > 1.005:
+    low = high / 2
+    while plans(profile, stages, low, "never", work / "probe.yaml"):
+        low, high = low / 2, low
+    while high / low > 1.005:  # low never fits, high does
         middle = (low * high) ** 0.5
-        low, high = (
-            (low, middle)
-            if plans(profile, stages, middle, "never", work / "p.yaml")
-            else (
-                middle,
-                high,
-            )
-        )
+        if plans(profile, stages, middle, "never", work / "probe.yaml"):
+            high = middle
+        else:
+            low = middle
     return high
 
 

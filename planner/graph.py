@@ -62,8 +62,12 @@ class PlanGraph:
         return self.internal_bytes[i] + own
 
 
-def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
-    """Index a profile for planning; `optimizer` overrides the profile's for state bytes."""
+def plan_graph(
+    profile: Profile, optimizer: str | None = None, updates_per_microbatch: float = 1.0
+) -> PlanGraph:
+    """Index a profile for planning; `optimizer` overrides the profile's for state bytes. A
+    node's backward time takes its share of the optimizer step: `update_ms` once per micro-batch
+    under asp, once per M under 1f1b and gpipe (`updates_per_microbatch`)."""
     # the loss is one more node, after the outputs it reads: it lands on the last stage, which
     # runs it; what its backward adds is counted with what it keeps (one micro-batch at a time
     # on the last stage under asp and 1f1b; gpipe's M in flight make this an over-estimate)
@@ -103,7 +107,10 @@ def plan_graph(profile: Profile, optimizer: str | None = None) -> PlanGraph:
         preds=preds,
         succs=tuple(tuple(s) for s in succs),
         fwd_ms=tuple(0.0 if placeholder[i] else n.forward_ms for i, n in enumerate(nodes)),
-        bwd_ms=tuple(0.0 if placeholder[i] else n.backward_ms for i, n in enumerate(nodes)),
+        bwd_ms=tuple(
+            0.0 if placeholder[i] else n.backward_ms + n.update_ms * updates_per_microbatch
+            for i, n in enumerate(nodes)
+        ),
         param_bytes=tuple(n.param_bytes + n.buffer_bytes for n in nodes),
         trainable_bytes=tuple(n.grad_bytes for n in nodes),
         optimizer_factor=factor,

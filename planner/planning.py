@@ -23,8 +23,15 @@ GIB = 2**30
 ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to prove a dp answer
 
 
+def graph_for(profile: Profile, settings: PlanSettings) -> PlanGraph:
+    """The profile as the planner sees it under `settings`: asp updates after every
+    micro-batch, 1f1b and gpipe after every M."""
+    updates = 1.0 if settings.schedule == "asp" else 1.0 / settings.microbatches
+    return plan_graph(profile, settings.optimizer, updates)
+
+
 def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Split:
-    graph = plan_graph(profile, settings.optimizer)
+    graph = graph_for(profile, settings)
     if settings.recompute == "never":
         graph = dataclasses.replace(graph, never_recomputed=frozenset(range(graph.size)))
     if settings.gpus > graph.size:
@@ -123,7 +130,7 @@ def make_plan(
     """The plan for `profile` under `settings` and the solve time in seconds; VpipeError (with
     the reason) if none fits. `rule`: "optimal" solves; a baseline's name (uniform,
     parameter-balanced) takes that rule's split instead, so that it can be run and measured."""
-    graph = plan_graph(profile, settings.optimizer)
+    graph = graph_for(profile, settings)
     if rule == "optimal":
         split = solve(profile, settings, solver)
         if not split.feasible:

@@ -221,6 +221,27 @@ def time_whole_model(
     return timing, torch.cuda.max_memory_allocated() if clock.cuda else None
 
 
+def time_update(
+    params: list[torch.Tensor], optimizer: str, clock: Clock, warmup: int, repeats: int
+) -> float:
+    """Median milliseconds of one optimizer step on `params`, made the way the runtime makes it
+    on a stage with micro-batches in flight (into new tensors: the costlier of its two ways).
+    Under asp every micro-batch ends in one; a step of 1f1b or gpipe, in one per M."""
+    from vpipe.common.optim import Updater
+
+    if not params:
+        return 0.0
+    weights = {str(i): p.detach().clone() for i, p in enumerate(params)}
+    grads = {name: torch.ones_like(w) for name, w in weights.items()}
+    updater = Updater(optimizer, lr=1e-3)
+    times = []
+    for rep in range(warmup + 1 + repeats):  # the first step creates the optimizer's state
+        elapsed = clock.time(lambda: updater.step(weights, grads, in_place=False))
+        if rep > warmup:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
 @dataclass(frozen=True)
 class LossCost:
     """The loss on one micro-batch's outputs: its time, what it saves for backward (its own

@@ -19,6 +19,7 @@ from vpipe.profiler.measure import (
     reference_run,
     storage_key,
     time_node,
+    time_update,
     time_whole_model,
 )
 from vpipe.profiler.schema import (
@@ -131,6 +132,16 @@ def profile_model(
                 saves_output=saved.saves_output,
                 view_of=view_of,
                 workspace_bytes=timing.workspace_bytes,
+                update_ms=round(
+                    time_update(
+                        [t for _, t in params if t.requires_grad],
+                        settings.optimizer,
+                        clock,
+                        settings.warmup,
+                        settings.repeats,
+                    ),
+                    4,
+                ),
                 module=_module_path(node),
                 parameters=tuple(name for name, _ in params),
             )

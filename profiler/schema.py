@@ -69,6 +69,7 @@ class NodeProfile:
     saves_output: bool = False
     view_of: str = ""  # earlier node whose storage this node's output shares (a view of it)
     workspace_bytes: int | None = None  # transient peak above inputs and outputs (CUDA only)
+    update_ms: float = 0.0  # one optimizer step on this node's trainable parameters
     module: str = ""  # qualified submodule name, so later parts keep state_dict keys
     parameters: tuple[str, ...] = ()  # qualified names of the parameters this node owns
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vpipe.common.errors import VpipeError
-from vpipe.runtime.optim import Updater
+from vpipe.common.optim import Updater
 
 KEEP = 2  # newest complete steps kept; older ones are removed
 

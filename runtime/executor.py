@@ -24,11 +24,11 @@ from torch.nn.utils.stateless import _reparametrize_module
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile
+from vpipe.common.optim import Updater
 from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage
 from vpipe.runtime import rng
 from vpipe.runtime.links import Links, carries_gradient
-from vpipe.runtime.optim import Updater
 from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import TiedGradients
 

@@ -22,6 +22,7 @@ from vpipe.codegen.schema import load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
+from vpipe.common.optim import Updater
 from vpipe.common.schedules import resumed, run_actions, stage_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint
@@ -29,7 +30,6 @@ from vpipe.runtime.events import EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.metrics import Metrics
-from vpipe.runtime.optim import Updater
 from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.tied import check_schedule
 

@@ -24,12 +24,12 @@ import torch
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import load_pipeline
+from vpipe.common.optim import Updater
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import Stage, load_plan, save_plan
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.optim import Updater
 
 from .codegen.pipelines import generate, plan, profile
 

@@ -1,7 +1,10 @@
 """A 3-stage example whose every memory figure is worked out by hand (asp, Adam, S = 3)."""
 
+from dataclasses import replace
+
 from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import plan_graph
+from vpipe.planner.planning import graph_for
 from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
 
@@ -73,3 +76,14 @@ def test_times_and_recompute_cost():
     second = evaluate_stage(graph, SETTINGS, 1, [0, 1], [2, 3], [2])
     assert second.compute_ms == 2 * 3.0 + 1.0  # two nodes' forward + backward, n2 forward again
     assert second.recompute_ms == 1.0 and second.time_ms == second.compute_ms
+
+
+def test_the_optimizer_step_counts_per_micro_batch_under_asp_and_per_m_otherwise():
+    timed = replace(
+        PROFILE,
+        nodes=tuple(replace(n, update_ms=0.5) if n.param_bytes else n for n in PROFILE.nodes),
+    )
+    asp = graph_for(timed, replace(SETTINGS, schedule="asp"))
+    sync = graph_for(timed, replace(SETTINGS, schedule="1f1b", microbatches=4))
+    assert (asp.bwd_ms[1], sync.bwd_ms[1]) == (2.0 + 0.5, 2.0 + 0.5 / 4)  # n1: a linear
+    assert asp.bwd_ms[2] == sync.bwd_ms[2] == 2.0  # n2: no weights, no step

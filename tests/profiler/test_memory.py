@@ -97,3 +97,9 @@ def test_the_loss_by_hand(profile):
     assert (loss.saved_inputs, loss.saved_bytes) == ((), 40 + 16 + 4)
     # its backward makes the log-softmax gradient and the logits' gradient, each 40 B
     assert 40 <= loss.workspace_bytes <= 2 * 40
+
+
+def test_optimizer_steps_are_timed_where_there_are_weights(profile):
+    x, conv, bn, relu, flat, linear = profile.nodes
+    assert min(conv.update_ms, bn.update_ms, linear.update_ms) > 0
+    assert x.update_ms == relu.update_ms == flat.update_ms == 0

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from vpipe.common.optim import Updater
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.optim import Updater
 
 from ..codegen.pipelines import generate, plan, profile
 
@@ -127,7 +127,7 @@ WRITER = textwrap.dedent(
     from pathlib import Path
     import torch
     from vpipe.runtime import checkpoint
-    from vpipe.runtime.optim import Updater
+    from vpipe.common.optim import Updater
 
     folder, identity = Path(sys.argv[1]), {"plan_sha256": "p", "schedule": "1f1b"}
     small = {"weights": {"w": torch.ones(4)}, "versions": [], "in_flight": [], "rng": {}}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vpipe.runtime.optim import Updater
+from vpipe.common.optim import Updater
 
 REFERENCE = {
     "sgd": lambda params, decay: torch.optim.SGD(params, lr=0.1, weight_decay=decay),
