@@ -33,6 +33,19 @@ from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.launch import on_this_machine
 
 
+class Contiguous(torch.nn.Module):
+    """A generated stage whose outputs are made contiguous: pipelining sends them as they are,
+    and gloo refuses a strided view (a transposed activation at some 4-stage cuts); vpipe's
+    runtime makes the same copy before it sends."""
+
+    def __init__(self, stage: torch.nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t.contiguous() for t in self.stage(*args))
+
+
 def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> None:
     """One rank of torch.distributed.pipelining over vpipe's generated stage."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -44,7 +57,7 @@ def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> 
     model_file = load_model_file(pipeline.model)
     spec = pipeline.stages[rank]
     module = load_stage(out, spec.module, spec.weights, pipeline.model)
-    stage = PipelineStage(module, rank, world, torch.device("cpu"))
+    stage = PipelineStage(Contiguous(module), rank, world, torch.device("cpu"))
     m = pipeline.microbatches
 
     def loss_fn(output, target):

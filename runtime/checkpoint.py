@@ -30,14 +30,17 @@ def save(
     snapshot: dict,
     updater: Updater,
     identity: dict[str, str],
+    run_steps: int,
 ) -> None:
-    """`identity`: what a resume must match (the plan's sha256, the schedule)."""
+    """`identity`: what a resume must match (the plan's sha256, the schedule); `run_steps`: the
+    length of the run that writes it (under asp, whether it was draining)."""
     folder = directory / f"step_{step}"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".stage_{stage}.pt.tmp"
     state = {
         **identity,
         "step": step,
+        "run_steps": run_steps,
         "stage": snapshot,
         "optimizer": updater.state,
         "optimizer_steps": updater.steps,
@@ -59,8 +62,9 @@ def newest_complete(directory: Path, stages: int) -> int | None:
 
 def load(
     directory: Path, step: int, stage: int, updater: Updater, identity: dict[str, str]
-) -> dict:
-    """The stage's record at `step` (see `StageExecutor.snapshot`); `updater` takes its state."""
+) -> tuple[dict, int]:
+    """The stage's record at `step` (see `StageExecutor.snapshot`) and the length of the run
+    that wrote it; `updater` takes its state."""
     path = directory / f"step_{step}" / f"stage_{stage}.pt"
     state = torch.load(path, weights_only=True)
     if state.get("plan_sha256") != identity["plan_sha256"]:
@@ -73,7 +77,7 @@ def load(
             f"{path} was written under --schedule {state.get('schedule')}; resume with it"
         )
     updater.state, updater.steps = state["optimizer"], state["optimizer_steps"]
-    return state["stage"]
+    return state["stage"], state["run_steps"]
 
 
 def holds_any(directory: Path) -> bool:

@@ -179,6 +179,15 @@ def _run(argv: Sequence[str] | None) -> int:
     epochs = chosen.pop("epochs")
     pipeline = load_pipeline(args.pipeline)
     chosen["schedule"] = chosen["schedule"] or pipeline.schedule
+    if chosen["schedule"] != pipeline.schedule:
+        print(
+            f"vpipe-train: note: {args.pipeline} was planned for {pipeline.schedule} "
+            f"(M = {pipeline.microbatches}); the plan's predictions are for that, and "
+            f"{chosen['schedule']} runs with the same M"
+            + (": no two micro-batches overlap" if pipeline.microbatches == 1 else "")
+            + f"; re-plan with --schedule {chosen['schedule']} to pipeline it as planned",
+            file=sys.stderr,
+        )
     chosen["optimizer"] = chosen["optimizer"] or pipeline.optimizer
     per_step = pipeline.batch_size * (1 if chosen["schedule"] == "asp" else pipeline.microbatches)
     if epochs is not None:

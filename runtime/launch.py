@@ -23,7 +23,7 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.optim import Updater
-from vpipe.common.schedules import resumed, run_actions, stage_actions, validate
+from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint
 from vpipe.runtime.events import EventLog
@@ -169,9 +169,22 @@ def run_stage(settings: RunSettings) -> None:
     first_step = checkpoint.newest_complete(settings.checkpoints, stages) if settings.resume else 0
     assert first_step is not None  # launch() checked
     total, done = settings.steps * per_step, first_step * per_step
-    actions = resumed(
-        stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank), done
+    identity = {"plan_sha256": pipeline.plan_sha256, "schedule": settings.schedule}
+    saved, written_by = (
+        checkpoint.load(settings.checkpoints, first_step, rank, updater, identity)
+        if settings.resume
+        else (None, 0)
     )
+    # an asp checkpoint from a run that was draining (its last S - 1 steps) holds none of what
+    # a longer run would have in flight: the pipeline fills again from there, as a new run
+    refill = saved is not None and settings.schedule == "asp" and done + stages - 1 > written_by
+    if refill:
+        actions = refilled(stages, done, total, rank)
+    else:
+        actions = resumed(
+            stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank),
+            done,
+        )
     executor = StageExecutor(
         pipeline,
         directory,
@@ -182,12 +195,12 @@ def run_stage(settings: RunSettings) -> None:
         settings.schedule,
         device,
     )
-    identity = {"plan_sha256": pipeline.plan_sha256, "schedule": settings.schedule}
-    if settings.resume:
-        saved = checkpoint.load(settings.checkpoints, first_step, rank, updater, identity)
-        executor.restore(saved, total)
+    if saved is not None:
+        executor.restore(saved, done if refill else total)  # a refill replays nothing
         if rank == 0:
-            print(f"resuming after step {first_step} from {settings.checkpoints}", flush=True)
+            how = ", the pipeline filling again (the run that wrote it had drained)"
+            how = how if refill else ""
+            print(f"resuming after step {first_step} from {settings.checkpoints}{how}", flush=True)
     if settings.checkpoint_every:
         every = settings.checkpoint_every
 
@@ -201,6 +214,7 @@ def run_stage(settings: RunSettings) -> None:
                     executor.snapshot(),
                     updater,
                     identity,
+                    settings.steps,
                 )
 
         executor.on_update = checkpoint_after

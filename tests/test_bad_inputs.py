@@ -129,7 +129,7 @@ def checkpoints(step: int, plan_sha256: str | None = None) -> Build:
         sha = plan_sha256 or load_pipeline(PIPELINE).plan_sha256
         identity = {"plan_sha256": sha, "schedule": "asp"}
         for stage in (0, 1):
-            checkpoint.save(CHECKPOINTS, step, stage, 2, {}, Updater("sgd", 0.1), identity)
+            checkpoint.save(CHECKPOINTS, step, stage, 2, {}, Updater("sgd", 0.1), identity, 2)
 
     return build
 

@@ -131,9 +131,9 @@ WRITER = textwrap.dedent(
 
     folder, identity = Path(sys.argv[1]), {"plan_sha256": "p", "schedule": "1f1b"}
     small = {"weights": {"w": torch.ones(4)}, "versions": [], "in_flight": [], "rng": {}}
-    checkpoint.save(folder, 1, 0, 1, small, Updater("sgd", 0.1), identity)
+    checkpoint.save(folder, 1, 0, 1, small, Updater("sgd", 0.1), identity, 2)
     large = {**small, "weights": {"w": torch.zeros(128 * 2**20)}}  # 512 MiB: a long write
-    checkpoint.save(folder, 2, 0, 1, large, Updater("sgd", 0.1), identity)
+    checkpoint.save(folder, 2, 0, 1, large, Updater("sgd", 0.1), identity, 2)
     """
 )
 
@@ -151,7 +151,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert not (folder / "step_2" / "stage_0.pt").exists()
     assert checkpoint.newest_complete(folder, 1) == 1
     identity = {"plan_sha256": "p", "schedule": "1f1b"}
-    saved = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity)
+    saved, _ = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity)
     assert torch.equal(saved["weights"]["w"], torch.ones(4))
 
 
@@ -198,3 +198,17 @@ def test_fewer_processes_than_stages(mlp_pipeline, monkeypatch, capfd):
         "stage; 1 was started (torchrun --nproc-per-node 2, or --nnodes x --nproc-per-node "
         "making 2)"
     ]
+
+
+def test_resuming_a_finished_asp_run_fills_the_pipeline_again(tmp_path):
+    """An asp run drains at its end, so its last checkpoint holds none of the micro-batches a
+    longer run would have in flight (resuming it crashed). Resumed for more steps, the
+    pipeline fills again from there, as a new run would: every step is logged once."""
+    out = generate(plan(profile("mlp", tmp_path), 3, tmp_path, False), tmp_path / "out")
+    argv = [str(out / "pipeline.yaml"), *COMMON]
+    assert train_main([*argv, "--steps", "6", "--checkpoint-every", "3"]) == 0
+    first = _rows(out)
+    assert train_main([*argv, "--steps", "10", "--resume"]) == 0
+    rows = _rows(out)
+    assert [step for step, _ in rows] == [str(s) for s in range(10)]
+    assert rows[:6] == first
