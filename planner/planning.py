@@ -34,9 +34,9 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
     graph = graph_for(profile, settings)
     if settings.recompute == "never":
         graph = dataclasses.replace(graph, never_recomputed=frozenset(range(graph.size)))
-    if settings.gpus > graph.size:
+    if settings.gpus > len(profile.nodes):
         raise VpipeError(
-            f"--gpus {settings.gpus} is more than the profile's {graph.size} nodes; "
+            f"--gpus {settings.gpus} is more than the profile's {len(profile.nodes)} nodes; "
             "use fewer GPUs or a finer profile (fewer --leaf classes)"
         )
     if solver == "ilp":
@@ -75,8 +75,9 @@ def _recompute_all(graph: PlanGraph, settings: PlanSettings, split: Split) -> Sp
 
 
 def _baseline(graph: PlanGraph, settings: PlanSettings, rule: str) -> Split:
-    if settings.gpus > graph.size:
-        raise VpipeError(f"--gpus {settings.gpus} is more than the profile's {graph.size} nodes")
+    model_nodes = graph.size - (graph.loss is not None)
+    if settings.gpus > model_nodes:
+        raise VpipeError(f"--gpus {settings.gpus} is more than the profile's {model_nodes} nodes")
     stages = baseline_split(graph, rule, settings.gpus)
     if any(not stage for stage in stages):
         raise VpipeError(f"the {rule} split leaves a stage empty here; use fewer --gpus")
