@@ -21,7 +21,7 @@ def explain_infeasible(graph: PlanGraph, settings: PlanSettings) -> str:
     for index, stage in enumerate(free.stages):
         plain = evaluate_stage(graph, settings, index, before, stage, ()).memory
         full = evaluate_stage(graph, settings, index, before, stage, stage).memory
-        least = min(plain.total, full.total)
+        least = plain.total if settings.recompute == "never" else min(plain.total, full.total)
         if worst is None or least > worst[1]:
             worst = (index, least, plain, full)
         before += stage
@@ -33,11 +33,15 @@ def explain_infeasible(graph: PlanGraph, settings: PlanSettings) -> str:
         helps.insert(0, "--recompute auto")
     if settings.schedule == "asp":
         helps.append("--schedule 1f1b (one weight version, fewer micro-batches in flight)")
+    recomputed = (
+        f" and {human_bytes(full.total)} with every node recomputed"
+        if settings.recompute != "never"
+        else " (--recompute never)"
+    )
     return (
         f"no plan fits {human_bytes(settings.memory_bytes)} per device (after "
         f"{settings.headroom:.0%} headroom): in the fastest split, stage {index} of "
-        f"{settings.gpus} needs {human_bytes(plain.total)} without recompute and "
-        f"{human_bytes(full.total)} with every node recomputed "
+        f"{settings.gpus} needs {human_bytes(plain.total)} without recompute{recomputed} "
         f"({human_bytes(least - settings.memory_bytes)} over; weights, stashed versions, "
         f"gradients and optimizer state alone are {human_bytes(weights)}); try "
         f"{', '.join(helps)}, or more --memory"
