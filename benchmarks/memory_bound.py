@@ -17,12 +17,13 @@ and measured peak against the cap, and the throughput of each; writes memory_bou
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from measuring import samples_per_s
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.common.plotting import pyplot, save_figure
@@ -65,13 +66,6 @@ def smallest_cap(profile: Path, stages: int, work: Path) -> float:
         else:
             low = middle
     return high
-
-
-def rate(out: Path, steps: int) -> float:
-    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--threads", "1"]
-    assert train_main([*argv, "--print-every", str(10**9), "--lr", "0.001"]) == 0
-    with open(out / "run" / "metrics.csv") as file:
-        return float(list(csv.DictReader(file))[-1]["samples_per_s"])
 
 
 def peaks(out: Path, stages: int) -> tuple[int, ...]:
@@ -158,7 +152,7 @@ def main() -> None:
     timed: dict[str, list[float]] = {choice: [] for choice in CHOICES}
     for round_ in range(args.rounds):
         for choice in CHOICES if round_ % 2 == 0 else reversed(CHOICES):
-            timed[choice].append(rate(outs[choice], args.steps))
+            timed[choice].append(samples_per_s(outs[choice], args.steps))
     runs = []
     for choice in CHOICES:
         planned = load_plan(work / f"{choice}.yaml")

@@ -14,7 +14,6 @@ runs `--rounds` times, interleaved, and the median counts (this machine's speed 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from measuring import samples_per_s
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import load_pipeline
@@ -29,7 +29,6 @@ from vpipe.common.modelfile import load_model_file
 from vpipe.common.stages import load_stage
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
-from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.launch import on_this_machine
 
 
@@ -57,7 +56,21 @@ def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> 
     model_file = load_model_file(pipeline.model)
     spec = pipeline.stages[rank]
     module = load_stage(out, spec.module, spec.weights, pipeline.model)
-    stage = PipelineStage(Contiguous(module), rank, world, torch.device("cpu"))
+
+    # shapes given, not inferred: inference would allocate receive buffers with the strides of
+    # the tensors seen (gloo refuses a non-contiguous buffer)
+    def examples(specs):
+        made = (torch.empty(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
+        return tuple(t.requires_grad_(t.is_floating_point()) for t in made)
+
+    stage = PipelineStage(
+        Contiguous(module),
+        rank,
+        world,
+        torch.device("cpu"),
+        input_args=examples(spec.inputs),
+        output_args=examples(spec.outputs),
+    )
     m = pipeline.microbatches
 
     def loss_fn(output, target):
@@ -93,11 +106,10 @@ def run_pipelining(out: Path, schedule: str, steps: int, stages: int) -> float:
     return float(result.read_text())
 
 
-def run_vpipe(out: Path, schedule: str, steps: int) -> float:
-    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--schedule", schedule]
-    assert train_main([*argv, "--lr", "0.01", "--optimizer", "momentum", "--threads", "1"]) == 0
-    with open(out / "run" / "metrics.csv") as file:
-        return float(list(csv.DictReader(file))[-1]["samples_per_s"])
+def vpipe_rate(out: Path, schedule: str, steps: int) -> float:
+    """vpipe's runtime with the optimizer the pipelining workers use (SGD, momentum 0.9)."""
+    flags = ("--schedule", schedule, "--lr", "0.01", "--optimizer", "momentum")
+    return samples_per_s(out, steps, *flags)
 
 
 def main() -> None:
@@ -119,8 +131,8 @@ def main() -> None:
     runners = {
         "pipelining Schedule1F1B": lambda: run_pipelining(out, "1f1b", args.steps, args.stages),
         "pipelining ScheduleGPipe": lambda: run_pipelining(out, "gpipe", args.steps, args.stages),
-        "vpipe 1f1b": lambda: run_vpipe(out, "1f1b", args.steps),
-        "vpipe asp": lambda: run_vpipe(out, "asp", samples),
+        "vpipe 1f1b": lambda: vpipe_rate(out, "1f1b", args.steps),
+        "vpipe asp": lambda: vpipe_rate(out, "asp", samples),
     }
     measured: dict[str, list[float]] = {name: [] for name in runners}
     for round_ in range(args.rounds):  # interleaved, so drift in machine speed hits all alike

@@ -15,19 +15,19 @@ rule, and writes split_quality.png. Target (issue 7): >= 1.2x on the imbalanced 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from measuring import samples_per_s
+
 from vpipe.codegen.cli import main as generate_main
 from vpipe.common.plotting import pyplot, save_figure
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import load_plan
 from vpipe.profiler.cli import main as profile_main
-from vpipe.runtime.cli import main as train_main
 
 RULES = ("optimal", "uniform", "parameter-balanced")
 TARGET = 1.2
@@ -41,14 +41,6 @@ class SplitResult:
     stage_sizes: tuple[int, ...]
     predicted_samples_per_s: float
     measured_samples_per_s: float
-
-
-def train_rate(out: Path, steps: int) -> float:
-    """Samples per second over the run, from the stage that computes the loss."""
-    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--threads", "1"]
-    assert train_main([*argv, "--print-every", str(10**9), "--lr", "0.001"]) == 0
-    with open(out / "run" / "metrics.csv") as file:
-        return float(list(csv.DictReader(file))[-1]["samples_per_s"])
 
 
 def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> list[SplitResult]:
@@ -67,7 +59,7 @@ def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> lis
     measured: dict[str, list[float]] = {rule: [] for rule in RULES}
     for round_ in range(rounds):
         for rule in RULES if round_ % 2 == 0 else reversed(RULES):
-            measured[rule].append(train_rate(outs[rule], steps))
+            measured[rule].append(samples_per_s(outs[rule], steps))
     results = []
     for rule in RULES:
         planned = load_plan(folder / f"{rule}.yaml")

@@ -180,12 +180,14 @@ def _run(argv: Sequence[str] | None) -> int:
     pipeline = load_pipeline(args.pipeline)
     chosen["schedule"] = chosen["schedule"] or pipeline.schedule
     if chosen["schedule"] != pipeline.schedule:
+        same_m = ""
+        if chosen["schedule"] != "asp":  # asp steps one micro-batch at a time, whatever M is
+            same_m = f"; {chosen['schedule']} runs with its M = {pipeline.microbatches}"
+            same_m += ": no two micro-batches overlap" if pipeline.microbatches == 1 else ""
         print(
-            f"vpipe-train: note: {args.pipeline} was planned for {pipeline.schedule} "
-            f"(M = {pipeline.microbatches}); the plan's predictions are for that, and "
-            f"{chosen['schedule']} runs with the same M"
-            + (": no two micro-batches overlap" if pipeline.microbatches == 1 else "")
-            + f"; re-plan with --schedule {chosen['schedule']} to pipeline it as planned",
+            f"vpipe-train: note: {args.pipeline} was planned for {pipeline.schedule}; the "
+            f"plan's predictions are for that{same_m}; re-plan with --schedule "
+            f"{chosen['schedule']} to plan for it",
             file=sys.stderr,
         )
     chosen["optimizer"] = chosen["optimizer"] or pipeline.optimizer

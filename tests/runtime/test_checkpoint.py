@@ -176,7 +176,9 @@ def test_bad_resumes_are_refused(mlp_pipeline, tmp_path, capfd):
     assert train_main([pipeline, "--steps", "2", "--resume"]) == 2
     assert "nothing is left to run; raise --steps" in capfd.readouterr().err
     assert train_main([pipeline, "--steps", "3", "--resume", "--schedule", "1f1b"]) == 2
-    assert "was written under --schedule asp; resume with it" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "was written under --schedule asp; resume with it" in err
+    assert "planned for asp; the plan's predictions are for that; 1f1b runs with its M = 1" in err
     assert {p: p.read_bytes() for p in folder.rglob("*.pt")} == written
 
     profiled = tmp_path / "mlp.profile.yaml"
