@@ -36,6 +36,7 @@ from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.events import read_events
+from vpipe.runtime.report import busy_s, timed_by_cpu
 
 BATCH = {"gpt": 8, "resnet": 4, "widehead": 8}
 TARGET = 0.10
@@ -61,12 +62,12 @@ class StageResult:
 
 
 def busy_ms(run_dir: Path, stage: int, skip: int, by_cpu: bool) -> float:
-    """Median busy milliseconds per micro-batch (its forward and backward) after `skip`."""
+    """Median busy milliseconds per micro-batch (its forward and backward) after `skip`, on the
+    clock `vpipe-train --report` uses (`busy_s`)."""
     per_microbatch: dict[int, float] = {}
     for e in read_events(run_dir / f"events_stage{stage}.csv"):
         if e.microbatch >= skip:
-            spent = e.cpu_s if by_cpu else e.end_s - e.start_s - e.wait_s
-            per_microbatch[e.microbatch] = per_microbatch.get(e.microbatch, 0.0) + spent
+            per_microbatch[e.microbatch] = per_microbatch.get(e.microbatch, 0.0) + busy_s(e, by_cpu)
     complete = [ms for i, ms in per_microbatch.items() if i + 1 < max(per_microbatch)]
     return statistics.median(complete) * 1e3
 
@@ -84,7 +85,7 @@ def measure(model: str, stages: int, work: Path, steps: int) -> list[StageResult
     pipeline_path = str(out / "pipeline.yaml")
     common = ["--threads", "1", "--print-every", str(10**9), "--lr", "0.001"]
     assert train_main([pipeline_path, "--steps", str(steps), *common]) == 0
-    by_cpu = stages > (os.cpu_count() or 1)
+    by_cpu = timed_by_cpu(stages, os.cpu_count())
     times = [busy_ms(out / "run", k, 2 * stages, by_cpu) for k in range(stages)]
     memory_steps = str(3 * stages)
     assert train_main([pipeline_path, "--steps", memory_steps, "--measure-memory", *common]) == 0

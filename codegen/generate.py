@@ -25,6 +25,7 @@ from vpipe.codegen.schema import Pipeline, StageSpec, TensorSpec, TiedParameter,
 from vpipe.common.capture import capture
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile, load_model_file
+from vpipe.common.paths import recorded_model
 from vpipe.common.stages import adopt, stage_tensors
 from vpipe.planner.schema import Plan, load_plan
 from vpipe.profiler.schema import Profile, load_profile
@@ -91,12 +92,10 @@ def load_sources(plan_path: Path) -> Sources:
 
 
 def _find(profile: str, plan_path: Path) -> Path:
-    for candidate in (Path(profile), plan_path.parent / profile):
-        if candidate.is_file():
-            return candidate
-    raise VpipeError(
-        f"{plan_path} names the profile {profile}, which is not there (nor next to the plan)"
-    )
+    """The plan's profile (load_plan resolved it against the plan's directory)."""
+    if not Path(profile).is_file():
+        raise VpipeError(f"{plan_path} names the profile {profile}, which is not there")
+    return Path(profile)
 
 
 def _check_graph(graph: fx.GraphModule, profile: Profile) -> None:
@@ -146,10 +145,12 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
     inputs, _ = sources.model_file.batch(batch_size, 0)
     specs = _tensor_specs(sources.graph, inputs)
     plan_sha = hashlib.sha256(sources.plan_path.read_bytes()).hexdigest()
+    # the plan as given: the header's command reruns it from there; the model as pipeline.yaml
+    # (beside the stage files) records it
     header = {
         "plan": str(sources.plan_path),
         "plan_sha256": plan_sha,
-        "model": profile.source,
+        "model": recorded_model(profile.source, out / "pipeline.yaml"),
     }
     placeholders = [n.name for n in profile.nodes if n.op == "placeholder"]
     stage_specs = []
@@ -207,6 +208,7 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
         tied=tied,
         predicted=plan.predicted,
     )
+    # the model is recorded relative to staging/, out/'s sibling: the same path as from out/
     save_pipeline(pipeline, staging / "pipeline.yaml")
     return pipeline
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.paths import recorded_model, resolved_model
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 from vpipe.planner.schema import MemoryBreakdown, Prediction, StagePrediction
 
@@ -52,9 +53,9 @@ class TiedParameter:
 
 @dataclass(frozen=True)
 class Pipeline:
-    plan: str  # path of the plan, relative to the pipeline file
+    plan: str  # path of the plan, relative to the pipeline file (in memory too)
     plan_sha256: str
-    model: str  # the model file, as the profile names it
+    model: str  # model file (on disk: relative to the pipeline file) or module name
     model_sha256: str | None
     seed: int
     leaves: tuple[str, ...]
@@ -126,9 +127,13 @@ def _stage(data: Mapping[str, Any]) -> StageSpec:
 
 
 def save_pipeline(pipeline: Pipeline, path: str | Path) -> None:
-    save_yaml(pipeline.to_dict(), path)
+    """Write pipeline.yaml; its `model`, a file, relative to its directory."""
+    save_yaml({**pipeline.to_dict(), "model": recorded_model(pipeline.model, path)}, path)
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
-    """Read and validate out/pipeline.yaml."""
-    return Pipeline.from_dict(load_yaml(path, "pipeline"), where=str(path))
+    """Read and validate out/pipeline.yaml; its `model`, a file, as seen from here."""
+    data = load_yaml(path, "pipeline")
+    if isinstance(data, dict) and isinstance(data.get("model"), str):
+        data["model"] = resolved_model(data["model"], path)
+    return Pipeline.from_dict(data, where=str(path))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.paths import names_file
 
 CONTRACT = (
     "a model file defines build_model() -> nn.Module and make_batch(batch_size, step) -> "
@@ -105,9 +106,8 @@ def _epoch_samples(module: ModuleType, source: str) -> int | None:
 
 def _import(source: str) -> tuple[ModuleType, Path | None]:
     path = Path(source)
-    looks_like_path = source.endswith(".py") or "/" in source or path.exists()
     try:
-        if looks_like_path:
+        if names_file(source):
             if not path.is_file():
                 raise VpipeError(
                     f"model file {source} not found; give a path to a .py file or "

@@ -5,8 +5,16 @@ these functions; nothing else re-derives the formulas. docs/planner.md states th
 
 - time per micro-batch: max(compute, comm_in, comm_out), compute = fwd + bwd of every node plus
   fwd again of every recomputed node, comm = 2 x crossing bytes / bandwidth;
-- memory: weights x versions + grads + optimizer state + in-flight x (kept tensors + received
-  inputs) + the transient of recomputing the largest checkpoint segment.
+- memory: weights x versions + grads (twice under 1f1b and gpipe: the step's running sum and
+  the micro-batch's own) + optimizer state + in-flight x (kept tensors + received inputs + sent
+  outputs, which autograd holds as the backward's roots) + the links' buffers + the transient:
+  the largest checkpoint segment rebuilt, plus the most the backward itself holds at once
+  (gradients still to be used and a node's temporaries: `backward_bytes`, a max over nodes).
+
+The links (runtime/links.py) post each receive one micro-batch ahead, hold the gradient being
+received beside the next one posted, and keep a send's tensors until it is waited on, two
+micro-batches later: received x (1 ahead + 2 gradients sent) + sent x (2 gradients received
++ 2 activations sent), at most (a send of a contiguous output shares its storage).
 
 A *checkpoint segment* is a maximal run of recomputed nodes in the stage's (topological) order.
 A tensor produced in the stage is kept per in-flight micro-batch when a non-recomputed node
@@ -29,6 +37,21 @@ class ScheduleShape:
 
     versions: int  # weight versions alive (weight stashing keeps one per in-flight mini-batch)
     in_flight: int  # micro-batches whose activations are alive at once
+
+
+LINK_BUFFERS_RECEIVED = 3  # micro-batches of received bytes the links hold beyond those in flight
+LINK_BUFFERS_SENT = 4  # and of sent bytes
+
+
+def link_buffer_bytes(received: float, sent: float) -> float:
+    """What a stage's links hold beside the micro-batches in flight (see the module docstring)."""
+    return LINK_BUFFERS_RECEIVED * received + LINK_BUFFERS_SENT * sent
+
+
+def gradient_copies(settings: PlanSettings) -> int:
+    """Gradient-sized tensors alive at the peak: under 1f1b and gpipe the step's running sum
+    beside the micro-batch's own gradients (one when a step is one micro-batch)."""
+    return 1 if settings.schedule == "asp" or settings.microbatches == 1 else 2
 
 
 def schedule_shape(settings: PlanSettings, stage: int) -> ScheduleShape:
@@ -86,6 +109,25 @@ def kept_bytes(
     return kept, max(segment_bytes.values(), default=0)
 
 
+def backward_peak_bytes(graph: PlanGraph, stage: Sequence[int]) -> int:
+    """The most a stage's backward holds at once beyond what the forward kept."""
+    return max((graph.backward_bytes[n] for n in stage), default=0)
+
+
+def recompute_free_bytes(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    index: int,
+    before: Collection[int],
+    stage: Sequence[int],
+) -> int:
+    """A stage's bytes that no recompute choice changes: all but in-flight x kept and the
+    rebuilt segment, which `recompute.cheapest_recompute` fits into what is left."""
+    plain = evaluate_stage(graph, settings, index, before, stage, ())
+    kept, _ = kept_bytes(graph, stage, ())
+    return plain.memory.total - schedule_shape(settings, index).in_flight * kept
+
+
 def evaluate_stage(
     graph: PlanGraph,
     settings: PlanSettings,
@@ -102,15 +144,16 @@ def evaluate_stage(
     sent = crossing_bytes(graph, set(before) | set(stage))
     per_byte_ms = 2 / (settings.bandwidth_gbps * 1e6)  # activation forward + gradient back
     comm_in, comm_out = received * per_byte_ms, sent * per_byte_ms
-    kept, transient = kept_bytes(graph, stage, recompute)
+    kept, segment = kept_bytes(graph, stage, recompute)
     trainable = sum(graph.trainable_bytes[n] for n in stage)
     memory = MemoryBreakdown(
         params=sum(graph.param_bytes[n] for n in stage),
         stash=trainable * (shape.versions - 1),
-        grads=trainable,
+        grads=trainable * gradient_copies(settings),
         optimizer=trainable * graph.optimizer_factor,
-        activations=shape.in_flight * (kept + received),
-        transient=transient,
+        activations=shape.in_flight * (kept + received + sent),
+        buffers=int(link_buffer_bytes(received, sent)),
+        transient=segment + backward_peak_bytes(graph, stage),
     )
     return StagePrediction(
         compute_ms=compute,

@@ -15,7 +15,12 @@ import time
 
 import numpy as np
 
-from vpipe.planner.costmodel import schedule_shape
+from vpipe.planner.costmodel import (
+    backward_peak_bytes,
+    gradient_copies,
+    link_buffer_bytes,
+    schedule_shape,
+)
 from vpipe.planner.cuts import all_ideals, members, prefix_ideals
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.recompute import (
@@ -74,6 +79,21 @@ class _Tables:
             np.linspace(0, len(levels) - 1, min(THRESHOLDS, len(levels))).astype(int)
         ]
         self.above = member @ (own[:, None] * (transient[:, None] > self.thresholds[None, :]))
+        self.member = member
+        self.backward = np.array(graph.backward_bytes, dtype=np.float64)
+
+    def backward_floor(self) -> np.ndarray:
+        """[J, I]: a lower bound on the backward peak of stage I \\ J (exact when the nodes'
+        `backward_bytes` take at most THRESHOLDS values; else rounded down to one of
+        THRESHOLDS levels, and `_run` checks the stages a chain uses exactly)."""
+        levels = np.unique(self.backward[self.backward > 0])
+        if len(levels) > THRESHOLDS:
+            levels = levels[np.linspace(0, len(levels) - 1, THRESHOLDS).astype(int)]
+        floor = np.zeros((len(self.ideals), len(self.ideals)))
+        for level in levels:  # ascending: the last level a stage reaches is its floor
+            count = self.member @ (self.backward >= level)
+            floor[count[None, :] - count[:, None] > 0] = level
+        return floor
 
     def floor(self, js: np.ndarray, is_: np.ndarray, in_flight: int) -> np.ndarray:
         """A lower bound on in_flight x kept + peak of stages I \\ J over every recompute
@@ -126,6 +146,8 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
     may cost: a recompute search stops at that cap."""
     per_byte = 2 / (settings.bandwidth_gbps * 1e6)
     count = len(tables.ideals)
+    limited = math.isfinite(settings.memory_bytes)
+    backward = tables.backward_floor() if limited else np.zeros((count, count))
     costs, needy, rooms = [], [], []
     for k in range(settings.gpus):
         shape = schedule_shape(settings, k)
@@ -133,31 +155,43 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
         compute = tables.compute[None, :] - tables.compute[:, None]
         stage_time = np.maximum(compute, np.maximum(comm[:, None], comm[None, :]))
         trainable = tables.trainable[None, :] - tables.trainable[:, None]
-        weights = (
+        copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
+        received, sent = tables.crossing[:, None], tables.crossing[None, :]
+        fixed = (  # what no recompute choice changes (costmodel.recompute_free_bytes)
             tables.params[None, :]
             - tables.params[:, None]
-            + trainable * (shape.versions + graph.optimizer_factor)
-            + shape.in_flight * tables.crossing[:, None]
+            + trainable * copies
+            + shape.in_flight * (received + sent)
+            + link_buffer_bytes(received, sent)
+            + backward
         )
-        memory = weights + shape.in_flight * tables.kept
+        memory = fixed + shape.in_flight * tables.kept
         cost = np.where(tables.inside, stage_time, math.inf)
         over = tables.inside & (memory > settings.memory_bytes)
         js, is_ = np.nonzero(over)
-        floor = weights[js, is_] + tables.floor(js, is_, shape.in_flight)
+        floor = fixed[js, is_] + tables.floor(js, is_, shape.in_flight)
         hopeless = floor > settings.memory_bytes  # no recompute choice can fit these
         cost[js[hopeless], is_[hopeless]] = math.inf
         over[js[hopeless], is_[hopeless]] = False
         costs.append(cost)
         needy.append(over)
-        rooms.append((settings.memory_bytes - weights, compute, shape, comm))
+        rooms.append((settings.memory_bytes - fixed, compute, shape, comm))
     recomputed: dict[tuple[int, int, int], tuple[int, ...]] = {}
     bounded: set[tuple[int, int, int]] = set()  # needy stages costed at added_lower_bound
     unproven: dict[tuple[int, int, int], float] = {}  # thinned searches: their lower bound
     chain = _Chain(costs, count)
     first = chain.value()  # recompute free everywhere: bounds the optimum from below
     upper = math.inf  # the best fully costed chain so far
+    checked: set[tuple[int, int, int]] = set()  # stages whose backward peak is exact now
     while True:
         path = chain.path() if np.isfinite(chain.value()) else []
+        for k, j, i in path:
+            if limited and (k, j, i) not in checked:
+                checked.add((k, j, i))
+                room, _, shape, _ = rooms[k]
+                stage = members(tables.ideals[i] & ~tables.ideals[j])
+                room[j, i] -= backward_peak_bytes(graph, stage) - backward[j, i]
+                needy[k][j, i] = shape.in_flight * tables.kept[j, i] > room[j, i]
         todo = [(k, j, i) for k, j, i in path if needy[k][j, i] and (k, j, i) not in recomputed]
         if not todo:
             break

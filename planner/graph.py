@@ -32,6 +32,7 @@ class PlanGraph:
     optimizer_factor: int  # optimizer state bytes per trainable byte
     out_bytes: tuple[int, ...]
     internal_bytes: tuple[int, ...]  # kept for backward beyond inputs and own output
+    backward_bytes: tuple[int, ...]  # held by the backward while this node's runs (0: unknown)
     owner: tuple[int, ...]  # node owning the storage of each node's output (itself unless a view)
     holders: tuple[tuple[int, ...], ...]  # per tensor (owner node): nodes that keep it
     keeps: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it keeps
@@ -116,6 +117,7 @@ def plan_graph(
         optimizer_factor=factor,
         out_bytes=tuple(n.output_bytes for n in nodes),
         internal_bytes=tuple(internal),
+        backward_bytes=tuple(n.backward_bytes or 0 for n in nodes),
         owner=tuple(owner),
         holders=tuple(tuple(h) for h in holders),
         keeps=tuple(keeps),

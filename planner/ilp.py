@@ -8,7 +8,8 @@ after what they mean:
     z[n,k]  n is on stage k and recomputed (x AND r)
     c[u,k]  u's output crosses the cut after stage k  u's output crosses the cut after stage k
     h[t,k]  tensor t is kept on stage k    q[n,k]  transient of the open segment at n
-    p[k]    stage k's largest segment      T       the bottleneck time (minimised)
+    p[k]    stage k's largest segment      b[k]    stage k's backward peak (max over nodes)
+    T       the bottleneck time (minimised)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 
 import pulp
 
-from vpipe.planner.costmodel import schedule_shape
+from vpipe.planner.costmodel import gradient_copies, link_buffer_bytes, schedule_shape
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings
 from vpipe.planner.split import Split
@@ -70,6 +71,7 @@ def solve_ilp(
     h = {(t, k): prob.add_variable(f"h_{t}_{k}", **unit) for t in nodes for k in stages}
     q = {(n, k): prob.add_variable(f"q_{n}_{k}", lowBound=0) for n in nodes for k in stages}
     p = {k: prob.add_variable(f"p_{k}", lowBound=0) for k in stages}
+    b = {k: prob.add_variable(f"b_{k}", lowBound=0) for k in stages}
     bottleneck = prob.add_variable("T", lowBound=0)
     prob += bottleneck
 
@@ -120,6 +122,8 @@ def solve_ilp(
             prob += q[n, k] >= previous + graph.transient_bytes(n) - big * (1 - z[n, k])
             prob += q[n, k] >= previous - big * x[n, k]
             prob += p[k] >= q[n, k]
+            if graph.backward_bytes[n]:
+                prob += b[k] >= graph.backward_bytes[n] * x[n, k]
     per_byte = 2 / (settings.bandwidth_gbps * 1e6)
     for k in stages:
         shape = schedule_shape(settings, k)
@@ -127,28 +131,29 @@ def solve_ilp(
             graph.compute_ms(n) * x[n, k] + graph.fwd_ms[n] * z[n, k] for n in nodes
         )
         received = crossing[k - 1] if k else 0
+        sent = crossing[k] if k < last else 0
         if math.isfinite(per_byte):
             if k:
-                prob += bottleneck >= per_byte * crossing[k - 1]
+                prob += bottleneck >= per_byte * received
             if k < last:
-                prob += bottleneck >= per_byte * crossing[k]
+                prob += bottleneck >= per_byte * sent
         if math.isfinite(settings.memory_bytes):
+            copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
             weights = pulp.lpSum(
-                (
-                    graph.param_bytes[n]
-                    + graph.trainable_bytes[n] * (shape.versions + graph.optimizer_factor)
-                )
-                * x[n, k]
+                (graph.param_bytes[n] + graph.trainable_bytes[n] * copies) * x[n, k] for n in nodes
+            )
+            kept = pulp.lpSum(
+                graph.internal_bytes[n] * (x[n, k] - z[n, k]) + graph.out_bytes[n] * h[n, k]
                 for n in nodes
             )
-            kept = (
-                pulp.lpSum(
-                    graph.internal_bytes[n] * (x[n, k] - z[n, k]) + graph.out_bytes[n] * h[n, k]
-                    for n in nodes
-                )
-                + received
+            prob += (
+                weights
+                + shape.in_flight * (kept + received + sent)
+                + link_buffer_bytes(received, sent)
+                + p[k]
+                + b[k]
+                <= settings.memory_bytes
             )
-            prob += weights + shape.in_flight * kept + p[k] <= settings.memory_bytes
     if warm_start is not None and warm_start.feasible:
         prob += bottleneck <= warm_start.bottleneck_ms  # only a better split is of interest
     with _quiet_stdout():

@@ -7,7 +7,7 @@ import math
 
 from vpipe.common.errors import VpipeError
 from vpipe.planner.baselines import BASELINE_RULE, baseline_split, baselines
-from vpipe.planner.costmodel import crossing_bytes, evaluate_stage, schedule_shape
+from vpipe.planner.costmodel import recompute_free_bytes, schedule_shape
 from vpipe.planner.diagnose import explain_infeasible
 from vpipe.planner.dp import solve_dp
 from vpipe.planner.graph import PlanGraph, plan_graph
@@ -105,14 +105,10 @@ def least_recompute(graph: PlanGraph, settings: PlanSettings, split: Split) -> S
     chosen = []
     before: list[int] = []
     for index, (stage, recompute) in enumerate(zip(split.stages, split.recompute, strict=True)):
-        shape = schedule_shape(settings, index)
-        plain = evaluate_stage(graph, settings, index, before, stage, ())
-        memory = plain.memory
-        kept_and_transient = memory.activations + memory.transient
-        received = shape.in_flight * crossing_bytes(graph, before)
         room = MemoryRoom(
-            room=settings.memory_bytes - (memory.total - kept_and_transient) - received,
-            in_flight=shape.in_flight,
+            room=settings.memory_bytes
+            - recompute_free_bytes(graph, settings, index, before, stage),
+            in_flight=schedule_shape(settings, index).in_flight,
         )
         found = cheapest_recompute(graph, stage, room)
         chosen.append(found.chosen if found.chosen is not None else recompute)

@@ -37,6 +37,7 @@ def stage_table(plan: Plan) -> Table:
         "time ms",
         "weights",
         "activations",
+        "buffers",
         "transient",
         "total",
     ):
@@ -54,6 +55,7 @@ def stage_table(plan: Plan) -> Table:
             f"{p.time_ms:.3f}",
             human_bytes(m.params + m.stash + m.grads + m.optimizer),
             human_bytes(m.activations),
+            human_bytes(m.buffers),
             human_bytes(m.transient),
             human_bytes(m.total),
         )
@@ -116,7 +118,7 @@ def plot_plan(plan: Plan, path: str | Path) -> None:
     )
     left.set(xlabel="stage", ylabel="ms per micro-batch", title="time")
     left.legend()
-    kinds = ("params", "stash", "grads", "optimizer", "activations", "transient")
+    kinds = ("params", "stash", "grads", "optimizer", "activations", "buffers", "transient")
     bottom = [0.0] * len(stages)
     for kind in kinds:
         values = [getattr(s.predicted.memory, kind) / GIB for s in stages]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.paths import recorded_path, resolved_path
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 1
@@ -29,8 +30,9 @@ class MemoryBreakdown:
     stash: int  # older weight versions kept for in-flight mini-batches (asp only)
     grads: int
     optimizer: int
-    activations: int  # in-flight micro-batches x (kept tensors + received inputs)
-    transient: int  # recomputing the largest checkpoint segment for one micro-batch
+    activations: int  # in-flight micro-batches x (kept tensors + received inputs + sent outputs)
+    transient: int  # the largest checkpoint segment rebuilt + the backward's own peak
+    buffers: int = 0  # the links': receives posted ahead, sends not yet waited on
 
     @property
     def total(self) -> int:
@@ -41,6 +43,7 @@ class MemoryBreakdown:
             + self.optimizer
             + self.activations
             + self.transient
+            + self.buffers
         )
 
 
@@ -118,7 +121,7 @@ class PlanSettings:
 
 @dataclass(frozen=True)
 class Plan:
-    profile: str  # path of the profile file, as given
+    profile: str  # the profile file; on disk relative to the plan's directory
     profile_sha256: str
     batch_size: int | None
     settings: PlanSettings
@@ -204,9 +207,13 @@ def _validate(plan: Plan, where: str) -> None:
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
-    save_yaml(plan.to_dict(), path)
+    """Write a plan; its `profile` relative to the plan's directory."""
+    save_yaml({**plan.to_dict(), "profile": recorded_path(plan.profile, path)}, path)
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read and validate a plan file."""
-    return Plan.from_dict(load_yaml(path, "plan"), where=str(path))
+    """Read and validate a plan file; its `profile` as seen from here."""
+    data = load_yaml(path, "plan")
+    if isinstance(data, dict) and isinstance(data.get("profile"), str):
+        data["profile"] = resolved_path(data["profile"], path)
+    return Plan.from_dict(data, where=str(path))

@@ -20,6 +20,7 @@ import torch
 from torch import fx
 
 from vpipe.common.capture import flat_tensors
+from vpipe.common.memory import LiveBytes
 
 
 class Clock:
@@ -264,7 +265,6 @@ def measure_loss(
 ) -> LossCost:
     """Time and weigh `loss_fn(output, target)` on copies of the model's output (as the last
     stage receives it: leaves that require grad)."""
-    from vpipe.common.memory import LiveBytes
 
     def fresh() -> Any:
         return _fresh_leaves(output)
@@ -314,3 +314,68 @@ def _fresh_leaves(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _fresh_leaves(v) for k, v in value.items()}
     return value
+
+
+class _BackwardLog(LiveBytes):
+    """LiveBytes that also logs each storage made or freed, with the node whose backward was
+    running (the last whose output's gradient completed): `backward_peaks` replays the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node = ""
+        self.events: list[tuple[str, int, int]] = []  # (node, storage address, +/- bytes)
+
+    def enter(self, node: str) -> None:
+        self.node = node
+        self.events.append((node, 0, 0))
+
+    def _count(self, tensor: torch.Tensor) -> None:
+        address = tensor.untyped_storage().data_ptr()
+        new = address not in self.bytes
+        super()._count(tensor)
+        if new and address in self.bytes:
+            self.events.append((self.node, address, self.bytes[address]))
+
+    def _release(self, address: int) -> None:
+        size = self.bytes[address]
+        super()._release(address)
+        if address not in self.bytes:
+            self.events.append((self.node, address, -size))
+
+
+def backward_peaks(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """Per node, the most bytes one whole backward of the model holds while that node's
+    backward runs, of tensors the backward made: gradients still to be used (a residual's
+    while its branch runs), the node's temporaries. Parameter gradients (what is left at the
+    end) are not included: the planner counts them whole. Why whole-model rather than node by
+    node: what is pending beside a node's backward depends on the graph around it."""
+    log = _BackwardLog()
+
+    class Hooked(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            value = super().run_node(n)
+            for t in flat_tensors(value) if n.op != "output" else ():
+                if t.requires_grad:
+                    t.register_hook(lambda grad, name=n.name: log.enter(name))
+            return value
+
+    outputs = [t for t in flat_tensors(Hooked(gm).run(*inputs)) if t.requires_grad]
+    seeds = [torch.ones_like(t) for t in outputs]
+    wrt = [p for p in gm.parameters() if p.requires_grad] + [t for t in inputs if t.requires_grad]
+    if outputs and wrt:
+        with log:  # as the runtime asks: every gradient at once, none accumulated into .grad
+            found = torch.autograd.grad(outputs, wrt, seeds, allow_unused=True)
+    survivors = set(log.bytes)  # the gradients asked for: skip their last allocation
+    events = list(log.events)
+    if outputs and wrt:
+        del found
+    last_made = {address: i for i, (_, address, size) in enumerate(events) if size > 0}
+    skipped = {last_made[address] for address in survivors if address in last_made}
+    peaks: dict[str, int] = {}
+    current = 0
+    for i, (node, _, size) in enumerate(events):
+        if i not in skipped:
+            current += size
+        if node:
+            peaks[node] = max(peaks.get(node, 0), current)
+    return peaks

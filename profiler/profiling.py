@@ -14,6 +14,7 @@ from vpipe.common.modelfile import ModelFile
 from vpipe.profiler.measure import (
     Clock,
     LossCost,
+    backward_peaks,
     classify_saved,
     measure_loss,
     reference_run,
@@ -94,6 +95,7 @@ def profile_model(
     _check_forward(model, model_file, inputs, target, settings.batch_size)
 
     gm = capture(model, settings.leaves)
+    backward = backward_peaks(gm, inputs)
     reference = reference_run(gm, inputs)
     owners = _state_owners(gm)
     state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
@@ -132,6 +134,7 @@ def profile_model(
                 saves_output=saved.saves_output,
                 view_of=view_of,
                 workspace_bytes=timing.workspace_bytes,
+                backward_bytes=backward.get(node.name, 0),
                 update_ms=round(
                     time_update(
                         [t for _, t in params if t.requires_grad],

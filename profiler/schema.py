@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.paths import recorded_model, recorded_path, resolved_model, resolved_path
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 1
@@ -70,6 +71,10 @@ class NodeProfile:
     view_of: str = ""  # earlier node whose storage this node's output shares (a view of it)
     workspace_bytes: int | None = None  # transient peak above inputs and outputs (CUDA only)
     update_ms: float = 0.0  # one optimizer step on this node's trainable parameters
+    # the most the model's backward holds at once while this node's backward runs, of tensors
+    # the backward made (gradients still to be used, its temporaries; parameter gradients
+    # apart): None when unknown (PipeDream)
+    backward_bytes: int | None = None
     module: str = ""  # qualified submodule name, so later parts keep state_dict keys
     parameters: tuple[str, ...] = ()  # qualified names of the parameters this node owns
 
@@ -95,7 +100,7 @@ class WholeModel:
 class Profile:
     """A model's graph with per-node measurements, in topological order."""
 
-    source: str
+    source: str  # model file (on disk: relative to the profile), module or graph.txt
     source_kind: str  # "model" | "pipedream"
     device: str
     dtype: str
@@ -241,9 +246,19 @@ def _validate(profile: Profile) -> None:
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:
-    save_yaml(profile.to_dict(), path)
+    """Write a profile; its `source`, a file, relative to the profile's directory."""
+    data = profile.to_dict()
+    if profile.source_kind == "pipedream":
+        data["source"] = recorded_path(profile.source, path)
+    else:
+        data["source"] = recorded_model(profile.source, path)
+    save_yaml(data, path)
 
 
 def load_profile(path: str | Path) -> Profile:
-    """Read and validate a profile file."""
-    return Profile.from_dict(load_yaml(path, "profile"), where=str(path))
+    """Read and validate a profile file; its `source`, a file, as seen from here."""
+    data = load_yaml(path, "profile")
+    if isinstance(data, dict) and isinstance(data.get("source"), str):
+        resolve = resolved_path if data.get("source_kind") == "pipedream" else resolved_model
+        data["source"] = resolve(data["source"], path)
+    return Profile.from_dict(data, where=str(path))

@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--report",
         action="store_true",
-        help="train nothing: report the last run (predicted vs measured per stage, the bubble) "
-        "and draw its timeline to <pipeline dir>/run/timeline.png",
+        help="train nothing: report the last run (predicted vs measured time and memory per "
+        "stage, the bubble), draw its timeline to <pipeline dir>/run/timeline.png and write "
+        "<pipeline dir>/run/report.md",
     )
     return parser
 
@@ -101,25 +102,30 @@ def _report(pipeline_path: str) -> int:
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
     from vpipe.common.yamlfile import load_yaml
-    from vpipe.runtime.report import build_report, draw_timeline, print_report
+    from vpipe.runtime.report import build_report, draw_timeline, print_report, write_markdown
 
     pipeline = load_pipeline(pipeline_path)
-    run_dir = Path(pipeline_path).parent / "run"
+    directory = Path(pipeline_path).parent
+    run_dir = directory / "run"
     if not (run_dir / "settings.yaml").is_file():
         raise VpipeError(
             f"{run_dir} holds no run to report; train first: vpipe-train {pipeline_path}"
         )
     used = load_yaml(run_dir / "settings.yaml", "run settings")
-    report = build_report(pipeline, run_dir, used["schedule"])
+    report = build_report(pipeline, directory, used)
     print_report(report, Console())
-    draw_timeline(report, [bool(s.recompute) for s in pipeline.stages], run_dir / "timeline.png")
-    print(f"wrote {run_dir / 'timeline.png'}")
+    timeline = run_dir / "timeline.png"
+    draw_timeline(report, [bool(s.recompute) for s in pipeline.stages], timeline)
+    print(f"wrote {timeline}")
+    write_markdown(report, run_dir / "report.md", timeline)
+    print(f"wrote {run_dir / 'report.md'}")
     return 0
 
 
 def settings_from(args: argparse.Namespace) -> dict:
     """Flags, over the --config file, over the defaults (schedule and optimizer: the plan's)."""
     from vpipe.common.errors import VpipeError
+    from vpipe.common.paths import resolved_path
     from vpipe.common.yamlfile import load_yaml
 
     config = load_yaml(args.config, "run config") if args.config else {}
@@ -139,6 +145,9 @@ def settings_from(args: argparse.Namespace) -> dict:
         chosen[key] = flag if flag is not None else config.get(key, default)
         where = f"--{key.replace('_', '-')}" if flag is not None else f"{args.config}: {key}"
         _check_value(key, chosen[key], default, where)
+    if getattr(args, "checkpoint_dir", None) is None and config.get("checkpoint_dir"):
+        # a path in a file is relative to that file's directory, as in every file vpipe writes
+        chosen["checkpoint_dir"] = resolved_path(config["checkpoint_dir"], args.config)
     return chosen
 
 

@@ -23,6 +23,7 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.optim import Updater
+from vpipe.common.paths import recorded_path
 from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint
@@ -235,7 +236,7 @@ def run_stage(settings: RunSettings) -> None:
             first_step,
         )
         executor.on_loss = metrics.add
-        save_yaml(asdict(settings), run_dir / "settings.yaml")
+        _save_settings(settings, run_dir / "settings.yaml")
     events = EventLog(run_dir / f"events_stage{rank}.csv")
     executor.on_event = events.add
     meter = _memory_meter(settings, executor, device)
@@ -255,11 +256,23 @@ def run_stage(settings: RunSettings) -> None:
             "peak_weight_versions": executor.peak_versions,
             "seconds": seconds,
             "peak_memory_bytes": peak,
+            # --report times a stage by its CPU time when these processes outnumbered the cores
+            "local_processes": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+            "cpu_count": os.cpu_count(),
         },
         run_dir / f"stage_{rank}.yaml",
     )
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _save_settings(settings: RunSettings, path: Path) -> None:
+    """The run's settings, its paths relative to run/ like every path a vpipe file records."""
+    used = asdict(settings)
+    used["pipeline"] = recorded_path(settings.pipeline, path)
+    if settings.checkpoint_dir:
+        used["checkpoint_dir"] = recorded_path(settings.checkpoint_dir, path)
+    save_yaml(used, path)
 
 
 def _free_port() -> int:

@@ -1,67 +1,156 @@
-"""What a run did against what the plan predicted: per-stage time, waiting, the bubble, a timeline.
+"""What a run did against what the plan predicted: per-stage time and memory, waiting, the
+bubble, a timeline, and run/report.md to keep beside it.
 
-Read from out/run/events_stage<k>.csv. A stage's measured time per micro-batch is its busy time
-(actions, less the time blocked waiting for a neighbour) over its micro-batches, the figure the
-planner predicts as the stage's `time_ms`. The bubble is the idle share of stage-time between the
-run's first start and last end, the simulator's definition (`planner/simulate.py`).
+Read from out/run/events_stage<k>.csv and stage_<k>.yaml. A stage's measured time per micro-batch
+is its busy time (actions, less the time blocked waiting for a neighbour) over its micro-batches,
+the figure the planner predicts as the stage's `time_ms`; when its machine ran more processes
+than it has cores, they took turns on a core and wall time counts the others' turns, so the
+stage's CPU time is used instead. Its measured memory is the peak in stage_<k>.yaml, against the
+plan's predicted total. The bubble is the idle share of stage-time between the run's first start
+and last end, the simulator's definition (`planner/simulate.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from vpipe.codegen.schema import Pipeline
+from vpipe.common.errors import VpipeError
 from vpipe.common.plotting import pyplot, save_figure
 from vpipe.common.schedules import BACKWARD, FORWARD
+from vpipe.common.yamlfile import load_yaml
+from vpipe.planner.schema import Plan, StagePrediction, load_plan
 from vpipe.runtime.events import read_events
 from vpipe.runtime.executor import ActionEvent
+
+MEMORY_HINT = "rerun with --measure-memory to measure memory on CPU"
+NOT_MEASURED = "—"
+COLUMNS = (
+    "stage",
+    "predicted ms",
+    "measured ms",
+    "time ratio",
+    "waiting ms",
+    "idle",
+    "predicted MiB",
+    "measured MiB",
+    "memory ratio",
+)
+
+
+def timed_by_cpu(processes: int, cores: int | None) -> bool:
+    """More processes than cores on a machine: they take turns on a core, and an action's wall
+    time counts the turns of the others; the process's CPU time does not."""
+    return processes > (cores or 1)
+
+
+def busy_s(event: ActionEvent, by_cpu: bool) -> float:
+    """Seconds an action kept its stage busy: its CPU time, or its wall time less waiting."""
+    return event.cpu_s if by_cpu else event.end_s - event.start_s - event.wait_s
+
+
+def stage_ms(events: Sequence[ActionEvent], processes: int, cores: int | None) -> float:
+    """A stage's busy milliseconds per micro-batch (its forward and backward), the figure the
+    plan predicts as `time_ms`, on the clock `timed_by_cpu` chooses."""
+    by_cpu = timed_by_cpu(processes, cores)
+    count = max(1, sum(e.action == FORWARD for e in events))
+    return sum(busy_s(e, by_cpu) for e in events) / count * 1e3
 
 
 @dataclass(frozen=True)
 class StageReport:
     index: int
-    predicted_ms: float  # the plan's time per micro-batch for the stage
-    measured_ms: float  # busy time per micro-batch, waiting excluded
+    predicted: StagePrediction  # the plan's figures for the stage, as pipeline.yaml has them
+    nodes: int | None  # graph nodes the plan gave it (None: the plan file is gone or changed)
+    recomputed: int | None  # of those, the ones recomputed in backward
+    measured_ms: float  # busy time per micro-batch, waiting excluded (CPU time if `by_cpu`)
     waiting_ms: float  # blocked on a neighbour, per micro-batch
-    idle: float  # share of the run's span this stage did nothing
+    idle: float  # share of the run's span this stage did nothing (wall clock)
+    processes: int  # processes its machine ran in the run, this one included
+    cores: int | None  # that machine's cores
+    measured_bytes: int | None  # peak memory; None: not measured (CPU without --measure-memory)
+
+    @property
+    def by_cpu(self) -> bool:
+        return timed_by_cpu(self.processes, self.cores)
+
+    @property
+    def predicted_ms(self) -> float:
+        return self.predicted.time_ms
+
+    @property
+    def predicted_bytes(self) -> int:
+        return self.predicted.memory.total
 
 
 @dataclass(frozen=True)
 class RunReport:
     schedule: str
+    steps: int
+    counted_memory: bool  # --measure-memory: on CPU every op was counted, which slows the run
+    started: datetime  # when the run's settings were written, as its stages began
+    plan_path: Path  # where pipeline.yaml says its plan is
+    plan_note: str | None  # why the plan's node counts are missing, if they are
+    memory_note: str | None  # why some stage's memory is missing, if it is
     stages: tuple[StageReport, ...]
     bubble_fraction: float  # idle share of all stage-time over the run
     predicted_bubble: float  # the plan's simulated bubble (0 under asp)
     events: tuple[tuple[ActionEvent, ...], ...]
 
 
-def build_report(pipeline: Pipeline, run_dir: Path, schedule: str) -> RunReport:
+def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -> RunReport:
+    """The last run in `directory`/run (`used`: its settings.yaml) against `pipeline`, the
+    pipeline.yaml in `directory`."""
+    run_dir = directory / "run"
+    schedule = used["schedule"]
     events = tuple(
         tuple(read_events(run_dir / f"events_stage{k}.csv")) for k in range(len(pipeline.stages))
     )
     start = min(e.start_s for stage in events for e in stage)
     span = max(e.end_s for stage in events for e in stage) - start
-    stages, busy_total = [], 0.0
+    plan_path = directory / pipeline.plan
+    plan, plan_note = _plan(plan_path, pipeline.plan_sha256)
+    stages, busy_total, unlogged = [], 0.0, []
     for spec, stage_events in zip(pipeline.stages, events, strict=True):
         count = max(1, sum(e.action == FORWARD for e in stage_events))
-        busy = sum(e.end_s - e.start_s - e.wait_s for e in stage_events)
-        waiting = sum(e.wait_s for e in stage_events)
+        busy = sum(busy_s(e, by_cpu=False) for e in stage_events)
         busy_total += busy
+        log = _stage_log(run_dir, spec.index)
+        unlogged += [] if log else [str(spec.index)]
+        processes = log.get("local_processes", len(pipeline.stages))  # older runs: one machine
+        cores = log.get("cpu_count", os.cpu_count())
         stages.append(
             StageReport(
                 index=spec.index,
-                predicted_ms=spec.predicted.time_ms,
-                measured_ms=busy / count * 1e3,
-                waiting_ms=waiting / count * 1e3,
+                predicted=spec.predicted,
+                nodes=len(plan.stages[spec.index].nodes) if plan else None,
+                recomputed=len(plan.stages[spec.index].recompute) if plan else None,
+                measured_ms=stage_ms(stage_events, processes, cores),
+                waiting_ms=sum(e.wait_s for e in stage_events) / count * 1e3,
                 idle=1 - busy / span if span else 0.0,
+                processes=processes,
+                cores=cores,
+                measured_bytes=log.get("peak_memory_bytes"),
             )
         )
     return RunReport(
         schedule=schedule,
+        steps=used["steps"],
+        counted_memory=bool(used.get("measure_memory")),
+        started=datetime.fromtimestamp((run_dir / "settings.yaml").stat().st_mtime),
+        plan_path=plan_path,
+        plan_note=plan_note,
+        memory_note=_memory_note(stages, unlogged),
         stages=tuple(stages),
         bubble_fraction=1 - busy_total / (span * len(stages)) if span else 0.0,
         predicted_bubble=pipeline.predicted.bubble_fraction if schedule != "asp" else 0.0,
@@ -69,33 +158,216 @@ def build_report(pipeline: Pipeline, run_dir: Path, schedule: str) -> RunReport:
     )
 
 
-def print_report(report: RunReport, console: Console) -> None:
-    table = Table(title=f"predicted vs measured, {report.schedule}")
-    for column in (
-        "stage",
-        "predicted ms",
-        "measured ms",
-        "measured/predicted",
-        "waiting ms",
-        "idle",
-    ):
-        table.add_column(column, justify="right")
-    for s in report.stages:
-        ratio = s.measured_ms / s.predicted_ms if s.predicted_ms else float("nan")
-        table.add_row(
-            str(s.index),
-            f"{s.predicted_ms:.3f}",
-            f"{s.measured_ms:.3f}",
-            f"{ratio:.2f}",
-            f"{s.waiting_ms:.3f}",
-            f"{s.idle:.0%}",
+def _stage_log(run_dir: Path, index: int) -> dict[str, Any]:
+    """stage_<k>.yaml of this run; empty if the run stopped before writing it, or if the one
+    there is older than the stage's events (an earlier run's)."""
+    path = run_dir / f"stage_{index}.yaml"
+    events = run_dir / f"events_stage{index}.csv"
+    if not path.is_file() or path.stat().st_mtime < events.stat().st_mtime:
+        return {}
+    return load_yaml(path, "stage log") or {}
+
+
+def _memory_note(stages: Sequence[StageReport], unlogged: Sequence[str]) -> str | None:
+    if unlogged:
+        return (
+            f"memory of stage {', '.join(unlogged)} unknown: the run stopped before writing "
+            "run/stage_<k>.yaml"
         )
-    console.print(table)
-    console.print(
+    if any(s.measured_bytes is None for s in stages):
+        return f"memory not measured: {MEMORY_HINT}"
+    return None
+
+
+def _plan(path: Path, sha256: str) -> tuple[Plan | None, str | None]:
+    """The plan pipeline.yaml was generated from, or why it cannot be read as that plan."""
+    where = os.path.normpath(path)
+    if not path.is_file():
+        return None, f"{where} is gone: node counts not shown"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        return None, f"{where} changed since vpipe-gen (sha256 differs): node counts not shown"
+    try:
+        return load_plan(path), None
+    except VpipeError as err:  # a plan of an older vpipe: the rest of the report still holds
+        return None, f"{err}: node counts not shown"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.3f}"
+
+
+def table_rows(report: RunReport) -> list[list[str]]:
+    """The predicted-vs-measured rows under COLUMNS, for the terminal and report.md alike."""
+    rows = []
+    for s in report.stages:
+        time_ratio = s.measured_ms / s.predicted_ms if s.predicted_ms else float("nan")
+        measured, memory_ratio = NOT_MEASURED, NOT_MEASURED
+        if s.measured_bytes is not None:
+            measured = _mib(s.measured_bytes)
+            memory_ratio = (
+                f"{s.measured_bytes / s.predicted_bytes:.2f}" if s.predicted_bytes else "nan"
+            )
+        rows.append(
+            [
+                str(s.index),
+                f"{s.predicted_ms:.3f}",
+                f"{s.measured_ms:.3f}",
+                f"{time_ratio:.2f}",
+                f"{s.waiting_ms:.3f}",
+                f"{s.idle:.0%}",
+                _mib(s.predicted_bytes),
+                measured,
+                memory_ratio,
+            ]
+        )
+    return rows
+
+
+def timing_note(report: RunReport) -> str:
+    """Which clock the measured times are on, and why; and whether counting memory slowed
+    them."""
+    cpu = [s for s in report.stages if s.by_cpu]
+    wall = "busy wall time per micro-batch (each action less its waiting)"
+    note = f"measured ms: {wall}"
+    if cpu:
+        s = cpu[0]
+        why = (
+            f"{s.processes} processes shared {s.cores or 1} cores, and wall time counts "
+            "others' turns"
+        )
+        note = f"measured ms: CPU time per micro-batch ({why})"
+        if len(cpu) < len(report.stages):
+            names = ", ".join(str(s.index) for s in cpu)
+            note = (
+                f"measured ms: CPU time per micro-batch for stages {names} ({why}); "
+                f"{wall} for the rest"
+            )
+    if report.counted_memory:
+        note += (
+            "; this run used --measure-memory, which on CPU slows every op: time a run without it"
+        )
+    return note
+
+
+def bubble_line(report: RunReport) -> str:
+    return (
         f"bubble: measured {report.bubble_fraction:.1%}, predicted {report.predicted_bubble:.1%}"
-        " (idle share of stage-time)",
-        highlight=False,
+        " (idle share of stage-time)"
     )
+
+
+def print_report(report: RunReport, console: Console) -> None:
+    # nine columns in 80 characters: headers wrap between words, no rules between columns
+    table = Table(
+        title=f"predicted vs measured, {report.schedule}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in COLUMNS:
+        table.add_column(column.replace(" ", "\n"), justify="right")
+    for row in table_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(timing_note(report), highlight=False)
+    if report.memory_note:
+        console.print(report.memory_note, highlight=False)
+    console.print(bubble_line(report), highlight=False)
+
+
+def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
+    """run/report.md: the run against its predictions, its timeline, and the plan it came
+    from, to keep and share beside the run's files (links are relative to `path`)."""
+    here = path.parent
+    plan_link = Path(os.path.relpath(report.plan_path, here)).as_posix()
+    plan_name = os.path.normpath(report.plan_path)
+    lines = [
+        f"# vpipe run report: {report.schedule}, {report.started:%Y-%m-%d %H:%M}",
+        "",
+        f"{len(report.stages)} stages, {report.steps} steps.",
+        "",
+        "## Predicted vs measured",
+        "",
+        *_markdown_table(list(COLUMNS), table_rows(report)),
+        "",
+        f"{_sentence(timing_note(report))}  ",
+    ]
+    if report.memory_note:
+        lines.append(f"{_sentence(report.memory_note)}  ")
+    lines += [
+        f"{_sentence(bubble_line(report))}",
+        "",
+        f"![timeline: one row per stage]({Path(os.path.relpath(timeline, here)).as_posix()})",
+        "",
+        "## The plan it came from",
+        "",
+        f"[{plan_name}]({plan_link}); predicted per micro-batch, memory in MiB.",
+        "",
+    ]
+    if report.plan_note:
+        lines += [f"Note: {report.plan_note}.", ""]
+    lines += [*_plan_tables(report.stages), ""]
+    path.write_text("\n".join(lines))
+
+
+def _plan_tables(stages: Sequence[StageReport]) -> list[str]:
+    """Nodes and predicted time per stage, then the predicted memory by kind: whatever fields
+    the plan's prediction records carry."""
+    time_fields = _figures(stages[0].predicted)
+    memory_fields = _figures(stages[0].predicted.memory)
+    unknown = "?"
+    time_rows = [
+        [
+            str(s.index),
+            unknown if s.nodes is None else str(s.nodes),
+            unknown if s.recomputed is None else str(s.recomputed),
+            *(f"{getattr(s.predicted, name):.3f}" for name in time_fields),
+        ]
+        for s in stages
+    ]
+    memory_rows = [
+        [
+            str(s.index),
+            *(_mib(getattr(s.predicted.memory, name)) for name in memory_fields),
+            _mib(s.predicted_bytes),
+        ]
+        for s in stages
+    ]
+    return [
+        *_markdown_table(
+            ["stage", "nodes", "recomputed", *(_label(n) for n in time_fields)], time_rows
+        ),
+        "",
+        *_markdown_table(["stage", *memory_fields, "total"], memory_rows),
+    ]
+
+
+def _figures(record: Any) -> list[str]:
+    """The names of a record's numeric fields, in their order."""
+    return [
+        f.name
+        for f in fields(record)
+        if isinstance(getattr(record, f.name), (int, float))
+        and not isinstance(getattr(record, f.name), bool)
+    ]
+
+
+def _label(name: str) -> str:
+    """compute_ms -> compute ms."""
+    return name.replace("_", " ")
+
+
+def _sentence(line: str) -> str:
+    return f"{line[0].upper()}{line[1:]}."
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        f"| {' | '.join(header)} |",
+        f"|{'|'.join(['---:'] * len(header))}|",
+        *(f"| {' | '.join(row)} |" for row in rows),
+    ]
 
 
 def draw_timeline(report: RunReport, recomputes: list[bool], path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Random small profiles for property tests: DAGs with skips, views, kept inputs and outputs."""
+"""Random small profiles for property tests: DAGs with skips, views, kept inputs and outputs,
+and backward peaks."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def random_profile(seed: int, size: int) -> Profile:
         saves_output = not is_view and rng.random() < 0.4
         internal = rng.choice([0, 0, 50, 120])
         params = rng.choice([0, 400, 1000])
+        backward = 0 if i == 0 else rng.choice([0, 100, 250, 300, 700, 900])
         nodes.append(
             NodeProfile(
                 name=name,
@@ -41,6 +43,7 @@ def random_profile(seed: int, size: int) -> Profile:
                 saved_inputs=tuple(p for p in inputs if rng.random() < 0.5),
                 saves_output=saves_output,
                 view_of=inputs[0] if is_view else "",
+                backward_bytes=backward,
             )
         )
     return Profile(

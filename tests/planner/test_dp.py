@@ -39,7 +39,9 @@ def random_case(seed):
 
 
 @pytest.mark.parametrize("seed", range(250))
-def test_dp_matches_brute_force(seed):
+def test_dp_matches_brute_force(seed, monkeypatch):
+    if seed % 5 == 0:  # backward peaks rounded down to 2 levels: the chain's stages are checked
+        monkeypatch.setattr("vpipe.planner.dp.THRESHOLDS", 2)
     graph, settings = random_case(seed)
     expected = solve_brute_force(graph, settings)
     found = solve_dp(graph, settings)

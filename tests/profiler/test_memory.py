@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from vpipe.common.capture import capture
 from vpipe.common.modelfile import load_model_file
+from vpipe.profiler.measure import backward_peaks
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 
 BATCH = 2
@@ -103,3 +105,41 @@ def test_optimizer_steps_are_timed_where_there_are_weights(profile):
     x, conv, bn, relu, flat, linear = profile.nodes
     assert min(conv.update_ms, bn.update_ms, linear.update_ms) > 0
     assert x.update_ms == relu.update_ms == flat.update_ms == 0
+
+
+class _ReluThenScale(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x) * 3
+
+
+class _Residual(torch.nn.Module):
+    def forward(self, x):
+        h = torch.relu(x)
+        return h * 3 + h
+
+
+def test_backward_peaks_count_the_gradients_a_node_backward_holds():
+    """x (4 x 16 floats: 256 B) -> relu -> * 3. The seed is given, not made: the multiply's
+    backward makes relu's output gradient (256 B); relu's backward holds that while it makes
+    x's (another 256 B at least)."""
+    x = torch.randn(4, 16, requires_grad=True)
+    peaks = backward_peaks(capture(_ReluThenScale(), ()), (x,))
+    assert peaks["mul"] == 256
+    assert peaks["relu"] >= 512
+
+
+def test_backward_peaks_count_a_pending_residual_gradient():
+    """The same, with h also added to the output: while the multiply's backward runs, the
+    gradient h got through the add is pending beside it."""
+    x = torch.randn(4, 16, requires_grad=True)
+    chain = backward_peaks(capture(_ReluThenScale(), ()), (x,))
+    residual = backward_peaks(capture(_Residual(), ()), (x,))
+    assert residual["mul"] > chain["mul"]
+
+
+def test_backward_peaks_leave_parameter_gradients_out():
+    """A linear layer with a 64 KiB weight on a 4-element batch: its gradient is counted
+    whole elsewhere (grads), so the node's peak must stay well under it."""
+    model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU())
+    peaks = backward_peaks(capture(model, ()), (torch.randn(1, 128),))
+    assert max(peaks.values()) < 128 * 128 * 4

@@ -1,21 +1,57 @@
 """Every stage logs its actions; the report reads them back with the plan's predictions."""
 
 import csv
+import os
+import shutil
 
 import pytest
+import yaml
 
+from vpipe.codegen.schema import load_pipeline
+from vpipe.planner.schema import load_plan
 from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.executor import ActionEvent
+from vpipe.runtime.report import MEMORY_HINT, NOT_MEASURED, stage_ms, timed_by_cpu
 
 from ..codegen.pipelines import generate, plan, profile
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("mlp")
+def _train(directory, *extra):
     argv = ["--schedule", "1f1b", "--microbatches", "4"]
     out = generate(plan(profile("mlp", directory), 2, directory, False, *argv), directory / "out")
-    assert train_main([str(out / "pipeline.yaml"), "--steps", "3", "--threads", "1"]) == 0
+    assert train_main([str(out / "pipeline.yaml"), "--steps", "3", "--threads", "1", *extra]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("mlp"))
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("mlp_memory"), "--measure-memory")
+
+
+def report(out, capsys) -> tuple[str, str]:
+    """vpipe-train --report on `out`: what it printed, and the report.md it wrote."""
+    assert train_main([str(out / "pipeline.yaml"), "--report"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'run' / 'report.md'}" in printed
+    return printed, (out / "run" / "report.md").read_text()
+
+
+def table(markdown: str, first_cells: str) -> list[list[str]]:
+    """The rows of the markdown table whose header starts `| <first_cells>`, as cells."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cells}"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    header, _rule, *body = rows
+    return [dict(zip(header, row, strict=True)) for row in body]
 
 
 def test_events_are_the_schedules_actions(trained):
@@ -32,7 +68,94 @@ def test_events_are_the_schedules_actions(trained):
 
 
 def test_report_and_timeline(trained, capsys):
-    assert train_main([str(trained / "pipeline.yaml"), "--report"]) == 0
-    out = capsys.readouterr().out
-    assert "predicted vs measured, 1f1b" in out and "bubble: measured" in out
+    printed, _ = report(trained, capsys)
+    assert "predicted vs measured, 1f1b" in printed and "bubble: measured" in printed
     assert (trained / "run" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_md_holds_the_predictions_and_the_plan(trained, capsys):
+    printed, markdown = report(trained, capsys)
+    pipeline = load_pipeline(trained / "pipeline.yaml")
+    planned = load_plan(trained / pipeline.plan)
+    assert markdown.startswith("# vpipe run report: 1f1b, ")
+    assert "![timeline: one row per stage](timeline.png)" in markdown
+    assert "Bubble: measured " in markdown
+    assert "(../../plan2.yaml)" in markdown  # the plan, linked from run/
+    rows = table(markdown, "stage | predicted ms")
+    assert [r["stage"] for r in rows] == ["0", "1"]
+    for row, spec in zip(rows, pipeline.stages, strict=True):
+        assert row["predicted ms"] == f"{spec.predicted.time_ms:.3f}"
+        assert row["predicted MiB"] == f"{spec.predicted.memory.total / 2**20:.3f}"
+        assert float(row["measured ms"]) > 0
+        assert row["measured MiB"] == row["memory ratio"] == NOT_MEASURED
+    # without --measure-memory on CPU: no figure, and how to get one, in both outputs
+    assert MEMORY_HINT in printed and MEMORY_HINT in markdown
+    assert "--measure-memory, which on CPU slows" not in markdown
+    plan_rows = table(markdown, "stage | nodes")
+    memory_rows = table(markdown, "stage | params")
+    for row, memory, stage, spec in zip(
+        plan_rows, memory_rows, planned.stages, pipeline.stages, strict=True
+    ):
+        assert row["nodes"] == str(len(stage.nodes))
+        assert row["recomputed"] == str(len(stage.recompute))
+        assert row["compute ms"] == f"{spec.predicted.compute_ms:.3f}"
+        assert memory["activations"] == f"{spec.predicted.memory.activations / 2**20:.3f}"
+        assert memory["total"] == f"{spec.predicted.memory.total / 2**20:.3f}"
+
+
+def test_report_md_memory_when_measured(measured, capsys):
+    printed, markdown = report(measured, capsys)
+    pipeline = load_pipeline(measured / "pipeline.yaml")
+    for row, spec in zip(table(markdown, "stage | predicted ms"), pipeline.stages, strict=True):
+        with open(measured / "run" / f"stage_{spec.index}.yaml") as file:
+            peak = yaml.safe_load(file)["peak_memory_bytes"]
+        assert peak > 0
+        assert row["measured MiB"] == f"{peak / 2**20:.3f}"
+        assert row["memory ratio"] == f"{peak / spec.predicted.memory.total:.2f}"
+    assert MEMORY_HINT not in printed and MEMORY_HINT not in markdown
+    assert "this run used --measure-memory, which on CPU slows every op" in markdown
+
+
+def test_more_processes_than_cores_times_by_cpu():
+    events = [  # wall 10 ms less 2 ms waiting per action; 3 ms of CPU
+        ActionEvent(action, 0, start, start + 0.010, 0.002, 0.003)
+        for action, start in (("F", 0.0), ("B", 0.1))
+    ]
+    assert timed_by_cpu(4, 2) and not timed_by_cpu(2, 2) and timed_by_cpu(2, None)
+    assert stage_ms(events, processes=4, cores=2) == pytest.approx(6.0)  # 2 x 3 ms CPU
+    assert stage_ms(events, processes=2, cores=2) == pytest.approx(16.0)  # 2 x (10 - 2) ms
+
+
+def _stage_logs(out):
+    for k in range(2):
+        path = out / "run" / f"stage_{k}.yaml"
+        with open(path) as file:
+            yield path, yaml.safe_load(file)
+
+
+def test_report_says_which_clock(trained, tmp_path, capsys):
+    for _, log in _stage_logs(trained):  # what each stage's machine had
+        assert log["local_processes"] == 2 and log["cpu_count"] == os.cpu_count()
+    copy = shutil.copytree(trained.parent, tmp_path / "copy") / "out"
+    for path, log in _stage_logs(copy):  # as if 8 processes had shared 2 cores
+        path.write_text(yaml.safe_dump({**log, "local_processes": 8, "cpu_count": 2}))
+    printed, markdown = report(copy, capsys)
+    assert "measured ms: CPU time per micro-batch (8 processes shared 2 cores" in printed
+    assert "Measured ms: CPU time per micro-batch" in markdown
+    for k, row in enumerate(table(markdown, "stage | predicted ms")):
+        with open(copy / "run" / f"events_stage{k}.csv") as file:
+            rows = list(csv.DictReader(file))
+        cpu_ms = sum(float(r["cpu_s"]) for r in rows) / 12 * 1e3  # 12 forwards
+        assert row["measured ms"] == f"{cpu_ms:.3f}"
+    printed, _ = report(trained, capsys)
+    assert "measured ms: busy wall time per micro-batch" in printed
+
+
+def test_an_earlier_runs_stage_log_is_not_this_runs(measured, tmp_path, capsys):
+    copy = shutil.copytree(measured.parent, tmp_path / "copy") / "out"
+    events = (copy / "run" / "events_stage1.csv").stat().st_mtime
+    os.utime(copy / "run" / "stage_1.yaml", (events - 60, events - 60))
+    printed, markdown = report(copy, capsys)
+    rows = table(markdown, "stage | predicted ms")
+    assert rows[0]["measured MiB"] != NOT_MEASURED and rows[1]["measured MiB"] == NOT_MEASURED
+    assert "memory of stage 1 unknown: the run stopped before writing" in printed

@@ -1,0 +1,55 @@
+"""Paths that vpipe's files record, and how a model reference tells a file from a module.
+
+A file records every path relative to its own directory, and a reader joins it to that directory
+again, so each command runs from any folder and a tree of model, profile, plan and pipeline can
+be moved as a whole. Paths given absolute are recorded relative too, for the same reason. In
+memory, a record holds paths as seen from here (the current directory): the schema modules
+convert as they save and load. (pipeline.yaml's `plan` is the exception: relative to the pipeline
+file in memory too, which is what its readers join it to.) No torch here: the planner reads
+profiles through this.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def names_file(reference: str) -> bool:
+    """Whether a model reference is a file (`model.py`, `models/net`) rather than an importable
+    module (`vpipe.models.gpt`): it ends with .py, has a slash, or exists from here."""
+    return reference.endswith(".py") or "/" in reference or Path(reference).exists()
+
+
+def recorded_path(path: str | Path, file: str | Path) -> str:
+    """`path`, as seen from here, as `file` records it: relative to the file's directory. Both
+    directories are resolved, so a link on either side does not make `..` climb the wrong way;
+    the last part is kept, so a linked model file stays the link."""
+    path = Path(path)
+    return os.path.relpath(path.parent.resolve() / path.name, Path(file).parent.resolve())
+
+
+def resolved_path(recorded: str, file: str | Path) -> str:
+    """A path `file` records, as seen from here. Files written before paths were recorded this
+    way named them from where their command ran: when only that path exists, it is the one."""
+    joined = os.path.join(os.path.dirname(file), recorded)
+    if not os.path.exists(joined) and os.path.exists(recorded):
+        return recorded
+    tidy = os.path.normpath(joined)  # `a/../b` is b only if a is not a link
+    return tidy if os.path.realpath(tidy) == os.path.realpath(joined) else joined
+
+
+def recorded_model(reference: str, file: str | Path) -> str:
+    """A model reference as `file` records it: a module name as it is; a file as a path that
+    still reads as one wherever it is read (`./model`, not `model`)."""
+    if not names_file(reference):
+        return reference
+    recorded = recorded_path(reference, file)
+    return recorded if recorded.endswith(".py") or "/" in recorded else f"./{recorded}"
+
+
+def resolved_model(reference: str, file: str | Path) -> str:
+    """A model reference `file` records, as seen from here (a module name as it is)."""
+    if reference.endswith(".py") or "/" in reference:
+        return resolved_path(reference, file)
+    return reference
