@@ -5,6 +5,8 @@ in-place results share their storage's count) until the last Python or autograd 
 goes, and the peak of the running total is kept. That is what `torch.cuda.max_memory_allocated`
 reports on a GPU, less the caching allocator's rounding to 512-byte blocks. It costs a Python
 call per op, so it is for measuring runs (`vpipe-train --measure-memory`), not for training.
+A storage is counted while a tensor the meter saw uses it: one kept alive only through tensors
+made before the meter started (and not given to it) goes uncounted.
 """
 
 from __future__ import annotations

@@ -6,15 +6,17 @@ these functions; nothing else re-derives the formulas. docs/planner.md states th
 - time per micro-batch: max(compute, comm_in, comm_out), compute = fwd + bwd of every node plus
   fwd again of every recomputed node, comm = 2 x crossing bytes / bandwidth;
 - memory: weights x versions + grads (twice under 1f1b and gpipe: the step's running sum and
-  the micro-batch's own) + optimizer state + in-flight x (kept tensors + received inputs + sent
-  outputs, which autograd holds as the backward's roots) + the links' buffers + the transient:
-  the largest checkpoint segment rebuilt, plus the most the backward itself holds at once
-  (gradients still to be used and a node's temporaries: `backward_bytes`, a max over nodes).
+  the micro-batch's own) + optimizer state + in-flight x (kept tensors + received inputs) + the
+  links' buffers + the transient: the largest checkpoint segment rebuilt, plus the most the
+  backward itself holds at once (gradients still to be used and a node's temporaries:
+  `backward_bytes`, a max over the stage's nodes).
 
-The links (runtime/links.py) post each receive one micro-batch ahead, hold the gradient being
-received beside the next one posted, and keep a send's tensors until it is waited on, two
-micro-batches later: received x (1 ahead + 2 gradients sent) + sent x (2 gradients received
-+ 2 activations sent), at most (a send of a contiguous output shares its storage).
+The tensors a stage sends count as kept: autograd holds them as its backward's roots. The links
+(runtime/links.py) post each receive one micro-batch ahead (received bytes), hold the gradient
+being received beside the next one posted (2 x sent), and keep the tensors of the last two
+sends until they are waited on: two activation sends on the first stage, two gradient sends on
+the last, one of each between. A gradient send holds the received bytes; an activation send
+holds only what it had to copy to lay out densely (`copied_bytes`): the rest is kept anyway.
 
 A *checkpoint segment* is a maximal run of recomputed nodes in the stage's (topological) order.
 A tensor produced in the stage is kept per in-flight micro-batch when a non-recomputed node
@@ -39,13 +41,18 @@ class ScheduleShape:
     in_flight: int  # micro-batches whose activations are alive at once
 
 
-LINK_BUFFERS_RECEIVED = 3  # micro-batches of received bytes the links hold beyond those in flight
-LINK_BUFFERS_SENT = 4  # and of sent bytes
-
-
-def link_buffer_bytes(received: float, sent: float) -> float:
-    """What a stage's links hold beside the micro-batches in flight (see the module docstring)."""
-    return LINK_BUFFERS_RECEIVED * received + LINK_BUFFERS_SENT * sent
+def link_buffer_bytes(received: float, sent: float, copied: float, first: bool, last: bool):
+    """What a stage's links hold beside the micro-batches in flight (see the module docstring):
+    `copied` is the part of `sent` a send copies. Works on numbers and numpy arrays alike."""
+    if first and last:
+        return 0 * received
+    if first:
+        pending = 2 * copied
+    elif last:
+        pending = 2 * received
+    else:
+        pending = copied + received
+    return received + 2 * sent + pending
 
 
 def gradient_copies(settings: PlanSettings) -> int:
@@ -76,10 +83,21 @@ def crossing_bytes(graph: PlanGraph, prefix: Collection[int]) -> int:
     )
 
 
+def sent_nodes(graph: PlanGraph, before: Collection[int], stage: Sequence[int]) -> tuple[int, ...]:
+    """The nodes of `stage` whose outputs a later stage reads (or the loss there)."""
+    done = set(before) | set(stage)
+    if len(done) == graph.size:
+        return ()
+    return tuple(
+        u for u in stage if u in graph.outputs or any(w not in done for w in graph.succs[u])
+    )
+
+
 def kept_bytes(
-    graph: PlanGraph, stage: Sequence[int], recompute: Collection[int]
+    graph: PlanGraph, stage: Sequence[int], recompute: Collection[int], sent: Collection[int] = ()
 ) -> tuple[int, int]:
-    """(bytes kept per micro-batch for backward, transient of the largest segment) of a stage.
+    """(bytes kept per micro-batch for backward, transient of the largest segment) of a stage
+    that sends the outputs of `sent` (kept: the backward's roots).
 
     Received inputs are not included: they depend on the cut before the stage.
     """
@@ -96,7 +114,7 @@ def kept_bytes(
             segment_bytes[current] = segment_bytes.get(current, 0) + graph.transient_bytes(n)
         else:
             current = -1
-    held: set[int] = set()
+    held: set[int] = {graph.owner[u] for u in sent}
     internal = 0
     for n in stage:
         if n in recomputed:
@@ -124,7 +142,7 @@ def recompute_free_bytes(
     """A stage's bytes that no recompute choice changes: all but in-flight x kept and the
     rebuilt segment, which `recompute.cheapest_recompute` fits into what is left."""
     plain = evaluate_stage(graph, settings, index, before, stage, ())
-    kept, _ = kept_bytes(graph, stage, ())
+    kept, _ = kept_bytes(graph, stage, (), sent_nodes(graph, before, stage))
     return plain.memory.total - schedule_shape(settings, index).in_flight * kept
 
 
@@ -144,15 +162,18 @@ def evaluate_stage(
     sent = crossing_bytes(graph, set(before) | set(stage))
     per_byte_ms = 2 / (settings.bandwidth_gbps * 1e6)  # activation forward + gradient back
     comm_in, comm_out = received * per_byte_ms, sent * per_byte_ms
-    kept, segment = kept_bytes(graph, stage, recompute)
+    sending = sent_nodes(graph, before, stage)
+    kept, segment = kept_bytes(graph, stage, recompute, sending)
+    copied = sum(graph.copied_bytes[u] for u in sending)
+    first, last = index == 0, index == settings.gpus - 1
     trainable = sum(graph.trainable_bytes[n] for n in stage)
     memory = MemoryBreakdown(
         params=sum(graph.param_bytes[n] for n in stage),
         stash=trainable * (shape.versions - 1),
         grads=trainable * gradient_copies(settings),
         optimizer=trainable * graph.optimizer_factor,
-        activations=shape.in_flight * (kept + received + sent),
-        buffers=int(link_buffer_bytes(received, sent)),
+        activations=shape.in_flight * (kept + received),
+        buffers=int(link_buffer_bytes(received, sent, copied, first, last)),
         transient=segment + backward_peak_bytes(graph, stage),
     )
     return StagePrediction(

@@ -20,6 +20,7 @@ from vpipe.planner.costmodel import (
     gradient_copies,
     link_buffer_bytes,
     schedule_shape,
+    sent_nodes,
 )
 from vpipe.planner.cuts import all_ideals, members, prefix_ideals
 from vpipe.planner.graph import PlanGraph
@@ -48,25 +49,32 @@ class _Tables:
         self.trainable = member @ np.array(graph.trainable_bytes, dtype=np.float64)
         internal = member @ np.array(graph.internal_bytes, dtype=np.float64)
         out = np.array(graph.out_bytes, dtype=np.float64)
-        # held[I, t]: tensor t is produced in I and some holder of it is in I too
-        held = np.zeros_like(member)
-        for t in range(n):
-            if graph.holders[t]:
-                held[:, t] = member[:, t] * member[:, list(graph.holders[t])].max(axis=1)
-        # a holder of t is a descendant of t, so for J inside I the stage I \ J keeps t iff
-        # held[I, t] and t is not in J
-        kept = (
-            internal[None, :] - internal[:, None] + (held @ out)[None, :] - (member * out) @ held.T
-        )
-        self.kept = kept  # [J, I]: bytes stage I \ J keeps per micro-batch, recompute off
-        # crossing[I]: bytes produced in I and needed outside it (the outputs by the loss)
+        # needed_later[I, u]: u is produced in I and needed outside it (the outputs by the loss)
         successor = np.zeros((n, n))
         for u in range(n):
             successor[list(graph.succs[u]), u] = 1
         successor[:, list(graph.outputs)] = 1  # a model output is needed by everything after it
         needed_later = member * (((1 - member) @ successor) > 0)
+        needed_later[-1] = 0.0  # the full set sends nothing
         self.crossing = needed_later @ out
-        self.crossing[-1] = 0.0  # the full set sends nothing
+        # held[I, t]: tensor t is produced in I and some holder of it is in I too, or it is
+        # sent on from I (autograd holds what a stage sends as its backward's root)
+        held = np.zeros_like(member)
+        for t in range(n):
+            if graph.holders[t]:
+                held[:, t] = member[:, t] * member[:, list(graph.holders[t])].max(axis=1)
+        for u in range(n):
+            t = graph.owner[u]
+            held[:, t] = np.maximum(held[:, t], member[:, t] * needed_later[:, u])
+        # a holder of t is a descendant of t (and a stage sending t holds it), so for J inside
+        # I the stage I \ J keeps t iff held[I, t] and t is not in J
+        kept = (
+            internal[None, :] - internal[:, None] + (held @ out)[None, :] - (member * out) @ held.T
+        )
+        self.kept = kept  # [J, I]: bytes stage I \ J keeps per micro-batch, recompute off
+        # copied[J, I]: bytes stage I \ J copies to send (outputs not laid out densely)
+        sends_copy = needed_later * np.array(graph.copied_bytes, dtype=np.float64)
+        self.copied = sends_copy.sum(axis=1)[None, :] - member @ sends_copy.T
         outside = 1 - member
         self.inside = (member @ outside.T) == 0  # [J, I]: J is a subset of I
         np.fill_diagonal(self.inside, False)
@@ -157,12 +165,13 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
         trainable = tables.trainable[None, :] - tables.trainable[:, None]
         copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
         received, sent = tables.crossing[:, None], tables.crossing[None, :]
+        links = link_buffer_bytes(received, sent, tables.copied, k == 0, k == settings.gpus - 1)
         fixed = (  # what no recompute choice changes (costmodel.recompute_free_bytes)
             tables.params[None, :]
             - tables.params[:, None]
             + trainable * copies
-            + shape.in_flight * (received + sent)
-            + link_buffer_bytes(received, sent)
+            + shape.in_flight * received
+            + links
             + backward
         )
         memory = fixed + shape.in_flight * tables.kept
@@ -205,7 +214,8 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
                 if least > 0:
                     chain.raise_cost(k, j, i, max(compute[j, i] + least, comm[j], comm[i]))
                     continue
-            found = cheapest_recompute(graph, stage, budget, upper - compute[j, i])
+            sent = sent_nodes(graph, members(tables.ideals[j]), stage)
+            found = cheapest_recompute(graph, stage, budget, upper - compute[j, i], sent)
             if not found.exact:
                 unproven[k, j, i] = costs[k][j, i]
             recomputed[k, j, i] = found.chosen or ()

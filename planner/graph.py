@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile
+from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, NodeProfile, Profile
 
 PIPEDREAM_NOTE = (
     "saved-for-backward bytes are unknown in this profile (imported from PipeDream): each node "
@@ -33,6 +33,7 @@ class PlanGraph:
     out_bytes: tuple[int, ...]
     internal_bytes: tuple[int, ...]  # kept for backward beyond inputs and own output
     backward_bytes: tuple[int, ...]  # held by the backward while this node's runs (0: unknown)
+    copied_bytes: tuple[int, ...]  # outputs not laid out densely: a send copies them first
     owner: tuple[int, ...]  # node owning the storage of each node's output (itself unless a view)
     holders: tuple[tuple[int, ...], ...]  # per tensor (owner node): nodes that keep it
     keeps: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it keeps
@@ -96,8 +97,7 @@ def plan_graph(
         if saves_output:
             kept.add(owner[i])
         own_output = node.output_bytes if node.saves_output else 0  # counted as kept below
-        extra = (node.workspace_bytes or 0) if node.op == "loss" else 0
-        internal.append(max((node.saved_bytes or 0) - own_output, 0) + extra)
+        internal.append(max((node.saved_bytes or 0) - own_output, 0))
         keeps.append(tuple(sorted(kept)))
         for t in kept:
             holders[t].append(i)
@@ -117,7 +117,8 @@ def plan_graph(
         optimizer_factor=factor,
         out_bytes=tuple(n.output_bytes for n in nodes),
         internal_bytes=tuple(internal),
-        backward_bytes=tuple(n.backward_bytes or 0 for n in nodes),
+        backward_bytes=tuple(_backward_bytes(n) for n in nodes),
+        copied_bytes=tuple(_copied_bytes(n) for n in nodes),
         owner=tuple(owner),
         holders=tuple(tuple(h) for h in holders),
         keeps=tuple(keeps),
@@ -134,6 +135,22 @@ def plan_graph(
         if profile.source_kind == "model"
         else (),
     )
+
+
+def _backward_bytes(node: NodeProfile) -> int:
+    """A loss profiled before `backward_bytes` existed recorded its backward's peak as its
+    workspace."""
+    if node.backward_bytes is None and node.op == "loss":
+        return node.workspace_bytes or 0
+    return node.backward_bytes or 0
+
+
+def _copied_bytes(node: NodeProfile) -> int:
+    """Bytes of the node's outputs that are not contiguous (its output bytes shared out by
+    element count: outputs of one node share a dtype in practice)."""
+    elements = sum(m.numel for m in node.outputs)
+    strided = sum(m.numel for m in node.outputs if not m.contiguous)
+    return node.output_bytes * strided // elements if strided else 0
 
 
 def _with_loss(

@@ -6,7 +6,8 @@ after what they mean:
 
     x[n,k]  node n is on stage k          r[n]    node n is recomputed
     z[n,k]  n is on stage k and recomputed (x AND r)
-    c[u,k]  u's output crosses the cut after stage k  u's output crosses the cut after stage k
+    c[u,k]  u's output crosses the cut after stage k
+    e[u,k]  u is on stage k and crosses the cut after it (sent: a copy when not dense)
     h[t,k]  tensor t is kept on stage k    q[n,k]  transient of the open segment at n
     p[k]    stage k's largest segment      b[k]    stage k's backward peak (max over nodes)
     T       the bottleneck time (minimised)
@@ -105,7 +106,17 @@ def solve_ilp(
             if u in graph.outputs:
                 prob += c[u, k] >= y(u, k)
     crossing = {k: pulp.lpSum(graph.out_bytes[u] * c[u, k] for u in nodes) for k in stages[:-1]}
-    # kept tensors: by a holder that is not recomputed, or as the input of a checkpoint segment
+    # copied[k]: what stage k copies to send (its own outputs that are not laid out densely)
+    copies = [u for u in nodes if graph.copied_bytes[u]]
+    e = {(u, k): prob.add_variable(f"e_{u}_{k}", **unit) for u in copies for k in stages[:-1]}
+    for (u, k), var in e.items():
+        prob += var >= c[u, k] + x[u, k] - 1
+    copied = {k: pulp.lpSum(graph.copied_bytes[u] * e[u, k] for u in copies) for k in stages[:-1]}
+    # kept tensors: by a holder that is not recomputed, as the input of a checkpoint segment,
+    # or as a tensor the stage sends on (its backward's root)
+    for u in nodes:
+        for k in stages[:-1]:
+            prob += h[graph.owner[u], k] >= x[graph.owner[u], k] + c[u, k] - 1
     for t in nodes:
         for k in stages:
             for holder in graph.holders[t]:
@@ -138,9 +149,9 @@ def solve_ilp(
             if k < last:
                 prob += bottleneck >= per_byte * sent
         if math.isfinite(settings.memory_bytes):
-            copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
+            factor = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
             weights = pulp.lpSum(
-                (graph.param_bytes[n] + graph.trainable_bytes[n] * copies) * x[n, k] for n in nodes
+                (graph.param_bytes[n] + graph.trainable_bytes[n] * factor) * x[n, k] for n in nodes
             )
             kept = pulp.lpSum(
                 graph.internal_bytes[n] * (x[n, k] - z[n, k]) + graph.out_bytes[n] * h[n, k]
@@ -148,8 +159,8 @@ def solve_ilp(
             )
             prob += (
                 weights
-                + shape.in_flight * (kept + received + sent)
-                + link_buffer_bytes(received, sent)
+                + shape.in_flight * (kept + received)
+                + link_buffer_bytes(received, sent, copied.get(k, 0), k == 0, k == last)
                 + p[k]
                 + b[k]
                 <= settings.memory_bytes

@@ -7,7 +7,7 @@ import math
 
 from vpipe.common.errors import VpipeError
 from vpipe.planner.baselines import BASELINE_RULE, baseline_split, baselines
-from vpipe.planner.costmodel import recompute_free_bytes, schedule_shape
+from vpipe.planner.costmodel import recompute_free_bytes, schedule_shape, sent_nodes
 from vpipe.planner.diagnose import explain_infeasible
 from vpipe.planner.dp import solve_dp
 from vpipe.planner.graph import PlanGraph, plan_graph
@@ -110,7 +110,7 @@ def least_recompute(graph: PlanGraph, settings: PlanSettings, split: Split) -> S
             - recompute_free_bytes(graph, settings, index, before, stage),
             in_flight=schedule_shape(settings, index).in_flight,
         )
-        found = cheapest_recompute(graph, stage, room)
+        found = cheapest_recompute(graph, stage, room, sent=sent_nodes(graph, before, stage))
         chosen.append(found.chosen if found.chosen is not None else recompute)
         before += stage
     return dataclasses.replace(split, recompute=tuple(chosen))

@@ -13,7 +13,7 @@ optimum (tests check it against brute force).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -54,10 +54,15 @@ class Recompute:
 
 
 def cheapest_recompute(
-    graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, max_added_ms: float = math.inf
+    graph: PlanGraph,
+    stage: Sequence[int],
+    budget: MemoryRoom,
+    max_added_ms: float = math.inf,
+    sent: Collection[int] = (),
 ) -> Recompute:
-    """The recompute set of least added time that fits (`chosen` None if none fits)."""
-    finals, exact = _solutions(graph, stage, budget, max_added_ms)
+    """The recompute set of least added time that fits (`chosen` None if none fits); the
+    outputs of `sent` go to the next stage, so they are kept whatever is recomputed."""
+    finals, exact = _solutions(graph, stage, budget, max_added_ms, sent)
     if not finals:
         return Recompute(None, math.inf, exact)
     best = min(finals, key=lambda p: (p.added_ms, p.memory, p.chosen))
@@ -114,13 +119,18 @@ def _least_memory(graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom) ->
 
 
 def _solutions(
-    graph: PlanGraph, stage: Sequence[int], budget: MemoryRoom, max_added_ms: float
+    graph: PlanGraph,
+    stage: Sequence[int],
+    budget: MemoryRoom,
+    max_added_ms: float,
+    sent: Collection[int],
 ) -> tuple[list[_Partial], bool]:
     """The Pareto-best complete recompute choices that fit `budget`, and whether that set is
     complete (False when a front had to be thinned)."""
     order = sorted(stage)
     limit = max(MIN_FRONT, SEARCH_WORK // (len(order) * graph.size))
     members = set(order)
+    roots = {graph.owner[u] for u in sent} & members  # kept from the moment they are made
     last_use: dict[int, int] = {}
     for position, n in enumerate(order):
         for t in (*graph.reads[n], *graph.keeps[n]):
@@ -133,7 +143,8 @@ def _solutions(
         following: dict[tuple, list[_Partial]] = {}
         for live, partials in states.items():
             for recompute in (False,) if n in graph.never_recomputed else (False, True):
-                step = _step(graph, n, recompute, dict((t, (k, o)) for t, k, o in live), members)
+                live_tensors = dict((t, (k, o)) for t, k, o in live)
+                step = _step(graph, n, recompute, live_tensors, members, roots)
                 tensors, extra_kept, extra_ms = step
                 key = tuple(
                     sorted(
@@ -159,18 +170,22 @@ def _step(
     recompute: bool,
     tensors: dict[int, tuple[bool, bool]],
     members: set[int],
+    roots: set[int],
 ) -> tuple[dict[int, tuple[bool, bool]], int, float]:
     """Apply node n's decision to the live tensors: (tensors, newly kept bytes, added ms)."""
     newly_kept = 0
+    if n in roots:  # sent on: kept whatever is recomputed
+        tensors[n] = (True, False)
+        newly_kept += graph.out_bytes[n]
     if recompute:
         for t in graph.reads[n]:
             if t in members and t in tensors and not any(tensors[t]):
                 tensors[t] = (True, False)  # a segment input: checkpoint keeps it
                 newly_kept += graph.out_bytes[t]
-        if graph.owner[n] == n:
+        if graph.owner[n] == n and n not in roots:
             tensors[n] = (False, True)
         return tensors, newly_kept, graph.fwd_ms[n]
-    if graph.owner[n] == n:
+    if graph.owner[n] == n and n not in roots:
         tensors[n] = (False, False)
     for t in graph.keeps[n]:
         if t in members and t in tensors and not tensors[t][0]:

@@ -120,7 +120,10 @@ def profile_model(
                 target=_target_name(node, gm),
                 inputs=tuple(n.name for n in node.all_input_nodes),
                 outputs=tuple(
-                    TensorMeta(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for t in outputs
+                    TensorMeta(
+                        tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_contiguous()
+                    )
+                    for t in outputs
                 ),
                 forward_ms=round(timing.forward_ms, 4),
                 backward_ms=round(timing.backward_ms, 4),
@@ -200,7 +203,7 @@ def _loss_node(model_file: ModelFile, outputs: tuple[str, ...], cost: LossCost) 
         output_bytes=0,
         saved_bytes=cost.saved_bytes,
         saved_inputs=kept,
-        workspace_bytes=cost.backward_peak_bytes,
+        backward_bytes=cost.backward_peak_bytes,
     )
 
 

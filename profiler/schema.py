@@ -25,10 +25,12 @@ OPTIMIZER_STATE_FACTOR = {"sgd": 0, "momentum": 1, "adam": 2}
 
 @dataclass(frozen=True)
 class TensorMeta:
-    """Shape and dtype of one tensor a node produces."""
+    """Shape and dtype of one tensor a node produces, and whether its elements are laid out
+    densely in order (sending a tensor that is not copies it first)."""
 
     shape: tuple[int, ...]
     dtype: str
+    contiguous: bool = True
 
     @property
     def numel(self) -> int:
@@ -115,7 +117,7 @@ class Profile:
     leaves: tuple[str, ...] = ()
     whole_model: WholeModel | None = None
     # the loss on the model's outputs, as one more node that reads them: the last stage runs it.
-    # saved_bytes: what it keeps for backward; workspace_bytes: the peak its backward adds
+    # saved_bytes: what it keeps for backward; backward_bytes: the peak its backward adds
     loss: NodeProfile | None = None
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
@@ -200,7 +202,8 @@ def _node_from_dict(data: Mapping[str, Any]) -> NodeProfile:
     values["saved_inputs"] = tuple(values.get("saved_inputs", ()))
     values["parameters"] = tuple(values.get("parameters", ()))
     values["outputs"] = tuple(
-        TensorMeta(shape=tuple(m["shape"]), dtype=m["dtype"]) for m in values.get("outputs", ())
+        TensorMeta(tuple(m["shape"]), m["dtype"], m.get("contiguous", True))
+        for m in values.get("outputs", ())
     )
     return NodeProfile(**values)
 

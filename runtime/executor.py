@@ -81,6 +81,9 @@ class StageExecutor:
             name: p.detach().requires_grad_() for name, p in self.module.named_parameters()
         }
         self.buffers = dict(self.module.named_buffers())
+        # the module is only a structure now (functional_call gives it weights and buffers):
+        # its own copies would keep the first weight version alive for the whole run
+        self.module.to_empty(device="meta")
         self.in_flight: dict[int, _InFlight] = {}
         self.accumulated: Weights = {}
         self.backwards = 0
@@ -175,7 +178,15 @@ class StageExecutor:
         self.in_flight[i] = _InFlight(weights, received, list(outputs), state)
 
     def backward(self, i: int) -> None:
-        pending = self.in_flight.pop(i)
+        grads, sent = self._gradients(self.in_flight.pop(i))
+        if self.index > 0:
+            self.links.send_gradients(sent)
+        # the micro-batch's weight version is let go before the update makes the next one
+        self._apply(grads)
+
+    def _gradients(self, pending: _InFlight) -> tuple[Weights, list[torch.Tensor]]:
+        """Micro-batch `pending`'s gradients: for its weight version, and for its received
+        inputs (to send back)."""
         if self.last:
             scale = 1.0 if self.schedule == "asp" else 1.0 / self.pipeline.microbatches
             roots, seeds = pending.outputs, [torch.tensor(scale, device=self.device)]
@@ -195,18 +206,15 @@ class StageExecutor:
         if roots and wrt + leaves:  # a stage may hold no weights and take no float inputs
             with self._recomputing_on(pending.weights):
                 found = torch.autograd.grad(roots, wrt + leaves, seeds, allow_unused=True)
-        if self.index > 0:
-            self.links.send_gradients(
-                [
-                    g if g is not None else torch.zeros_like(t)
-                    for g, t in zip(found[len(wrt) :], leaves, strict=True)
-                ]
-            )
+        sent = [
+            g if g is not None else torch.zeros_like(t)
+            for g, t in zip(found[len(wrt) :], leaves, strict=True)
+        ]
         grads = {
             n: g if g is not None else torch.zeros_like(pending.weights[n])
             for n, g in zip(names, found[: len(wrt)], strict=True)
         }
-        self._apply(grads)
+        return grads, sent
 
     def _recomputing_on(self, weights: Weights):
         """Backward recomputes checkpointed segments through the module's own attributes,
@@ -219,9 +227,12 @@ class StageExecutor:
     def _apply(self, grads: Weights) -> None:
         self.backwards += 1
         if self.schedule != "asp":
-            for name, grad in grads.items():
+            for name, grad in grads.items():  # in place: one running sum beside the new grads
                 total = self.accumulated.get(name)
-                self.accumulated[name] = grad if total is None else total + grad
+                if total is None:  # contiguous: an expanded (stride 0) gradient cannot be added to
+                    self.accumulated[name] = grad.contiguous()
+                else:
+                    total.add_(grad)
             if self.backwards % self.pipeline.microbatches:
                 return
             grads, self.accumulated = self.accumulated, {}

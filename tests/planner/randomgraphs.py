@@ -1,5 +1,5 @@
 """Random small profiles for property tests: DAGs with skips, views, kept inputs and outputs,
-and backward peaks."""
+backward peaks and outputs a send must copy."""
 
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ def random_profile(seed: int, size: int) -> Profile:
         internal = rng.choice([0, 0, 50, 120])
         params = rng.choice([0, 400, 1000])
         backward = 0 if i == 0 else rng.choice([0, 100, 250, 300, 700, 900])
+        dense = is_view or rng.random() < 0.7  # a send copies an output that is not
         nodes.append(
             NodeProfile(
                 name=name,
                 op="placeholder" if i == 0 else "call_module",
                 target="T",
                 inputs=inputs,
-                outputs=(TensorMeta((out // 4,), "float32"),),
+                outputs=(TensorMeta((out // 4,), "float32", dense),),
                 forward_ms=0.0 if i == 0 else rng.randint(1, 9) / 2,
                 backward_ms=0.0 if i == 0 else rng.randint(1, 9),
                 param_bytes=params,

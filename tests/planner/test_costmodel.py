@@ -9,13 +9,15 @@ from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
 
 
-def node(name, inputs, out, params=0, saved=0, kept=(), saves_output=False, fwd=1.0, grads=0):
+def node(
+    name, inputs, out, params=0, saved=0, kept=(), saves_output=False, fwd=1.0, grads=0, dense=True
+):
     return NodeProfile(
         name=name,
         op="placeholder" if not inputs else "call_module",
         target="T",
         inputs=inputs,
-        outputs=(TensorMeta((out // 4,), "float32"),),
+        outputs=(TensorMeta((out // 4,), "float32", dense),),
         forward_ms=fwd,
         backward_ms=2 * fwd,
         param_bytes=params,
@@ -45,7 +47,8 @@ PROFILE = Profile(
         node(
             "n2", ("n1",), 200, saved=200, saves_output=True, grads=400
         ),  # a relu: keeps its output
-        node("n3", ("n2",), 50, params=400, kept=("n2",), grads=100),
+        # its output is strided (a transpose, say): sending it copies it
+        node("n3", ("n2",), 50, params=400, kept=("n2",), grads=100, dense=False),
         node("n4", ("n3",), 50, saved=30, kept=("n3",)),  # keeps its input and 30 B of its own
         node("n5", ("n4",), 10, params=200, kept=("n4",), grads=20),
     ),
@@ -59,27 +62,37 @@ def test_three_stage_breakdown_by_hand():
     graph = plan_graph(PROFILE)
     first = evaluate_stage(graph, SETTINGS, 0, [], [0, 1], ()).memory
     # stage 0 of 3: 3 weight versions, 3 mini-batches in flight, each keeping n0 (100 B, n1
-    # keeps it) and n1's output (200 B, sent: the backward's root); the links hold 4 sends'
-    # worth (2 activations sent, 2 gradients received): 800 B; n1's backward peak 300 B
+    # keeps it) and n1's output (200 B, sent: the backward's root). Links: the gradient being
+    # received and the next one posted (2 x 200 B); its two pending sends share n1's output.
+    # n1's backward peak: 300 B
     assert (first.params, first.stash, first.grads, first.optimizer) == (1000, 2000, 1000, 2000)
-    assert (first.activations, first.buffers, first.transient) == (3 * (100 + 200), 800, 300)
-    assert first.total == 6000 + 900 + 800 + 300
+    assert (first.activations, first.buffers, first.transient) == (3 * (100 + 200), 400, 300)
+    assert first.total == 6000 + 900 + 400 + 300
 
     second = evaluate_stage(graph, SETTINGS, 1, [0, 1], [2, 3], [2]).memory
     # stage 1: 2 versions, 2 in flight. n2 is recomputed, so it no longer keeps its output,
-    # but n3 keeps it (200 B); n1's output is received (200 B), n3's sent (50 B). Links: 3
-    # receives' worth (1 posted ahead, 2 gradients sent) and 4 sends'. Rebuilding n2 in
+    # but n3 keeps it (200 B); n3's output is sent (50 B), n1's received (200 B). Links: one
+    # receive posted ahead (200 B), 2 gradients (2 x 50 B), and two pending sends, one of
+    # each: n3's copy (strided: 50 B) and a gradient for stage 0 (200 B). Rebuilding n2 in
     # backward materialises its output once (200 B), and n2's backward holds 400 B at most.
     assert (second.params, second.stash, second.grads, second.optimizer) == (400, 400, 400, 800)
-    assert second.activations == 2 * (200 + 200 + 50)
-    assert (second.buffers, second.transient) == (3 * 200 + 4 * 50, 200 + 400)
-    assert second.total == 2000 + 900 + 800 + 600
+    assert second.activations == 2 * (200 + 50 + 200)
+    assert (second.buffers, second.transient) == (200 + 2 * 50 + 50 + 200, 200 + 400)
+    assert second.total == 2000 + 900 + 550 + 600
 
     third = evaluate_stage(graph, SETTINGS, 2, [0, 1, 2, 3], [4, 5], ()).memory
-    # last stage: 1 version, 1 in flight; n4's own 30 B, n5 keeps n4 (50 B), n3 received (50 B)
+    # last stage: 1 version, 1 in flight; n4's own 30 B, n5 keeps n4 (50 B), n3 received (50 B);
+    # links: one receive ahead and two gradient sends pending (3 x 50 B)
     assert (third.params, third.stash, third.grads, third.optimizer) == (200, 0, 200, 400)
     assert (third.activations, third.buffers, third.transient) == (30 + 50 + 50, 3 * 50, 20)
     assert third.total == 800 + 130 + 150 + 20
+
+
+def test_a_sent_tensor_the_stage_keeps_anyway_counts_once():
+    graph = plan_graph(PROFILE)
+    # n2 (relu) keeps its output, which it also sends: n0 (100 B) and n2's output (200 B)
+    memory = evaluate_stage(graph, SETTINGS, 0, [], [0, 1, 2], ()).memory
+    assert memory.activations == 3 * (100 + 200)
 
 
 def test_sync_schedules_hold_the_running_gradient_sum_beside_the_micro_batch_gradients():

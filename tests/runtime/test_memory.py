@@ -1,8 +1,10 @@
-"""The CPU memory meter counts what a hand count says, and a stage's peak does not grow with
-the length of a run (sent tensors are let go)."""
+"""The CPU memory meter counts what a hand count says, a stage's peak does not grow with the
+length of a run (sent tensors are let go), and it stays within what the plan predicts."""
 
+import pytest
 import torch
 
+from vpipe.codegen.schema import load_pipeline
 from vpipe.common.memory import LiveBytes
 from vpipe.common.yamlfile import load_yaml
 from vpipe.runtime.cli import main as train_main
@@ -34,3 +36,19 @@ def test_peak_does_not_grow_with_the_run(tmp_path):
         assert train_main([*argv, "--threads", "1"]) == 0
         peaks.append(load_yaml(out / "run" / "stage_0.yaml", "stage log")["peak_memory_bytes"])
     assert peaks[0] == peaks[1] > 0
+
+
+@pytest.mark.parametrize(("model", "stages"), [("widehead", 3), ("gpt", 2)])
+def test_measured_peak_stays_within_the_plan(tmp_path, model, stages):
+    """The planner's memory model is an upper bound that holds when measured (asp: every
+    weight version, in-flight activation, link buffer and backward peak counted), and a tight
+    one. widehead's stage 0 holds a large embedding: before the stage let go of the finished
+    micro-batch's weight version before the update that makes the next, it held one version
+    more than the plan counts (21% over here)."""
+    out = generate(plan(profile(model, tmp_path), stages, tmp_path, False), tmp_path / "out")
+    argv = [str(out / "pipeline.yaml"), "--steps", str(3 * stages), "--measure-memory"]
+    assert train_main([*argv, "--threads", "1"]) == 0
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    for k, spec in enumerate(pipeline.stages):
+        peak = load_yaml(out / "run" / f"stage_{k}.yaml", "stage log")["peak_memory_bytes"]
+        assert 0.75 * spec.predicted.memory.total <= peak <= spec.predicted.memory.total, k
