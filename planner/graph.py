@@ -102,12 +102,16 @@ def plan_graph(
         for t in kept:
             holders[t].append(i)
     placeholder = [n.op == "placeholder" for n in nodes]
+    first_input = placeholder.index(True) if any(placeholder) else -1
     factor = OPTIMIZER_STATE_FACTOR[optimizer or profile.optimizer]
     return PlanGraph(
         names=tuple(n.name for n in nodes),
         preds=preds,
         succs=tuple(tuple(s) for s in succs),
-        fwd_ms=tuple(0.0 if placeholder[i] else n.forward_ms for i, n in enumerate(nodes)),
+        fwd_ms=tuple(
+            _forward_ms(profile, n, placeholder[i] and i == first_input)
+            for i, n in enumerate(nodes)
+        ),
         bwd_ms=tuple(
             0.0 if placeholder[i] else n.backward_ms + n.update_ms * updates_per_microbatch
             for i, n in enumerate(nodes)
@@ -135,6 +139,15 @@ def plan_graph(
         if profile.source_kind == "model"
         else (),
     )
+
+
+def _forward_ms(profile: Profile, node: NodeProfile, first_input: bool) -> float:
+    """A node's forward; the stage that reads the batch makes it (`batch_ms`): counted on the
+    first input (a placeholder: otherwise free) and on the loss (the target, on the last
+    stage). A model whose inputs land on several stages makes it there too: not counted."""
+    if node.op == "placeholder":
+        return profile.batch_ms if first_input else 0.0
+    return node.forward_ms + (profile.batch_ms if node.op == "loss" else 0.0)
 
 
 def _backward_bytes(node: NodeProfile) -> int:

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import fx
 
 from vpipe.common.capture import flat_tensors
 from vpipe.common.memory import LiveBytes
+from vpipe.common.modelfile import ModelFile
 
 
 class Clock:
@@ -220,6 +222,15 @@ def time_whole_model(
 
     timing = time_forward_backward(prepare, clock, warmup, repeats)
     return timing, torch.cuda.max_memory_allocated() if clock.cuda else None
+
+
+def time_batch(
+    model_file: ModelFile, batch_size: int, clock: Clock, warmup: int, repeats: int
+) -> float:
+    """Median milliseconds of making one micro-batch (a new step each time, as in training)."""
+    steps = range(warmup + repeats)
+    times = [clock.time(partial(model_file.batch, batch_size, step)) for step in steps]
+    return statistics.median(times[warmup:])
 
 
 def time_update(

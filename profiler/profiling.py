@@ -19,6 +19,7 @@ from vpipe.profiler.measure import (
     measure_loss,
     reference_run,
     storage_key,
+    time_batch,
     time_node,
     time_update,
     time_whole_model,
@@ -163,6 +164,7 @@ def profile_model(
         model_file.loss_fn, output, target, clock, settings.warmup, settings.repeats
     )
     progress("loss")
+    batch_ms = time_batch(model_file, settings.batch_size, clock, settings.warmup, settings.repeats)
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     return Profile(
         source=model_file.source,
@@ -179,6 +181,7 @@ def profile_model(
         source_sha256=model_file.sha256,
         leaves=tuple(settings.leaves),
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
+        batch_ms=round(batch_ms, 4),
         loss=_loss_node(model_file, tuple(n.name for n in output_node.all_input_nodes), cost),
     )
 

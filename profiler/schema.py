@@ -116,6 +116,9 @@ class Profile:
     source_sha256: str | None = None
     leaves: tuple[str, ...] = ()
     whole_model: WholeModel | None = None
+    # making one micro-batch with the model file's make_batch: the runtime does it on every
+    # forward of the stages that read the batch (the inputs' stage; the last, for the target)
+    batch_ms: float = 0.0
     # the loss on the model's outputs, as one more node that reads them: the last stage runs it.
     # saved_bytes: what it keeps for backward; backward_bytes: the peak its backward adds
     loss: NodeProfile | None = None

@@ -25,7 +25,13 @@ def test_the_loss_runs_on_the_last_stage(tmp_path):
     assert measured.outputs[0] in last.nodes
     # asp: each node's optimizer step once per micro-batch
     own_ms = sum(measured.node(n).compute_ms + measured.node(n).update_ms for n in last.nodes)
-    assert last.predicted.compute_ms == pytest.approx(own_ms + measured.loss.compute_ms)
+    # and making the batch again, for the target
+    loss_ms = measured.loss.compute_ms + measured.batch_ms
+    assert measured.batch_ms > 0
+    assert last.predicted.compute_ms == pytest.approx(own_ms + loss_ms)
+    first = planned.stages[0]
+    first_ms = sum(measured.node(n).compute_ms + measured.node(n).update_ms for n in first.nodes)
+    assert first.predicted.compute_ms == pytest.approx(first_ms + measured.batch_ms)
 
     index = {name: i for i, name in enumerate(graph.names)}
     nodes = [index[n] for n in last.nodes]

@@ -98,7 +98,7 @@ def test_the_loss_by_hand(profile):
     # the count of labels it averages over (one float); not the logits themselves
     assert (loss.saved_inputs, loss.saved_bytes) == ((), 40 + 16 + 4)
     # its backward makes the log-softmax gradient and the logits' gradient, each 40 B
-    assert 40 <= loss.workspace_bytes <= 2 * 40
+    assert 40 <= loss.backward_bytes <= 2 * 40
 
 
 def test_optimizer_steps_are_timed_where_there_are_weights(profile):
@@ -143,3 +143,8 @@ def test_backward_peaks_leave_parameter_gradients_out():
     model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU())
     peaks = backward_peaks(capture(model, ()), (torch.randn(1, 128),))
     assert max(peaks.values()) < 128 * 128 * 4
+
+
+def test_making_a_batch_is_timed(profile):
+    """The runtime makes each micro-batch on the stages that read it: the planner counts it."""
+    assert profile.batch_ms > 0
