@@ -30,10 +30,15 @@ class LiveBytes(TorchDispatchMode):
             self._count(tensor)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # a view or an in-place result shares an input's storage: no new memory. Counted only
+        # if that storage is (to keep it alive in the count), not if it predates the meter
+        inputs = {_address(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                self._count(leaf)
+                address = _address(leaf)
+                if address not in inputs or address in self.bytes:
+                    self._count(leaf)
         return out
 
     def _count(self, tensor: torch.Tensor) -> None:
@@ -55,3 +60,7 @@ class LiveBytes(TorchDispatchMode):
         if not self.holders[address]:
             del self.holders[address]
             self.current -= self.bytes.pop(address)
+
+
+def _address(tensor: torch.Tensor) -> int:
+    return 0 if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr()

@@ -71,8 +71,7 @@ def plan_graph(
     node's backward time takes its share of the optimizer step: `update_ms` once per micro-batch
     under asp, once per M under 1f1b and gpipe (`updates_per_microbatch`)."""
     # the loss is one more node, after the outputs it reads: it lands on the last stage, which
-    # runs it; what its backward adds is counted with what it keeps (one micro-batch at a time
-    # on the last stage under asp and 1f1b; gpipe's M in flight make this an over-estimate)
+    # runs it; what its backward adds is its backward peak, like any node's
     nodes = (*profile.nodes, profile.loss) if profile.loss else profile.nodes
     index = {node.name: i for i, node in enumerate(nodes)}
     preds = tuple(tuple(sorted({index[p] for p in n.inputs})) for n in nodes)

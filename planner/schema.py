@@ -30,7 +30,7 @@ class MemoryBreakdown:
     stash: int  # older weight versions kept for in-flight mini-batches (asp only)
     grads: int
     optimizer: int
-    activations: int  # in-flight micro-batches x (kept tensors + received inputs + sent outputs)
+    activations: int  # in-flight micro-batches x (kept tensors, sent ones too + received inputs)
     transient: int  # the largest checkpoint segment rebuilt + the backward's own peak
     buffers: int = 0  # the links': receives posted ahead, sends not yet waited on
 

@@ -121,11 +121,10 @@ class _Residual(torch.nn.Module):
 def test_backward_peaks_count_the_gradients_a_node_backward_holds():
     """x (4 x 16 floats: 256 B) -> relu -> * 3. The seed is given, not made: the multiply's
     backward makes relu's output gradient (256 B); relu's backward holds that while it makes
-    x's (another 256 B at least)."""
+    x's, which is a gradient asked for (sent back, or a weight's: counted elsewhere)."""
     x = torch.randn(4, 16, requires_grad=True)
     peaks = backward_peaks(capture(_ReluThenScale(), ()), (x,))
-    assert peaks["mul"] == 256
-    assert peaks["relu"] >= 512
+    assert (peaks["mul"], peaks["relu"]) == (256, 256)
 
 
 def test_backward_peaks_count_a_pending_residual_gradient():
@@ -137,14 +136,12 @@ def test_backward_peaks_count_a_pending_residual_gradient():
     assert residual["mul"] > chain["mul"]
 
 
-def test_backward_peaks_leave_parameter_gradients_out():
-    """A linear layer with a 64 KiB weight on a 4-element batch: its gradient is counted
-    whole elsewhere (grads), so the node's peak must stay well under it."""
-    model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU())
+def test_backward_peaks_leave_weights_and_their_gradients_out():
+    """Two linear layers (64 KiB weights) on one sample: the second's backward takes views of
+    its weight and input (no new memory) and makes its weight's gradient (counted whole
+    elsewhere); what it holds of its own is the gradient of its input: 128 floats."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128)
+    )
     peaks = backward_peaks(capture(model, ()), (torch.randn(1, 128),))
-    assert max(peaks.values()) < 128 * 128 * 4
-
-
-def test_making_a_batch_is_timed(profile):
-    """The runtime makes each micro-batch on the stages that read it: the planner counts it."""
-    assert profile.batch_ms > 0
+    assert peaks["_2"] == 128 * 4

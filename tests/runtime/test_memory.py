@@ -26,6 +26,16 @@ def test_live_bytes_counts_storages_until_freed():
     del half
 
 
+def test_views_of_storages_from_before_the_meter_are_not_new_memory():
+    weight = torch.ones(1000)  # not given to the meter
+    with LiveBytes() as meter:
+        transposed = weight.view(10, 100).t()  # views: no new storage
+        weight.mul_(2)  # in place: none either
+        copied = transposed.contiguous()  # 4,000 bytes
+    assert meter.peak == 4_000
+    del copied
+
+
 def test_peak_does_not_grow_with_the_run(tmp_path):
     """Before sends were waited on, every micro-batch's sent activations stayed alive (gloo
     marks a send complete only when waited on): stage 0's peak grew by one activation a step."""
