@@ -4,11 +4,13 @@
 
 For each model and stage count: profile with one thread (what each stage runs with), plan for
 asp, generate, then train with one thread per process: three runs of `--steps` steps for time
-(the median per stage: the machine is shared) and a shorter run with `--measure-memory` for
-memory. Per stage it compares
+(per stage the quietest: on a shared machine others' load only adds time, and one run to the
+next varied by up to 1.5x here) and a shorter run with `--measure-memory` for memory. Per
+stage it compares
 
 - time: the plan's `time_ms` per micro-batch against the stage's measured busy time per
-  micro-batch (each action's wall time less the time blocked on a neighbour, from
+  micro-batch (each action's wall time less the time blocked on a neighbour, for its tensors
+  or until it took a send, from
   run/events_stage<k>.csv), leaving out the first 2 S micro-batches (warm-up: first-touch
   allocations). With more processes than cores, processes take turns on a core and wall time
   counts the turns of others, so the process's CPU time during each action is used instead;
@@ -87,11 +89,11 @@ def measure(model: str, stages: int, work: Path, steps: int) -> list[StageResult
     pipeline_path = str(out / "pipeline.yaml")
     common = ["--threads", "1", "--print-every", str(10**9), "--lr", "0.001"]
     by_cpu = timed_by_cpu(stages, os.cpu_count())
-    rounds = []  # the machine is shared and noisy: the median of a few runs per stage
+    rounds = []  # the machine is shared: others' load only adds time, so the quietest run
     for _ in range(ROUNDS):
         assert train_main([pipeline_path, "--steps", str(steps), *common]) == 0
         rounds.append([busy_ms(out / "run", k, 2 * stages, by_cpu) for k in range(stages)])
-    times = [statistics.median(r[k] for r in rounds) for k in range(stages)]
+    times = [min(r[k] for r in rounds) for k in range(stages)]
     memory_steps = str(3 * stages)
     assert train_main([pipeline_path, "--steps", memory_steps, "--measure-memory", *common]) == 0
     pipeline = load_pipeline(pipeline_path)

@@ -74,6 +74,7 @@ class Links:
             [s for s in sent if carries_gradient(s)], stage + 1, GRADIENT, microbatches, device
         )
         self.pending: deque[tuple[list[dist.Work], int]] = deque()  # sends, and to whom
+        self.send_waited_s = 0.0  # blocked until a neighbour took what was sent
 
     def recv_activations(self) -> list[torch.Tensor]:
         return self.activations.take() if self.activations.specs else []
@@ -88,8 +89,9 @@ class Links:
         self._send(tensors, self.stage - 1, GRADIENT)
 
     def waited_s(self) -> float:
-        """Seconds spent blocked in receives so far."""
-        return self.activations.waited_s + self.gradients.waited_s
+        """Seconds spent blocked on a neighbour so far: in receives, and until a send was
+        taken (a stage that waits for its peer is idle, not busy)."""
+        return self.activations.waited_s + self.gradients.waited_s + self.send_waited_s
 
     def flush(self) -> None:
         """Wait for every send to finish (before exit)."""
@@ -102,8 +104,10 @@ class Links:
         Such a send to stage s + 1 finished once s + 1 posted its receive, which it does on
         taking the activations before it; nothing stage s + 1 needs for that is still to come
         from this stage (and the same holds for gradients to s - 1)."""
+        start = time.perf_counter()
         while len(self.pending) >= SENDS_AHEAD:
             _wait(*self.pending.popleft())
+        self.send_waited_s += time.perf_counter() - start
         works = [dist.isend(t.detach().contiguous(), dst=peer, tag=tag) for t in tensors]
         self.pending.append((works, peer))
 
