@@ -170,6 +170,7 @@ def main() -> None:
         f"per stage, median of {args.rounds} interleaved rounds; work files in {work}"
     )
     print_table(runs, cap * GIB, cap * GIB * 0.9)
+    args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, cap * GIB, args.out / "memory_bound.png")
     print(f"wrote {args.out / 'memory_bound.png'}")
 

@@ -145,6 +145,7 @@ def main() -> None:
     if gains:
         verdict = "PASS" if min(gains) >= TARGET else "FAIL"
         print(f"widehead: vpipe's gain over every rule >= {TARGET}x: {verdict} ({min(gains):.2f}x)")
+    args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "split_quality.png")
     print(f"wrote {args.out / 'split_quality.png'}")
 
