@@ -42,8 +42,8 @@ class LiveBytes(TorchDispatchMode):
         return out
 
     def _count(self, tensor: torch.Tensor) -> None:
-        if tensor.device.type == "meta":
-            return
+        if tensor.device.type == "meta" or tensor.layout != torch.strided:
+            return  # sparse tensors have no one storage to count (their parts are counted)
         storage = tensor.untyped_storage()
         address = storage.data_ptr()
         if address == 0:  # no elements
@@ -63,4 +63,6 @@ class LiveBytes(TorchDispatchMode):
 
 
 def _address(tensor: torch.Tensor) -> int:
-    return 0 if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr()
+    if tensor.device.type == "meta" or tensor.layout != torch.strided:
+        return 0
+    return tensor.untyped_storage().data_ptr()

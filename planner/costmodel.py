@@ -15,8 +15,9 @@ The tensors a stage sends count as kept: autograd holds them as its backward's r
 (runtime/links.py) post each receive one micro-batch ahead (received bytes), hold the gradient
 being received beside the next one posted (2 x sent), and keep the tensors of the last two
 sends until they are waited on: two activation sends on the first stage, two gradient sends on
-the last, one of each between. A gradient send holds the received bytes; an activation send
-holds only what it had to copy to lay out densely (`copied_bytes`): the rest is kept anyway.
+the last; between, two activation sends while the first forwards run back to back and one of
+each later (the larger pair counts). A gradient send holds the received bytes; an activation
+send holds only what it had to copy to lay out densely (`copied_bytes`): the rest is kept.
 
 A *checkpoint segment* is a maximal run of recomputed nodes in the stage's (topological) order.
 A tensor produced in the stage is kept per in-flight micro-batch when a non-recomputed node
@@ -26,8 +27,9 @@ inputs). Tensors from earlier stages are kept as received.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import MemoryBreakdown, PlanSettings, StagePrediction
@@ -41,17 +43,25 @@ class ScheduleShape:
     in_flight: int  # micro-batches whose activations are alive at once
 
 
-def link_buffer_bytes(received: float, sent: float, copied: float, first: bool, last: bool):
+def link_buffer_bytes(
+    received: Any,
+    sent: Any,
+    copied: Any,
+    first: bool,
+    last: bool,
+    larger: Callable[[Any, Any], Any] = max,
+) -> Any:
     """What a stage's links hold beside the micro-batches in flight (see the module docstring):
-    `copied` is the part of `sent` a send copies. Works on numbers and numpy arrays alike."""
+    `copied` is the part of `sent` a send copies. `larger` is max for numbers; the DP passes
+    numpy's elementwise maximum, the ILP a variable bounded below by both."""
     if first and last:
         return 0 * received
     if first:
         pending = 2 * copied
     elif last:
         pending = 2 * received
-    else:
-        pending = copied + received
+    else:  # two forwards in a row before the first backward: two activation sends at worst
+        pending = copied + larger(copied, received)
     return received + 2 * sent + pending
 
 
@@ -128,8 +138,19 @@ def kept_bytes(
 
 
 def backward_peak_bytes(graph: PlanGraph, stage: Sequence[int]) -> int:
-    """The most a stage's backward holds at once beyond what the forward kept."""
-    return max((graph.backward_bytes[n] for n in stage), default=0)
+    """The most a stage's backward holds at once beyond what the forward kept. Nodes' peaks
+    leave out the gradient of the stage's outputs (received: a link buffer); on the stage that
+    runs the loss, the loss's backward makes it, and it lasts through the nodes' backwards."""
+    if graph.loss is None or graph.loss not in stage:
+        return max((graph.backward_bytes[n] for n in stage), default=0)
+    made = output_gradient_bytes(graph)
+    nodes = (graph.backward_bytes[n] + made for n in stage if n != graph.loss)
+    return max(graph.backward_bytes[graph.loss], *nodes)
+
+
+def output_gradient_bytes(graph: PlanGraph) -> int:
+    """The gradient the loss's backward makes for the model's outputs: as large as they are."""
+    return sum(graph.out_bytes[p] for p in graph.preds[graph.loss]) if graph.loss is not None else 0
 
 
 def recompute_free_bytes(

@@ -165,7 +165,8 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
         trainable = tables.trainable[None, :] - tables.trainable[:, None]
         copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
         received, sent = tables.crossing[:, None], tables.crossing[None, :]
-        links = link_buffer_bytes(received, sent, tables.copied, k == 0, k == settings.gpus - 1)
+        last = k == settings.gpus - 1
+        links = link_buffer_bytes(received, sent, tables.copied, k == 0, last, np.maximum)
         fixed = (  # what no recompute choice changes (costmodel.recompute_free_bytes)
             tables.params[None, :]
             - tables.params[:, None]

@@ -24,7 +24,12 @@ from collections.abc import Iterator
 
 import pulp
 
-from vpipe.planner.costmodel import gradient_copies, link_buffer_bytes, schedule_shape
+from vpipe.planner.costmodel import (
+    gradient_copies,
+    link_buffer_bytes,
+    output_gradient_bytes,
+    schedule_shape,
+)
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings
 from vpipe.planner.split import Split
@@ -73,6 +78,7 @@ def solve_ilp(
     q = {(n, k): prob.add_variable(f"q_{n}_{k}", lowBound=0) for n in nodes for k in stages}
     p = {k: prob.add_variable(f"p_{k}", lowBound=0) for k in stages}
     b = {k: prob.add_variable(f"b_{k}", lowBound=0) for k in stages}
+    loss, made = graph.loss, output_gradient_bytes(graph)
     bottleneck = prob.add_variable("T", lowBound=0)
     prob += bottleneck
 
@@ -135,7 +141,17 @@ def solve_ilp(
             prob += p[k] >= q[n, k]
             if graph.backward_bytes[n]:
                 prob += b[k] >= graph.backward_bytes[n] * x[n, k]
+            if loss is not None and n != loss:  # with the loss, the outputs' gradient too
+                prob += b[k] >= (graph.backward_bytes[n] + made) * x[n, k] - made * (1 - x[loss, k])
     per_byte = 2 / (settings.bandwidth_gbps * 1e6)
+
+    def larger(a: pulp.LpAffineExpression, b: pulp.LpAffineExpression) -> pulp.LpVariable:
+        """A variable at least max(a, b): memory only pushes it down to the larger."""
+        most = prob.add_variable(f"larger_{len(prob.variables())}", lowBound=0)
+        prob.addConstraint(most >= a)
+        prob.addConstraint(most >= b)
+        return most
+
     for k in stages:
         shape = schedule_shape(settings, k)
         prob += bottleneck >= pulp.lpSum(
@@ -160,7 +176,7 @@ def solve_ilp(
             prob += (
                 weights
                 + shape.in_flight * (kept + received)
-                + link_buffer_bytes(received, sent, copied.get(k, 0), k == 0, k == last)
+                + link_buffer_bytes(received, sent, copied.get(k, 0), k == 0, k == last, larger)
                 + p[k]
                 + b[k]
                 <= settings.memory_bytes

@@ -125,7 +125,6 @@ def _report(pipeline_path: str) -> int:
 def settings_from(args: argparse.Namespace) -> dict:
     """Flags, over the --config file, over the defaults (schedule and optimizer: the plan's)."""
     from vpipe.common.errors import VpipeError
-    from vpipe.common.paths import resolved_path
     from vpipe.common.yamlfile import load_yaml
 
     config = load_yaml(args.config, "run config") if args.config else {}
@@ -146,8 +145,9 @@ def settings_from(args: argparse.Namespace) -> dict:
         where = f"--{key.replace('_', '-')}" if flag is not None else f"{args.config}: {key}"
         _check_value(key, chosen[key], default, where)
     if getattr(args, "checkpoint_dir", None) is None and config.get("checkpoint_dir"):
-        # a path in a file is relative to that file's directory, as in every file vpipe writes
-        chosen["checkpoint_dir"] = resolved_path(config["checkpoint_dir"], args.config)
+        # a path in a file is relative to that file's directory, as in every file vpipe writes;
+        # no fallback to the current directory: the folder may not exist yet
+        chosen["checkpoint_dir"] = str(Path(args.config).parent / config["checkpoint_dir"])
     return chosen
 
 

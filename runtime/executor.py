@@ -229,8 +229,8 @@ class StageExecutor:
         if self.schedule != "asp":
             for name, grad in grads.items():  # in place: one running sum beside the new grads
                 total = self.accumulated.get(name)
-                if total is None:  # contiguous: an expanded (stride 0) gradient cannot be added to
-                    self.accumulated[name] = grad.contiguous()
+                if total is None:  # a copy: autograd may hand one tensor to several weights
+                    self.accumulated[name] = grad.clone(memory_format=torch.contiguous_format)
                 else:
                     total.add_(grad)
             if self.backwards % self.pipeline.microbatches:

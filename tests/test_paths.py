@@ -120,6 +120,7 @@ def test_run_config_paths_are_relative_to_it(tmp_path, monkeypatch):
 
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf/run.yaml").write_text("checkpoint_dir: ckpt\n")
+    (tmp_path / "ckpt").mkdir()  # another run's, here: not the one the config names
     monkeypatch.chdir(tmp_path)
     chosen = settings_from(build_parser().parse_args(["p.yaml", "--config", "conf/run.yaml"]))
     assert chosen["checkpoint_dir"] == "conf/ckpt"

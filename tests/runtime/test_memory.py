@@ -36,6 +36,14 @@ def test_views_of_storages_from_before_the_meter_are_not_new_memory():
     del copied
 
 
+def test_sparse_tensors_do_not_stop_the_meter():
+    """An embedding with sparse gradients: the meter must keep counting, not raise."""
+    embedding = torch.nn.Embedding(100, 16, sparse=True)
+    with LiveBytes() as meter:
+        embedding(torch.tensor([1, 2, 3])).sum().backward()
+    assert embedding.weight.grad.is_sparse and meter.peak > 0
+
+
 def test_peak_does_not_grow_with_the_run(tmp_path):
     """Before sends were waited on, every micro-batch's sent activations stayed alive (gloo
     marks a send complete only when waited on): stage 0's peak grew by one activation a step."""
