@@ -38,7 +38,7 @@ demo: install
 	mkdir -p $(DEMO)
 	$(BIN)/vpipe-profile vpipe.models.gpt --device cpu --batch-size 8 \
 		-o $(DEMO)/profile.yaml --plot $(DEMO)/profile.png
-	$(BIN)/vpipe-plan $(DEMO)/profile.yaml --gpus 2 --memory 0.010 \
+	$(BIN)/vpipe-plan $(DEMO)/profile.yaml --gpus 2 --memory 0.012 \
 		-o $(DEMO)/plan.yaml --plot $(DEMO)/plan.png
 	$(BIN)/vpipe-gen $(DEMO)/plan.yaml -o $(DEMO)/out
 	$(BIN)/vpipe-train $(DEMO)/out/pipeline.yaml --steps 300 --lr 0.05 --optimizer momentum \
