@@ -64,7 +64,7 @@ def build_stage(
         model = build_model()
     stage = stage_class(model)
     del model
-    stage.to_empty(device=device)
+    to_empty_tied(stage, device)
     saved = torch.load(weights, map_location=device, weights_only=True, mmap=True)
     mine = stage_tensors(stage)
     if set(saved) != set(mine):
@@ -76,6 +76,30 @@ def build_stage(
         for name, tensor in mine.items():
             tensor.copy_(saved[name])
     return stage
+
+
+def to_empty_tied(module: nn.Module, device: torch.device | str) -> None:
+    """`module.to_empty(device=device)`, keeping tied weights (an embedding and a head, say) one
+    tensor: to_empty gives each name its own."""
+    ties = _ties(module)
+    module.to_empty(device=device)
+    _retie(module, ties)
+
+
+def _ties(module: nn.Module) -> list[list[str]]:
+    """Names that reach the same parameter, grouped (the first is the one state_dict keeps)."""
+    groups: dict[int, list[str]] = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _retie(module: nn.Module, ties: list[list[str]]) -> None:
+    for first, *rest in ties:
+        shared = module.get_parameter(first)
+        for name in rest:
+            owner, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(owner), leaf, shared)
 
 
 def load_stage(

@@ -26,7 +26,7 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile
 from vpipe.common.optim import Updater
 from vpipe.common.schedules import FORWARD, Action
-from vpipe.common.stages import load_stage
+from vpipe.common.stages import load_stage, to_empty_tied
 from vpipe.runtime import rng
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.rng import RngState
@@ -83,7 +83,7 @@ class StageExecutor:
         self.buffers = dict(self.module.named_buffers())
         # the module is only a structure now (functional_call gives it weights and buffers):
         # its own copies would keep the first weight version alive for the whole run
-        self.module.to_empty(device="meta")
+        to_empty_tied(self.module, "meta")
         self.in_flight: dict[int, _InFlight] = {}
         self.accumulated: Weights = {}
         self.backwards = 0

@@ -127,7 +127,10 @@ def stage_main(settings: RunSettings) -> None:
     try:
         run_stage(settings)
     except VpipeError as err:
-        print(f"vpipe-train: error: stage {os.environ.get('RANK')}: {err}", file=sys.stderr)
+        # one write: stages fail together, and print's two writes (text, newline) interleave
+        line = f"vpipe-train: error: stage {os.environ.get('RANK')}: {err}\n"
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), line.encode())
         raise SystemExit(2) from None
     except Exception:
         print(f"vpipe-train: stage {os.environ.get('RANK')} failed:", file=sys.stderr)

@@ -35,3 +35,20 @@ def test_tied_copies_stay_equal_to_single_process(tmp_path, monkeypatch, capsys)
     second = torch.load("out/run/final_stage_1.pt")["head.weight"]
     assert torch.equal(first, second)
     torch.testing.assert_close(first, expected["embed.weight"].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_tied_weights_on_one_stage_stay_one_tensor(tmp_path, monkeypatch):
+    """Embedding and head on the same stage: built from the meta device, the stage must tie
+    them again (materialising gives each name its own tensor), and train like one model."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(FIXTURE, "tied.py")
+    assert profile_main(["tied.py", "-o", "profile.yaml", "-q", "--device", "cpu"]) == 0
+    argv = ["profile.yaml", "--gpus", "1", "--schedule", "1f1b", "--microbatches", "2"]
+    assert plan_main([*argv, "-o", "plan.yaml", "-q"]) == 0
+    assert generate_main(["plan.yaml", "-o", "out", "-q"]) == 0
+    pipeline = load_pipeline("out/pipeline.yaml")
+    train = ["out/pipeline.yaml", "--steps", "3", "--lr", str(LR), "--optimizer", "momentum"]
+    assert train_main([*train, "--threads", "1"]) == 0
+    expected, _ = single_process(pipeline, 3)
+    for name, tensor in torch.load("out/run/final_stage_0.pt").items():
+        torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
