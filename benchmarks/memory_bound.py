@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from measuring import samples_per_s
+from measuring import interleaved_samples_per_s
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.common.plotting import pyplot, save_figure
@@ -149,10 +148,7 @@ def main() -> None:
         assert plans(profile, args.stages, cap, choice, work / f"{choice}.yaml")
         outs[choice] = work / choice
         assert generate_main([str(work / f"{choice}.yaml"), "-o", str(outs[choice]), "-q"]) == 0
-    timed: dict[str, list[float]] = {choice: [] for choice in CHOICES}
-    for round_ in range(args.rounds):
-        for choice in CHOICES if round_ % 2 == 0 else reversed(CHOICES):
-            timed[choice].append(samples_per_s(outs[choice], args.steps))
+    timed = interleaved_samples_per_s(outs, args.steps, args.rounds)
     runs = []
     for choice in CHOICES:
         planned = load_plan(work / f"{choice}.yaml")
@@ -162,7 +158,7 @@ def main() -> None:
                 tuple(len(s.recompute) for s in planned.stages),
                 tuple(s.predicted.memory.total for s in planned.stages),
                 peaks(outs[choice], args.stages),
-                statistics.median(timed[choice]),
+                timed[choice],
             )
         )
     print(

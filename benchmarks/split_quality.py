@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from measuring import samples_per_s
+from measuring import interleaved_samples_per_s
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.common.plotting import pyplot, save_figure
@@ -56,10 +55,7 @@ def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> lis
         assert plan_main(argv) == 0
         outs[rule] = folder / rule
         assert generate_main([str(plan), "-o", str(outs[rule]), "-q"]) == 0
-    measured: dict[str, list[float]] = {rule: [] for rule in RULES}
-    for round_ in range(rounds):
-        for rule in RULES if round_ % 2 == 0 else reversed(RULES):
-            measured[rule].append(samples_per_s(outs[rule], steps))
+    measured = interleaved_samples_per_s(outs, steps, rounds)
     results = []
     for rule in RULES:
         planned = load_plan(folder / f"{rule}.yaml")
@@ -70,7 +66,7 @@ def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> lis
                 rule,
                 tuple(len(s.nodes) for s in planned.stages),
                 planned.predicted.throughput_samples_per_s,
-                statistics.median(measured[rule]),
+                measured[rule],
             )
         )
     return results
