@@ -1,8 +1,8 @@
 """The one loop that walks a stage's actions: forwards, backwards, updates, weight stashing.
 
 Weights are plain tensors in versions (name -> tensor), never a module's own parameters: a
-forward runs the stage through `torch.func.functional_call` with the newest version and keeps
-a reference to it; its backward asks autograd for gradients with respect to exactly that
+forward runs the stage bound to the newest version (`runtime.binding`) and keeps a reference to
+it; its backward asks autograd for gradients with respect to exactly that
 version. Updates are out of place (`runtime.optim`), so a version a pending backward needs is
 never modified; it is freed when no micro-batch in flight uses it. Under `asp` every backward
 is followed by an update (PipeDream's weight stashing); under `1f1b` and `gpipe` gradients add
@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
-from torch.nn.utils.stateless import _reparametrize_module
 
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
@@ -28,6 +26,7 @@ from vpipe.common.optim import Updater
 from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage, to_empty_tied
 from vpipe.runtime import rng
+from vpipe.runtime.binding import Slots
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import TiedGradients
@@ -81,9 +80,10 @@ class StageExecutor:
             name: p.detach().requires_grad_() for name, p in self.module.named_parameters()
         }
         self.buffers = dict(self.module.named_buffers())
-        # the module is only a structure now (functional_call gives it weights and buffers):
-        # its own copies would keep the first weight version alive for the whole run
+        # the module is only a structure now (each call binds weights and buffers to it): its
+        # own copies would keep the first weight version alive for the whole run
         to_empty_tied(self.module, "meta")
+        self.slots = Slots(self.module)
         self.in_flight: dict[int, _InFlight] = {}
         self.accumulated: Weights = {}
         self.backwards = 0
@@ -166,7 +166,9 @@ class StageExecutor:
             if tensor.is_floating_point():
                 tensor.requires_grad_()
         weights = self.weights if weights is None else weights
-        outputs = functional_call(self.module, {**weights, **self.buffers}, (*own, *received))
+        with self.slots.bound(weights, self.buffers):
+            outputs = self.module(*own, *received)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         self._check(outputs)
         if self.last:
             output = outputs if self.pipeline.output_is_tuple else outputs[0]
@@ -217,12 +219,12 @@ class StageExecutor:
         return grads, sent
 
     def _recomputing_on(self, weights: Weights):
-        """Backward recomputes checkpointed segments through the module's own attributes,
-        after the forward's `functional_call` has put them back: point them at the version
-        the forward used for as long as the backward runs."""
+        """Backward recomputes checkpointed segments through the module's own attributes, which
+        the forward's binding has put back: bind them to the version the forward used for as
+        long as the backward runs."""
         if not self.spec.recompute:
             return contextlib.nullcontext()
-        return _reparametrize_module(self.module, {**weights, **self.buffers})
+        return self.slots.bound(weights, self.buffers)
 
     def _apply(self, grads: Weights) -> None:
         self.backwards += 1
