@@ -9,11 +9,10 @@ next varied by up to 1.5x here) and a shorter run with `--measure-memory` for me
 stage it compares
 
 - time: the plan's `time_ms` per micro-batch against the stage's measured busy time per
-  micro-batch (each action's wall time less the time blocked on a neighbour, for its tensors
-  or until it took a send, from
-  run/events_stage<k>.csv), leaving out the first 2 S micro-batches (warm-up: first-touch
-  allocations). With more processes than cores, processes take turns on a core and wall time
-  counts the turns of others, so the process's CPU time during each action is used instead;
+  micro-batch, leaving out the first 2 S micro-batches (warm-up: first-touch allocations): the
+  process's CPU time during each action (run/events_stage<k>.csv), as `vpipe-train --report`
+  takes it for a stage on one thread. Wall time would also count the turns its core went to
+  others (other processes, a hypervisor's steal), and one thread's CPU time does not;
 - memory: the plan's predicted total against the peak of the stage's live tensor bytes, counted
   op by op (common/memory.py: every storage an op returns, until its last reference goes;
   what `torch.cuda.max_memory_allocated` reports on a GPU).
@@ -88,7 +87,7 @@ def measure(model: str, stages: int, work: Path, steps: int) -> list[StageResult
     assert generate_main([str(plan), "-o", str(out), "-q"]) == 0
     pipeline_path = str(out / "pipeline.yaml")
     common = ["--threads", "1", "--print-every", str(10**9), "--lr", "0.001"]
-    by_cpu = timed_by_cpu(stages, os.cpu_count())
+    by_cpu = timed_by_cpu(stages, os.cpu_count(), threads=1)  # --threads 1
     rounds = []  # the machine is shared: others' load only adds time, so the quietest run
     for _ in range(ROUNDS):
         assert train_main([pipeline_path, "--steps", str(steps), *common]) == 0

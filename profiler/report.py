@@ -43,6 +43,19 @@ def summary_table(profile: Profile) -> Table:
     return table
 
 
+def clock_line(device: str, threads: int | None) -> str:
+    """Which clock the times are on, as `measure.Clock` chose it from the device and threads."""
+    if device != "cpu":
+        return "times: CUDA events"
+    if threads == 1:
+        return (
+            "times: the process's CPU time (one torch thread, and wall time counts others' turns)"
+        )
+    if threads:
+        return f"times: wall time ({threads} torch threads: the process's CPU time sums them)"
+    return "times: wall time"
+
+
 def totals_lines(profile: Profile) -> list[str]:
     """Totals and the honesty figure: how far the node sum is from the whole-model time."""
     params = sum(n.param_bytes for n in profile.nodes)
@@ -52,6 +65,7 @@ def totals_lines(profile: Profile) -> list[str]:
         f"{len(profile.nodes)} nodes, parameters {human_bytes(params)}, "
         f"saved for backward (excluding inputs kept) {saved}",
         f"sum of node forward+backward: {profile.node_compute_ms:.2f} ms",
+        clock_line(profile.device, profile.threads),
     ]
     if profile.whole_model is not None:
         whole = profile.whole_model

@@ -3,11 +3,13 @@ bubble, a timeline, and run/report.md to keep beside it.
 
 Read from out/run/events_stage<k>.csv and stage_<k>.yaml. A stage's measured time per micro-batch
 is its busy time (actions, less the time blocked waiting for a neighbour) over its micro-batches,
-the figure the planner predicts as the stage's `time_ms`; when its machine ran more processes
-than it has cores, they took turns on a core and wall time counts the others' turns, so the
-stage's CPU time is used instead. Its measured memory is the peak in stage_<k>.yaml, against the
-plan's predicted total. The bubble is the idle share of stage-time between the run's first start
-and last end, the simulator's definition (`planner/simulate.py`).
+the figure the planner predicts as the stage's `time_ms`, on the stage's CPU time when it
+computed on one torch thread or its machine ran more processes than it has cores: wall time also
+counts the turns its core went to others (other processes, a hypervisor's steal), and one
+thread's CPU time does not. With several threads and no more processes than cores, the CPU time
+sums the threads and is not a duration, so wall time is used. Its measured memory is the peak in
+stage_<k>.yaml, against the plan's predicted total. The bubble is the idle share of stage-time
+between the run's first start and last end, the simulator's definition (`planner/simulate.py`).
 """
 
 from __future__ import annotations
@@ -48,10 +50,13 @@ COLUMNS = (
 )
 
 
-def timed_by_cpu(processes: int, cores: int | None) -> bool:
-    """More processes than cores on a machine: they take turns on a core, and an action's wall
-    time counts the turns of the others; the process's CPU time does not."""
-    return processes > (cores or 1)
+def timed_by_cpu(processes: int, cores: int | None, threads: int | None) -> bool:
+    """Whether a stage is timed by its process's CPU time rather than wall time: when it
+    computed on one torch thread (its CPU time is then a duration that leaves out the turns its
+    core went to others, a hypervisor's steal included), or when its machine ran more processes
+    than cores (they took turns on a core, and wall time counts the others'). `threads` None:
+    a run from before stage logs recorded it, only the second rule."""
+    return threads == 1 or processes > (cores or 1)
 
 
 def busy_s(event: ActionEvent, by_cpu: bool) -> float:
@@ -59,10 +64,12 @@ def busy_s(event: ActionEvent, by_cpu: bool) -> float:
     return event.cpu_s if by_cpu else event.end_s - event.start_s - event.wait_s
 
 
-def stage_ms(events: Sequence[ActionEvent], processes: int, cores: int | None) -> float:
+def stage_ms(
+    events: Sequence[ActionEvent], processes: int, cores: int | None, threads: int | None
+) -> float:
     """A stage's busy milliseconds per micro-batch (its forward and backward), the figure the
     plan predicts as `time_ms`, on the clock `timed_by_cpu` chooses."""
-    by_cpu = timed_by_cpu(processes, cores)
+    by_cpu = timed_by_cpu(processes, cores, threads)
     count = max(1, sum(e.action == FORWARD for e in events))
     return sum(busy_s(e, by_cpu) for e in events) / count * 1e3
 
@@ -78,11 +85,12 @@ class StageReport:
     idle: float  # share of the run's span this stage did nothing (wall clock)
     processes: int  # processes its machine ran in the run, this one included
     cores: int | None  # that machine's cores
+    threads: int | None  # its torch threads (None: a run from before stage logs recorded them)
     measured_bytes: int | None  # peak memory; None: not measured (CPU without --measure-memory)
 
     @property
     def by_cpu(self) -> bool:
-        return timed_by_cpu(self.processes, self.cores)
+        return timed_by_cpu(self.processes, self.cores, self.threads)
 
     @property
     def predicted_ms(self) -> float:
@@ -129,17 +137,19 @@ def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -
         unlogged += [] if log else [str(spec.index)]
         processes = log.get("local_processes", len(pipeline.stages))  # older runs: one machine
         cores = log.get("cpu_count", os.cpu_count())
+        threads = log.get("threads")
         stages.append(
             StageReport(
                 index=spec.index,
                 predicted=spec.predicted,
                 nodes=len(plan.stages[spec.index].nodes) if plan else None,
                 recomputed=len(plan.stages[spec.index].recompute) if plan else None,
-                measured_ms=stage_ms(stage_events, processes, cores),
+                measured_ms=stage_ms(stage_events, processes, cores, threads),
                 waiting_ms=sum(e.wait_s for e in stage_events) / count * 1e3,
                 idle=1 - busy / span if span else 0.0,
                 processes=processes,
                 cores=cores,
+                threads=threads,
                 measured_bytes=log.get("peak_memory_bytes"),
             )
         )
@@ -227,14 +237,12 @@ def timing_note(report: RunReport) -> str:
     """Which clock the measured times are on, and why; and whether counting memory slowed
     them."""
     cpu = [s for s in report.stages if s.by_cpu]
-    wall = "busy wall time per micro-batch (each action less its waiting)"
+    threaded = all(s.threads for s in report.stages if not s.by_cpu)  # else an older run's
+    several = "; several torch threads, whose CPU time is a sum" if threaded else ""
+    wall = f"busy wall time per micro-batch (each action less its waiting{several})"
     note = f"measured ms: {wall}"
     if cpu:
-        s = cpu[0]
-        why = (
-            f"{s.processes} processes shared {s.cores or 1} cores, and wall time counts "
-            "others' turns"
-        )
+        why = "; ".join(dict.fromkeys(_why_cpu(s) for s in cpu))
         note = f"measured ms: CPU time per micro-batch ({why})"
         if len(cpu) < len(report.stages):
             names = ", ".join(str(s.index) for s in cpu)
@@ -247,6 +255,15 @@ def timing_note(report: RunReport) -> str:
             "; this run used --measure-memory, which on CPU slows every op: time a run without it"
         )
     return note
+
+
+def _why_cpu(stage: StageReport) -> str:
+    if stage.processes > (stage.cores or 1):
+        return (
+            f"{stage.processes} processes shared {stage.cores or 1} cores, and wall time counts "
+            "others' turns"
+        )
+    return "one torch thread, and wall time counts others' turns on its core"
 
 
 def bubble_line(report: RunReport) -> str:

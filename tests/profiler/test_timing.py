@@ -1,7 +1,15 @@
-"""Measured times follow the work: layers of 1x, 4x and 16x the FLOPs time in that order."""
+"""Measured times follow the work: layers of 1x, 4x and 16x the FLOPs time in that order; on
+one CPU thread the clock is the process's CPU time, with more it is wall time."""
+
+import time
+
+import pytest
+import torch
 
 from vpipe.common.modelfile import load_model_file
+from vpipe.profiler.measure import Clock
 from vpipe.profiler.profiling import ProfileSettings, profile_model
+from vpipe.profiler.report import clock_line
 
 ATTEMPTS = 3  # the lowest of three medians per node: another busy process only ever adds time
 
@@ -15,3 +23,29 @@ def test_times_order_with_flops(fixtures):
     backward = [min(run[i].backward_ms for run in layers) for i in range(3)]
     assert forward[0] < forward[1] < forward[2], forward
     assert backward[0] < backward[1] < backward[2], backward
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's thread count in a test; restored after it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_one_thread_is_timed_by_cpu_time(torch_threads):
+    torch_threads(1)
+    clock = Clock(torch.device("cpu"))
+    assert clock.kind == "cpu"
+    assert clock.time(lambda: time.sleep(0.2)) < 20  # sleeping takes no CPU: near 0 ms
+    torch_threads(2)
+    clock = Clock(torch.device("cpu"))
+    assert clock.kind == "wall"
+    assert 199 < clock.time(lambda: time.sleep(0.2)) < 1000  # the 200 ms it slept
+
+
+def test_report_says_which_clock():
+    assert clock_line("cpu", 1).startswith("times: the process's CPU time (one torch thread")
+    assert clock_line("cpu", 2).startswith("times: wall time (2 torch threads")
+    assert clock_line("cpu", None) == "times: wall time"
+    assert clock_line("NVIDIA H200", None) == "times: CUDA events"

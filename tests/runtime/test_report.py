@@ -116,14 +116,19 @@ def test_report_md_memory_when_measured(measured, capsys):
     assert "this run used --measure-memory, which on CPU slows every op" in markdown
 
 
-def test_more_processes_than_cores_times_by_cpu():
+def test_one_thread_or_more_processes_than_cores_times_by_cpu():
     events = [  # wall 10 ms less 2 ms waiting per action; 3 ms of CPU
         ActionEvent(action, 0, start, start + 0.010, 0.002, 0.003)
         for action, start in (("F", 0.0), ("B", 0.1))
     ]
-    assert timed_by_cpu(4, 2) and not timed_by_cpu(2, 2) and timed_by_cpu(2, None)
-    assert stage_ms(events, processes=4, cores=2) == pytest.approx(6.0)  # 2 x 3 ms CPU
-    assert stage_ms(events, processes=2, cores=2) == pytest.approx(16.0)  # 2 x (10 - 2) ms
+    assert timed_by_cpu(2, 2, threads=1) and timed_by_cpu(4, 2, threads=2)
+    assert not timed_by_cpu(2, 2, threads=2) and not timed_by_cpu(1, 8, threads=4)
+    # stage logs from before `threads`: processes against cores alone
+    assert timed_by_cpu(4, 2, None) and not timed_by_cpu(2, 2, None) and timed_by_cpu(2, None, None)
+    assert stage_ms(events, 2, 2, threads=1) == pytest.approx(6.0)  # 2 x 3 ms CPU
+    assert stage_ms(events, 4, 2, threads=2) == pytest.approx(6.0)
+    assert stage_ms(events, 2, 2, threads=2) == pytest.approx(16.0)  # 2 x (10 - 2) ms
+    assert stage_ms(events, 2, 2, threads=None) == pytest.approx(16.0)
 
 
 def _stage_logs(out):
@@ -133,22 +138,50 @@ def _stage_logs(out):
             yield path, yaml.safe_load(file)
 
 
-def test_report_says_which_clock(trained, tmp_path, capsys):
-    for _, log in _stage_logs(trained):  # what each stage's machine had
-        assert log["local_processes"] == 2 and log["cpu_count"] == os.cpu_count()
-    copy = shutil.copytree(trained.parent, tmp_path / "copy") / "out"
-    for path, log in _stage_logs(copy):  # as if 8 processes had shared 2 cores
-        path.write_text(yaml.safe_dump({**log, "local_processes": 8, "cpu_count": 2}))
-    printed, markdown = report(copy, capsys)
-    assert "measured ms: CPU time per micro-batch (8 processes shared 2 cores" in printed
-    assert "Measured ms: CPU time per micro-batch" in markdown
+def _relogged(trained, directory, **keys):
+    """A copy of the trained run whose stage logs say `keys` (a key set to None: left out)."""
+    copy = shutil.copytree(trained.parent, directory) / "out"
+    for path, log in _stage_logs(copy):
+        path.write_text(yaml.safe_dump({k: v for k, v in {**log, **keys}.items() if v is not None}))
+    return copy
+
+
+def _measured_ms(out, markdown, column):
+    """Per stage, the report's measured ms and the same from the events' `column`."""
     for k, row in enumerate(table(markdown, "stage | predicted ms")):
-        with open(copy / "run" / f"events_stage{k}.csv") as file:
+        with open(out / "run" / f"events_stage{k}.csv") as file:
             rows = list(csv.DictReader(file))
-        cpu_ms = sum(float(r["cpu_s"]) for r in rows) / 12 * 1e3  # 12 forwards
-        assert row["measured ms"] == f"{cpu_ms:.3f}"
-    printed, _ = report(trained, capsys)
+        if column == "cpu_s":
+            busy = sum(float(r["cpu_s"]) for r in rows)
+        else:
+            busy = sum(float(r["end_s"]) - float(r["start_s"]) - float(r["wait_s"]) for r in rows)
+        yield row["measured ms"], f"{busy / 12 * 1e3:.3f}"  # 12 forwards
+
+
+def test_report_says_which_clock(trained, tmp_path, capsys):
+    for _, log in _stage_logs(trained):  # what each stage's machine had, and its threads
+        assert log["local_processes"] == 2 and log["cpu_count"] == os.cpu_count()
+        assert log["threads"] == 1  # --threads 1
+    printed, markdown = report(trained, capsys)  # one thread: CPU time
+    assert "measured ms: CPU time per micro-batch (one torch thread, and wall time" in printed
+    assert "Measured ms: CPU time per micro-batch" in markdown
+    assert all(shown == cpu for shown, cpu in _measured_ms(trained, markdown, "cpu_s"))
+
+    crowded = _relogged(trained, tmp_path / "crowded", local_processes=8, cpu_count=2, threads=2)
+    printed, markdown = report(crowded, capsys)
+    assert "measured ms: CPU time per micro-batch (8 processes shared 2 cores" in printed
+    assert all(shown == cpu for shown, cpu in _measured_ms(crowded, markdown, "cpu_s"))
+
+    threaded = _relogged(trained, tmp_path / "threaded", local_processes=2, cpu_count=2, threads=2)
+    printed, markdown = report(threaded, capsys)
     assert "measured ms: busy wall time per micro-batch" in printed
+    assert "several torch threads, whose CPU time is a sum" in printed
+    assert all(shown == wall for shown, wall in _measured_ms(threaded, markdown, "wall"))
+
+    older = _relogged(trained, tmp_path / "older", local_processes=2, cpu_count=2, threads=None)
+    printed, markdown = report(older, capsys)  # no `threads`: processes against cores alone
+    assert "measured ms: busy wall time per micro-batch (each action less its waiting)" in printed
+    assert all(shown == wall for shown, wall in _measured_ms(older, markdown, "wall"))
 
 
 def test_an_earlier_runs_stage_log_is_not_this_runs(measured, tmp_path, capsys):
