@@ -4,7 +4,9 @@ Every solver, the brute-force oracle, the report and (later) the runtime's memor
 these functions; nothing else re-derives the formulas. docs/planner.md states the model:
 
 - time per micro-batch: max(compute, comm_in, comm_out), compute = fwd + bwd of every node plus
-  fwd again of every recomputed node, comm = 2 x crossing bytes / bandwidth;
+  fwd again of every recomputed node plus the CPU work of the stage's transfers (each end of a
+  cut pays the `link_ms` of every tensor crossing it: on a CPU, gloo copies on the cores that
+  compute), comm = 2 x crossing bytes / bandwidth;
 - memory: weights x versions + grads (twice under 1f1b and gpipe: the step's running sum and
   the micro-batch's own) + optimizer state + in-flight x (kept tensors + received inputs) + the
   links' buffers + the transient: the largest checkpoint segment rebuilt, plus the most the
@@ -83,14 +85,19 @@ def schedule_shape(settings: PlanSettings, stage: int) -> ScheduleShape:
 def crossing_bytes(graph: PlanGraph, prefix: Collection[int]) -> int:
     """Bytes of the tensors produced in `prefix` and needed after it (the model's outputs are
     needed by the loss on the last stage)."""
+    return sum(graph.out_bytes[u] for u in _crossing(graph, prefix))
+
+
+def crossing_link_ms(graph: PlanGraph, prefix: Collection[int]) -> float:
+    """CPU milliseconds each end of the cut after `prefix` spends on the tensors crossing it."""
+    return sum(graph.link_ms[u] for u in _crossing(graph, prefix))
+
+
+def _crossing(graph: PlanGraph, prefix: Collection[int]) -> list[int]:
     if len(prefix) == graph.size:
-        return 0
+        return []
     inside = set(prefix)
-    return sum(
-        graph.out_bytes[u]
-        for u in inside
-        if u in graph.outputs or any(w not in inside for w in graph.succs[u])
-    )
+    return [u for u in inside if u in graph.outputs or any(w not in inside for w in graph.succs[u])]
 
 
 def sent_nodes(graph: PlanGraph, before: Collection[int], stage: Sequence[int]) -> tuple[int, ...]:
@@ -178,7 +185,8 @@ def evaluate_stage(
     """Predicted time and memory of stage `index`, whose earlier stages hold `before`."""
     shape = schedule_shape(settings, index)
     recompute_ms = sum(graph.fwd_ms[n] for n in recompute)
-    compute = sum(graph.compute_ms(n) for n in stage) + recompute_ms
+    transfer_ms = crossing_link_ms(graph, before) + crossing_link_ms(graph, [*before, *stage])
+    compute = sum(graph.compute_ms(n) for n in stage) + recompute_ms + transfer_ms
     received = crossing_bytes(graph, before)
     sent = crossing_bytes(graph, set(before) | set(stage))
     per_byte_ms = 2 / (settings.bandwidth_gbps * 1e6)  # activation forward + gradient back
@@ -204,4 +212,5 @@ def evaluate_stage(
         comm_out_ms=comm_out,
         time_ms=max(compute, comm_in, comm_out),
         memory=memory,
+        transfer_ms=transfer_ms,
     )

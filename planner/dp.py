@@ -57,6 +57,7 @@ class _Tables:
         needed_later = member * (((1 - member) @ successor) > 0)
         needed_later[-1] = 0.0  # the full set sends nothing
         self.crossing = needed_later @ out
+        self.link = needed_later @ np.array(graph.link_ms)  # each end's CPU for the cut's transfers
         # held[I, t]: tensor t is produced in I and some holder of it is in I too, or it is
         # sent on from I (autograd holds what a stage sends as its backward's root)
         held = np.zeros_like(member)
@@ -157,10 +158,12 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
     limited = math.isfinite(settings.memory_bytes)
     backward = tables.backward_floor() if limited else np.zeros((count, count))
     costs, needy, rooms = [], [], []
+    comm = tables.crossing * per_byte
+    # [J, I]: stage I \ J's compute, with its two cuts' transfers
+    compute = tables.compute[None, :] - tables.compute[:, None]
+    compute = compute + tables.link[:, None] + tables.link[None, :]
     for k in range(settings.gpus):
         shape = schedule_shape(settings, k)
-        comm = tables.crossing * per_byte
-        compute = tables.compute[None, :] - tables.compute[:, None]
         stage_time = np.maximum(compute, np.maximum(comm[:, None], comm[None, :]))
         trainable = tables.trainable[None, :] - tables.trainable[:, None]
         copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, NodeProfile, Profile
 
+FLOATING = ("float", "bfloat", "complex")  # dtype names whose tensors carry gradients
 PIPEDREAM_NOTE = (
     "saved-for-backward bytes are unknown in this profile (imported from PipeDream): each node "
     "that computes is assumed to keep its own output, as PipeDream's memory model does"
@@ -34,6 +35,7 @@ class PlanGraph:
     internal_bytes: tuple[int, ...]  # kept for backward beyond inputs and own output
     backward_bytes: tuple[int, ...]  # held by the backward while this node's runs (0: unknown)
     copied_bytes: tuple[int, ...]  # outputs not laid out densely: a send copies them first
+    link_ms: tuple[float, ...]  # CPU each end spends moving the output across a cut and back
     owner: tuple[int, ...]  # node owning the storage of each node's output (itself unless a view)
     holders: tuple[tuple[int, ...], ...]  # per tensor (owner node): nodes that keep it
     keeps: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it keeps
@@ -122,6 +124,7 @@ def plan_graph(
         internal_bytes=tuple(internal),
         backward_bytes=tuple(_backward_bytes(n) for n in nodes),
         copied_bytes=tuple(_copied_bytes(n) for n in nodes),
+        link_ms=tuple(_link_ms(profile, n) for n in nodes),
         owner=tuple(owner),
         holders=tuple(tuple(h) for h in holders),
         keeps=tuple(keeps),
@@ -163,6 +166,19 @@ def _copied_bytes(node: NodeProfile) -> int:
     elements = sum(m.numel for m in node.outputs)
     strided = sum(m.numel for m in node.outputs if not m.contiguous)
     return node.output_bytes * strided // elements if strided else 0
+
+
+def _link_ms(profile: Profile, node: NodeProfile) -> float:
+    """CPU milliseconds each end of a cut spends when the node's output crosses it: the
+    activation's message forward and, for floating-point tensors, the gradient's back (the
+    profile's `link` cost; none measured: nothing)."""
+    if profile.link is None or not node.outputs:
+        return 0.0
+    floats = [m for m in node.outputs if m.dtype.startswith(FLOATING)]
+    messages = len(node.outputs) + len(floats)
+    elements = sum(m.numel for m in node.outputs) or 1
+    moved = node.output_bytes * (1 + sum(m.numel for m in floats) / elements)
+    return messages * profile.link.message_ms + moved / 2**20 * profile.link.ms_per_mib
 
 
 def _with_loss(

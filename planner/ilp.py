@@ -112,6 +112,7 @@ def solve_ilp(
             if u in graph.outputs:
                 prob += c[u, k] >= y(u, k)
     crossing = {k: pulp.lpSum(graph.out_bytes[u] * c[u, k] for u in nodes) for k in stages[:-1]}
+    link = {k: pulp.lpSum(graph.link_ms[u] * c[u, k] for u in nodes) for k in stages[:-1]}
     # copied[k]: what stage k copies to send (its own outputs that are not laid out densely)
     copies = [u for u in nodes if graph.copied_bytes[u]]
     e = {(u, k): prob.add_variable(f"e_{u}_{k}", **unit) for u in copies for k in stages[:-1]}
@@ -156,7 +157,7 @@ def solve_ilp(
         shape = schedule_shape(settings, k)
         prob += bottleneck >= pulp.lpSum(
             graph.compute_ms(n) * x[n, k] + graph.fwd_ms[n] * z[n, k] for n in nodes
-        )
+        ) + link.get(k - 1, 0) + link.get(k, 0)
         received = crossing[k - 1] if k else 0
         sent = crossing[k] if k < last else 0
         if math.isfinite(per_byte):

@@ -56,7 +56,11 @@ def simulate_plan(
     predictions: Sequence[StagePrediction],
 ):
     """The synchronous schedule's timeline for these stages, one micro-batch per action."""
-    forward = [sum(graph.fwd_ms[n] for n in stage) for stage in stages]
+    # a forward sends activations and takes gradients' receives ahead: half the transfers' work
+    forward = [
+        sum(graph.fwd_ms[n] for n in stage) + p.transfer_ms / 2
+        for stage, p in zip(stages, predictions, strict=True)
+    ]
     backward = [p.compute_ms - f for p, f in zip(predictions, forward, strict=True)]
     transfer = []
     before: list[int] = []

@@ -100,14 +100,19 @@ def plot_plan(plan: Plan, path: str | Path) -> None:
     stages = plan.stages
     xs = [s.index for s in stages]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(xs) + 6), 4.5))
-    base = [s.predicted.compute_ms - s.predicted.recompute_ms for s in stages]
+    transfer = [s.predicted.transfer_ms for s in stages]
+    recompute = [s.predicted.recompute_ms for s in stages]
+    base = [
+        s.predicted.compute_ms - r - t for s, r, t in zip(stages, recompute, transfer, strict=True)
+    ]
     left.bar(xs, base, label="forward + backward", color="tab:blue")
+    left.bar(xs, recompute, bottom=base, label="recompute", color="tab:purple")
     left.bar(
         xs,
-        [s.predicted.recompute_ms for s in stages],
-        bottom=base,
-        label="recompute",
-        color="tab:purple",
+        transfer,
+        bottom=[b + r for b, r in zip(base, recompute, strict=True)],
+        label="transfers (CPU)",
+        color="tab:orange",
     )
     left.plot(
         xs,

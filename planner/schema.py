@@ -51,12 +51,15 @@ class MemoryBreakdown:
 class StagePrediction:
     """What the cost model predicts for one stage, per micro-batch (mini-batch under asp)."""
 
-    compute_ms: float  # forward + backward + recomputed forward
+    compute_ms: float  # forward + backward + recomputed forward + transfers' CPU work
     recompute_ms: float  # the part of compute_ms spent recomputing
     comm_in_ms: float  # receive activations + send their gradients back
     comm_out_ms: float  # send activations + receive their gradients
     time_ms: float  # max(compute, comm_in, comm_out): communication overlaps compute
     memory: MemoryBreakdown
+    # the part of compute_ms the stage's process spends moving its tensors (on a CPU, gloo
+    # copies on the cores that compute: the profile's link cost)
+    transfer_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import fx
 from vpipe.common.capture import capture, flat_tensors
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile
+from vpipe.profiler.linkcost import measure_link_cost
 from vpipe.profiler.measure import (
     Clock,
     LossCost,
@@ -102,7 +103,7 @@ def profile_model(
     state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
     clock = Clock(device)
     graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
-    total(len(graph_nodes) + 2)  # and the whole model, and the loss
+    total(len(graph_nodes) + 3)  # and the whole model, the loss, the links
     nodes = []
     storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
     for node in graph_nodes:
@@ -165,6 +166,8 @@ def profile_model(
     )
     progress("loss")
     batch_ms = time_batch(model_file, settings.batch_size, clock, settings.warmup, settings.repeats)
+    link = measure_link_cost(settings.repeats, settings.warmup) if device.type == "cpu" else None
+    progress("links")
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     return Profile(
         source=model_file.source,
@@ -183,6 +186,7 @@ def profile_model(
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
         batch_ms=round(batch_ms, 4),
         loss=_loss_node(model_file, tuple(n.name for n in output_node.all_input_nodes), cost),
+        link=link,
     )
 
 

@@ -99,6 +99,17 @@ class WholeModel:
 
 
 @dataclass(frozen=True)
+class LinkCost:
+    """CPU time one end of a point-to-point transfer costs its stage's process, over the
+    backend the runtime uses on this device (profiler/linkcost.py): on a CPU, gloo copies the
+    bytes on the cores the stages compute on."""
+
+    backend: str
+    message_ms: float  # per tensor sent or received
+    ms_per_mib: float
+
+
+@dataclass(frozen=True)
 class Profile:
     """A model's graph with per-node measurements, in topological order."""
 
@@ -122,6 +133,9 @@ class Profile:
     # the loss on the model's outputs, as one more node that reads them: the last stage runs it.
     # saved_bytes: what it keeps for backward; backward_bytes: the peak its backward adds
     loss: NodeProfile | None = None
+    # what a transfer between stages costs each end's CPU; None where the copy does not run on
+    # the cores that compute (CUDA: NCCL copies on the GPU) or was not measured (PipeDream)
+    link: LinkCost | None = None
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -176,6 +190,7 @@ class Profile:
             nodes = tuple(_node_from_dict(n) for n in _require(body, "nodes"))
             whole = body.pop("whole_model", None)
             loss = body.pop("loss", None)
+            link = body.pop("link", None)
             profile = cls(
                 **{
                     k: v
@@ -183,6 +198,7 @@ class Profile:
                     if k not in ("nodes", "outputs", "leaves", "notes")
                 },
                 loss=_node_from_dict(loss) if loss is not None else None,
+                link=LinkCost(**link) if link is not None else None,
                 nodes=nodes,
                 outputs=tuple(_require(body, "outputs")),
                 leaves=tuple(body.get("leaves", ())),
@@ -249,6 +265,8 @@ def _validate(profile: Profile) -> None:
     for name in profile.outputs:
         if name not in profile._index:
             raise VpipeError(f"profile output {name!r} is not a node")
+    if profile.link is not None and min(profile.link.message_ms, profile.link.ms_per_mib) < 0:
+        raise VpipeError("the link cost is negative")
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:

@@ -24,7 +24,8 @@ def tied_plan(tmp_path, monkeypatch):
     shutil.copy(FIXTURE, tmp_path / "tied.py")
     argv = ["tied.py", "-o", "profile.yaml", "-q", "--device", "cpu", "--repeats", "1"]
     assert profile_main(argv) == 0
-    assert plan_main(["profile.yaml", "--gpus", "2", "-o", "plan.yaml", "-q"]) == 0
+    argv = ["profile.yaml", "--gpus", "2", "-o", "plan.yaml", "-q", "--split", "uniform"]
+    assert plan_main(argv) == 0  # uniform: the embedding and the head on different stages
     return tmp_path / "plan.yaml"
 
 

@@ -1,11 +1,11 @@
 """Random small profiles for property tests: DAGs with skips, views, kept inputs and outputs,
-backward peaks and outputs a send must copy."""
+backward peaks, outputs a send must copy, and transfers that cost CPU time."""
 
 from __future__ import annotations
 
 import random
 
-from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
+from vpipe.profiler.schema import LinkCost, NodeProfile, Profile, TensorMeta
 
 
 def random_profile(seed: int, size: int) -> Profile:
@@ -56,4 +56,6 @@ def random_profile(seed: int, size: int) -> Profile:
         optimizer="sgd",
         nodes=tuple(nodes),
         outputs=(f"n{size - 1}",),
+        # 0-1 ms a message, 0-4 ms per 400 B: as much as a node's compute
+        link=LinkCost("gloo", rng.choice([0.0, 0.5, 1.0]), rng.choice([0.0, 2**20 / 100])),
     )

@@ -2,11 +2,13 @@
 
 from dataclasses import replace
 
+import pytest
+
 from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.planning import graph_for
 from vpipe.planner.schema import PlanSettings
-from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
+from vpipe.profiler.schema import LinkCost, NodeProfile, Profile, TensorMeta
 
 
 def node(
@@ -119,3 +121,25 @@ def test_the_optimizer_step_counts_per_micro_batch_under_asp_and_per_m_otherwise
     sync = graph_for(timed, replace(SETTINGS, schedule="1f1b", microbatches=4))
     assert (asp.bwd_ms[1], sync.bwd_ms[1]) == (2.0 + 0.5, 2.0 + 0.5 / 4)  # n1: a linear
     assert asp.bwd_ms[2] == sync.bwd_ms[2] == 2.0  # n2: no weights, no step
+
+
+def test_each_end_of_a_cut_pays_the_cpu_work_of_its_transfers():
+    # 0.5 ms a message and 1 ms per 100 B: stage 1 receives n1 (200 B) and sends its gradient
+    # back (two messages, 400 B: 1 + 4 ms), and sends n3 (50 B) and takes its gradient (two
+    # messages, 100 B: 1 + 1 ms); its neighbours pay their ends of the same cuts
+    graph = plan_graph(replace(PROFILE, link=LinkCost("gloo", 0.5, 2**20 / 100)))
+    first = evaluate_stage(graph, SETTINGS, 0, [], [0, 1], ())
+    second = evaluate_stage(graph, SETTINGS, 1, [0, 1], [2, 3], [2])
+    third = evaluate_stage(graph, SETTINGS, 2, [0, 1, 2, 3], [4, 5], ())
+    assert [p.transfer_ms for p in (first, second, third)] == pytest.approx([5.0, 7.0, 2.0])
+    assert second.compute_ms == pytest.approx(2 * 3.0 + 1.0 + 7.0)
+    assert second.time_ms == second.compute_ms
+    without = evaluate_stage(plan_graph(PROFILE), SETTINGS, 1, [0, 1], [2, 3], [2])
+    assert without.transfer_ms == 0.0 and without.compute_ms == 7.0
+
+
+def test_a_tensor_without_gradient_crosses_once():
+    tokens = replace(PROFILE.nodes[0], outputs=(TensorMeta((25,), "int64"),))
+    profile = replace(PROFILE, nodes=(tokens, *PROFILE.nodes[1:]), link=LinkCost("gloo", 0.5, 0.0))
+    graph = plan_graph(profile)
+    assert (graph.link_ms[0], graph.link_ms[1]) == (0.5, 1.0)  # int64: no gradient comes back

@@ -28,10 +28,14 @@ def test_the_loss_runs_on_the_last_stage(tmp_path):
     # and making the batch again, for the target
     loss_ms = measured.loss.compute_ms + measured.batch_ms
     assert measured.batch_ms > 0
-    assert last.predicted.compute_ms == pytest.approx(own_ms + loss_ms)
+    # and its end of the transfers from the stage before
+    transfer_ms = last.predicted.transfer_ms
+    assert transfer_ms > 0
+    assert last.predicted.compute_ms == pytest.approx(own_ms + loss_ms + transfer_ms)
     first = planned.stages[0]
     first_ms = sum(measured.node(n).compute_ms + measured.node(n).update_ms for n in first.nodes)
-    assert first.predicted.compute_ms == pytest.approx(first_ms + measured.batch_ms)
+    first_ms += measured.batch_ms + first.predicted.transfer_ms
+    assert first.predicted.compute_ms == pytest.approx(first_ms)
 
     index = {name: i for i, name in enumerate(graph.names)}
     nodes = [index[n] for n in last.nodes]
