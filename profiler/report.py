@@ -76,6 +76,12 @@ def totals_lines(profile: Profile) -> list[str]:
         lines.append(f"honesty (node sum / whole model): {profile.honesty:.3f}")
         if whole.peak_bytes is not None:
             lines.append(f"whole model peak memory: {human_bytes(whole.peak_bytes)}")
+    if profile.link is not None:
+        link = profile.link
+        lines.append(
+            f"transfers between stages ({link.backend}): {link.message_ms:.3f} ms a message + "
+            f"{link.ms_per_mib:.3f} ms a MiB of each end's CPU"
+        )
     lines.extend(f"note: {note}" for note in profile.notes)
     return lines
 
