@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from vpipe.codegen.schema import load_pipeline
 from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.events import read_events
+from vpipe.runtime.report import busy_s
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Samples/s of one run on two clocks. `wall`: over the run, as the loss's stage measured
+    it; it also counts the time the machine gave to others (this 2-vCPU guest lost 20-50% to
+    the hypervisor in some minutes). `cpu`: what the slowest stage's busy CPU time per
+    micro-batch allows (asp's steady state: the bottleneck sets the pace), which leaves that
+    out when each stage computes on one thread."""
+
+    wall: float
+    cpu: float
 
 
 def samples_per_s(out: Path, steps: int, *flags: str) -> float:
@@ -19,12 +37,73 @@ def samples_per_s(out: Path, steps: int, *flags: str) -> float:
         return float(list(csv.DictReader(file))[-1]["samples_per_s"])
 
 
-def interleaved_samples_per_s(outs: dict[str, Path], steps: int, rounds: int) -> dict[str, float]:
-    """Each pipeline's median samples/s over `rounds` rounds, run in turn and in reverse order
-    every other round, so that a drift of the machine's speed falls on all of them alike."""
+def busy_ms(run_dir: Path, stage: int, skip: int, by_cpu: bool) -> float:
+    """Median busy milliseconds per micro-batch (its forward and backward) of a stage after
+    the first `skip` micro-batches (warm-up), on the clock `vpipe-train --report` uses
+    (`busy_s`); the last micro-batch, cut short by the run's end, is left out."""
+    per_microbatch: dict[int, float] = {}
+    for e in read_events(run_dir / f"events_stage{stage}.csv"):
+        if e.microbatch >= skip:
+            per_microbatch[e.microbatch] = per_microbatch.get(e.microbatch, 0.0) + busy_s(e, by_cpu)
+    complete = [ms for i, ms in per_microbatch.items() if i + 1 < max(per_microbatch)]
+    return statistics.median(complete) * 1e3
+
+
+def throughput(out: Path, steps: int) -> Throughput:
+    """Train `out`'s pipeline (as `samples_per_s`) and measure its samples/s on both clocks."""
+    wall = samples_per_s(out, steps)
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    stages = len(pipeline.stages)
+    slowest = max(busy_ms(out / "run", k, 2 * stages, by_cpu=True) for k in range(stages))
+    return Throughput(wall, pipeline.batch_size / (slowest / 1e3))
+
+
+def interleaved_throughput(outs: dict[str, Path], steps: int, rounds: int) -> dict[str, Throughput]:
+    """Each pipeline's median samples/s (per clock) over `rounds` rounds, run in turn and in
+    reverse order every other round, so that a drift of the machine's speed falls on all of
+    them alike."""
     names = list(outs)
-    timed: dict[str, list[float]] = {name: [] for name in names}
+    timed: dict[str, list[Throughput]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else reversed(names):
-            timed[name].append(samples_per_s(outs[name], steps))
-    return {name: statistics.median(times) for name, times in timed.items()}
+            timed[name].append(throughput(outs[name], steps))
+    return {
+        name: Throughput(
+            statistics.median(t.wall for t in runs), statistics.median(t.cpu for t in runs)
+        )
+        for name, runs in timed.items()
+    }
+
+
+class Steal:
+    """The share of the machine's CPU time the hypervisor gave to other guests while the block
+    ran (Linux's "steal" in /proc/stat; vmstat's st): printed beside every timing so a reader
+    sees how busy the host was. None where the kernel does not report it."""
+
+    def __init__(self) -> None:
+        self.share: float | None = None
+
+    def __str__(self) -> str:
+        if self.share is None:
+            return "steal not reported"
+        return f"the hypervisor took {self.share:.0%} of the CPU time meanwhile (steal)"
+
+
+@contextlib.contextmanager
+def measuring_steal() -> Iterator[Steal]:
+    steal = Steal()
+    before = _cpu_ticks()
+    yield steal
+    after = _cpu_ticks()
+    if before is not None and after is not None:
+        total = sum(after) - sum(before)
+        steal.share = (after[7] - before[7]) / total if total else 0.0
+
+
+def _cpu_ticks() -> list[int] | None:
+    """The machine's CPU ticks by kind (user, nice, system, idle, iowait, irq, softirq, steal)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    return [int(x) for x in fields[1:9]] if fields[0] == "cpu" and len(fields) > 8 else None

@@ -11,7 +11,8 @@ all` (the GPipe habit: every stage recomputes its whole forward, same split). Bo
 and trained with asp, one process per stage and one thread each: `--rounds` timed runs,
 interleaved (the median counts), and one run with `--measure-memory` (the peak of live tensor
 bytes per stage, counted op by op: common/memory.py). Prints, per plan and stage, the predicted
-and measured peak against the cap, and the throughput of each; writes memory_bound.png.
+and measured peak against the cap, and the throughput of each on two clocks (see
+measuring.Throughput); writes memory_bound.png.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from measuring import interleaved_samples_per_s
+from measuring import Throughput, interleaved_throughput, measuring_steal
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.common.plotting import pyplot, save_figure
@@ -42,7 +43,7 @@ class Run:
     recomputed: tuple[int, ...]  # nodes recomputed per stage
     predicted_bytes: tuple[int, ...]
     measured_bytes: tuple[int, ...]
-    samples_per_s: float
+    measured: Throughput
 
 
 def plans(profile: Path, stages: int, memory_gib: float, recompute: str, path: Path) -> bool:
@@ -81,19 +82,20 @@ def print_table(runs: list[Run], cap_bytes: float, usable: float) -> None:
     print(f"{usable / 2**20:.2f} MiB); no split fits without recompute at this cap")
     print(
         f"{'recompute':<10} {'stage':>5} {'recomputed':>10} {'pred MiB':>9} {'meas MiB':>9} "
-        f"{'meas/cap':>8} {'samples/s':>10}"
+        f"{'meas/cap':>8} {'samples/s: CPU clock':>20} {'wall':>7}"
     )
     for run in runs:
         for k, (pred, meas) in enumerate(zip(run.predicted_bytes, run.measured_bytes, strict=True)):
             print(
                 f"{run.recompute:<10} {k:>5} {run.recomputed[k]:>10} {pred / 2**20:>9.2f} "
                 f"{meas / 2**20:>9.2f} {meas / cap_bytes:>8.2f} "
-                + (f"{run.samples_per_s:>10.1f}" if k == 0 else "")
+                + (f"{run.measured.cpu:>20.1f} {run.measured.wall:>7.1f}" if k == 0 else "")
             )
     auto, everything = runs
     print(
         f"vpipe's per-stage recompute vs recomputing everything: "
-        f"{auto.samples_per_s / everything.samples_per_s:.2f}x the throughput"
+        f"{auto.measured.cpu / everything.measured.cpu:.2f}x the throughput on the CPU clock, "
+        f"{auto.measured.wall / everything.measured.wall:.2f}x by wall clock"
     )
 
 
@@ -148,7 +150,8 @@ def main() -> None:
         assert plans(profile, args.stages, cap, choice, work / f"{choice}.yaml")
         outs[choice] = work / choice
         assert generate_main([str(work / f"{choice}.yaml"), "-o", str(outs[choice]), "-q"]) == 0
-    timed = interleaved_samples_per_s(outs, args.steps, args.rounds)
+    with measuring_steal() as steal:
+        timed = interleaved_throughput(outs, args.steps, args.rounds)
     runs = []
     for choice in CHOICES:
         planned = load_plan(work / f"{choice}.yaml")
@@ -163,7 +166,7 @@ def main() -> None:
         )
     print(
         f"\n{args.model}, {args.stages} stages, asp, CPU ({os.cpu_count()} cores), one thread "
-        f"per stage, median of {args.rounds} interleaved rounds; work files in {work}"
+        f"per stage, median of {args.rounds} interleaved rounds ({steal}); work files in {work}"
     )
     print_table(runs, cap * GIB, cap * GIB * 0.9)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from measuring import busy_ms, measuring_steal
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import load_pipeline
@@ -37,8 +38,7 @@ from vpipe.common.yamlfile import load_yaml
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.events import read_events
-from vpipe.runtime.report import busy_s, timed_by_cpu
+from vpipe.runtime.report import timed_by_cpu
 
 BATCH = {"gpt": 8, "resnet": 4, "widehead": 8}
 TARGET = 0.10
@@ -62,17 +62,6 @@ class StageResult:
     @property
     def memory_ratio(self) -> float:
         return self.measured_bytes / self.predicted_bytes
-
-
-def busy_ms(run_dir: Path, stage: int, skip: int, by_cpu: bool) -> float:
-    """Median busy milliseconds per micro-batch (its forward and backward) after `skip`, on the
-    clock `vpipe-train --report` uses (`busy_s`)."""
-    per_microbatch: dict[int, float] = {}
-    for e in read_events(run_dir / f"events_stage{stage}.csv"):
-        if e.microbatch >= skip:
-            per_microbatch[e.microbatch] = per_microbatch.get(e.microbatch, 0.0) + busy_s(e, by_cpu)
-    complete = [ms for i, ms in per_microbatch.items() if i + 1 < max(per_microbatch)]
-    return statistics.median(complete) * 1e3
 
 
 def measure(model: str, stages: int, work: Path, steps: int) -> list[StageResult]:
@@ -157,13 +146,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."), help="where the PNG goes")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vpipe-accuracy-"))
-    results = [
-        r
-        for model in args.models
-        for stages in args.stages
-        for r in measure(model, stages, work, args.steps)
-    ]
-    print(f"\nCPU, {os.cpu_count()} cores, one thread per stage; work files in {work}")
+    with measuring_steal() as steal:
+        results = [
+            r
+            for model in args.models
+            for stages in args.stages
+            for r in measure(model, stages, work, args.steps)
+        ]
+    print(f"\nCPU, {os.cpu_count()} cores, one thread per stage; {steal}; work files in {work}")
     print_table(results)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "prediction_accuracy.png")

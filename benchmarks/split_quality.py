@@ -7,8 +7,10 @@ For each model: profile with one thread (what each stage runs with), then plan t
 torchgpipe's and DeepSpeed's `uniform`) and `parameter-balanced` (DeepSpeed's `parameters`).
 Each plan is generated and trained with asp on the same processes (one per stage, one thread
 each), `--rounds` times interleaved so that drift in the machine's speed hits all alike; the
-median samples/s counts. Prints predicted and measured throughput and vpipe's gain over each
-rule, and writes split_quality.png. Target (issue 7): >= 1.2x on the imbalanced model
+median samples/s counts, on two clocks (measuring.Throughput): wall time over the run, and what
+the slowest stage's busy CPU time per micro-batch allows, which leaves out the time the machine
+gave to others (the verdict's clock). Prints predicted and measured throughput and vpipe's gain
+over each rule, and writes split_quality.png. Target (issue 7): >= 1.2x on the imbalanced model
 (`vpipe.models.widehead`), measured.
 """
 
@@ -20,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from measuring import interleaved_samples_per_s
+from measuring import Throughput, interleaved_throughput, measuring_steal
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.common.plotting import pyplot, save_figure
@@ -39,7 +41,7 @@ class SplitResult:
     rule: str
     stage_sizes: tuple[int, ...]
     predicted_samples_per_s: float
-    measured_samples_per_s: float
+    measured: Throughput
 
 
 def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> list[SplitResult]:
@@ -55,7 +57,7 @@ def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> lis
         assert plan_main(argv) == 0
         outs[rule] = folder / rule
         assert generate_main([str(plan), "-o", str(outs[rule]), "-q"]) == 0
-    measured = interleaved_samples_per_s(outs, steps, rounds)
+    measured = interleaved_throughput(outs, steps, rounds)
     results = []
     for rule in RULES:
         planned = load_plan(folder / f"{rule}.yaml")
@@ -72,20 +74,28 @@ def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> lis
     return results
 
 
+def gains(results: list[SplitResult], clock: str) -> dict[tuple[str, int, str], float]:
+    """vpipe's measured samples/s over each rule's, per (model, stages, rule), on `clock`."""
+    best = {(r.model, r.stages): getattr(r.measured, clock) for r in results if r.rule == "optimal"}
+    return {
+        (r.model, r.stages, r.rule): best[r.model, r.stages] / getattr(r.measured, clock)
+        for r in results
+    }
+
+
 def print_table(results: list[SplitResult]) -> None:
     print(
-        f"{'model':<9} {'S':>2} {'split':<19} {'nodes per stage':<16} {'pred samples/s':>14} "
-        f"{'meas samples/s':>14} {'vpipe gain':>10}"
+        f"{'model':<9} {'S':>2} {'split':<19} {'nodes per stage':<16} {'predicted':>9} "
+        f"{'CPU clock':>9} {'gain':>6} {'wall':>9} {'gain':>6}   (samples/s)"
     )
+    by_cpu, by_wall = gains(results, "cpu"), gains(results, "wall")
     for r in results:
-        best = next(
-            x for x in results if (x.model, x.stages, x.rule) == (r.model, r.stages, "optimal")
-        )
-        gain = best.measured_samples_per_s / r.measured_samples_per_s
+        key = (r.model, r.stages, r.rule)
         sizes = "/".join(map(str, r.stage_sizes))
         print(
             f"{r.model:<9} {r.stages:>2} {r.rule:<19} {sizes:<16} "
-            f"{r.predicted_samples_per_s:>14.1f} {r.measured_samples_per_s:>14.1f} {gain:>9.2f}x"
+            f"{r.predicted_samples_per_s:>9.1f} {r.measured.cpu:>9.1f} {by_cpu[key]:>5.2f}x "
+            f"{r.measured.wall:>9.1f} {by_wall[key]:>5.2f}x"
         )
 
 
@@ -96,16 +106,12 @@ def plot(results: list[SplitResult], path: Path) -> None:
     width = 0.8 / len(RULES)
     for j, rule in enumerate(RULES):
         values = [
-            next(
-                r.measured_samples_per_s
-                for r in results
-                if (r.model, r.stages, r.rule) == (*g, rule)
-            )
+            next(r.measured.cpu for r in results if (r.model, r.stages, r.rule) == (*g, rule))
             for g in groups
         ]
         ax.bar([i + j * width for i in range(len(groups))], values, width, label=rule)
     ax.set_xticks([i + width for i in range(len(groups))], [f"{m}, {s} stages" for m, s in groups])
-    ax.set_ylabel("measured samples/s")
+    ax.set_ylabel("measured samples/s (slowest stage's CPU time)")
     ax.set_title("vpipe's split against rule-made splits (asp, CPU)")
     ax.legend()
     save_figure(fig, path)
@@ -120,27 +126,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."), help="where the PNG goes")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vpipe-splits-"))
-    results = [
-        r
-        for model in args.models
-        for stages in args.stages
-        for r in compare(model, stages, work, args.steps, args.rounds)
-    ]
+    with measuring_steal() as steal:
+        results = [
+            r
+            for model in args.models
+            for stages in args.stages
+            for r in compare(model, stages, work, args.steps, args.rounds)
+        ]
     print(
         f"\nCPU, {os.cpu_count()} cores, asp, one process per stage, one thread each, "
-        f"median of {args.rounds} interleaved rounds"
+        f"median of {args.rounds} interleaved rounds; {steal}"
     )
     print_table(results)
-    gains = [
-        best.measured_samples_per_s / r.measured_samples_per_s
-        for best in results
-        if best.model == "widehead" and best.rule == "optimal"
-        for r in results
-        if (r.model, r.stages) == (best.model, best.stages) and r.rule != "optimal"
-    ]
-    if gains:
-        verdict = "PASS" if min(gains) >= TARGET else "FAIL"
-        print(f"widehead: vpipe's gain over every rule >= {TARGET}x: {verdict} ({min(gains):.2f}x)")
+    by_cpu, by_wall = gains(results, "cpu"), gains(results, "wall")
+    rules = [key for key in by_cpu if key[0] == "widehead" and key[2] != "optimal"]
+    if rules:
+        least = min(by_cpu[key] for key in rules)
+        verdict = "PASS" if least >= TARGET else "FAIL"
+        wall = min(by_wall[key] for key in rules)
+        print(
+            f"widehead: vpipe's gain over every rule >= {TARGET}x: {verdict} ({least:.2f}x on "
+            f"the CPU clock; {wall:.2f}x by wall clock)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "split_quality.png")
     print(f"wrote {args.out / 'split_quality.png'}")
