@@ -166,7 +166,7 @@ def main() -> None:
         )
     print(
         f"\n{args.model}, {args.stages} stages, asp, CPU ({os.cpu_count()} cores), one thread "
-        f"per stage, median of {args.rounds} interleaved rounds ({steal}); work files in {work}"
+        f"per stage, median of {args.rounds} interleaved rounds; {steal}; work files in {work}"
     )
     print_table(runs, cap * GIB, cap * GIB * 0.9)
     args.out.mkdir(parents=True, exist_ok=True)
