@@ -8,6 +8,7 @@ profile and read by the cost model and the solvers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, NodeProfile, Profile
@@ -137,7 +138,7 @@ def plan_graph(
             i for i, n in enumerate(nodes) if placeholder[i] or n.op == "loss"
         ),
         loss=len(nodes) - 1 if profile.loss else None,
-        together=_with_loss(_together(profile, succs), index, profile)
+        together=_convex(_with_loss(_together(profile, succs), index, profile), preds, succs)
         if profile.source_kind == "model"
         else (),
     )
@@ -211,3 +212,47 @@ def _together(profile: Profile, succs: list[list[int]]) -> tuple[tuple[int, ...]
     for n in range(len(parent)):
         groups.setdefault(root(n), []).append(n)
     return tuple(tuple(g) for g in groups.values() if len(g) > 1)
+
+
+def _convex(
+    groups: tuple[tuple[int, ...], ...],
+    preds: Sequence[Sequence[int]],
+    succs: Sequence[Sequence[int]],
+) -> tuple[tuple[int, ...], ...]:
+    """The groups closed under paths: a node on a path between two members of a group runs at or
+    after the first's stage and at or before the second's, one stage, so it joins the group.
+    Without it a group and such a node would each have to come first (a shape read before an
+    attention and used again after it), no cut could hold the group whole, and the cuts would
+    never reach the whole graph. Groups that come to share a node merge; repeated until stable."""
+    group_of: dict[int, int] = {}
+    members: dict[int, set[int]] = {}
+    for g, group in enumerate(groups):
+        members[g] = set(group)
+        group_of.update(dict.fromkeys(group, g))
+    changed = True
+    while changed:
+        changed = False
+        for g in list(members):
+            if g not in members:  # merged into another this round
+                continue
+            group = members[g]
+            between = _reach(group, succs) & _reach(group, preds) - group
+            for n in between:
+                other = group_of.get(n)
+                joining = members.pop(other) if other is not None and other != g else {n}
+                group |= joining
+                group_of.update(dict.fromkeys(joining, g))
+                changed = True
+    return tuple(tuple(sorted(group)) for group in members.values())
+
+
+def _reach(start: set[int], edges: Sequence[Sequence[int]]) -> set[int]:
+    """Nodes reachable from `start` along `edges` in one or more steps."""
+    seen: set[int] = set()
+    todo = [m for n in start for m in edges[n]]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(edges[n])
+    return seen

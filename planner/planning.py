@@ -137,6 +137,14 @@ def make_plan(
         split = _baseline(graph, settings, rule)
     if settings.recompute == "all":
         split = _recompute_all(graph, settings, split)
+    placed = sorted(n for stage in split.stages for n in stage)
+    if placed != list(range(graph.size)):  # a solver bug: never write a plan that drops nodes
+        missing = sorted(set(range(graph.size)) - set(placed))
+        raise VpipeError(
+            f"the {split.solver} solver placed {len(placed)} of {graph.size} nodes (missing "
+            f"{', '.join(graph.names[n] for n in missing[:3])}): a vpipe bug, please report it "
+            "with the profile; meanwhile try another --solver"
+        )
     predictions = predict_stages(graph, settings, split.stages, split.recompute)
     names = graph.names
     stages = tuple(
