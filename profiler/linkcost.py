@@ -21,7 +21,7 @@ import torch.distributed as dist
 from vpipe.profiler.schema import LinkCost
 
 SIZES = (4 << 10, 1 << 20, 4 << 20)  # bytes per message; a line is fitted through them
-ROUNDS = 5  # of `repeats` messages each, the median counts: gloo's threads make it noisy
+ROUNDS = 5  # of `repeats` messages each; the least counts: other work only adds to it
 
 
 def measure_link_cost(repeats: int, warmup: int) -> LinkCost | None:
@@ -34,7 +34,7 @@ def measure_link_cost(repeats: int, warmup: int) -> LinkCost | None:
     for size in sizes:
         size.cpu_ms(warmup)
     rounds = [[size.cpu_ms(repeats) for size in sizes] for _ in range(ROUNDS)]  # interleaved
-    ms = [statistics.median(r[i] for r in rounds) for i in range(len(SIZES))]
+    ms = [min(r[i] for r in rounds) for i in range(len(SIZES))]  # others only add
     per_mib, per_message = _line([size / 2**20 for size in SIZES], ms)
     return LinkCost(
         backend="gloo",
