@@ -14,6 +14,7 @@ between the run's first start and last end, the simulator's definition (`planner
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -114,6 +115,9 @@ class RunReport:
     bubble_fraction: float  # idle share of all stage-time over the run
     predicted_bubble: float  # the plan's simulated bubble (0 under asp)
     events: tuple[tuple[ActionEvent, ...], ...]
+    batch_size: int  # samples per micro-batch
+    predicted_samples_per_s: float
+    measured_samples_per_s: float | None  # over the run, by wall clock (run/metrics.csv)
 
 
 def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -> RunReport:
@@ -165,7 +169,19 @@ def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -
         bubble_fraction=1 - busy_total / (span * len(stages)) if span else 0.0,
         predicted_bubble=pipeline.predicted.bubble_fraction if schedule != "asp" else 0.0,
         events=events,
+        batch_size=pipeline.batch_size,
+        predicted_samples_per_s=pipeline.predicted.throughput_samples_per_s,
+        measured_samples_per_s=_last_rate(run_dir / "metrics.csv"),
     )
+
+
+def _last_rate(path: Path) -> float | None:
+    """The run's samples/s over all its steps: metrics.csv's last row (None: no step done)."""
+    if not path.is_file():
+        return None
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return float(rows[-1]["samples_per_s"]) if rows else None
 
 
 def _stage_log(run_dir: Path, index: int) -> dict[str, Any]:
@@ -267,9 +283,32 @@ def _why_cpu(stage: StageReport) -> str:
 
 
 def bubble_line(report: RunReport) -> str:
+    why = (
+        "; asp plans none: the pipeline fills once, and the rest is waiting on neighbours"
+        if report.schedule == "asp"
+        else ""
+    )
     return (
         f"bubble: measured {report.bubble_fraction:.1%}, predicted {report.predicted_bubble:.1%}"
-        " (idle share of stage-time)"
+        f" (idle share of stage-time{why})"
+    )
+
+
+def throughput_line(report: RunReport) -> str:
+    """The run's samples/s by wall clock against the plan's, and what the slowest stage's
+    measured time allows: a gap between the last two is time the stages did not compute
+    (waiting, or the machine busy with others), which the per-stage ratios do not show."""
+    slowest = max(s.measured_ms for s in report.stages)
+    allowed = report.batch_size / (slowest / 1e3) if slowest else 0.0
+    measured = report.measured_samples_per_s
+    line = (
+        f"throughput: measured {measured:.1f} samples/s by wall clock, "
+        if measured is not None
+        else "throughput: not measured (no step finished), "
+    )
+    return (
+        line + f"predicted {report.predicted_samples_per_s:.1f}; the slowest stage's measured "
+        f"time per micro-batch allows {allowed:.1f}"
     )
 
 
@@ -291,6 +330,7 @@ def print_report(report: RunReport, console: Console) -> None:
     if report.memory_note:
         console.print(report.memory_note, highlight=False)
     console.print(bubble_line(report), highlight=False)
+    console.print(throughput_line(report), highlight=False)
 
 
 def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
@@ -313,7 +353,8 @@ def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
     if report.memory_note:
         lines.append(f"{_sentence(report.memory_note)}  ")
     lines += [
-        f"{_sentence(bubble_line(report))}",
+        f"{_sentence(bubble_line(report))}  ",
+        f"{_sentence(throughput_line(report))}",
         "",
         f"![timeline: one row per stage]({Path(os.path.relpath(timeline, here)).as_posix()})",
         "",

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 
 import pytest
@@ -71,6 +72,25 @@ def test_report_and_timeline(trained, capsys):
     printed, _ = report(trained, capsys)
     assert "predicted vs measured, 1f1b" in printed and "bubble: measured" in printed
     assert (trained / "run" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_sets_the_runs_throughput_against_the_plans(trained, capsys):
+    printed, markdown = report(trained, capsys)
+    with open(trained / "run" / "metrics.csv") as file:
+        rate = float(list(csv.DictReader(file))[-1]["samples_per_s"])
+    pipeline = load_pipeline(trained / "pipeline.yaml")
+    slowest = max(float(r["measured ms"]) for r in table(markdown, "stage | predicted ms"))
+    found = re.search(
+        r"throughput: measured ([\d.]+) samples/s by wall clock, predicted ([\d.]+); the slowest"
+        r" stage's measured time per micro-batch allows ([\d.]+)",
+        " ".join(printed.split()),  # rich may wrap the line
+    )
+    assert found is not None, printed
+    measured, predicted, allowed = map(float, found.groups())
+    assert measured == pytest.approx(rate, abs=0.05)
+    assert predicted == pytest.approx(pipeline.predicted.throughput_samples_per_s, abs=0.05)
+    assert allowed == pytest.approx(pipeline.batch_size / (slowest / 1e3), rel=0.01)
+    assert "Throughput: measured " in markdown
 
 
 def test_report_md_holds_the_predictions_and_the_plan(trained, capsys):
