@@ -36,9 +36,9 @@ test: install lint
 
 demo: install
 	mkdir -p $(DEMO)
-	$(BIN)/vpipe-profile vpipe.models.gpt --device cpu --batch-size 8 \
+	$(BIN)/vpipe-profile vpipe.models.gpt --device cpu --batch-size 8 --threads 1 \
 		-o $(DEMO)/profile.yaml --plot $(DEMO)/profile.png
-	$(BIN)/vpipe-plan $(DEMO)/profile.yaml --gpus 2 --memory 0.012 \
+	$(BIN)/vpipe-plan $(DEMO)/profile.yaml --gpus 2 --memory 12MiB \
 		-o $(DEMO)/plan.yaml --plot $(DEMO)/plan.png
 	$(BIN)/vpipe-gen $(DEMO)/plan.yaml -o $(DEMO)/out
 	$(BIN)/vpipe-train $(DEMO)/out/pipeline.yaml --steps 300 --lr 0.05 --optimizer momentum \

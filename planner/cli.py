@@ -32,6 +32,27 @@ def _amount(text: str) -> float:
     return value
 
 
+GIB_PER_UNIT = {"KiB": 2**-20, "MiB": 2**-10, "GiB": 1.0}
+
+
+def _memory(text: str) -> float:
+    """GiB: a number of GiB, one with a unit (KiB, MiB, GiB: 12MiB), or inf. Small models'
+    caps are a few MiB, awkward to write in GiB (0.01171875)."""
+    for unit, gib in GIB_PER_UNIT.items():
+        if text.endswith(unit):
+            number = text.removesuffix(unit).strip()
+            try:
+                return _amount(number) * gib
+            except argparse.ArgumentTypeError:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not a positive number of {unit}"
+                ) from None
+    try:
+        return _amount(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}; or give a unit: 12MiB, 1.5GiB") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="vpipe-plan",
@@ -42,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", type=int, required=True, help="pipeline stages, one device each")
     parser.add_argument(
         "--memory",
-        type=_amount,
+        type=_memory,
         default=math.inf,
         metavar="GiB",
-        help="memory per device in GiB, or inf (default inf)",
+        help="memory per device: GiB, or with a unit (12MiB, 1.5GiB), or inf (default inf)",
     )
     parser.add_argument(
         "--headroom",

@@ -300,7 +300,12 @@ PLANNER = [
     case(
         "--memory not a number",
         [PROFILE, *TWO, "--memory", "lots"],
-        "'lots' is not a number or inf",
+        "'lots' is not a number or inf; or give a unit: 12MiB, 1.5GiB",
+    ),
+    case(
+        "--memory a unit without a number",
+        [PROFILE, *TWO, "--memory", "0MiB"],
+        "'0MiB' is not a positive number of MiB",
     ),
     case("--bandwidth negative", [PROFILE, *TWO, "--bandwidth", "-1"], "'-1' must be positive"),
     case(

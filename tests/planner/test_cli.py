@@ -61,3 +61,12 @@ def test_memory_cap_forces_recompute(profile_path, tmp_path, capsys):
     stage = load_plan(tight).stages[0]
     assert stage.recompute and stage.predicted.recompute_ms > 0
     assert stage.predicted.memory.total <= need * 0.8
+
+
+def test_memory_takes_a_unit(profile_path, tmp_path, capsys):
+    in_gib, in_mib = tmp_path / "gib.yaml", tmp_path / "mib.yaml"
+    argv = [profile_path, "--gpus", "2", "-q"]
+    assert run([*argv, "--memory", "0.0078125", "-o", in_gib], capsys)[0] == 0  # 8 MiB
+    assert run([*argv, "--memory", "8MiB", "-o", in_mib], capsys)[0] == 0
+    assert load_plan(in_mib).settings == load_plan(in_gib).settings
+    assert load_plan(in_mib).settings.memory_bytes == pytest.approx(8 * 2**20 * 0.9)
