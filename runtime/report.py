@@ -36,6 +36,9 @@ from vpipe.planner.schema import Plan, StagePrediction, load_plan
 from vpipe.runtime.events import read_events
 from vpipe.runtime.executor import ActionEvent
 
+# the timeline draws the run's start (filling, then the steady pattern): a whole long run is a
+# solid smear at any width
+TIMELINE_MICROBATCHES_PER_STAGE = 8
 MEMORY_HINT = "rerun with --measure-memory to measure memory on CPU"
 NOT_MEASURED = "—"
 COLUMNS = (
@@ -434,13 +437,15 @@ def draw_timeline(report: RunReport, recomputes: list[bool], path: Path) -> None
     recomputed forwards)."""
     plt = pyplot()
     start = min(e.start_s for stage in report.events for e in stage)
+    total = 1 + max(e.microbatch for stage in report.events for e in stage)
+    shown = min(total, TIMELINE_MICROBATCHES_PER_STAGE * len(report.events))
     fig, ax = plt.subplots(figsize=(12, 1 + 0.6 * len(report.events)))
     for k, stage_events in enumerate(report.events):
         for kind, colour in ((FORWARD, "#4C72B0"), (BACKWARD, "#DD8452")):
             bars = [  # from the end of the wait: an action waits first, then computes
                 ((e.start_s + e.wait_s - start) * 1e3, (e.end_s - e.start_s - e.wait_s) * 1e3)
                 for e in stage_events
-                if e.action == kind
+                if e.action == kind and e.microbatch < shown
             ]
             ax.broken_barh(
                 bars,
@@ -452,9 +457,10 @@ def draw_timeline(report: RunReport, recomputes: list[bool], path: Path) -> None
     ax.set_yticks(range(len(report.events)), [f"stage {k}" for k in range(len(report.events))])
     ax.invert_yaxis()
     ax.set_xlabel("ms since the first action")
+    window = f", the first {shown} of {total} micro-batches" if shown < total else ""
     ax.set_title(
         f"{report.schedule}: bubble {report.bubble_fraction:.0%} measured, "
-        f"{report.predicted_bubble:.0%} predicted"
+        f"{report.predicted_bubble:.0%} predicted (whole run){window}"
     )
     ax.legend(loc="upper right")
     save_figure(fig, path)

@@ -16,6 +16,7 @@ import torch
 
 from vpipe.common.optim import Updater
 from vpipe.planner.cli import main as plan_main
+from vpipe.planner.schema import load_plan
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
@@ -97,7 +98,9 @@ def test_resume_needs_what_asp_saves(tmp_path):
     argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
     assert profile_main(argv) == 0
     argv = [str(profiled), "--gpus", "2", "--schedule", "asp", "-o", str(tmp_path / "plan.yaml")]
-    assert plan_main([*argv, "-q"]) == 0
+    # uniform: stage 0 holds a dropout whatever the profile's times (its random state matters)
+    assert plan_main([*argv, "-q", "--split", "uniform"]) == 0
+    assert "_3" in load_plan(tmp_path / "plan.yaml").stages[0].nodes  # nn.Dropout
     out = generate(tmp_path / "plan.yaml", tmp_path / "out")
     pipeline = str(out / "pipeline.yaml")
     assert train_main([pipeline, "--steps", "4", "--checkpoint-every", "2", *COMMON]) == 0
