@@ -8,40 +8,13 @@ from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.planning import graph_for
 from vpipe.planner.schema import PlanSettings
-from vpipe.profiler.schema import LinkCost, NodeProfile, Profile, TensorMeta
+from vpipe.profiler.schema import LinkCost, TensorMeta
 
+from .handmade import node, profile
 
-def node(
-    name, inputs, out, params=0, saved=0, kept=(), saves_output=False, fwd=1.0, grads=0, dense=True
-):
-    return NodeProfile(
-        name=name,
-        op="placeholder" if not inputs else "call_module",
-        target="T",
-        inputs=inputs,
-        outputs=(TensorMeta((out // 4,), "float32", dense),),
-        forward_ms=fwd,
-        backward_ms=2 * fwd,
-        param_bytes=params,
-        grad_bytes=params,
-        optimizer_bytes=0,
-        buffer_bytes=0,
-        output_bytes=out,
-        saved_bytes=saved,
-        saved_inputs=kept,
-        saves_output=saves_output,
-        backward_bytes=grads,
-    )
-
-
-PROFILE = Profile(
-    source="hand",
-    source_kind="model",
-    device="cpu",
-    dtype="float32",
-    batch_size=1,
+PROFILE = profile(
+    ("n5",),
     optimizer="adam",
-    outputs=("n5",),
     nodes=(
         node("n0", (), 100),
         # a linear: keeps its input; its backward holds 300 B at its peak

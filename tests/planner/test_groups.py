@@ -11,46 +11,20 @@ from vpipe.planner.dp import solve_dp
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.ilp import solve_ilp
 from vpipe.planner.schema import PlanSettings
-from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
 
-TENSOR = (TensorMeta((4, 8), "float32"),)
-
-
-def node(name: str, inputs: tuple[str, ...], ms: float, outputs=TENSOR) -> NodeProfile:
-    return NodeProfile(
-        name=name,
-        op="placeholder" if not inputs else "call_function",
-        target="T",
-        inputs=inputs,
-        outputs=outputs,
-        forward_ms=ms,
-        backward_ms=2 * ms,
-        param_bytes=0,
-        grad_bytes=0,
-        optimizer_bytes=0,
-        buffer_bytes=0,
-        output_bytes=128 if outputs else 0,
-        saved_bytes=0,
-    )
-
+from .handmade import node, profile
 
 # x -> q -> reshape(q, size(x)) -> attention -> reshape(., size(x)) -> head
-PROFILE = Profile(
-    source="hand",
-    source_kind="model",
-    device="cpu",
-    dtype="float32",
-    batch_size=4,
-    optimizer="sgd",
-    outputs=("head",),
-    nodes=(
-        node("x", (), 0.0),
-        node("size", ("x",), 0.0, outputs=()),  # an int tuple: cannot travel between stages
-        node("q", ("x",), 1.0),
-        node("split", ("q", "size"), 0.1),
-        node("attention", ("split",), 3.0),
-        node("merge", ("attention", "size"), 0.1),
-        node("head", ("merge",), 1.0),
+PROFILE = profile(
+    ("head",),
+    (
+        node("x", (), 128, fwd=0.0),
+        node("size", ("x",), 0, fwd=0.0),  # an int tuple: cannot travel between stages
+        node("q", ("x",), 128, fwd=1.0),
+        node("split", ("q", "size"), 128, fwd=0.1),
+        node("attention", ("split",), 128, fwd=3.0),
+        node("merge", ("attention", "size"), 128, fwd=0.1),
+        node("head", ("merge",), 128, fwd=1.0),
     ),
 )
 
