@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import networkx as nx
+
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, NodeProfile, Profile
 
 FLOATING = ("float", "bfloat", "complex")  # dtype names whose tensors carry gradients
@@ -138,7 +140,7 @@ def plan_graph(
             i for i, n in enumerate(nodes) if placeholder[i] or n.op == "loss"
         ),
         loss=len(nodes) - 1 if profile.loss else None,
-        together=_convex(_with_loss(_together(profile, succs), index, profile), preds, succs)
+        together=_convex(_with_loss(_together(profile, succs), index, profile), succs)
         if profile.source_kind == "model"
         else (),
     )
@@ -185,12 +187,15 @@ def _link_ms(profile: Profile, node: NodeProfile) -> float:
 def _with_loss(
     groups: tuple[tuple[int, ...], ...], index: dict[str, int], profile: Profile
 ) -> tuple[tuple[int, ...], ...]:
-    """The loss shares a stage with the node of the model's first output (and that node's
-    group), so no stage is left holding the loss alone, with nothing of the model to run."""
+    """The loss shares a stage with the node of the model's last output in the profile's order
+    (and that node's group), so no stage is left holding the loss alone, with nothing of the
+    model to run. The last: every output reaches the loss's stage anyway, and tying it to an
+    earlier one (features the rest of the model reads, say) would pull everything between
+    onto the last stage."""
     if profile.loss is None or not profile.outputs:
         return groups
-    first, loss = index[profile.outputs[0]], index[profile.loss.name]
-    joined = next((g for g in groups if first in g), (first,))
+    last, loss = max(index[name] for name in profile.outputs), index[profile.loss.name]
+    joined = next((g for g in groups if last in g), (last,))
     return (*(g for g in groups if g is not joined), tuple(sorted((*joined, loss))))
 
 
@@ -215,44 +220,19 @@ def _together(profile: Profile, succs: list[list[int]]) -> tuple[tuple[int, ...]
 
 
 def _convex(
-    groups: tuple[tuple[int, ...], ...],
-    preds: Sequence[Sequence[int]],
-    succs: Sequence[Sequence[int]],
+    groups: tuple[tuple[int, ...], ...], succs: Sequence[Sequence[int]]
 ) -> tuple[tuple[int, ...], ...]:
-    """The groups closed under paths: a node on a path between two members of a group runs at or
-    after the first's stage and at or before the second's, one stage, so it joins the group.
-    Without it a group and such a node would each have to come first (a shape read before an
-    attention and used again after it), no cut could hold the group whole, and the cuts would
-    never reach the whole graph. Groups that come to share a node merge; repeated until stable."""
-    group_of: dict[int, int] = {}
-    members: dict[int, set[int]] = {}
-    for g, group in enumerate(groups):
-        members[g] = set(group)
-        group_of.update(dict.fromkeys(group, g))
-    changed = True
-    while changed:
-        changed = False
-        for g in list(members):
-            if g not in members:  # merged into another this round
-                continue
-            group = members[g]
-            between = _reach(group, succs) & _reach(group, preds) - group
-            for n in between:
-                other = group_of.get(n)
-                joining = members.pop(other) if other is not None and other != g else {n}
-                group |= joining
-                group_of.update(dict.fromkeys(joining, g))
-                changed = True
-    return tuple(tuple(sorted(group)) for group in members.values())
-
-
-def _reach(start: set[int], edges: Sequence[Sequence[int]]) -> set[int]:
-    """Nodes reachable from `start` along `edges` in one or more steps."""
-    seen: set[int] = set()
-    todo = [m for n in start for m in edges[n]]
-    while todo:
-        n = todo.pop()
-        if n not in seen:
-            seen.add(n)
-            todo.extend(edges[n])
-    return seen
+    """Every set of nodes that must share a stage. An edge u -> v puts v on u's stage or later;
+    a group's members are on one stage, as if joined in a cycle; so the nodes that must share a
+    stage are the strongly connected components of the edges and those cycles. That takes in a
+    node on a path between two members (a shape read before an attention and used after it)
+    and two groups that each feed the other. Without it some group could never be held whole
+    by a cut, and the cuts would never reach the whole graph."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(len(succs)))
+    graph.add_edges_from((u, v) for u, readers in enumerate(succs) for v in readers)
+    for group in groups:
+        ordered = sorted(group)
+        graph.add_edges_from(zip(ordered, [*ordered[1:], ordered[0]], strict=True))
+    components = nx.strongly_connected_components(graph)
+    return tuple(sorted(tuple(sorted(c)) for c in components if len(c) > 1))

@@ -3,6 +3,8 @@ on a path between them (a shape read before an attention and used after it)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from vpipe.planner.bruteforce import solve_brute_force
@@ -11,6 +13,7 @@ from vpipe.planner.dp import solve_dp
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.ilp import solve_ilp
 from vpipe.planner.schema import PlanSettings
+from vpipe.profiler.schema import LOSS_NODE
 
 from .handmade import node, profile
 
@@ -44,3 +47,56 @@ def test_every_solver_places_every_node(gpus):
     for split in (solve_dp(graph, settings), solve_ilp(graph, settings)):
         assert sorted(n for stage in split.stages for n in stage) == list(range(graph.size))
         assert split.bottleneck_ms == pytest.approx(oracle.bottleneck_ms)
+
+
+# two shapes, each read on one branch and used on the other: each group feeds the other
+CROSSED = profile(
+    ("head",),
+    (
+        node("x", (), 128, fwd=0.0),
+        node("s1", ("x",), 0, fwd=0.0),
+        node("s2", ("x",), 0, fwd=0.0),
+        node("a", ("x",), 128),
+        node("r1", ("a", "s1"), 128, fwd=0.1),
+        node("l2", ("r1",), 128),
+        node("r2", ("l2", "s2"), 128, fwd=0.1),
+        node("twice", ("a",), 128, fwd=0.1),
+        node("v2", ("twice", "s2"), 128, fwd=0.1),
+        node("l3", ("v2",), 128),
+        node("v1", ("l3", "s1"), 128, fwd=0.1),
+        node("add", ("r2", "v1"), 128, fwd=0.1),
+        node("head", ("add",), 128),
+    ),
+)
+
+
+def test_groups_that_feed_each_other_are_one():
+    graph = plan_graph(CROSSED)
+    index = {name: i for i, name in enumerate(graph.names)}
+    shared = ("s1", "s2", "r1", "l2", "r2", "v2", "l3", "v1")
+    assert graph.together == (tuple(sorted(index[n] for n in shared)),)
+    for gpus in (1, 2, 3):
+        settings = PlanSettings(gpus=gpus, memory_bytes=float("inf"), bandwidth_gbps=float("inf"))
+        split, oracle = solve_dp(graph, settings), solve_brute_force(graph, settings)
+        assert sorted(n for stage in split.stages for n in stage) == list(range(graph.size))
+        assert split.bottleneck_ms == pytest.approx(oracle.bottleneck_ms)
+
+
+def test_the_loss_joins_the_last_output():
+    # the model returns (features, logits): features come first and feed the rest
+    early = profile(
+        ("feat", "head"),
+        (
+            node("x", (), 128, fwd=0.0),
+            node("feat", ("x",), 128),
+            node("body", ("feat",), 128, fwd=3.0),
+            node("head", ("body",), 128),
+        ),
+    )
+    loss = replace(early.nodes[-1], name=LOSS_NODE, op="loss", inputs=("feat", "head"))
+    graph = plan_graph(replace(early, loss=loss))
+    index = {name: i for i, name in enumerate(graph.names)}
+    assert graph.together == ((index["head"], index[LOSS_NODE]),)
+    settings = PlanSettings(gpus=3, memory_bytes=float("inf"), bandwidth_gbps=float("inf"))
+    split = solve_dp(graph, settings)
+    assert [len(stage) for stage in split.stages] == [2, 1, 2]  # x feat | body | head loss
