@@ -78,6 +78,7 @@ def _glued(graph: PlanGraph) -> tuple[dict[int, int], list[int]]:
     for n in range(graph.size):
         free = (
             graph.compute_ms(n) == 0
+            and graph.link_ms[n] == 0  # an empty tensor still costs a message per cut
             and graph.param_bytes[n] == 0
             and graph.internal_bytes[n] == 0
             and not graph.keeps[n]

@@ -16,6 +16,13 @@ def explain_infeasible(graph: PlanGraph, settings: PlanSettings) -> str:
     """One line: the stage of the fastest unconstrained split furthest over the limit, with its
     memory without recompute and with every node recomputed, and what would help."""
     free = solve_dp(graph, dataclasses.replace(settings, memory_bytes=math.inf))
+    if not free.feasible:  # not memory: the graph has too few places to cut
+        return (
+            f"the model cannot be cut into {settings.gpus} stages: nodes that must share a stage "
+            "(values that are not one tensor, such as sizes, tie their producer, readers and "
+            "everything between to one stage) leave fewer places to cut; use fewer --gpus, or "
+            "see docs/model-file.md on sizes"
+        )
     before: list[int] = []
     worst = None
     for index, stage in enumerate(free.stages):

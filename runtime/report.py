@@ -437,7 +437,8 @@ def draw_timeline(report: RunReport, recomputes: list[bool], path: Path) -> None
     recomputed forwards)."""
     plt = pyplot()
     start = min(e.start_s for stage in report.events for e in stage)
-    total = 1 + max(e.microbatch for stage in report.events for e in stage)
+    first = min(e.microbatch for stage in report.events for e in stage)  # resumed: not 0
+    total = 1 + max(e.microbatch for stage in report.events for e in stage) - first
     shown = min(total, TIMELINE_MICROBATCHES_PER_STAGE * len(report.events))
     fig, ax = plt.subplots(figsize=(12, 1 + 0.6 * len(report.events)))
     for k, stage_events in enumerate(report.events):
@@ -445,7 +446,7 @@ def draw_timeline(report: RunReport, recomputes: list[bool], path: Path) -> None
             bars = [  # from the end of the wait: an action waits first, then computes
                 ((e.start_s + e.wait_s - start) * 1e3, (e.end_s - e.start_s - e.wait_s) * 1e3)
                 for e in stage_events
-                if e.action == kind and e.microbatch < shown
+                if e.action == kind and e.microbatch < first + shown
             ]
             ax.broken_barh(
                 bars,

@@ -7,11 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from vpipe.common.errors import VpipeError
 from vpipe.planner.bruteforce import solve_brute_force
 from vpipe.planner.cuts import all_ideals
 from vpipe.planner.dp import solve_dp
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.ilp import solve_ilp
+from vpipe.planner.planning import make_plan
 from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.schema import LOSS_NODE
 
@@ -100,3 +102,10 @@ def test_the_loss_joins_the_last_output():
     settings = PlanSettings(gpus=3, memory_bytes=float("inf"), bandwidth_gbps=float("inf"))
     split = solve_dp(graph, settings)
     assert [len(stage) for stage in split.stages] == [2, 1, 2]  # x feat | body | head loss
+
+
+def test_more_stages_than_places_to_cut_is_a_clear_error():
+    # x | a | twice | the crossed group | add | head: six units, so no 7-stage split
+    settings = PlanSettings(gpus=7, memory_bytes=float("inf"), bandwidth_gbps=float("inf"))
+    with pytest.raises(VpipeError, match="cannot be cut into 7 stages"):
+        make_plan(CROSSED, "crossed.yaml", "0" * 64, settings)
