@@ -40,7 +40,7 @@ def samples_per_s(out: Path, steps: int, *flags: str) -> float:
 def busy_ms(run_dir: Path, stage: int, skip: int, by_cpu: bool) -> float:
     """Median busy milliseconds per micro-batch (its forward and backward) of a stage after
     the first `skip` micro-batches (warm-up), on the clock `vpipe-train --report` uses
-    (`busy_s`); the last micro-batch, cut short by the run's end, is left out."""
+    (`busy_s`); the last two micro-batches, which the run's end may cut short, are left out."""
     per_microbatch: dict[int, float] = {}
     for e in read_events(run_dir / f"events_stage{stage}.csv"):
         if e.microbatch >= skip:

@@ -15,7 +15,7 @@ import networkx as nx
 
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, NodeProfile, Profile
 
-FLOATING = ("float", "bfloat", "complex")  # dtype names whose tensors carry gradients
+FLOATING = ("float", "bfloat")  # dtype names whose tensors carry gradients (as the runtime sends)
 PIPEDREAM_NOTE = (
     "saved-for-backward bytes are unknown in this profile (imported from PipeDream): each node "
     "that computes is assumed to keep its own output, as PipeDream's memory model does"

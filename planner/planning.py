@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.units import human_bytes
 from vpipe.planner.baselines import BASELINE_RULE, baseline_split, baselines
 from vpipe.planner.costmodel import recompute_free_bytes, schedule_shape, sent_nodes
 from vpipe.planner.diagnose import explain_infeasible
@@ -18,8 +19,9 @@ from vpipe.planner.schema import Plan, PlanSettings, SolverInfo, Stage
 from vpipe.planner.split import Split
 from vpipe.profiler.schema import Profile
 
-SOLVERS = ("auto", "dp", "ilp")
 GIB = 2**30
+
+SOLVERS = ("auto", "dp", "ilp")
 ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to prove a dp answer
 
 
@@ -68,7 +70,7 @@ def _recompute_all(graph: PlanGraph, settings: PlanSettings, split: Split) -> Sp
         if prediction.memory.total > settings.memory_bytes:
             raise VpipeError(
                 f"with everything recomputed, stage {k} needs "
-                f"{prediction.memory.total / GIB:.3f} GiB, more than --memory allows (one "
+                f"{human_bytes(prediction.memory.total)}, more than --memory allows (one "
                 "segment that long rebuilds more than it saves); use --recompute auto"
             )
     return dataclasses.replace(split, recompute=everything)
@@ -86,7 +88,8 @@ def _baseline(graph: PlanGraph, settings: PlanSettings, rule: str) -> Split:
         if prediction.memory.total > settings.memory_bytes:
             raise VpipeError(
                 f"the {rule} split does not fit: stage {k} needs "
-                f"{prediction.memory.total / GIB:.3f} GiB, more than --memory allows; raise "
+                f"{human_bytes(prediction.memory.total)}, more than --memory allows "
+                f"({human_bytes(settings.memory_bytes)} after headroom); raise "
                 "--memory, or plan with --split optimal (which may recompute)"
             )
     return Split(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import replace
 
 from vpipe.profiler.linkcost import SIZES, _Exchange, _pair, measure_link_cost
@@ -15,12 +14,12 @@ from ..planner.randomgraphs import random_profile
 def test_fitted_cost_predicts_an_unmeasured_size():
     cost = measure_link_cost(repeats=20, warmup=3)
     assert cost is not None and cost.backend == "gloo"
-    assert cost.message_ms > 0 and cost.ms_per_mib > 0
+    assert cost.message_ms >= 0 and cost.ms_per_mib > 0
     mib = 2  # between the fitted sizes, none of them
     assert mib * 2**20 not in SIZES
     exchange = _Exchange(_pair(), mib * 2**20)
     exchange.cpu_ms(3)
-    measured = statistics.median(exchange.cpu_ms(20) for _ in range(5))
+    measured = min(exchange.cpu_ms(20) for _ in range(5))  # as the fit takes each size
     predicted = 2 * (cost.message_ms + mib * cost.ms_per_mib)  # both ends
     assert 0.5 < measured / predicted < 2, (measured, predicted)
 
