@@ -10,7 +10,7 @@ once where each tensor lives (tied names included) and a call is one dict store 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ class _Slot:
     table: dict[str, torch.Tensor | None]  # the owning module's _parameters or _buffers
     leaf: str
     name: str  # the tensor's name in the mappings `bind` takes (tied aliases share one)
+    buffer: bool
 
 
 class Slots:
@@ -38,16 +39,19 @@ class Slots:
                     if tensor is None:
                         continue
                     name = first.setdefault(id(tensor), f"{owner_name}.{leaf}".lstrip("."))
-                    slots.append(_Slot(table, leaf, name))
+                    slots.append(_Slot(table, leaf, name, kind == "_buffers"))
         self._slots = tuple(slots)
 
     @contextlib.contextmanager
-    def bound(self, *tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
-        """Point every slot at its tensor in `tensors` (looked up in order) while the block
-        runs; then put back what was there."""
+    def bound(self, *tensors: MutableMapping[str, torch.Tensor]) -> Iterator[None]:
+        """Point every slot at its tensor in `tensors` (a later mapping wins) while the block
+        runs; then put back what was there. A buffer the block replaced (`self.mean = ...`, not
+        in place) goes back into the mapping it came from, as it would stay on a module."""
         merged: dict[str, torch.Tensor] = {}
+        source: dict[str, MutableMapping[str, torch.Tensor]] = {}
         for mapping in tensors:
             merged.update(mapping)
+            source.update(dict.fromkeys(mapping, mapping))
         saved = [slot.table[slot.leaf] for slot in self._slots]
         try:
             for slot in self._slots:
@@ -55,4 +59,7 @@ class Slots:
             yield
         finally:
             for slot, tensor in zip(self._slots, saved, strict=True):
+                now = slot.table[slot.leaf]
+                if slot.buffer and now is not None and now is not merged[slot.name]:
+                    source[slot.name][slot.name] = now
                 slot.table[slot.leaf] = tensor

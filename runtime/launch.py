@@ -259,11 +259,12 @@ def run_stage(settings: RunSettings) -> None:
             "peak_weight_versions": executor.peak_versions,
             "seconds": seconds,
             "peak_memory_bytes": peak,
-            # --report times a stage by its CPU time when it computed on one thread or when
-            # these processes outnumbered the cores
+            # --report times a stage on the CPU by its CPU time when it computed on one thread
+            # or when these processes outnumbered the cores
             "local_processes": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
             "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(),
+            "device": device.type,
         },
         run_dir / f"stage_{rank}.yaml",
     )

@@ -54,13 +54,16 @@ COLUMNS = (
 )
 
 
-def timed_by_cpu(processes: int, cores: int | None, threads: int | None) -> bool:
+def timed_by_cpu(
+    processes: int, cores: int | None, threads: int | None, on_cpu: bool = True
+) -> bool:
     """Whether a stage is timed by its process's CPU time rather than wall time: when it
     computed on one torch thread (its CPU time is then a duration that leaves out the turns its
     core went to others, a hypervisor's steal included), or when its machine ran more processes
     than cores (they took turns on a core, and wall time counts the others'). `threads` None:
-    a run from before stage logs recorded it, only the second rule."""
-    return threads == 1 or processes > (cores or 1)
+    a run from before stage logs recorded it, only the second rule. Never on a GPU, whose work
+    the process's CPU time does not see."""
+    return on_cpu and (threads == 1 or processes > (cores or 1))
 
 
 def busy_s(event: ActionEvent, by_cpu: bool) -> float:
@@ -69,11 +72,15 @@ def busy_s(event: ActionEvent, by_cpu: bool) -> float:
 
 
 def stage_ms(
-    events: Sequence[ActionEvent], processes: int, cores: int | None, threads: int | None
+    events: Sequence[ActionEvent],
+    processes: int,
+    cores: int | None,
+    threads: int | None,
+    on_cpu: bool = True,
 ) -> float:
     """A stage's busy milliseconds per micro-batch (its forward and backward), the figure the
     plan predicts as `time_ms`, on the clock `timed_by_cpu` chooses."""
-    by_cpu = timed_by_cpu(processes, cores, threads)
+    by_cpu = timed_by_cpu(processes, cores, threads, on_cpu)
     count = max(1, sum(e.action == FORWARD for e in events))
     return sum(busy_s(e, by_cpu) for e in events) / count * 1e3
 
@@ -90,11 +97,12 @@ class StageReport:
     processes: int  # processes its machine ran in the run, this one included
     cores: int | None  # that machine's cores
     threads: int | None  # its torch threads (None: a run from before stage logs recorded them)
+    on_cpu: bool  # it computed on the CPU (not a GPU)
     measured_bytes: int | None  # peak memory; None: not measured (CPU without --measure-memory)
 
     @property
     def by_cpu(self) -> bool:
-        return timed_by_cpu(self.processes, self.cores, self.threads)
+        return timed_by_cpu(self.processes, self.cores, self.threads, self.on_cpu)
 
     @property
     def predicted_ms(self) -> float:
@@ -145,18 +153,20 @@ def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -
         processes = log.get("local_processes", len(pipeline.stages))  # older runs: one machine
         cores = log.get("cpu_count", os.cpu_count())
         threads = log.get("threads")
+        on_cpu = log.get("device", "cpu") == "cpu"
         stages.append(
             StageReport(
                 index=spec.index,
                 predicted=spec.predicted,
                 nodes=len(plan.stages[spec.index].nodes) if plan else None,
                 recomputed=len(plan.stages[spec.index].recompute) if plan else None,
-                measured_ms=stage_ms(stage_events, processes, cores, threads),
+                measured_ms=stage_ms(stage_events, processes, cores, threads, on_cpu),
                 waiting_ms=sum(e.wait_s for e in stage_events) / count * 1e3,
                 idle=1 - busy / span if span else 0.0,
                 processes=processes,
                 cores=cores,
                 threads=threads,
+                on_cpu=on_cpu,
                 measured_bytes=log.get("peak_memory_bytes"),
             )
         )

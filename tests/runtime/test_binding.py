@@ -58,3 +58,28 @@ def test_binding_puts_back_what_was_there() -> None:
     after = {n: t for n, t in [*module.named_parameters(), *module.named_buffers()]}
     assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
     assert module.head.weight is module.embed.weight
+
+
+class Averaging(nn.Module):
+    """Keeps a running mean by replacing its buffer (not in place), as some modules do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.mean = 0.9 * self.mean + 0.1 * x.mean(0)
+        return x - self.mean
+
+
+def test_a_replaced_buffer_goes_back_to_its_mapping() -> None:
+    plain, bound = Averaging(), Averaging()
+    buffers = {"mean": torch.zeros(3)}
+    slots = Slots(bound)
+    for step in range(3):
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
+        with slots.bound({}, buffers):
+            out = bound(x)
+        torch.testing.assert_close(out, plain(x))
+    torch.testing.assert_close(buffers["mean"], plain.mean)
+    assert not bound.mean.any()  # the module's own tensor is put back untouched

@@ -145,6 +145,9 @@ def test_one_thread_or_more_processes_than_cores_times_by_cpu():
     assert not timed_by_cpu(2, 2, threads=2) and not timed_by_cpu(1, 8, threads=4)
     # stage logs from before `threads`: processes against cores alone
     assert timed_by_cpu(4, 2, None) and not timed_by_cpu(2, 2, None) and timed_by_cpu(2, None, None)
+    # a GPU's work is not the process's CPU time: wall, whatever the threads
+    assert not timed_by_cpu(2, 2, threads=1, on_cpu=False)
+    assert not timed_by_cpu(4, 2, threads=1, on_cpu=False)
     assert stage_ms(events, 2, 2, threads=1) == pytest.approx(6.0)  # 2 x 3 ms CPU
     assert stage_ms(events, 4, 2, threads=2) == pytest.approx(6.0)
     assert stage_ms(events, 2, 2, threads=2) == pytest.approx(16.0)  # 2 x (10 - 2) ms
@@ -181,7 +184,7 @@ def _measured_ms(out, markdown, column):
 def test_report_says_which_clock(trained, tmp_path, capsys):
     for _, log in _stage_logs(trained):  # what each stage's machine had, and its threads
         assert log["local_processes"] == 2 and log["cpu_count"] == os.cpu_count()
-        assert log["threads"] == 1  # --threads 1
+        assert log["threads"] == 1 and log["device"] == "cpu"  # --threads 1, on the CPU
     printed, markdown = report(trained, capsys)  # one thread: CPU time
     assert "measured ms: CPU time per micro-batch (one torch thread, and wall time" in printed
     assert "Measured ms: CPU time per micro-batch" in markdown
