@@ -102,7 +102,8 @@ def _report(pipeline_path: str) -> int:
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
     from vpipe.common.yamlfile import load_yaml
-    from vpipe.runtime.report import build_report, draw_timeline, print_report, write_markdown
+    from vpipe.runtime.report import build_report, print_report, write_markdown
+    from vpipe.runtime.timeline import draw_timeline
 
     pipeline = load_pipeline(pipeline_path)
     directory = Path(pipeline_path).parent
