@@ -35,21 +35,12 @@ def measure_link_cost(repeats: int, warmup: int) -> LinkCost | None:
         size.cpu_ms(warmup)
     rounds = [[size.cpu_ms(repeats) for size in sizes] for _ in range(ROUNDS)]  # interleaved
     ms = [min(r[i] for r in rounds) for i in range(len(SIZES))]  # others only add
-    per_mib, per_message = _line([size / 2**20 for size in SIZES], ms)
+    per_mib, per_message = statistics.linear_regression([size / 2**20 for size in SIZES], ms)
     return LinkCost(
         backend="gloo",
         message_ms=round(max(per_message, 0.0) / 2, 4),
         ms_per_mib=round(max(per_mib, 0.0) / 2, 4),
     )
-
-
-def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares slope and intercept."""
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mean_x) ** 2 for x in xs
-    )
-    return slope, mean_y - slope * mean_x
 
 
 def _pair() -> list[dist.ProcessGroup]:
