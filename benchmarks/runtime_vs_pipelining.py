@@ -83,8 +83,8 @@ def pipelining_worker(out: str, schedule_name: str, steps: int, result: str) -> 
     start = time.perf_counter()
     for step in range(steps):
         batches = [model_file.batch(pipeline.batch_size, step * m + j) for j in range(m)]
-        inputs = torch.cat([b[0][0] for b in batches])
-        target = torch.cat([b[1] for b in batches])
+        inputs = torch.cat([b.args[0] for b in batches])
+        target = torch.cat([b.target for b in batches])
         optimizer.zero_grad()
         if rank == 0:
             schedule.step(inputs)

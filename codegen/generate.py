@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from vpipe.codegen.ownership import owned_names
 from vpipe.codegen.partition import StageFlow, partition
 from vpipe.codegen.render import render_stage, stage_text
 from vpipe.codegen.schema import Pipeline, StageSpec, TensorSpec, TiedParameter, save_pipeline
-from vpipe.common.capture import capture
+from vpipe.common.capture import Captured, capture
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile, load_model_file
 from vpipe.common.paths import recorded_model
@@ -40,7 +41,11 @@ class Sources:
     profile: Profile
     model_file: ModelFile
     model: nn.Module  # built with the profile's seed: its values are the initial weights
-    graph: fx.GraphModule
+    captured: Captured
+
+    @property
+    def graph(self) -> fx.GraphModule:
+        return self.captured.graph
 
 
 def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
@@ -85,10 +90,11 @@ def load_sources(plan_path: Path) -> Sources:
             "vpipe-profile and vpipe-plan"
         )
     torch.manual_seed(profile.seed or 0)
-    model = model_file.build_model()
-    graph = capture(model, profile.leaves)
-    _check_graph(graph, profile)
-    return Sources(plan, plan_path, profile, model_file, model, graph)
+    model = model_file.build_model().train()  # as profiled: export records training ops
+    batch = model_file.batch(profile.batch_size or 1, 0)
+    captured = capture(model, batch, profile.leaves, route=profile.capture)
+    _check_graph(captured.graph, profile)
+    return Sources(plan, plan_path, profile, model_file, model, captured)
 
 
 def _find(profile: str, plan_path: Path) -> Path:
@@ -131,7 +137,7 @@ def _check_output_dir(out: Path) -> None:
 def _check_crossing_values(profile: Profile, flows: tuple[StageFlow, ...]) -> None:
     for flow in flows[1:]:
         for name in flow.received:
-            if len(profile.node(name).outputs) != 1:
+            if len(profile.node(name).outputs) != 1 or not profile.node(name).is_tensor:
                 raise VpipeError(
                     f"stage {flow.index} needs {name!r} from stage {flow.index - 1}, which is "
                     "not one tensor; only tensors travel between stages: re-plan so that its "
@@ -142,8 +148,8 @@ def _check_crossing_values(profile: Profile, flows: tuple[StageFlow, ...]) -> No
 def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: Path) -> Pipeline:
     plan, profile = sources.plan, sources.profile
     batch_size = profile.batch_size or 1  # the micro-batch: what flows through the pipeline
-    inputs, _ = sources.model_file.batch(batch_size, 0)
-    specs = _tensor_specs(sources.graph, inputs)
+    batch = sources.model_file.batch(batch_size, 0)
+    specs = _tensor_specs(sources.graph, tuple(t for _, t in batch.inputs))
     plan_sha = hashlib.sha256(sources.plan_path.read_bytes()).hexdigest()
     # the plan as given: the header's command reruns it from there; the model as pipeline.yaml
     # (beside the stage files) records it
@@ -175,7 +181,9 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
                 module=f"stage_{flow.index}.py:Stage{flow.index}",
                 weights=f"weights/stage_{flow.index}.pt",
                 ranks=(flow.index,),
-                batch_inputs=tuple(placeholders.index(n) for n in flow.batch_inputs),
+                batch_inputs=tuple(
+                    sources.captured.input_keys[placeholders.index(n)] for n in flow.batch_inputs
+                ),
                 inputs=tuple(specs[n] for n in flow.inputs),
                 outputs=tuple(specs[n] for n in flow.sent),
                 recompute=flow.segments,
@@ -191,7 +199,6 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
         for key, stages in owners.items()
         if len(stages) > 1
     )
-    output = sources.graph.graph.output_node().args[0]
     pipeline = Pipeline(
         plan=_relative(sources.plan_path, out),
         plan_sha256=plan_sha,
@@ -203,7 +210,8 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
         microbatches=plan.settings.microbatches,
         schedule=plan.settings.schedule,
         optimizer=plan.settings.optimizer,
-        output_is_tuple=isinstance(output, (tuple, list)),
+        output_spec=pytree.treespec_dumps(sources.captured.output_spec),
+        output_leaves=sources.captured.output_leaves,
         stages=tuple(stage_specs),
         tied=tied,
         predicted=plan.predicted,

@@ -17,7 +17,7 @@ from vpipe.common.paths import recorded_model, resolved_model
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 from vpipe.planner.schema import MemoryBreakdown, Prediction, StagePrediction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: batch inputs by key, the output's structure
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class StageSpec:
     module: str  # "stage_<k>.py:Stage<k>", relative to the pipeline file
     weights: str  # initial values of the parameters and buffers it owns
     ranks: tuple[int, ...]  # processes that run it (one per stage today)
-    batch_inputs: tuple[int, ...]  # indices into make_batch's inputs it reads itself
+    batch_inputs: tuple[str, ...]  # keys of make_batch's inputs it reads itself ("0", "input_ids")
     inputs: tuple[TensorSpec, ...]  # forward's arguments: batch inputs, then stage k-1's
     outputs: tuple[TensorSpec, ...]  # what forward returns: to stage k+1, or the model outputs
     recompute: tuple[tuple[str, ...], ...]  # checkpoint segments, as node names
@@ -63,7 +63,10 @@ class Pipeline:
     microbatches: int  # per optimizer step under 1f1b and gpipe (1 under asp)
     schedule: str
     optimizer: str
-    output_is_tuple: bool  # the model returns a tuple (else one tensor)
+    # the model's output structure (a tensor, tuple, dict, ModelOutput: torch's pytree spec as
+    # JSON) over the last stage's outputs picked in this order: the loss gets what the model gives
+    output_spec: str
+    output_leaves: tuple[str, ...]
     stages: tuple[StageSpec, ...]
     tied: tuple[TiedParameter, ...]
     predicted: Prediction
@@ -87,6 +90,7 @@ class Pipeline:
                 **{
                     **{k: v for k, v in data.items() if k != "schema_version"},
                     "leaves": tuple(data["leaves"]),
+                    "output_leaves": tuple(data["output_leaves"]),
                     "stages": tuple(_stage(s) for s in data["stages"]),
                     "tied": tuple(
                         TiedParameter(tuple(t["names"]), tuple(t["stages"])) for t in data["tied"]

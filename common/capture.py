@@ -1,19 +1,26 @@
-"""Capture a model as a torch.fx graph at a granularity a planner can use.
+"""Capture a model as an fx graph at a granularity a planner can use.
 
-`torch.nn` modules stay whole (fx's default), functional ops become nodes, and any submodule
-class the user names with `--leaf` is kept whole too: that is how a model fx cannot trace
-(data-dependent control flow) becomes traceable, and how attention blocks stay one node.
+Two routes give graphs of one shape. torch.fx symbolic tracing, tried first for positional
+inputs: `torch.nn` modules stay whole (fx's default), functional ops become nodes, and any
+submodule class the user names with `--leaf` is kept whole too (how attention blocks stay one
+node, or an untraceable block is taken whole). Where fx cannot trace (Hugging Face models: their
+forwards take `**kwargs` through decorators and branch on shapes) or the inputs are keyword
+arguments, non-strict torch.export (export_capture.py). See docs/profiling.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.export_capture import export_graph
+from vpipe.common.modelfile import Batch
 
 
 class _LeafTracer(fx.Tracer):
@@ -44,11 +51,33 @@ class _LeafTracer(fx.Tracer):
             raise
 
 
-def capture(model: nn.Module, leaves: Sequence[str] = ()) -> fx.GraphModule:
-    """Trace `model` into a GraphModule whose nodes are in topological order.
+ROUTES = ("fx", "export")
 
-    Raises VpipeError naming the submodule and class that could not be traced, and the
-    `--leaf` flag that fixes it.
+
+@dataclass(frozen=True)
+class Captured:
+    """A model as an fx graph with flat tensor inputs and outputs, and the maps between those
+    and what the user's code passes and gets back."""
+
+    graph: fx.GraphModule
+    route: str  # "fx" (symbolic tracing) or "export" (non-strict torch.export)
+    input_keys: tuple[str, ...]  # per placeholder, in order: the key of its batch input
+    output_spec: pytree.TreeSpec  # the model's output structure over the output leaves
+    output_leaves: tuple[str, ...]  # the nodes at the spec's leaves, in order
+
+    def output(self, values: Sequence[Any]) -> Any:
+        """The model's output (a tensor, tuple, dict, ModelOutput...) from the leaves' values."""
+        return pytree.tree_unflatten(list(values), self.output_spec)
+
+
+def capture(
+    model: nn.Module, batch: Batch, leaves: Sequence[str] = (), route: str | None = None
+) -> Captured:
+    """Capture `model` as called on `batch`: by torch.fx where it traces (module-level graphs,
+    any batch size), else by non-strict torch.export (see export_capture). `route` forces one,
+    as a profile records which ran.
+
+    Raises VpipeError naming what could not be captured and what to try.
     """
     classes = {type(m).__name__ for m in model.modules()}
     unknown = sorted(set(leaves) - classes)
@@ -57,29 +86,74 @@ def capture(model: nn.Module, leaves: Sequence[str] = ()) -> fx.GraphModule:
             f"--leaf {' '.join(unknown)}: no submodule of this model has that class; "
             f"its classes are {', '.join(sorted(classes))}"
         )
+    fx_error: VpipeError | None = None
+    if route == "fx" or (route is None and not batch.keyword):
+        try:
+            return _by_fx(model, leaves)
+        except VpipeError as err:
+            if route == "fx":
+                raise
+            fx_error = err
+    try:
+        gm, spec = export_graph(model, batch.args, batch.kwargs, leaves)
+    except VpipeError as err:
+        raise VpipeError(f"{fx_error}; {err}" if fx_error else str(err)) from None
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    keys = tuple(key for key, _ in batch.inputs)
+    if len(placeholders) != len(keys):
+        raise VpipeError(
+            f"torch.export made {len(placeholders)} inputs of the {len(keys)} make_batch gives"
+        )
+    leaves_out = gm.graph.output_node().args[0]
+    captured = Captured(gm, "export", keys, spec, tuple(n.name for n in leaves_out))
+    _check_same_as_model(model, captured, batch)
+    return captured
+
+
+def _by_fx(model: nn.Module, leaves: Sequence[str]) -> Captured:
     tracer = _LeafTracer(frozenset(leaves))
     try:
         graph = tracer.trace(model)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if tracer.failed_in is None or not tracer.failed_in[0]:
-            raise VpipeError(
-                f"torch.fx cannot trace the model's own forward ({reason}); move the "
-                "untraceable part into a submodule and pass --leaf <its class>"
-            ) from None
+            raise VpipeError(f"torch.fx cannot trace the model's own forward ({reason})") from None
         path, cls = tracer.failed_in
         raise VpipeError(
             f"torch.fx cannot trace {path!r} ({cls}): {reason}; profile it whole with --leaf {cls}"
         ) from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    leaves_out, spec = pytree.tree_flatten(gm.graph.output_node().args[0])
+    if not all(isinstance(n, fx.Node) for n in leaves_out):
+        raise VpipeError("the model returns a constant beside its tensors; return tensors only")
+    names = tuple(n.name for n in leaves_out)
+    return Captured(gm, "fx", tuple(str(i) for i in range(len(placeholders))), spec, names)
+
+
+def _check_same_as_model(model: nn.Module, captured: Captured, batch: Batch) -> None:
+    """Run the model and the captured graph on the batch from one random state (dropout draws
+    alike) and compare every output; the model's buffers are put back afterwards."""
+    saved = {name: b.clone() for name, b in model.named_buffers()}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        expected = pytree.tree_leaves(batch.call(model))
+        torch.manual_seed(0)
+        got = captured.graph(*(t for _, t in batch.inputs))
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(saved[name])
+    for i, (want, have) in enumerate(zip(expected, got, strict=False)):
+        if not (isinstance(want, torch.Tensor) and torch.equal(want, have)):
+            raise VpipeError(
+                f"the captured graph's output {i} differs from the model's own forward; "
+                "keep the submodule that differs whole with --leaf <its class>"
+            )
+    if len(expected) != len(got):
+        raise VpipeError(f"the model returns {len(expected)} values, the captured graph {len(got)}")
 
 
 def flat_tensors(value: Any) -> list[torch.Tensor]:
-    """The tensors inside a node's value (a tensor, or nested tuples, lists and dicts of them)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in flat_tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flat_tensors(v)]
-    return []
+    """The tensors inside a node's value: a tensor, or any structure pytree knows (tuples,
+    lists, dicts, Hugging Face ModelOutputs)."""
+    return [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]

@@ -11,10 +11,11 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +29,21 @@ CONTRACT = (
 )
 
 
-def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the last dimension: classifiers and next-token language models alike."""
-    return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+def default_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the last dimension: classifiers and next-token language models alike.
+    Of a structured output (a Hugging Face `ModelOutput`, a dict) it takes `logits`, of a tuple
+    its first item; target positions of -100 are ignored, as Hugging Face's labels mark them."""
+    logits = output
+    if isinstance(output, Mapping):
+        if "logits" not in output:
+            raise VpipeError(
+                f"the model returns {type(output).__name__} without 'logits'; define "
+                "loss_fn(output, target) in the model file"
+            )
+        logits = output["logits"]
+    elif isinstance(output, (tuple, list)):
+        logits = output[0]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
 @dataclass(frozen=True)
@@ -39,13 +52,14 @@ class ModelFile:
 
     source: str
     build_model: Callable[[], torch.nn.Module]
-    make_batch: Callable[[int, int], tuple[object, torch.Tensor]]
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    make_batch: Callable[[int, int], tuple[Any, torch.Tensor]]
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
     sha256: str | None  # of the source file, so later parts can tell it changed
     epoch_samples: int | None = None  # EPOCH_SAMPLES: what `--epochs` counts in
 
-    def batch(self, batch_size: int, step: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Call make_batch and check its shape: inputs as a tuple, every batch dim right."""
+    def batch(self, batch_size: int, step: int) -> Batch:
+        """Call make_batch and check it: inputs a tensor, a tuple of tensors or a dict of them
+        (keyword arguments), every batch dimension right."""
         try:
             result = self.make_batch(batch_size, step)
         except Exception as err:
@@ -59,9 +73,14 @@ class ModelFile:
                 f"{type(result).__name__}; {CONTRACT}"
             )
         inputs, target = result
-        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-        named = [(f"input {i}", t) for i, t in enumerate(inputs)] + [("target", target)]
-        for what, value in named:
+        keyword = isinstance(inputs, Mapping)
+        if keyword:
+            named = [(str(k), v) for k, v in inputs.items()]
+        else:
+            inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+            named = [(str(i), v) for i, v in enumerate(inputs)]
+        for key, value in [*named, ("target", target)]:
+            what = "target" if key == "target" else f"input {key}"
             if not isinstance(value, torch.Tensor):
                 raise VpipeError(
                     f"{self.source}: make_batch's {what} is a "
@@ -73,7 +92,41 @@ class ModelFile:
                     f"{what} of shape {tuple(value.shape)}; its first dimension "
                     f"must be the batch size {batch_size}"
                 )
-        return inputs, target
+        return Batch(tuple(named), keyword, target)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch from make_batch: the model's inputs by key ("0", "1", ... when positional,
+    the argument's name when make_batch returned a dict) and the target."""
+
+    inputs: tuple[tuple[str, torch.Tensor], ...]
+    keyword: bool  # model(**inputs) rather than model(*inputs)
+    target: torch.Tensor
+
+    @classmethod
+    def positional(cls, *inputs: torch.Tensor) -> Batch:
+        """Positional inputs and no target: to capture a model outside training."""
+        return cls(tuple((str(i), t) for i, t in enumerate(inputs)), False, torch.empty(0))
+
+    @property
+    def args(self) -> tuple[torch.Tensor, ...]:
+        return () if self.keyword else tuple(t for _, t in self.inputs)
+
+    @property
+    def kwargs(self) -> dict[str, torch.Tensor]:
+        return dict(self.inputs) if self.keyword else {}
+
+    def input(self, key: str) -> torch.Tensor:
+        return dict(self.inputs)[key]
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = tuple((k, t.to(device)) for k, t in self.inputs)
+        return Batch(moved, self.keyword, self.target.to(device))
+
+    def call(self, model: Callable[..., Any]) -> Any:
+        """The model on these inputs, as its user would call it."""
+        return model(*self.args, **self.kwargs)
 
 
 def load_model_file(source: str) -> ModelFile:

@@ -1,19 +1,31 @@
-"""Out-of-place optimizer updates: each step returns new weight tensors and leaves the old ones
-untouched, so a stashed version that autograd saved for a pending backward is never modified
-(the in-place swap PipeDream did is what current autograd rejects)."""
+"""Optimizer updates that leave a stashed weight version alone: a step either writes into the
+weights (when nothing else holds them) or into fresh copies of them, so a version that autograd
+saved for a pending backward is never modified (the in-place swap PipeDream did is what current
+autograd rejects). The arithmetic is torch.optim's own functional form (`torch.optim.sgd.sgd`,
+`torch.optim.adam.adam`), called as torch.optim.SGD / Adam / AdamW call it, so results are
+bitwise those of torch.optim."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.optim.adam import adam
+from torch.optim.sgd import sgd
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+
+
+def constant(update: int) -> float:
+    return 1.0
 
 
 @dataclass
 class Updater:
-    """SGD, SGD with momentum, or Adam, with torch.optim's formulas (tests compare with it)."""
+    """SGD, SGD with momentum, Adam (L2 weight decay added to the gradient) or AdamW (decoupled
+    weight decay), as torch.optim computes them. `lr_factor(n)` scales `lr` for update n
+    (0-based), as torch.optim.lr_scheduler.LambdaLR does."""
 
     kind: str
     lr: float
@@ -21,6 +33,8 @@ class Updater:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    lr_factor: Callable[[int], float] = constant
+    # per weight name: `buffer` (momentum), `m` and `v` (Adam's moments); a checkpoint holds it
     state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     steps: int = 0
 
@@ -34,37 +48,62 @@ class Updater:
     ) -> dict[str, torch.Tensor]:
         """The weights after one step on `grads`; optimizer state advances in place. With
         `in_place` the step writes into `weights` (nothing else needs them: no second copy of
-        the weights is ever alive); otherwise it makes new tensors and leaves `weights` to the
-        backwards that still need them. Either way no temporary as large as a weight is made
-        beyond what torch.optim makes (`add` with `alpha`, as torch.optim's SGD does)."""
+        the weights is ever alive); otherwise into copies, leaving `weights` to the backwards
+        that still need them. `grads` are only read."""
+        lr = self.lr * self.lr_factor(self.steps)
         self.steps += 1
-        new = {}
-        for name, weight in weights.items():
-            grad = grads[name]
-            if self.weight_decay:
-                grad = grad.add(weight, alpha=self.weight_decay)
-            direction = self._direction(name, grad)
-            if in_place:
-                new[name] = weight.add_(direction, alpha=-self.lr)
-            else:
-                new[name] = torch.add(weight, direction, alpha=-self.lr)
-        return new
+        names = list(weights)
+        params = [weights[n] if in_place else weights[n].clone() for n in names]
+        grad_list = [grads[n] for n in names]
+        if self.kind in ("sgd", "momentum"):
+            self._sgd(names, params, grad_list, lr)
+        else:
+            self._adam(names, params, grad_list, lr)
+        return dict(zip(names, params, strict=True))
 
-    def _direction(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        if self.kind == "sgd":
-            return grad
-        state = self.state.setdefault(name, {})
-        if self.kind == "momentum":
-            if "buffer" not in state:
-                state["buffer"] = grad.clone()
-            else:
-                state["buffer"].mul_(self.momentum).add_(grad)
-            return state["buffer"]
-        beta1, beta2 = self.betas
-        if "m" not in state:
-            state["m"], state["v"] = torch.zeros_like(grad), torch.zeros_like(grad)
-        state["m"].mul_(beta1).add_(grad, alpha=1 - beta1)
-        state["v"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        m_hat = state["m"] / (1 - beta1**self.steps)
-        v_hat = state["v"] / (1 - beta2**self.steps)
-        return m_hat / (v_hat.sqrt() + self.eps)
+    def _sgd(
+        self, names: list[str], params: list[torch.Tensor], grads: list[torch.Tensor], lr: float
+    ) -> None:
+        momentum = self.momentum if self.kind == "momentum" else 0.0
+        buffers = [self.state.get(n, {}).get("buffer") for n in names]
+        sgd(
+            params,
+            grads,
+            buffers,
+            weight_decay=self.weight_decay,
+            momentum=momentum,
+            lr=lr,
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+        )
+        if momentum:  # sgd() made the buffers on the first step
+            for name, buffer in zip(names, buffers, strict=True):
+                self.state[name] = {"buffer": buffer}
+
+    def _adam(
+        self, names: list[str], params: list[torch.Tensor], grads: list[torch.Tensor], lr: float
+    ) -> None:
+        for name, param in zip(names, params, strict=True):
+            if name not in self.state:
+                zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
+                self.state[name] = {"m": zeros, "v": torch.zeros_like(zeros)}
+        # every weight steps on every update, so one count is each weight's step (adam() adds 1)
+        steps = [torch.tensor(float(self.steps - 1)) for _ in names]
+        adam(
+            params,
+            grads,
+            [self.state[n]["m"] for n in names],
+            [self.state[n]["v"] for n in names],
+            [],
+            steps,
+            has_complex=any(torch.is_complex(p) for p in params),
+            decoupled_weight_decay=self.kind == "adamw",
+            amsgrad=False,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            lr=lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
+        )

@@ -32,9 +32,15 @@ def recorded_path(path: str | Path, file: str | Path) -> str:
 def resolved_path(recorded: str, file: str | Path) -> str:
     """A path `file` records, as seen from here. Files written before paths were recorded this
     way named them from where their command ran: when only that path exists, it is the one."""
-    joined = os.path.join(os.path.dirname(file), recorded)
+    joined = joined_path(recorded, file)
     if not os.path.exists(joined) and os.path.exists(recorded):
         return recorded
+    return joined
+
+
+def joined_path(relative: str, file: str | Path) -> str:
+    """`relative` to `file`'s directory, as seen from here, tidied where that is safe."""
+    joined = os.path.join(os.path.dirname(file), relative)
     tidy = os.path.normpath(joined)  # `a/../b` is b only if a is not a link
     return tidy if os.path.realpath(tidy) == os.path.realpath(joined) else joined
 

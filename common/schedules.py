@@ -18,7 +18,7 @@ flight on stage s.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 FORWARD, BACKWARD = "F", "B"
@@ -124,11 +124,47 @@ def in_flight_limit(name: str, stages: int, microbatches: int, stage: int) -> in
     return microbatches
 
 
-def validate(name: str, actions: list[list[Action]], microbatches: int) -> None:
+def tied_delay(owner: int, holder: int) -> int:
+    """Under asp, how many updates later than the owner (the first stage holding a tied
+    parameter) stage `holder` applies each update of it: update i, made from micro-batch i's
+    summed gradients, goes in just before holder's own update of micro-batch i + delay.
+
+    holder - owner is the delay at which every micro-batch's forwards see one value of the
+    parameter on every stage: stage s's forward of m follows its update m - (S - s), so the
+    owner's follows tied update m - S + owner, and holder's forward, following its own update
+    m - S + holder, has tied updates up to m - S + holder - delay: the same. The summed
+    gradient is then micro-batch m's gradient for the value it used, as in one process. It
+    never deadlocks (`validate` checks), and the holder waits for update i only when the
+    owner's backward of i outlasts the forwards of stages owner + 1 .. holder plus holder's
+    own backward: holder's backward of i + delay follows its forward of i + delay + S - 1 -
+    holder, which follows the owner's forward just before the owner's backward of i."""
+    return holder - owner
+
+
+def _tie_ready(ties: Sequence[Sequence[int]], stage: int, i: int, done) -> bool:
+    """Whether stage `stage`'s update after its backward of micro-batch i (asp) has the tied
+    updates it applies: the owner's update i - delay of each tied parameter it holds."""
+    for holders in ties:
+        owner = min(holders)
+        j = i - tied_delay(owner, stage) if stage in holders else -1
+        if stage != owner and j >= 0 and (owner, BACKWARD, j) not in done:
+            return False
+    return True
+
+
+def validate(
+    name: str,
+    actions: list[list[Action]],
+    microbatches: int,
+    ties: Sequence[Sequence[int]] = (),
+) -> None:
     """Raise ValueError unless every stage runs each micro-batch's forward then its backward
     exactly once, holds no more in flight than `in_flight_limit`, and the stages together can
     run to the end (a forward needs the previous stage's forward of that micro-batch, a backward
-    the next stage's backward): the check a schedule passes before any process starts."""
+    the next stage's backward, and under asp a backward's update the tied updates it applies,
+    `ties` listing each tied parameter's stages): the check a schedule passes before any
+    process starts. (Under 1f1b and gpipe the holders sum at the flush, which every holder
+    reaches by its own backwards: nothing to check.)"""
     stages = len(actions)
     for s, plan in enumerate(actions):
         forwards = [a.microbatch for a in plan if a.kind == FORWARD]
@@ -149,8 +185,10 @@ def validate(name: str, actions: list[list[Action]], microbatches: int) -> None:
                 if action.kind == FORWARD:
                     ready = s == 0 or (s - 1, FORWARD, i) in done
                 else:
-                    ready = (s, FORWARD, i) in done and (
-                        s == stages - 1 or (s + 1, BACKWARD, i) in done
+                    ready = (
+                        (s, FORWARD, i) in done
+                        and (s == stages - 1 or (s + 1, BACKWARD, i) in done)
+                        and (name != "asp" or _tie_ready(ties, s, i, done))
                     )
                 if not ready:
                     break

@@ -13,6 +13,9 @@ these functions; nothing else re-derives the formulas. docs/planner.md states th
   backward itself holds at once (gradients still to be used and a node's temporaries:
   `backward_bytes`, a max over the stage's nodes).
 
+A parameter several nodes use (tied weights) is charged to its first user's node; every other
+stage that uses it holds a copy, counted there as a weight of its own (`tied_copy_bytes`).
+
 The tensors a stage sends count as kept: autograd holds them as its backward's roots. The links
 (runtime/links.py) post each receive one micro-batch ahead (received bytes), hold the gradient
 being received beside the next one posted (2 x sent), and keep the tensors of the last two
@@ -174,6 +177,16 @@ def recompute_free_bytes(
     return plain.memory.total - schedule_shape(settings, index).in_flight * kept
 
 
+def tied_copy_bytes(graph: PlanGraph, stage: Collection[int]) -> tuple[int, int]:
+    """(parameter, trainable) bytes of the tied copies `stage` holds: of each parameter that a
+    node of the stage uses while its owner (the first user, which the profile charges) runs on
+    another stage. A copy is a weight of the stage like its own: it has the stage's versions,
+    a gradient and optimizer state (runtime/tied.py updates every copy)."""
+    members = set(stage)
+    copies = [t for t in graph.ties if t.users[0] not in members and members.intersection(t.users)]
+    return sum(t.param_bytes for t in copies), sum(t.trainable_bytes for t in copies)
+
+
 def evaluate_stage(
     graph: PlanGraph,
     settings: PlanSettings,
@@ -195,9 +208,10 @@ def evaluate_stage(
     kept, segment = kept_bytes(graph, stage, recompute, sending)
     copied = sum(graph.copied_bytes[u] for u in sending)
     first, last = index == 0, index == settings.gpus - 1
-    trainable = sum(graph.trainable_bytes[n] for n in stage)
+    tied_params, tied_trainable = tied_copy_bytes(graph, stage)
+    trainable = sum(graph.trainable_bytes[n] for n in stage) + tied_trainable
     memory = MemoryBreakdown(
-        params=sum(graph.param_bytes[n] for n in stage),
+        params=sum(graph.param_bytes[n] for n in stage) + tied_params,
         stash=trainable * (shape.versions - 1),
         grads=trainable * gradient_copies(settings),
         optimizer=trainable * graph.optimizer_factor,

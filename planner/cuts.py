@@ -84,6 +84,7 @@ def _glued(graph: PlanGraph) -> tuple[dict[int, int], list[int]]:
             and not graph.keeps[n]
             and not graph.holders[n]
             and n not in outputs
+            and not any(n in tie.users for tie in graph.ties)  # where it runs decides a copy
         )
         if not free:
             continue

@@ -90,6 +90,16 @@ class _Tables:
         self.above = member @ (own[:, None] * (transient[:, None] > self.thresholds[None, :]))
         self.member = member
         self.backward = np.array(graph.backward_bytes, dtype=np.float64)
+        # [J, I]: bytes of the tied copies stage I \ J holds (costmodel.tied_copy_bytes): a
+        # user of the tie is in it and the owner is not
+        self.tied_params = np.zeros((len(ideals), len(ideals)))
+        self.tied_trainable = np.zeros_like(self.tied_params)
+        for tie in graph.ties:
+            users = member[:, list(tie.users)].sum(axis=1)
+            owner = member[:, tie.users[0]]
+            copy = (users[None, :] > users[:, None]) & (owner[None, :] == owner[:, None])
+            self.tied_params += tie.param_bytes * copy
+            self.tied_trainable += tie.trainable_bytes * copy
 
     def backward_floor(self) -> np.ndarray:
         """[J, I]: a lower bound on the backward peak of stage I \\ J (exact when the nodes'
@@ -165,7 +175,7 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
     for k in range(settings.gpus):
         shape = schedule_shape(settings, k)
         stage_time = np.maximum(compute, np.maximum(comm[:, None], comm[None, :]))
-        trainable = tables.trainable[None, :] - tables.trainable[:, None]
+        trainable = tables.trainable[None, :] - tables.trainable[:, None] + tables.tied_trainable
         copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
         received, sent = tables.crossing[:, None], tables.crossing[None, :]
         last = k == settings.gpus - 1
@@ -173,6 +183,7 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
         fixed = (  # what no recompute choice changes (costmodel.recompute_free_bytes)
             tables.params[None, :]
             - tables.params[:, None]
+            + tables.tied_params
             + trainable * copies
             + shape.in_flight * received
             + links

@@ -23,6 +23,17 @@ PIPEDREAM_NOTE = (
 
 
 @dataclass(frozen=True)
+class GraphTie:
+    """A parameter several nodes use. The profile charges its bytes to `users[0]` (the owner);
+    a stage that runs another user but not the owner holds a copy of it."""
+
+    names: tuple[str, ...]
+    users: tuple[int, ...]  # ascending
+    param_bytes: int
+    trainable_bytes: int  # 0 for a frozen parameter: no gradient, no optimizer state
+
+
+@dataclass(frozen=True)
 class PlanGraph:
     """Per-node arrays, indexed by topological position."""
 
@@ -51,6 +62,7 @@ class PlanGraph:
     # node groups that must share a stage: a value that is not one tensor (a size, a device, a
     # tuple) cannot be sent between stages, so its producer stays with its readers
     together: tuple[tuple[int, ...], ...] = ()
+    ties: tuple[GraphTie, ...] = ()
 
     def splits_a_group(self, mask: int) -> bool:
         """Whether the node set `mask` holds part of a `together` group but not all of it."""
@@ -143,6 +155,15 @@ def plan_graph(
         together=_convex(_with_loss(_together(profile, succs), index, profile), succs)
         if profile.source_kind == "model"
         else (),
+        ties=tuple(
+            GraphTie(
+                tie.names,
+                tuple(sorted(index[u] for u in tie.users)),
+                tie.bytes,
+                tie.bytes if tie.trainable else 0,
+            )
+            for tie in profile.ties
+        ),
     )
 
 
@@ -210,7 +231,7 @@ def _together(profile: Profile, succs: list[list[int]]) -> tuple[tuple[int, ...]
         return n
 
     for i, node in enumerate(profile.nodes):
-        if node.op != "placeholder" and len(node.outputs) != 1:
+        if node.op != "placeholder" and (len(node.outputs) != 1 or not node.is_tensor):
             for reader in succs[i]:
                 parent[root(reader)] = root(i)
     groups: dict[int, list[int]] = {}

@@ -132,6 +132,13 @@ def solve_ilp(
                 prob += h[t, k] >= z[reader, k] + x[t, k] - 1 - z[t, k]
                 for between in range(t + 1, reader):
                     prob += h[t, k] >= z[reader, k] + x[t, k] + x[between, k] - z[between, k] - 2
+    # w[j, k]: stage k holds a copy of tie j (runs a user of it, not its owner)
+    ties = range(len(graph.ties))
+    w = {(j, k): prob.add_variable(f"w_{j}_{k}", **unit) for j in ties for k in stages}
+    for (j, k), var in w.items():
+        users = graph.ties[j].users
+        for user in users[1:]:
+            prob += var >= x[user, k] - x[users[0], k]
     # transient: the open segment grows through recomputed nodes of the stage, skips the others
     big = sum(graph.transient_bytes(n) for n in nodes) + 1
     for k in stages:
@@ -169,6 +176,9 @@ def solve_ilp(
             factor = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
             weights = pulp.lpSum(
                 (graph.param_bytes[n] + graph.trainable_bytes[n] * factor) * x[n, k] for n in nodes
+            ) + pulp.lpSum(
+                (tie.param_bytes + tie.trainable_bytes * factor) * w[j, k]
+                for j, tie in enumerate(graph.ties)
             )
             kept = pulp.lpSum(
                 graph.internal_bytes[n] * (x[n, k] - z[n, k]) + graph.out_bytes[n] * h[n, k]

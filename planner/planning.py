@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 from vpipe.common.errors import VpipeError
 from vpipe.common.units import human_bytes
@@ -15,7 +16,7 @@ from vpipe.planner.graph import PlanGraph, plan_graph
 from vpipe.planner.ilp import solve_ilp
 from vpipe.planner.predict import predict_pipeline, predict_stages
 from vpipe.planner.recompute import MemoryRoom, cheapest_recompute
-from vpipe.planner.schema import Plan, PlanSettings, SolverInfo, Stage
+from vpipe.planner.schema import Plan, PlannedTie, PlanSettings, SolverInfo, Stage
 from vpipe.planner.split import Split
 from vpipe.profiler.schema import Profile
 
@@ -176,5 +177,14 @@ def make_plan(
             cuts=split.cuts,
         ),
         notes=graph.notes,
+        ties=planned_ties(graph, split.stages),
     )
     return plan, split.seconds
+
+
+def planned_ties(graph: PlanGraph, stages: Sequence[Sequence[int]]) -> tuple[PlannedTie, ...]:
+    """Each tie and the stages its users run on (each holds a copy)."""
+    stage_of = {n: k for k, stage in enumerate(stages) for n in stage}
+    return tuple(
+        PlannedTie(tie.names, tuple(sorted({stage_of[u] for u in tie.users}))) for tie in graph.ties
+    )

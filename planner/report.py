@@ -9,9 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vpipe.common.plotting import pyplot, save_figure
+from vpipe.common.schedules import tied_delay
 from vpipe.common.units import human_bytes
 from vpipe.planner.baselines import BASELINE_RULE
-from vpipe.planner.schema import Plan
+from vpipe.planner.schema import Plan, PlannedTie
 
 GIB = 2**30
 
@@ -84,8 +85,26 @@ def summary_lines(plan: Plan, seconds: float) -> list[str]:
         lines.append(
             f"vs {baseline.name} split: {baseline.time_per_minibatch_ms:.3f} ms ({gain:.2f}x{fits})"
         )
+    lines.extend(tie_line(tie, plan.settings.schedule) for tie in plan.ties)
     lines.extend(f"note: {note}" for note in plan.notes)
     return lines
+
+
+def tie_line(tie: PlannedTie, schedule: str) -> str:
+    """What the plan does with a parameter several nodes use."""
+    head = f"tie {' / '.join(tie.names)}: "
+    if len(tie.stages) == 1:
+        return head + f"on one stage ({tie.stages[0]}), one tensor"
+    owner, *others = tie.stages
+    where = ", ".join(map(str, tie.stages[:-1])) + f" and {tie.stages[-1]}"
+    if schedule == "asp":
+        later = ", ".join(
+            f"stage {h} before its update of micro-batch i + {tied_delay(owner, h)}" for h in others
+        )
+        how = f"asp: owner stage {owner} applies update i first, {later}"
+    else:
+        how = "summed by an all-reduce before each update"
+    return head + f"copies on stages {where}, kept equal by summing their gradients ({how})"
 
 
 def print_plan(plan: Plan, seconds: float, console: Console) -> None:

@@ -17,7 +17,7 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.paths import recorded_path, resolved_path
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ties
 SCHEDULES = ("asp", "1f1b", "gpipe")
 RECOMPUTE = ("auto", "never", "all")
 
@@ -97,6 +97,16 @@ class SolverInfo:
 
 
 @dataclass(frozen=True)
+class PlannedTie:
+    """A parameter several nodes use (tied weights), and the stages that hold a copy of it:
+    one stage holds it once; several keep their copies equal by summing their gradients
+    (runtime/tied.py)."""
+
+    names: tuple[str, ...]  # its qualified names in the model
+    stages: tuple[int, ...]  # ascending; the first is the owner under asp
+
+
+@dataclass(frozen=True)
 class PlanSettings:
     gpus: int
     memory_bytes: float  # usable per device, after headroom; math.inf for no limit
@@ -133,6 +143,7 @@ class Plan:
     baselines: tuple[Baseline, ...]
     solver: SolverInfo
     notes: tuple[str, ...] = ()
+    ties: tuple[PlannedTie, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +183,7 @@ class Plan:
                 ),
                 solver=SolverInfo(**data["solver"]),
                 notes=tuple(data.get("notes", ())),
+                ties=tuple(PlannedTie(tuple(t["names"]), tuple(t["stages"])) for t in data["ties"]),
             )
         except VpipeError as err:
             raise VpipeError(f"{where}: {err}") from None
@@ -207,6 +219,17 @@ def _validate(plan: Plan, where: str) -> None:
         seen |= set(stage.nodes)
         if not set(stage.recompute) <= set(stage.nodes):
             raise VpipeError(f"{where}: stage {position} recomputes nodes it does not own")
+    for tie in plan.ties:
+        stages = list(tie.stages)
+        if (
+            not stages
+            or stages != sorted(set(stages))
+            or not 0 <= stages[0] <= stages[-1] < len(plan.stages)
+        ):
+            raise VpipeError(
+                f"{where}: tie {'/'.join(tie.names)} names stages {stages}: they must be "
+                f"distinct stage numbers below {len(plan.stages)}, ascending"
+            )
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:

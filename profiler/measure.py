@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 from torch import fx
+from torch.utils import _pytree as pytree
 
 from vpipe.common.capture import flat_tensors
 from vpipe.common.memory import LiveBytes
-from vpipe.common.modelfile import ModelFile
+from vpipe.common.modelfile import Batch, ModelFile
 
 
 class Clock:
@@ -218,7 +219,7 @@ def time_node(
 
 def time_whole_model(
     model: torch.nn.Module,
-    inputs: tuple[torch.Tensor, ...],
+    batch: Batch,
     clock: Clock,
     warmup: int,
     repeats: int,
@@ -227,7 +228,7 @@ def time_whole_model(
 
     def prepare() -> Callable[[], Any]:
         model.zero_grad(set_to_none=True)
-        return lambda: model(*inputs)
+        return lambda: batch.call(model)
 
     timing = time_forward_backward(prepare, clock, warmup, repeats)
     return timing, torch.cuda.max_memory_allocated() if clock.cuda else None
@@ -325,15 +326,16 @@ def _call(loss_fn: Callable[[Any, torch.Tensor], torch.Tensor], output: Any, tar
 
 
 def _fresh_leaves(value: Any) -> Any:
-    """Floating-point tensors as new leaves that require grad, the rest as they are."""
-    if isinstance(value, torch.Tensor):
-        leaf = value.detach().clone()
-        return leaf.requires_grad_() if leaf.is_floating_point() else leaf
-    if isinstance(value, (tuple, list)):
-        return type(value)(_fresh_leaves(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _fresh_leaves(v) for k, v in value.items()}
-    return value
+    """Floating-point tensors as new leaves that require grad, the rest as they are, in the
+    same structure (a ModelOutput stays one)."""
+
+    def fresh(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        copy = leaf.detach().clone()
+        return copy.requires_grad_() if copy.is_floating_point() else copy
+
+    return pytree.tree_map(fresh, value)
 
 
 class _BackwardLog(LiveBytes):

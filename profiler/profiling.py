@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx
+from torch.utils import _pytree as pytree
 
 from vpipe.common.capture import capture, flat_tensors
 from vpipe.common.errors import VpipeError
-from vpipe.common.modelfile import ModelFile
+from vpipe.common.modelfile import Batch, ModelFile
 from vpipe.profiler.linkcost import measure_link_cost
 from vpipe.profiler.measure import (
     Clock,
@@ -33,6 +35,7 @@ from vpipe.profiler.schema import (
     TensorMeta,
     WholeModel,
 )
+from vpipe.profiler.ties import find_ties
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,10 @@ def profile_model(
             "not a torch.nn.Module"
         )
     model = model.to(device).train()
-    inputs, target = model_file.batch(settings.batch_size, 0)
-    inputs, target = tuple(t.to(device) for t in inputs), target.to(device)
-    _check_forward(model, model_file, inputs, target, settings.batch_size)
-
-    gm = capture(model, settings.leaves)
+    batch = model_file.batch(settings.batch_size, 0).to(device)
+    _check_forward(model, model_file, batch, settings.batch_size)
+    captured = capture(model, batch, settings.leaves)
+    gm, inputs = captured.graph, tuple(t for _, t in batch.inputs)
     backward = backward_peaks(gm, inputs)
     reference = reference_run(gm, inputs)
     owners = _state_owners(gm)
@@ -152,17 +154,18 @@ def profile_model(
                 ),
                 module=_module_path(node),
                 parameters=tuple(name for name, _ in params),
+                is_tensor=isinstance(reference.values[node.name], torch.Tensor),
             )
         )
         progress(node.name)
     del reference  # its values and autograd graph would inflate the whole model's peak
-    whole, peak = time_whole_model(model, inputs, clock, settings.warmup, settings.repeats)
+    whole, peak = time_whole_model(model, batch, clock, settings.warmup, settings.repeats)
     progress("whole model")
-    output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outputs = tuple(dict.fromkeys(captured.output_leaves))
     with torch.no_grad():
-        output = model(*inputs)
+        output = batch.call(model)
     cost = measure_loss(
-        model_file.loss_fn, output, target, clock, settings.warmup, settings.repeats
+        model_file.loss_fn, output, batch.target, clock, settings.warmup, settings.repeats
     )
     progress("loss")
     batch_ms = time_batch(model_file, settings.batch_size, clock, settings.warmup, settings.repeats)
@@ -177,7 +180,7 @@ def profile_model(
         batch_size=settings.batch_size,
         optimizer=settings.optimizer,
         nodes=tuple(nodes),
-        outputs=tuple(n.name for n in output_node.all_input_nodes),
+        outputs=outputs,
         torch_version=str(torch.__version__),
         seed=settings.seed,
         threads=torch.get_num_threads() if device.type == "cpu" else None,
@@ -185,8 +188,11 @@ def profile_model(
         leaves=tuple(settings.leaves),
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
         batch_ms=round(batch_ms, 4),
-        loss=_loss_node(model_file, tuple(n.name for n in output_node.all_input_nodes), cost),
+        loss=_loss_node(model_file, outputs, cost),
         link=link,
+        ties=find_ties(gm),
+        capture=captured.route,
+        input_keys=captured.input_keys,
     )
 
 
@@ -215,24 +221,21 @@ def _loss_node(model_file: ModelFile, outputs: tuple[str, ...], cost: LossCost) 
 
 
 def _check_forward(
-    model: torch.nn.Module,
-    model_file: ModelFile,
-    inputs: tuple[torch.Tensor, ...],
-    target: torch.Tensor,
-    batch_size: int,
+    model: torch.nn.Module, model_file: ModelFile, batch: Batch, batch_size: int
 ) -> None:
     """One forward and loss on the first batch, so a mismatch fails here in one clear line."""
     source = model_file.source
     try:
-        output = model(*inputs)
+        output = batch.call(model)
     except Exception as err:
         raise VpipeError(
             f"{source}: the model's forward failed on make_batch({batch_size}, 0): "
             f"{_first_line(err)}; make_batch must return what build_model()'s "
             "forward takes"
         ) from None
+    _check_output(source, output)
     try:
-        loss = model_file.loss_fn(output, target)
+        loss = model_file.loss_fn(output, batch.target)
     except Exception as err:
         raise VpipeError(
             f"{source}: the loss failed on the model's output and make_batch's "
@@ -244,6 +247,23 @@ def _check_forward(
             f"{source}: loss_fn must return a scalar tensor, got "
             f"{getattr(loss, 'shape', type(loss).__name__)}"
         )
+
+
+def _check_output(source: str, output: Any) -> None:
+    """Only tensors travel to the last stage's loss: name any other value the model returns
+    (a Hugging Face cache object, most often) and the fix."""
+    for path, leaf in pytree.tree_flatten_with_path(output)[0]:
+        if not isinstance(leaf, torch.Tensor):
+            where = pytree.keystr(path) or "it"
+            fix = (
+                "build the model with use_cache=False (config.use_cache = False)"
+                if "cache" in type(leaf).__name__.lower() or "past" in where
+                else "return tensors only (in a tuple, dict or ModelOutput)"
+            )
+            raise VpipeError(
+                f"{source}: the model's output holds a {type(leaf).__name__} at output{where}, "
+                f"which cannot travel between stages; {fix}"
+            )
 
 
 def _first_line(err: Exception) -> str:

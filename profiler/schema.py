@@ -17,10 +17,11 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.paths import recorded_model, recorded_path, resolved_model, resolved_path
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 2: capture route, input keys, is_tensor; 3: ties
 
-# Optimizer state kept per parameter byte: SGD none, momentum one buffer, Adam two moments.
-OPTIMIZER_STATE_FACTOR = {"sgd": 0, "momentum": 1, "adam": 2}
+# Optimizer state kept per parameter byte: SGD none, momentum one buffer, Adam and AdamW two
+# moments.
+OPTIMIZER_STATE_FACTOR = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class NodeProfile:
     backward_bytes: int | None = None
     module: str = ""  # qualified submodule name, so later parts keep state_dict keys
     parameters: tuple[str, ...] = ()  # qualified names of the parameters this node owns
+    # the node's value is one tensor (a tuple holding one tensor and a None is not): only such
+    # values travel between stages
+    is_tensor: bool = True
 
     @property
     def compute_ms(self) -> float:
@@ -110,6 +114,18 @@ class LinkCost:
 
 
 @dataclass(frozen=True)
+class Tie:
+    """A parameter more than one node uses (tied weights, a module called twice). Its bytes are
+    charged to its first user only (`users[0]`, the owner); a stage that runs another user but
+    not the owner holds a copy of it, which the planner counts there."""
+
+    names: tuple[str, ...]  # every qualified name it has in the model; first: the owner's
+    bytes: int
+    trainable: bool
+    users: tuple[str, ...]  # the nodes that use it, in graph order
+
+
+@dataclass(frozen=True)
 class Profile:
     """A model's graph with per-node measurements, in topological order."""
 
@@ -137,6 +153,11 @@ class Profile:
     # the cores that compute (CUDA: NCCL copies on the GPU) or was not measured (PipeDream)
     link: LinkCost | None = None
     notes: tuple[str, ...] = ()
+    capture: str = "fx"  # how the graph was captured: "fx" or "export" (common/capture.py)
+    # per placeholder node, in order: the key of make_batch's input it takes ("0", "1", ... for
+    # positional inputs, the keyword for a dict)
+    input_keys: tuple[str, ...] = ()
+    ties: tuple[Tie, ...] = ()  # parameters several nodes use (none in PipeDream imports)
     schema_version: int = SCHEMA_VERSION
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -195,8 +216,10 @@ class Profile:
                 **{
                     k: v
                     for k, v in body.items()
-                    if k not in ("nodes", "outputs", "leaves", "notes")
+                    if k not in ("nodes", "outputs", "leaves", "notes", "input_keys", "ties")
                 },
+                ties=tuple(_tie_from_dict(t) for t in body.get("ties", ())),
+                input_keys=tuple(body.get("input_keys", ())),
                 loss=_node_from_dict(loss) if loss is not None else None,
                 link=LinkCost(**link) if link is not None else None,
                 nodes=nodes,
@@ -225,6 +248,15 @@ def _node_from_dict(data: Mapping[str, Any]) -> NodeProfile:
         for m in values.get("outputs", ())
     )
     return NodeProfile(**values)
+
+
+def _tie_from_dict(data: Mapping[str, Any]) -> Tie:
+    return Tie(
+        names=tuple(data["names"]),
+        bytes=data["bytes"],
+        trainable=data["trainable"],
+        users=tuple(data["users"]),
+    )
 
 
 def _require(data: Mapping[str, Any], key: str) -> Any:
@@ -265,6 +297,13 @@ def _validate(profile: Profile) -> None:
     for name in profile.outputs:
         if name not in profile._index:
             raise VpipeError(f"profile output {name!r} is not a node")
+    for tie in profile.ties:
+        unknown = [name for name in tie.users if name not in profile._index]
+        if unknown or len(tie.users) < 2 or not tie.names or tie.bytes < 0:
+            raise VpipeError(
+                f"tie {'/'.join(tie.names)!r}: needs a name, bytes >= 0 and two or more users "
+                f"that are nodes (users {list(tie.users)}, bytes {tie.bytes})"
+            )
     if profile.link is not None and min(profile.link.message_ms, profile.link.ms_per_mib) < 0:
         raise VpipeError("the link cost is negative")
 

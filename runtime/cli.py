@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vpipe.common.cli import CommandParser, run_command
-from vpipe.runtime.settings import defaults
+from vpipe.runtime.settings import DEFAULT_LR, LR_SCHEDULES, RunSettings, defaults
 
 SCHEDULES = ("asp", "1f1b", "gpipe")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-CHOICES = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS}
+OPTIMIZERS = tuple(DEFAULT_LR)
+CHOICES = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
 NUMBERS = {  # setting: (whole number, smallest value, whether the smallest itself is allowed)
     "steps": (True, 1, True),
     "epochs": (True, 1, True),
@@ -23,6 +23,9 @@ NUMBERS = {  # setting: (whole number, smallest value, whether the smallest itse
     "timeout_s": (False, 0, False),
     "momentum": (False, 0, True),
     "weight_decay": (False, 0, True),
+    "warmup_steps": (True, 0, True),
+    "min_lr": (False, 0, True),
+    "clip_grad_norm": (False, 0, False),
 }
 
 
@@ -56,10 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--schedule", choices=SCHEDULES, help="default: the schedule the plan was made for"
     )
-    parser.add_argument("--lr", type=float, help=f"learning rate (default {defaults()['lr']})")
+    lrs = ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items())
+    parser.add_argument(
+        "--lr", type=float, help=f"peak learning rate (default by optimizer: {lrs})"
+    )
     parser.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the plan's")
     parser.add_argument("--momentum", type=float, help=f"default {defaults()['momentum']}")
-    parser.add_argument("--weight-decay", type=float, help="default 0")
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        help="default 0; an L2 term in the gradient, decoupled (applied to the weights) for adamw",
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="after the warm-up: keep --lr, or decay it linearly or along a cosine to --min-lr "
+        "at the last step (default constant)",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        help="steps whose learning rate rises linearly from 0 to --lr (default 0)",
+    )
+    parser.add_argument(
+        "--min-lr", type=float, help="where linear and cosine decay end (default 0)"
+    )
+    parser.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        help="scale gradients so that their global norm, over every stage, is at most this "
+        "(under asp, each stage's own norm; default: no clipping)",
+    )
     parser.add_argument("--print-every", type=int, help="steps between loss lines (default 10)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: shared)")
     parser.add_argument(
@@ -175,6 +205,23 @@ def _check_value(key: str, value: object, default: object, where: str) -> None:
         raise VpipeError(f"{where} {value!r}: must be {kind}")
 
 
+def _check_lr_schedule(settings: RunSettings) -> None:
+    """The settings that bound each other: a warm-up shorter than the run, a floor below the
+    peak rate (the optimizer's default when not given)."""
+    from vpipe.common.errors import VpipeError
+
+    if settings.warmup_steps and settings.warmup_steps >= settings.steps:
+        raise VpipeError(
+            f"--warmup-steps {settings.warmup_steps}: must be fewer than the run's "
+            f"{settings.steps} steps (the learning rate would never reach --lr)"
+        )
+    if settings.min_lr > settings.lr:
+        raise VpipeError(
+            f"--min-lr {settings.min_lr:g}: must be at most --lr ({settings.lr:g}), where the "
+            "decay starts"
+        )
+
+
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
@@ -183,7 +230,6 @@ def _run(argv: Sequence[str] | None) -> int:
     from vpipe.common.errors import VpipeError
     from vpipe.common.modelfile import load_model_file
     from vpipe.runtime.launch import launch
-    from vpipe.runtime.settings import RunSettings
 
     chosen = settings_from(args)
     epochs = chosen.pop("epochs")
@@ -200,7 +246,9 @@ def _run(argv: Sequence[str] | None) -> int:
             f"{chosen['schedule']} to plan for it",
             file=sys.stderr,
         )
-    chosen["optimizer"] = chosen["optimizer"] or pipeline.optimizer
+    if chosen["optimizer"] is None:
+        chosen["optimizer"] = pipeline.optimizer
+        _check_value("optimizer", pipeline.optimizer, None, f"{args.pipeline}: optimizer")
     per_step = pipeline.batch_size * (1 if chosen["schedule"] == "asp" else pipeline.microbatches)
     if epochs is not None:
         samples = load_model_file(pipeline.model).epoch_samples
@@ -211,7 +259,9 @@ def _run(argv: Sequence[str] | None) -> int:
             )
         chosen["steps_per_epoch"] = max(1, samples // per_step)
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
-    launch(RunSettings(pipeline=args.pipeline, **chosen))
+    settings = RunSettings(pipeline=args.pipeline, **chosen)
+    _check_lr_schedule(settings)
+    launch(settings)
     return 0
 
 

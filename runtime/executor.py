@@ -3,7 +3,7 @@
 Weights are plain tensors in versions (name -> tensor), never a module's own parameters: a
 forward runs the stage bound to the newest version (`runtime.binding`) and keeps a reference to
 it; its backward asks autograd for gradients with respect to exactly that
-version. Updates are out of place (`runtime.optim`), so a version a pending backward needs is
+version. Updates are out of place (`common.optim`), so a version a pending backward needs is
 never modified; it is freed when no micro-batch in flight uses it. Under `asp` every backward
 is followed by an update (PipeDream's weight stashing); under `1f1b` and `gpipe` gradients add
 up over the step's M micro-batches and one update follows the last.
@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
-from vpipe.common.modelfile import ModelFile
+from vpipe.common.modelfile import Batch, ModelFile
 from vpipe.common.optim import Updater
 from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage, to_empty_tied
@@ -29,7 +31,7 @@ from vpipe.runtime import rng
 from vpipe.runtime.binding import Slots
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.rng import RngState
-from vpipe.runtime.tied import TiedGradients
+from vpipe.runtime.tied import tied_parameters
 
 Weights = dict[str, torch.Tensor]
 
@@ -76,6 +78,8 @@ class StageExecutor:
             directory, self.spec.module, self.spec.weights, pipeline.model, device
         )
         self.device = device
+        # after the model file is loaded: a ModelOutput's class registers itself with pytree
+        self.output_spec = pytree.treespec_loads(pipeline.output_spec)
         self.weights: Weights = {
             name: p.detach().requires_grad_() for name, p in self.module.named_parameters()
         }
@@ -87,13 +91,16 @@ class StageExecutor:
         self.in_flight: dict[int, _InFlight] = {}
         self.accumulated: Weights = {}
         self.backwards = 0
-        self.tied = TiedGradients(pipeline, index, schedule)
+        self.tied = tied_parameters(pipeline, index, schedule, updater)
         self.peak_versions = 0  # the most weight versions alive at once
         # the last stage reports each micro-batch's loss, in order; every stage, each update
         # and each action's timing
         self.on_loss: Callable[[float], None] = lambda loss: None
         self.on_update: Callable[[int], None] = lambda updates: None
         self.on_event: Callable[[ActionEvent], None] = lambda event: None
+        # each update's gradients pass through it (`runtime.clipping`); `owned`: nothing else
+        # holds them, so they may be scaled in place
+        self.clip: Callable[[Weights, bool], Weights] = lambda grads, owned: grads
 
     def run(self, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -114,6 +121,7 @@ class StageExecutor:
             )
             alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
             self.peak_versions = max(self.peak_versions, len(alive))
+        self.weights = _trainable(self.tied.finish(_detached(self.weights)))  # asp's last copies
         self.links.flush()
 
     def snapshot(self) -> dict:
@@ -160,7 +168,7 @@ class StageExecutor:
         """Micro-batch i's forward on `weights` (default: the newest version)."""
         state = rng.get_state()
         batch = self._batch(i) if self.spec.batch_inputs or self.last else None
-        own = [batch[0][j].to(self.device) for j in self.spec.batch_inputs] if batch else []
+        own = [batch.input(key).to(self.device) for key in self.spec.batch_inputs] if batch else []
         received = self.links.recv_activations()
         for tensor in received:
             if tensor.is_floating_point():
@@ -171,8 +179,8 @@ class StageExecutor:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         self._check(outputs)
         if self.last:
-            output = outputs if self.pipeline.output_is_tuple else outputs[0]
-            loss = self.model_file.loss_fn(output, batch[1].to(self.device))
+            output = self.model_output(outputs)
+            loss = self.model_file.loss_fn(output, batch.target.to(self.device))
             self.on_loss(loss.item())
             outputs = (loss,)
         else:
@@ -239,11 +247,10 @@ class StageExecutor:
                 return
             grads, self.accumulated = self.accumulated, {}
             self.tied.sum(grads)
+        grads = self.clip(grads, self.schedule != "asp")  # the step's running sum is owned
         # in place unless a micro-batch in flight (asp) still needs this version for its backward
         held = any(pending.weights is self.weights for pending in self.in_flight.values())
-        self.weights = _trainable(
-            self.updater.step(_detached(self.weights), grads, in_place=not held)
-        )
+        self.weights = _trainable(self.tied.step(_detached(self.weights), grads, in_place=not held))
         self.on_update(self.updater.steps)
 
     def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:
@@ -261,7 +268,14 @@ class StageExecutor:
                 f"{len(self.spec.outputs)}: regenerate with vpipe-gen"
             )
 
-    def _batch(self, i: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def model_output(self, outputs: tuple[torch.Tensor, ...]) -> Any:
+        """The last stage's tensors in the model's own output structure (a tensor, a tuple, a
+        dict, a Hugging Face ModelOutput), as loss_fn expects it."""
+        by_name = dict(zip((s.name for s in self.spec.outputs), outputs, strict=True))
+        leaves = [by_name[name] for name in self.pipeline.output_leaves]
+        return pytree.tree_unflatten(leaves, self.output_spec)
+
+    def _batch(self, i: int) -> Batch:
         return self.model_file.batch(self.pipeline.batch_size, i)
 
     def final_state(self) -> Weights:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vpipe.codegen.schema import load_pipeline
+from vpipe.codegen.schema import Pipeline, load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
@@ -27,12 +27,13 @@ from vpipe.common.paths import recorded_path
 from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint
+from vpipe.runtime.clipping import GlobalNormClipper
 from vpipe.runtime.events import EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
+from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.settings import RunSettings
-from vpipe.runtime.tied import check_schedule
 
 
 def launch(settings: RunSettings) -> None:
@@ -45,8 +46,9 @@ def launch(settings: RunSettings) -> None:
         settings.schedule,
         run_actions(settings.schedule, stages, pipeline.microbatches, checked),
         pipeline.microbatches,
+        [t.stages for t in pipeline.tied],
     )
-    check_schedule(pipeline, settings.schedule)
+    _check_tied_checkpoints(settings, pipeline)
     _check_checkpoints(settings, stages)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         run_stage(settings)
@@ -80,6 +82,21 @@ def on_this_machine(processes: int, entrypoint, *args) -> None:
         start_method="spawn",
     )
     elastic_launch(config, entrypoint)(*args)
+
+
+def _check_tied_checkpoints(settings: RunSettings, pipeline: Pipeline) -> None:
+    """Under asp a stage holding a tied copy applies its last updates from sums the owner sent
+    earlier, which a checkpoint does not hold: such runs cannot checkpoint yet."""
+    if (
+        settings.schedule == "asp"
+        and pipeline.tied
+        and (settings.checkpoint_every or settings.resume)
+    ):
+        names = ", ".join("/".join(t.names) for t in pipeline.tied)
+        raise VpipeError(
+            f"checkpoints of asp runs with parameters tied across stages ({names}) are not "
+            "supported yet: train without --checkpoint-every/--resume, or with --schedule 1f1b"
+        )
 
 
 def _check_checkpoints(settings: RunSettings, stages: int) -> None:
@@ -127,10 +144,7 @@ def stage_main(settings: RunSettings) -> None:
     try:
         run_stage(settings)
     except VpipeError as err:
-        # one write: stages fail together, and print's two writes (text, newline) interleave
-        line = f"vpipe-train: error: stage {os.environ.get('RANK')}: {err}\n"
-        sys.stderr.flush()
-        os.write(sys.stderr.fileno(), line.encode())
+        _print_whole(f"vpipe-train: error: stage {os.environ.get('RANK')}: {err}", sys.stderr)
         raise SystemExit(2) from None
     except Exception:
         print(f"vpipe-train: stage {os.environ.get('RANK')} failed:", file=sys.stderr)
@@ -158,15 +172,24 @@ def run_stage(settings: RunSettings) -> None:
     torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(pipeline.seed + rank)  # dropout masks: the same in every run of this plan
     dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
-    print(
+    _print_whole(
         f"Finished initializing process group; backend: {backend}, rank: {rank}, "
-        f"world_size: {world}",
-        flush=True,
+        f"world_size: {world}"
     )
-    print(f"[Rank {rank}] Stage: {rank}", flush=True)
+    stage = next(s for s in pipeline.stages if rank in s.ranks)
+    _print_whole(f"[Rank {rank}] Stage: {stage.index}, Rank in stage: {stage.ranks.index(rank)}")
     directory = Path(settings.pipeline).parent
     model_file = load_model_file(pipeline.model)
-    updater = Updater(settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
+    lr_schedule = LrSchedule(
+        settings.lr_schedule, settings.warmup_steps, settings.steps, settings.min_lr / settings.lr
+    )
+    updater = Updater(
+        settings.optimizer,
+        settings.lr,
+        settings.momentum,
+        settings.weight_decay,
+        lr_factor=lr_schedule.factor,
+    )
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     per_step = _per_step(settings, pipeline.microbatches)
@@ -199,6 +222,11 @@ def run_stage(settings: RunSettings) -> None:
         settings.schedule,
         device,
     )
+    if settings.clip_grad_norm is not None:
+        clipper = GlobalNormClipper(
+            pipeline, rank, settings.schedule, settings.clip_grad_norm, device
+        )
+        executor.clip = clipper.clip
     if saved is not None:
         executor.restore(saved, done if refill else total)  # a refill replays nothing
         if rank == 0:
@@ -237,6 +265,9 @@ def run_stage(settings: RunSettings) -> None:
             settings.steps,
             settings.steps_per_epoch,
             first_step,
+            # throughput leaves out the fill: under asp the S - 1 micro-batches stage 0 runs
+            # before its first backward and the first step; else the first step's first calls
+            uncounted=stages if settings.schedule == "asp" else 1,
         )
         executor.on_loss = metrics.add
         _save_settings(settings, run_dir / "settings.yaml")
@@ -279,6 +310,13 @@ def _save_settings(settings: RunSettings, path: Path) -> None:
     if settings.checkpoint_dir:
         used["checkpoint_dir"] = recorded_path(settings.checkpoint_dir, path)
     save_yaml(used, path)
+
+
+def _print_whole(line: str, stream=sys.stdout) -> None:
+    """One write per line: every stage prints at once, and print's two writes (text, newline)
+    interleave with another stage's when output is unbuffered."""
+    stream.flush()
+    os.write(stream.fileno(), f"{line}\n".encode())
 
 
 def _free_port() -> int:

@@ -44,7 +44,7 @@ class _Inbox:
         self._post_ahead(2)
         works, buffers = self.posted.popleft()
         start = time.perf_counter()
-        _wait(works, self.peer)
+        wait_for(works, self.peer)
         self.waited_s += time.perf_counter() - start
         self._post_ahead(1)
         return buffers
@@ -96,7 +96,7 @@ class Links:
     def flush(self) -> None:
         """Wait for every send to finish (before exit)."""
         while self.pending:
-            _wait(*self.pending.popleft())
+            wait_for(*self.pending.popleft())
 
     def _send(self, tensors: Sequence[torch.Tensor], peer: int, tag: int) -> None:
         """One micro-batch's tensors, asynchronously; first wait on the sends SENDS_AHEAD
@@ -106,13 +106,14 @@ class Links:
         from this stage (and the same holds for gradients to s - 1)."""
         start = time.perf_counter()
         while len(self.pending) >= SENDS_AHEAD:
-            _wait(*self.pending.popleft())
+            wait_for(*self.pending.popleft())
         self.send_waited_s += time.perf_counter() - start
         works = [dist.isend(t.detach().contiguous(), dst=peer, tag=tag) for t in tensors]
         self.pending.append((works, peer))
 
 
-def _wait(works: Sequence[dist.Work], peer: int) -> None:
+def wait_for(works: Sequence[dist.Work], peer: int) -> None:
+    """Wait for `works` (sends or receives with `peer`): a lost peer is a one-line error."""
     try:
         for work in works:
             work.wait()

@@ -2,6 +2,11 @@
 
 Rows are written and flushed as each step finishes, so a run that is stopped keeps what it did.
 A step's loss is the mean over its micro-batches (M under 1f1b and gpipe, one under asp).
+
+Throughput is the steady state's: the samples of the steps after the first `uncounted` of this
+run (the pipeline filling, first-call costs), over the time since the last of those finished.
+A row of an uncounted step, and a run too short to have a counted one, give the rate since the
+run began. The final line is the last row's rate.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ class Metrics:
         steps: int,
         steps_per_epoch: int = 0,
         first_step: int = 0,
+        uncounted: int = 0,
     ) -> None:
         """`first_step` > 0 resumes: the rows of earlier steps are kept, and those of steps a
-        stopped run did after its checkpoint go (this run does them again)."""
+        stopped run did after its checkpoint go (this run does them again). `uncounted`: steps
+        of this run left out of the throughput (all but its last, at most)."""
         self.per_step, self.batch_size, self.print_every = per_step, batch_size, print_every
         self.steps_per_epoch = steps_per_epoch or steps
         self.progress = None
@@ -46,6 +53,10 @@ class Metrics:
         self.start = time.perf_counter()
         self.pending: list[float] = []
         self.first_step = self.step = first_step
+        # the first step the throughput counts, and when the step before it finished
+        self.counted = first_step + max(0, min(uncounted, steps - first_step - 1))
+        self.counted_start = 0.0
+        self.elapsed = 0.0  # when the newest step finished
 
     def add(self, loss: float) -> None:
         """One micro-batch's loss, in micro-batch order."""
@@ -54,8 +65,10 @@ class Metrics:
             return
         mean = sum(self.pending) / self.per_step
         self.pending.clear()
-        elapsed = time.perf_counter() - self.start
-        rate = (self.step + 1 - self.first_step) * self.per_step * self.batch_size / elapsed
+        self.elapsed = elapsed = time.perf_counter() - self.start
+        if self.step + 1 == self.counted:
+            self.counted_start = elapsed
+        rate = self._rate(self.step + 1, elapsed)
         self.writer.writerow([self.step, f"{mean:.6f}", f"{rate:.2f}", f"{elapsed:.3f}"])
         self.file.flush()
         if self.step % self.print_every == 0:
@@ -73,13 +86,29 @@ class Metrics:
         else:
             print(line, flush=True)
 
+    def _first_counted(self, done: int) -> tuple[int, float]:
+        """The first step a rate over the steps before `done` counts, and when it began: the
+        first counted step once one has finished, else the run's first."""
+        if done > self.counted:
+            return self.counted, self.counted_start
+        return self.first_step, 0.0
+
+    def _rate(self, done: int, elapsed: float) -> float:
+        first, start = self._first_counted(done)
+        seconds = elapsed - start
+        return (done - first) * self.per_step * self.batch_size / seconds if seconds else 0.0
+
     def close(self) -> None:
-        elapsed = time.perf_counter() - self.start
-        done = self.step - self.first_step
-        rate = done * self.per_step * self.batch_size / elapsed if elapsed else 0.0
         if self.progress is not None:
             self.progress.stop()
-        print(f"throughput: {rate:.1f} samples/s over {done} steps", flush=True)
+        rate = self._rate(self.step, self.elapsed)
+        first, _ = self._first_counted(self.step)
+        counted = self.step - first
+        line = f"throughput: {rate:.1f} samples/s over {counted} step{'s' * (counted != 1)}"
+        if first > self.first_step:
+            line += f" ({first}-{self.step - 1}; the first {first - self.first_step}, filling "
+            line += "the pipeline, not counted)"
+        print(line, flush=True)
         self.file.close()
 
 

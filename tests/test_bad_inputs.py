@@ -22,11 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from vpipe.codegen import schema as pipeline_schema
 from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.optim import Updater
+from vpipe.planner import schema as plan_schema
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import Stage, load_plan, save_plan
+from vpipe.profiler import schema as profile_schema
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
@@ -263,8 +266,8 @@ PLANNER = [
     case(
         "profile of another schema version",
         [PROFILE, *TWO],
-        "schema_version 99 is not 1; re-run vpipe-profile",
-        edit(PROFILE, "^schema_version: 1$", "schema_version: 99"),
+        f"schema_version 99 is not {profile_schema.SCHEMA_VERSION}; re-run vpipe-profile",
+        edit(PROFILE, r"^schema_version: \d+$", "schema_version: 99"),
     ),
     case(
         "corrupt YAML",
@@ -341,8 +344,8 @@ CODEGEN = [
     case(
         "plan of another schema version",
         [PLAN],
-        "schema_version 99 is not 1; re-run vpipe-plan",
-        edit(PLAN, "^schema_version: 1$", "schema_version: 99"),
+        f"schema_version 99 is not {plan_schema.SCHEMA_VERSION}; re-run vpipe-plan",
+        edit(PLAN, r"^schema_version: \d+$", "schema_version: 99"),
     ),
     case("a profile given as the plan", [PROFILE], f"{PROFILE}: malformed plan"),
     case(
@@ -421,8 +424,8 @@ TRAIN = [
     case(
         "pipeline.yaml of another schema version",
         [PIPELINE, *STEP],
-        "schema_version 99 is not 1; regenerate it with this vpipe",
-        edit(PIPELINE, "^schema_version: 1$", "schema_version: 99"),
+        f"schema_version 99 is not {pipeline_schema.SCHEMA_VERSION}; regenerate it with this vpipe",
+        edit(PIPELINE, r"^schema_version: \d+$", "schema_version: 99"),
     ),
     case("a plan given as the pipeline", [PLAN, *STEP], "malformed pipeline file"),
     case(
@@ -454,6 +457,40 @@ TRAIN = [
     case("--steps not a number", [PIPELINE, "--steps", "x"], "--steps: invalid int value: 'x'"),
     case("--steps and --epochs", [PIPELINE, *STEP, "--epochs", "1"], "not allowed with argument"),
     case("--lr 0", [PIPELINE, "--lr", "0"], "--lr 0.0: must be a number above 0"),
+    case("negative --lr", [PIPELINE, "--lr=-0.1"], "--lr -0.1: must be a number above 0"),
+    case(
+        "unknown --lr-schedule",
+        [PIPELINE, "--lr-schedule", "step"],
+        "argument --lr-schedule: invalid choice: 'step'",
+    ),
+    case(
+        "config lr_schedule unknown",
+        RUN_CONFIG,
+        "run.yml: lr_schedule 'step': use one of constant, linear, cosine",
+        write("run.yml", "lr_schedule: step\n"),
+    ),
+    case(
+        "warm-up as long as the run",
+        [PIPELINE, "--steps", "5", "--warmup-steps", "5"],
+        "--warmup-steps 5: must be fewer than the run's 5 steps",
+    ),
+    case(
+        "warm-up longer than the default run",
+        [PIPELINE, "--warmup-steps", "50"],
+        "--warmup-steps 50: must be fewer than the run's 10 steps",
+    ),
+    case(
+        "--min-lr above --lr",
+        [PIPELINE, "--optimizer", "adamw", "--min-lr", "0.01"],
+        "--min-lr 0.01: must be at most --lr (0.001)",
+    ),
+    case("--clip-grad-norm 0", [PIPELINE, "--clip-grad-norm", "0"], "--clip-grad-norm 0.0: must"),
+    case(
+        "unknown optimizer in pipeline.yaml",
+        [PIPELINE, *STEP],
+        f"{PIPELINE}: optimizer 'lamb': use one of sgd, momentum, adam, adamw",
+        edit(PIPELINE, r"^optimizer: \w+$", "optimizer: lamb"),
+    ),
     case("--threads -1", [PIPELINE, "--threads", "-1"], "--threads -1: must be a whole number"),
     case("--print-every 0", [PIPELINE, "--print-every", "0"], "--print-every 0: must be a whole"),
     case("--timeout-s 0", [PIPELINE, "--timeout-s", "0"], "--timeout-s 0.0: must be a number"),

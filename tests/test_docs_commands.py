@@ -17,6 +17,7 @@ from vpipe.codegen.cli import build_parser as gen_parser
 from vpipe.planner.cli import build_parser as plan_parser
 from vpipe.profiler.cli import DEFAULT_BATCH
 from vpipe.profiler.cli import build_parser as profile_parser
+from vpipe.run.cli import build_parser as run_parser
 from vpipe.runtime.cli import build_parser as train_parser
 from vpipe.runtime.settings import defaults as run_defaults
 
@@ -27,6 +28,7 @@ PARSERS = {
     "vpipe-plan": plan_parser,
     "vpipe-gen": gen_parser,
     "vpipe-train": train_parser,
+    "vpipe-run": run_parser,
 }
 
 # defaults that live outside argparse (the option's argparse default is None)

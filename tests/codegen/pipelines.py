@@ -59,5 +59,5 @@ def forward_in_order(pipeline: Pipeline, stages, batch) -> tuple[torch.Tensor, .
     """Run the stages one after another in one process: what the pipeline computes."""
     sent: tuple[torch.Tensor, ...] = ()
     for spec, stage in zip(pipeline.stages, stages, strict=True):
-        sent = stage(*(batch[i] for i in spec.batch_inputs), *sent)
+        sent = stage(*(batch.input(key) for key in spec.batch_inputs), *sent)
     return sent

@@ -39,12 +39,12 @@ def test_tied_parameter_named_and_gradients_add_up(tied_plan, tmp_path, capsys):
     model_file = load_model_file(pipeline.model)
     torch.manual_seed(pipeline.seed)
     reference = model_file.build_model()
-    inputs, target = model_file.batch(pipeline.batch_size, 0)
-    expected = reference(*inputs)
-    (output,) = forward_in_order(pipeline, stages, inputs)
+    batch = model_file.batch(pipeline.batch_size, 0)
+    expected = batch.call(reference)
+    (output,) = forward_in_order(pipeline, stages, batch)
     assert torch.equal(output, expected)
-    model_file.loss_fn(expected, target).backward()
-    model_file.loss_fn(output, target).backward()
+    model_file.loss_fn(expected, batch.target).backward()
+    model_file.loss_fn(output, batch.target).backward()
     # each stage holds its own copy; their gradients together are the original's
     copies = [dict(s.named_parameters()) for s in stages]
     summed = copies[0]["embed.weight"].grad + copies[1]["head.weight"].grad

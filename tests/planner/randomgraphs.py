@@ -1,14 +1,17 @@
 """Random small profiles for property tests: DAGs with skips, views, kept inputs and outputs,
-backward peaks, outputs a send must copy, and transfers that cost CPU time."""
+backward peaks, outputs a send must copy, transfers that cost CPU time, and (on request)
+parameters several nodes share."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
-from vpipe.profiler.schema import LinkCost, NodeProfile, Profile, TensorMeta
+from vpipe.profiler.schema import LinkCost, NodeProfile, Profile, TensorMeta, Tie
 
 
-def random_profile(seed: int, size: int) -> Profile:
+def random_profile(seed: int, size: int, ties: bool = False) -> Profile:
+    """With `ties`, one or two parameters used by 2-3 nodes each (charged to the first)."""
     rng = random.Random(seed)
     nodes: list[NodeProfile] = []
     for i in range(size):
@@ -47,6 +50,15 @@ def random_profile(seed: int, size: int) -> Profile:
                 backward_bytes=backward,
             )
         )
+    shared = _random_ties(random.Random(seed + 10**6), nodes) if ties else ()
+    for tie in shared:
+        owner = int(tie.users[0][1:])
+        trainable = tie.bytes if tie.trainable else 0
+        nodes[owner] = dataclasses.replace(
+            nodes[owner],
+            param_bytes=nodes[owner].param_bytes + tie.bytes,
+            grad_bytes=nodes[owner].grad_bytes + trainable,
+        )
     return Profile(
         source=f"random-{seed}",
         source_kind="model",
@@ -58,4 +70,27 @@ def random_profile(seed: int, size: int) -> Profile:
         outputs=(f"n{size - 1}",),
         # 0-1 ms a message, 0-4 ms per 400 B: as much as a node's compute
         link=LinkCost("gloo", rng.choice([0.0, 0.5, 1.0]), rng.choice([0.0, 2**20 / 100])),
+        ties=shared,
+    )
+
+
+def _random_ties(rng: random.Random, nodes: list[NodeProfile]) -> tuple[Tie, ...]:
+    """Parameters shared by 2-3 nodes (never the input): bytes as large as a layer's or more,
+    mostly trainable."""
+    layers = [n.name for n in nodes[1:]]
+    if len(layers) < 2:
+        return ()
+    return tuple(
+        Tie(
+            names=(f"tied{k}.weight", f"tied{k}.alias"),
+            bytes=rng.choice([400, 1000, 3000]),
+            trainable=rng.random() < 0.8,
+            users=tuple(
+                sorted(
+                    rng.sample(layers, rng.randint(2, min(3, len(layers)))),
+                    key=lambda n: int(n[1:]),
+                )
+            ),
+        )
+        for k in range(rng.randint(1, 2))
     )

@@ -16,12 +16,15 @@ from vpipe.profiler.schema import LinkCost, TensorMeta
 from .handmade import node, profile
 from .randomgraphs import random_profile
 
+TIED_SEEDS = range(250, 330)  # cases whose graphs share parameters between nodes
+
 
 def random_case(seed):
     """A small graph and settings; most memory caps sit just below what the unconstrained
-    optimum needs, where recompute decides feasibility and speed."""
+    optimum needs, where recompute decides feasibility and speed. Seeds from 250 on share
+    parameters between nodes (ties), so stages holding copies pay for them."""
     rng = random.Random(seed)
-    graph = plan_graph(random_profile(seed, rng.randint(2, 9)))
+    graph = plan_graph(random_profile(seed, rng.randint(2, 9), ties=seed in TIED_SEEDS))
     settings = PlanSettings(
         gpus=rng.randint(1, min(4, graph.size)),
         memory_bytes=math.inf,
@@ -40,7 +43,7 @@ def random_case(seed):
     return graph, settings
 
 
-@pytest.mark.parametrize("seed", range(250))
+@pytest.mark.parametrize("seed", [*range(250), *TIED_SEEDS])
 def test_dp_matches_brute_force(seed, monkeypatch):
     if seed % 5 == 0:  # backward peaks rounded down to 2 levels: the chain's stages are checked
         monkeypatch.setattr("vpipe.planner.dp.THRESHOLDS", 2)

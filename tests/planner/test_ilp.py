@@ -7,10 +7,10 @@ import pytest
 from vpipe.planner.bruteforce import solve_brute_force
 from vpipe.planner.ilp import solve_ilp
 
-from .test_dp import random_case
+from .test_dp import TIED_SEEDS, random_case
 
 
-@pytest.mark.parametrize("seed", range(250))
+@pytest.mark.parametrize("seed", [*range(250), *TIED_SEEDS])
 def test_ilp_matches_brute_force(seed):
     graph, settings = random_case(seed)
     expected = solve_brute_force(graph, settings)

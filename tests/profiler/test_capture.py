@@ -5,38 +5,39 @@ import torch
 
 from vpipe.common.capture import capture
 from vpipe.common.errors import VpipeError
-from vpipe.common.modelfile import load_model_file
+from vpipe.common.modelfile import Batch, load_model_file
 from vpipe.models import gpt
 
 
 def test_untraceable_block_names_the_module_and_the_flag(fixtures):
-    model = load_model_file(str(fixtures / "untraceable.py")).build_model()
+    model_file = load_model_file(str(fixtures / "untraceable.py"))
+    model = model_file.build_model()
     with pytest.raises(VpipeError, match=r"'1' \(Gate\).*--leaf Gate"):
-        capture(model)
+        capture(model, model_file.batch(4, 0))
 
 
 def test_leaf_makes_it_traceable_and_keeps_the_block_whole(fixtures):
     model_file = load_model_file(str(fixtures / "untraceable.py"))
     model = model_file.build_model()
-    gm = capture(model, leaves=["Gate"])
+    batch = model_file.batch(4, 0)
+    gm = capture(model, batch, leaves=["Gate"]).graph
     targets = [n.target for n in gm.graph.nodes if n.op == "call_module"]
     assert targets == ["0", "1", "2"]
-    (x,), _ = model_file.batch(4, 0)
-    torch.testing.assert_close(gm(x), model(x))
+    torch.testing.assert_close(gm(*batch.args), batch.call(model))
 
 
 def test_unknown_leaf_class_is_reported():
     with pytest.raises(VpipeError, match="no submodule of this model has that class"):
-        capture(torch.nn.Linear(2, 2), leaves=["Attention"])
+        capture(torch.nn.Linear(2, 2), Batch.positional(torch.ones(1, 2)), leaves=["Attention"])
 
 
 def test_gpt_granularity_and_leaf_blocks():
     config = gpt.GPTConfig(seq_len=128, d_model=256, n_heads=8, n_layers=12)
     model = gpt.build_model(config)
-    fine = capture(model)
+    idx, _ = gpt.make_batch(2, 0, config)
+    fine = capture(model, Batch.positional(idx)).graph
     assert 100 < len(fine.graph.nodes) < 400  # a few hundred, not thousands of tiny ops
-    coarse = capture(model, leaves=["Block"])
+    coarse = capture(model, Batch.positional(idx), leaves=["Block"]).graph
     blocks = [n for n in coarse.graph.nodes if n.op == "call_module" and "blocks" in n.target]
     assert len(blocks) == 12 and len(coarse.graph.nodes) < 30
-    idx, _ = gpt.make_batch(2, 0, config)
     torch.testing.assert_close(coarse(idx), model(idx))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vpipe.common.capture import capture
-from vpipe.common.modelfile import load_model_file
+from vpipe.common.modelfile import Batch, load_model_file
 from vpipe.profiler.measure import backward_peaks
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 
@@ -64,7 +64,7 @@ def test_saved_union_matches_an_independent_whole_model_count(profile, request):
     model_file = load_model_file(str(fixtures / "handbuilt.py"))
     torch.manual_seed(0)
     model = model_file.build_model().train()
-    (x,), _ = model_file.batch(BATCH, 0)
+    (x,) = model_file.batch(BATCH, 0).args
     state = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     storages = {}
 
@@ -123,7 +123,7 @@ def test_backward_peaks_count_the_gradients_a_node_backward_holds():
     backward makes relu's output gradient (256 B); relu's backward holds that while it makes
     x's, which is a gradient asked for (sent back, or a weight's: counted elsewhere)."""
     x = torch.randn(4, 16, requires_grad=True)
-    peaks = backward_peaks(capture(_ReluThenScale(), ()), (x,))
+    peaks = backward_peaks(capture(_ReluThenScale(), Batch.positional(x)).graph, (x,))
     assert (peaks["mul"], peaks["relu"]) == (256, 256)
 
 
@@ -131,8 +131,8 @@ def test_backward_peaks_count_a_pending_residual_gradient():
     """The same, with h also added to the output: while the multiply's backward runs, the
     gradient h got through the add is pending beside it."""
     x = torch.randn(4, 16, requires_grad=True)
-    chain = backward_peaks(capture(_ReluThenScale(), ()), (x,))
-    residual = backward_peaks(capture(_Residual(), ()), (x,))
+    chain = backward_peaks(capture(_ReluThenScale(), Batch.positional(x)).graph, (x,))
+    residual = backward_peaks(capture(_Residual(), Batch.positional(x)).graph, (x,))
     assert residual["mul"] > chain["mul"]
 
 
@@ -143,5 +143,6 @@ def test_backward_peaks_leave_weights_and_their_gradients_out():
     model = torch.nn.Sequential(
         torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128)
     )
-    peaks = backward_peaks(capture(model, ()), (torch.randn(1, 128),))
+    x = torch.randn(1, 128)
+    peaks = backward_peaks(capture(model, Batch.positional(x)).graph, (x,))
     assert peaks["_2"] == 128 * 4

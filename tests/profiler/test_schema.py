@@ -8,7 +8,7 @@ import yaml
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import load_model_file
 from vpipe.profiler.profiling import ProfileSettings, profile_model
-from vpipe.profiler.schema import load_profile, save_profile
+from vpipe.profiler.schema import SCHEMA_VERSION, load_profile, save_profile
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_round_trip_through_yaml(profile, tmp_path):
     again = load_profile(path)
     assert again == profile
     assert again.graph_sha256 == profile.graph_sha256
-    assert yaml.safe_load(path.read_text())["schema_version"] == 1
+    assert yaml.safe_load(path.read_text())["schema_version"] == SCHEMA_VERSION
 
 
 def test_records_where_it_came_from(profile):
@@ -62,7 +62,7 @@ def test_backward_edge_is_rejected(profile):
     "text, message",
     [
         ("[1, 2]", "expected a mapping"),
-        ("schema_version: 1\nsource: x\n", "missing field 'nodes'"),
+        (f"schema_version: {SCHEMA_VERSION}\nsource: x\n", "missing field 'nodes'"),
         ("a: [", "not valid YAML"),
     ],
 )

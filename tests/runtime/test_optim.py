@@ -1,9 +1,12 @@
-"""The runtime's updates follow torch.optim's formulas, in place or into new tensors."""
+"""The runtime's updates are torch.optim's, bitwise, in place or into new tensors, with the
+learning rate a schedule gives each step."""
 
 import pytest
 import torch
 
-from vpipe.common.optim import Updater
+from vpipe.common.optim import OPTIMIZERS, Updater
+from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR
+from vpipe.runtime.settings import DEFAULT_LR
 
 REFERENCE = {
     "sgd": lambda params, decay: torch.optim.SGD(params, lr=0.1, weight_decay=decay),
@@ -11,7 +14,12 @@ REFERENCE = {
         params, lr=0.1, momentum=0.9, weight_decay=decay
     ),
     "adam": lambda params, decay: torch.optim.Adam(params, lr=0.1, weight_decay=decay),
+    "adamw": lambda params, decay: torch.optim.AdamW(params, lr=0.1, weight_decay=decay),
 }
+
+
+def halving(update: int) -> float:
+    return 0.5**update
 
 
 @pytest.mark.parametrize("in_place", [True, False])
@@ -23,21 +31,28 @@ def test_updates_match_torch_optim(kind, decay, in_place):
     grads = [{n: torch.randn_like(t) for n, t in start.items()} for _ in range(5)]
     reference = {n: t.clone().requires_grad_() for n, t in start.items()}
     optimizer = REFERENCE[kind](list(reference.values()), decay)
-    updater = Updater(kind, 0.1, momentum=0.9, weight_decay=decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, halving)
+    updater = Updater(kind, 0.1, momentum=0.9, weight_decay=decay, lr_factor=halving)
     weights = {n: t.clone() for n, t in start.items()}
     for step in grads:
         for name, tensor in reference.items():
             tensor.grad = step[name].clone()
         optimizer.step()
+        schedule.step()
         before = {n: t.clone() for n, t in weights.items()}
+        given = {n: t.clone() for n, t in step.items()}
         new = updater.step(weights, step, in_place=in_place)
         for name in weights:
             assert (new[name] is weights[name]) == in_place
             if not in_place:  # the old version is left for the backwards that need it
                 assert torch.equal(weights[name], before[name])
+            assert torch.equal(step[name], given[name])  # gradients are only read
         weights = new
     for name, tensor in reference.items():
-        if kind == "adam":  # torch folds the bias corrections differently: not bitwise
-            torch.testing.assert_close(weights[name], tensor.detach(), rtol=1e-6, atol=1e-7)
-        else:
-            assert torch.equal(weights[name], tensor.detach()), name
+        assert torch.equal(weights[name], tensor.detach()), name
+
+
+def test_every_part_knows_the_same_optimizers():
+    """The runtime's update rules, their default learning rates (vpipe-train, no torch) and the
+    optimizer-state factors the profiler and planner count are for the same names."""
+    assert OPTIMIZERS == tuple(DEFAULT_LR) == tuple(OPTIMIZER_STATE_FACTOR)

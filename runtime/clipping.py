@@ -1,0 +1,70 @@
+"""Gradient clipping by global norm across the stages, as torch.nn.utils.clip_grad_norm_ clips
+one model in one process.
+
+Under 1f1b and gpipe every stage updates once per step, on the gradients of the same
+micro-batches: each stage takes the squared norm of its own gradients, an all-reduce over the
+stages (a group of its own, beside the pipeline's messages) sums them, and every stage scales
+by the same max_norm / (norm + 1e-6), at most 1. A tied parameter's copies hold one summed
+gradient, counted once, on the first stage that holds it.
+
+Under asp a stage's n-th update comes S - 1 - s micro-batches after the last stage's: the
+gradients of one micro-batch never exist on all stages at once. Waiting for every stage's part
+of micro-batch n would make the last stage wait for the first at every update (a flush per
+micro-batch), and using the norm of an older, complete micro-batch would let the gradient of
+this one through unclipped however large it is. So under asp each stage clips its own gradients
+by their own norm: every update a stage makes is bounded by max_norm (the whole model's
+gradient by sqrt(S) x max_norm), at once and with no communication; on one stage it is
+clip_grad_norm_ exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from vpipe.codegen.schema import Pipeline
+
+Weights = dict[str, torch.Tensor]
+
+
+class GlobalNormClipper:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        stage: int,
+        schedule: str,
+        max_norm: float,
+        device: torch.device,
+    ) -> None:
+        """Every rank constructs it, in the same order relative to other groups (new_group is
+        collective)."""
+        self.max_norm, self.device = max_norm, device
+        stages = len(pipeline.stages)
+        self.group = None
+        if schedule != "asp" and stages > 1:
+            self.group = dist.new_group(list(range(stages)))
+        held = set(pipeline.stages[stage].parameters)
+        self.not_counted = {
+            name
+            for tied in pipeline.tied
+            if stage in tied.stages and stage != min(tied.stages)
+            for name in tied.names
+            if name in held
+        }
+
+    def clip(self, grads: Weights, owned: bool) -> Weights:
+        """`grads` scaled so that the global norm is at most max_norm: in place when `owned`
+        (the step's running sum, which nothing else holds), else into new tensors (autograd's
+        own gradients, which may be the very tensors sent to the previous stage)."""
+        counted = [g for n, g in grads.items() if n not in self.not_counted]
+        squared = torch.zeros((), device=self.device)  # a stage may hold no weights
+        if counted:
+            squared = torch.nn.utils.get_total_norm(counted) ** 2
+        if self.group is not None:
+            dist.all_reduce(squared, group=self.group)
+        scale = torch.clamp(self.max_norm / (squared.sqrt() + 1e-6), max=1.0)
+        if owned:
+            for grad in grads.values():
+                grad.mul_(scale)
+            return grads
+        return {n: g * scale for n, g in grads.items()}

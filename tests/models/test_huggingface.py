@@ -1,0 +1,130 @@
+"""Hugging Face models, used as they are (no wrapper, no --leaf), through profile -> plan ->
+gen -> train: captured by torch.export, grouped into their own layers, and trained on real gloo
+processes equal to one process."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from vpipe.codegen.schema import load_pipeline
+from vpipe.planner.cli import main as plan_main
+from vpipe.profiler.cli import main as profile_main
+from vpipe.profiler.schema import load_profile
+from vpipe.runtime.cli import main as train_main
+
+from ..codegen.pipelines import generate
+
+pytest.importorskip("transformers")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STEPS, MICROBATCHES, LR = 3, 2, 0.05
+# model file, stages for the synchronous check, its layer class and how many the config has
+FAMILIES = {
+    "gpt2": ("vpipe.models.hf_gpt2", 2, "GPT2Block", 4),
+    "bert": ("vpipe.models.hf_bert", 4, "BertLayer", 4),
+    "llama": ("vpipe.models.hf_llama", 2, "LlamaDecoderLayer", 4),
+    "t5": ("vpipe.models.hf_t5", 2, "T5LayerFF", 4),  # 2 encoder + 2 decoder blocks
+}
+
+
+def profiled(model: str, directory: Path) -> Path:
+    path = directory / "profile.yaml"
+    argv = [model, "-o", str(path), "-q", "--device", "cpu", "--batch-size", "4"]
+    assert profile_main([*argv, "--repeats", "1", "--warmup", "0", "--threads", "1"]) == 0
+    return path
+
+
+def planned(profile: Path, stages: int, *extra: str) -> Path:
+    path = profile.parent / f"plan{stages}.yaml"
+    assert plan_main([str(profile), "--gpus", str(stages), "-o", str(path), "-q", *extra]) == 0
+    return path
+
+
+def single_process(pipeline, steps):
+    """One model, the micro-batches' mean loss, SGD with momentum: every name of a tied weight."""
+    from vpipe.common.modelfile import load_model_file
+
+    model_file = load_model_file(pipeline.model)
+    torch.manual_seed(pipeline.seed)
+    model = model_file.build_model().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    losses = []
+    for step in range(steps):
+        optimizer.zero_grad()
+        total = 0.0
+        for j in range(pipeline.microbatches):
+            batch = model_file.batch(pipeline.batch_size, step * pipeline.microbatches + j)
+            loss = model_file.loss_fn(batch.call(model), batch.target)
+            (loss / pipeline.microbatches).backward()
+            total += loss.item()
+        losses.append(total / pipeline.microbatches)
+        optimizer.step()
+    return dict(model.named_parameters(remove_duplicate=False)), losses
+
+
+def logged_losses(out: Path) -> list[float]:
+    with open(out / "run" / "metrics.csv") as file:
+        return [float(row["loss"]) for row in csv.DictReader(file)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sync_pipeline_equals_one_process(family, tmp_path):
+    model, stages, layer, layers = FAMILIES[family]
+    profile = load_profile(profiled(model, tmp_path))
+    assert profile.capture == "export"
+    assert [n.target for n in profile.nodes].count(layer) == layers  # a layer is one node
+    argv = ["--schedule", "1f1b", "--microbatches", str(MICROBATCHES)]
+    out = generate(planned(tmp_path / "profile.yaml", stages, *argv), tmp_path / "out")
+    train = [str(out / "pipeline.yaml"), "--steps", str(STEPS), "--lr", str(LR)]
+    assert train_main([*train, "--optimizer", "momentum", "--threads", "1"]) == 0
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    assert len(pipeline.stages) == stages
+    expected, losses = single_process(pipeline, STEPS)
+    seen = set()
+    for k in range(stages):
+        for name, tensor in torch.load(out / "run" / f"final_stage_{k}.pt").items():
+            if name in expected:  # buffers apart
+                torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
+                seen.add(name)
+    # every parameter reached the end on some stage, under one of its names if it has several
+    names: dict[int, set[str]] = {}
+    for name, parameter in expected.items():
+        names.setdefault(id(parameter), set()).add(name)
+    assert all(group & seen for group in names.values())
+    assert logged_losses(out) == pytest.approx(losses, rel=1e-5)
+
+
+def test_structured_output_reaches_the_loss_as_the_model_returns_it(tmp_path):
+    """loss_fn raises unless it gets the ModelOutput class itself (fixtures/structured_loss.py)."""
+    profile = profiled(str(FIXTURES / "structured_loss.py"), tmp_path)
+    out = generate(planned(profile, 2, "--schedule", "1f1b"), tmp_path / "out")
+    assert train_main([str(out / "pipeline.yaml"), "--steps", "2", "--threads", "1"]) == 0
+
+
+def test_nested_output_of_an_fx_model(tmp_path):
+    """A dict holding a tuple, from a model fx traces: the loss reads it by key and position."""
+    profile = profiled(str(FIXTURES / "nested_output.py"), tmp_path)
+    assert load_profile(profile).capture == "fx"
+    out = generate(planned(profile, 2, "--schedule", "1f1b"), tmp_path / "out")
+    assert train_main([str(out / "pipeline.yaml"), "--steps", "2", "--threads", "1"]) == 0
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    assert len(pipeline.output_leaves) == 3
+
+
+def test_a_cache_in_the_output_is_named_with_the_fix(tmp_path, capsys):
+    argv = [str(FIXTURES / "hf_with_cache.py"), "-o", str(tmp_path / "p.yaml"), "-q"]
+    assert profile_main([*argv, "--device", "cpu", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "DynamicCache" in err and "use_cache=False" in err
+    assert "Traceback" not in err
+
+
+def test_a_model_no_route_captures_gets_one_error_with_its_line(tmp_path, capsys):
+    argv = [str(FIXTURES / "value_branch.py"), "-o", str(tmp_path / "p.yaml"), "-q"]
+    assert profile_main([*argv, "--device", "cpu", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "torch.fx cannot trace" in err and "torch.export cannot capture" in err
+    assert "value_branch.py:15" in err

@@ -1,0 +1,44 @@
+"""vpipe-run as a user runs it: one config, four steps, two gloo processes on loopback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIG = """\
+schema_version: 1
+model: vpipe.models.mlp
+output: out
+profile: {device: cpu, batch_size: 4, threads: 1, repeats: 1, warmup: 0, quiet: true}
+plan: {gpus: 2, schedule: asp, quiet: true}
+gen: {quiet: true}
+train: {steps: 4, print_every: 2, threads: 1}
+"""
+
+
+def test_one_command_profiles_plans_generates_and_trains(tmp_path):
+    config = tmp_path / "run.yml"
+    config.write_text(CONFIG)
+    command = Path(sys.executable).parent / "vpipe-run"
+    result = subprocess.run(
+        [str(command), str(config)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    steps = [line for line in lines if line.startswith("vpipe-run: step ")]
+    assert [line.split(": ")[2].split()[0] for line in steps] == [
+        "vpipe-profile",
+        "vpipe-plan",
+        "vpipe-gen",
+        "vpipe-train",
+    ]
+    for rank in range(2):  # each whole, on a line of its own
+        assert (
+            f"Finished initializing process group; backend: gloo, rank: {rank}, world_size: 2"
+            in lines
+        )
+        assert f"[Rank {rank}] Stage: {rank}, Rank in stage: 0" in lines
+    assert any(line.startswith("Epoch 0, Iteration 0, Loss: ") for line in lines)
+    assert any(line.startswith("Epoch 0, Iteration 2, Loss: ") for line in lines)
+    out = tmp_path / "out"
+    for made in ("profile.yaml", "plan.yaml", "out/pipeline.yaml", "out/run/metrics.csv"):
+        assert (out / made).is_file(), made
