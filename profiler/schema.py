@@ -17,7 +17,7 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.paths import recorded_model, recorded_path, resolved_model, resolved_path
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-SCHEMA_VERSION = 3  # 2: capture route, input keys, is_tensor; 3: ties
+SCHEMA_VERSION = 2  # 2: capture route, input keys, is_tensor, ties
 
 # Optimizer state kept per parameter byte: SGD none, momentum one buffer, Adam and AdamW two
 # moments.
