@@ -54,6 +54,6 @@ def test_ties_round_trip_and_are_checked():
 
 
 def test_a_profile_from_before_ties_says_to_profile_again():
-    data = hand_profile(()).to_dict() | {"schema_version": 2}
-    with pytest.raises(VpipeError, match="schema_version 2 is not 3; re-run vpipe-profile"):
+    data = hand_profile(()).to_dict() | {"schema_version": 1}
+    with pytest.raises(VpipeError, match="schema_version 1 is not 2; re-run vpipe-profile"):
         Profile.from_dict(data)
