@@ -8,7 +8,7 @@ optional extra: `pip install vpipe[hf]`.
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from vpipe.models.tokens import counting_rows
+from vpipe.models.tokens import next_token_batch
 
 VOCAB, SEQ_LEN = 128, 16
 CONFIG = GPT2Config(
@@ -31,7 +31,4 @@ def build_model() -> GPT2LMHeadModel:
 
 
 def make_batch(batch_size: int, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Next-token prediction: the inputs as keyword arguments, the ids shifted by one as the
-    target (the default cross-entropy over the output's `logits`)."""
-    ids = counting_rows(batch_size, SEQ_LEN + 1, VOCAB, step)
-    return {"input_ids": ids[:, :-1]}, ids[:, 1:]
+    return next_token_batch(batch_size, step, SEQ_LEN, VOCAB)

@@ -5,7 +5,7 @@ key/value heads) and rotary position embeddings, used as it is. Needs `pip insta
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from vpipe.models.tokens import counting_rows
+from vpipe.models.tokens import next_token_batch
 
 VOCAB, SEQ_LEN = 128, 16
 CONFIG = LlamaConfig(
@@ -28,5 +28,4 @@ def build_model() -> LlamaForCausalLM:
 
 
 def make_batch(batch_size: int, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    ids = counting_rows(batch_size, SEQ_LEN + 1, VOCAB, step)
-    return {"input_ids": ids[:, :-1]}, ids[:, 1:]
+    return next_token_batch(batch_size, step, SEQ_LEN, VOCAB)

@@ -15,11 +15,12 @@ from vpipe.profiler.schema import load_profile
 from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate
+from ..runtime.test_sync import LR, single_process
 
 pytest.importorskip("transformers")
 
 FIXTURES = Path(__file__).parent / "fixtures"
-STEPS, MICROBATCHES, LR = 3, 2, 0.05
+STEPS, MICROBATCHES = 3, 2
 # model file, stages for the synchronous check, its layer class and how many the config has
 FAMILIES = {
     "gpt2": ("vpipe.models.hf_gpt2", 2, "GPT2Block", 4),
@@ -42,26 +43,16 @@ def planned(profile: Path, stages: int, *extra: str) -> Path:
     return path
 
 
-def single_process(pipeline, steps):
-    """One model, the micro-batches' mean loss, SGD with momentum: every name of a tied weight."""
+def canonical_names(pipeline) -> dict[str, str]:
+    """Every name of every parameter -> the one `named_parameters()` gives it (a tied weight
+    has several: a stage may hold it under any)."""
     from vpipe.common.modelfile import load_model_file
 
-    model_file = load_model_file(pipeline.model)
-    torch.manual_seed(pipeline.seed)
-    model = model_file.build_model().train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    losses = []
-    for step in range(steps):
-        optimizer.zero_grad()
-        total = 0.0
-        for j in range(pipeline.microbatches):
-            batch = model_file.batch(pipeline.batch_size, step * pipeline.microbatches + j)
-            loss = model_file.loss_fn(batch.call(model), batch.target)
-            (loss / pipeline.microbatches).backward()
-            total += loss.item()
-        losses.append(total / pipeline.microbatches)
-        optimizer.step()
-    return dict(model.named_parameters(remove_duplicate=False)), losses
+    model = load_model_file(pipeline.model).build_model()
+    first: dict[int, str] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(parameter), name)
+    return {n: first[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
 
 
 def logged_losses(out: Path) -> list[float]:
@@ -82,17 +73,15 @@ def test_sync_pipeline_equals_one_process(family, tmp_path):
     pipeline = load_pipeline(out / "pipeline.yaml")
     assert len(pipeline.stages) == stages
     expected, losses = single_process(pipeline, STEPS)
+    canonical = canonical_names(pipeline)
     seen = set()
     for k in range(stages):
         for name, tensor in torch.load(out / "run" / f"final_stage_{k}.pt").items():
-            if name in expected:  # buffers apart
-                torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
-                seen.add(name)
-    # every parameter reached the end on some stage, under one of its names if it has several
-    names: dict[int, set[str]] = {}
-    for name, parameter in expected.items():
-        names.setdefault(id(parameter), set()).add(name)
-    assert all(group & seen for group in names.values())
+            if name in canonical:  # buffers apart
+                want = expected[canonical[name]].detach()
+                torch.testing.assert_close(tensor, want, rtol=1e-5, atol=1e-6)
+                seen.add(canonical[name])
+    assert seen == set(expected)  # every parameter reached the end on some stage
     assert logged_losses(out) == pytest.approx(losses, rel=1e-5)
 
 
