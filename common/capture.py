@@ -89,7 +89,10 @@ def capture(
     fx_error: VpipeError | None = None
     if route == "fx" or (route is None and not batch.keyword):
         try:
-            return _by_fx(model, leaves)
+            captured = _by_fx(model, leaves)
+            _check_same_as_model(model, captured, batch)
+            _check_recordable(captured.output_spec)
+            return captured
         except VpipeError as err:
             if route == "fx":
                 raise
@@ -107,7 +110,20 @@ def capture(
     leaves_out = gm.graph.output_node().args[0]
     captured = Captured(gm, "export", keys, spec, tuple(n.name for n in leaves_out))
     _check_same_as_model(model, captured, batch)
+    _check_recordable(captured.output_spec)
     return captured
+
+
+def _check_recordable(spec: pytree.TreeSpec) -> None:
+    """The output's structure goes into pipeline.yaml for the last stage to rebuild: a type
+    pytree cannot name (a namedtuple class of the model file's own) is refused with the fix."""
+    try:
+        pytree.treespec_dumps(spec)
+    except NotImplementedError as err:
+        raise VpipeError(
+            f"the model's output structure cannot be recorded for the last stage "
+            f"({str(err).split(' because')[0]}); return a tuple or a dict instead"
+        ) from None
 
 
 def _by_fx(model: nn.Module, leaves: Sequence[str]) -> Captured:
@@ -133,24 +149,35 @@ def _by_fx(model: nn.Module, leaves: Sequence[str]) -> Captured:
 
 def _check_same_as_model(model: nn.Module, captured: Captured, batch: Batch) -> None:
     """Run the model and the captured graph on the batch from one random state (dropout draws
-    alike) and compare every output; the model's buffers are put back afterwards."""
+    alike) and compare every output tensor; the model's buffers are put back afterwards. The
+    graph must take exactly the batch's inputs (fx gives a defaulted argument a placeholder of
+    its own) and give one output node per tensor (an fx node whose value is a tuple is not)."""
+    placeholders = [n for n in captured.graph.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(batch.inputs):
+        raise VpipeError(
+            f"the {captured.route} graph takes {len(placeholders)} inputs; make_batch gives "
+            f"{len(batch.inputs)}"
+        )
     saved = {name: b.clone() for name, b in model.named_buffers()}
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(0)
         expected = pytree.tree_leaves(batch.call(model))
         torch.manual_seed(0)
-        got = captured.graph(*(t for _, t in batch.inputs))
+        got = pytree.tree_leaves(captured.graph(*(t for _, t in batch.inputs)))
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(saved[name])
-    for i, (want, have) in enumerate(zip(expected, got, strict=False)):
+    if not len(expected) == len(got) == len(captured.output_leaves):
+        raise VpipeError(
+            f"the model returns {len(expected)} values, the {captured.route} graph "
+            f"{len(got)} from {len(captured.output_leaves)} output nodes"
+        )
+    for i, (want, have) in enumerate(zip(expected, got, strict=True)):
         if not (isinstance(want, torch.Tensor) and torch.equal(want, have)):
             raise VpipeError(
-                f"the captured graph's output {i} differs from the model's own forward; "
-                "keep the submodule that differs whole with --leaf <its class>"
+                f"the {captured.route} graph's output {i} differs from the model's own "
+                "forward; keep the submodule that differs whole with --leaf <its class>"
             )
-    if len(expected) != len(got):
-        raise VpipeError(f"the model returns {len(expected)} values, the captured graph {len(got)}")
 
 
 def flat_tensors(value: Any) -> list[torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,23 @@ def save_yaml(data: dict[str, Any], path: str | Path) -> None:
         ) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: `lr: 0.5` then `lr: 0.001` would train at 0.001 with no word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark
+                )
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path, what: str) -> Any:
     """Parse a YAML file; `what` names it in errors ("profile", "plan")."""
     path = Path(path)
@@ -74,7 +92,7 @@ def load_yaml(path: str | Path, what: str) -> Any:
             f"{path} is not a text file; give a {what}.yaml written by vpipe"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         # the problem and where, not PyYAML's first line ("while parsing a flow sequence")
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]

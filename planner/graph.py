@@ -221,8 +221,9 @@ def _with_loss(
 
 
 def _together(profile: Profile, succs: list[list[int]]) -> tuple[tuple[int, ...], ...]:
-    """Groups joined by values that are not one tensor (union-find over producer-reader)."""
-    parent = list(range(len(profile.nodes)))
+    """Groups joined by values that are not one tensor (union-find over producer-reader; the
+    loss, after the last node, among the readers)."""
+    parent = list(range(len(succs)))
 
     def root(n: int) -> int:
         while parent[n] != n:

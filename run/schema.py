@@ -117,6 +117,11 @@ def _section(data: Any, section: str, where: str) -> tuple[Option, ...]:
     options = []
     for key, value in data.items():
         field = f"{where}: {section}.{key}"
+        if section == "train" and key == "resume":
+            raise VpipeError(
+                f"{field}: a vpipe-run generates the pipeline again, which replaces out/ and the "
+                "checkpoints in it; resume with vpipe-train <output>/out/pipeline.yaml --resume"
+            )
         if key not in actions:
             raise VpipeError(f"{field}: unknown option; {section} takes {', '.join(actions)}")
         value = _checked(actions[key], value, field)

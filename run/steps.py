@@ -19,8 +19,8 @@ from vpipe.common.errors import VpipeError
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.run.schema import PARSERS, Option, RunConfig
+from vpipe.runtime.cli import check_lr_schedule, settings_from
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.cli import settings_from
 
 COMMANDS = {section: f"vpipe-{section}" for section in PARSERS}
 MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
@@ -66,7 +66,9 @@ def check_steps(steps: Sequence[Step], where: str) -> None:
         try:
             args = PARSERS[step.section]().parse_args(step.argv)
             if step.section == "train":
-                settings_from(args)
+                chosen = settings_from(args)
+                steps = None if chosen["epochs"] is not None else chosen["steps"]
+                check_lr_schedule(steps, chosen["warmup_steps"], chosen["lr"], chosen["min_lr"])
         except VpipeError as err:
             raise VpipeError(f"{where}: {step.section}: {err}") from None
 

@@ -205,20 +205,22 @@ def _check_value(key: str, value: object, default: object, where: str) -> None:
         raise VpipeError(f"{where} {value!r}: must be {kind}")
 
 
-def _check_lr_schedule(settings: RunSettings) -> None:
+def check_lr_schedule(
+    steps: int | None, warmup_steps: int, lr: float | None, min_lr: float
+) -> None:
     """The settings that bound each other: a warm-up shorter than the run, a floor below the
-    peak rate (the optimizer's default when not given)."""
+    peak rate (the optimizer's default when not given). A bound not known yet (the steps of a
+    run given in epochs, the rate of an optimizer the plan names) is not checked."""
     from vpipe.common.errors import VpipeError
 
-    if settings.warmup_steps and settings.warmup_steps >= settings.steps:
+    if steps is not None and warmup_steps and warmup_steps >= steps:
         raise VpipeError(
-            f"--warmup-steps {settings.warmup_steps}: must be fewer than the run's "
-            f"{settings.steps} steps (the learning rate would never reach --lr)"
+            f"--warmup-steps {warmup_steps}: must be fewer than the run's "
+            f"{steps} steps (the learning rate would never reach --lr)"
         )
-    if settings.min_lr > settings.lr:
+    if lr is not None and min_lr > lr:
         raise VpipeError(
-            f"--min-lr {settings.min_lr:g}: must be at most --lr ({settings.lr:g}), where the "
-            "decay starts"
+            f"--min-lr {min_lr:g}: must be at most --lr ({lr:g}), where the decay starts"
         )
 
 
@@ -260,7 +262,7 @@ def _run(argv: Sequence[str] | None) -> int:
         chosen["steps_per_epoch"] = max(1, samples // per_step)
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
     settings = RunSettings(pipeline=args.pipeline, **chosen)
-    _check_lr_schedule(settings)
+    check_lr_schedule(settings.steps, settings.warmup_steps, settings.lr, settings.min_lr)
     launch(settings)
     return 0
 

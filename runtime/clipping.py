@@ -44,10 +44,13 @@ class GlobalNormClipper:
         if schedule != "asp" and stages > 1:
             self.group = dist.new_group(list(range(stages)))
         held = set(pipeline.stages[stage].parameters)
+        # a tied parameter's later copies hold the same summed gradient as its owner under the
+        # synchronous schedules: counted once, there; under asp each copy's gradient is its
+        # stage's own, clipped with the rest
         self.not_counted = {
             name
             for tied in pipeline.tied
-            if stage in tied.stages and stage != min(tied.stages)
+            if schedule != "asp" and stage in tied.stages and stage != min(tied.stages)
             for name in tied.names
             if name in held
         }

@@ -109,3 +109,20 @@ def test_more_stages_than_places_to_cut_is_a_clear_error():
     settings = PlanSettings(gpus=7, memory_bytes=float("inf"), bandwidth_gbps=float("inf"))
     with pytest.raises(VpipeError, match="cannot be cut into 7 stages"):
         make_plan(CROSSED, "crossed.yaml", "0" * 64, settings)
+
+
+def test_an_output_that_is_not_one_tensor_stays_with_the_loss():
+    """The model returns a value that is not one tensor (a tuple): the loss, which reads it,
+    joins its node (the union-find once had no place for the loss and raised IndexError)."""
+    pair = profile(
+        ("pair",),
+        (
+            node("x", (), 128, fwd=0.0),
+            node("body", ("x",), 128, fwd=3.0),
+            replace(node("pair", ("body",), 128), is_tensor=False),
+        ),
+    )
+    loss = replace(pair.nodes[-1], name=LOSS_NODE, op="loss", inputs=("pair",), is_tensor=True)
+    graph = plan_graph(replace(pair, loss=loss))
+    index = {name: i for i, name in enumerate(graph.names)}
+    assert graph.together == ((index["pair"], index[LOSS_NODE]),)

@@ -41,3 +41,26 @@ def test_gpt_granularity_and_leaf_blocks():
     blocks = [n for n in coarse.graph.nodes if n.op == "call_module" and "blocks" in n.target]
     assert len(blocks) == 12 and len(coarse.graph.nodes) < 30
     torch.testing.assert_close(coarse(idx), model(idx))
+
+
+@pytest.mark.parametrize(("fixture", "outputs"), [("optional_mask.py", 1), ("lstm_head.py", 3)])
+def test_what_fx_gets_wrong_goes_through_export(fixtures, fixture, outputs):
+    """fx traces both, but wrongly: an input make_batch does not give, one output node holding
+    three tensors. The check against the model sends them to export, which gets them right."""
+    model_file = load_model_file(str(fixtures / fixture))
+    model = model_file.build_model()
+    batch = model_file.batch(4, 0)
+    captured = capture(model, batch)
+    assert captured.route == "export"
+    assert captured.input_keys == ("0",) and len(captured.output_leaves) == outputs
+    torch.manual_seed(0)
+    expected = batch.call(model)
+    torch.manual_seed(0)
+    output = captured.output(captured.graph(*batch.args))
+    assert type(output) is type(expected)
+    for got, want in zip(
+        torch.utils._pytree.tree_leaves(output),
+        torch.utils._pytree.tree_leaves(expected),
+        strict=True,
+    ):
+        assert torch.equal(got, want)

@@ -64,6 +64,9 @@ def test_a_good_config_makes_the_four_commands(tmp_path):
         (("steps: 3", "steps: 3, epochs: 1"), "train: argument --epochs: not allowed with"),
         (("train: {", "train: 3\nx: {"), "unknown field x"),
         (("train: {", "gen: [a]\ntrain: {"), "gen must be a mapping of option: value"),
+        (("lr: 0.01", "lr: 0.01, lr: 0.5"), "the key 'lr' appears twice at line 6"),
+        (("steps: 3", "steps: 3, resume: true"), "train.resume: a vpipe-run generates the"),
+        (("steps: 3", "steps: 3, warmup_steps: 5"), "--warmup-steps 5: must be fewer than"),
     ],
 )
 def test_a_bad_field_is_one_line_naming_it(tmp_path, capsys, change, message):

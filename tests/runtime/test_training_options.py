@@ -109,3 +109,25 @@ def test_clipping_equals_clip_grad_norm(gpt_out, one_thread):
     unclipped, _ = single_process(pipeline, 3, momentum)  # and clipping changed the result
     found = trained(gpt_out)
     assert any(not torch.allclose(found[n], t, rtol=1e-3) for n, t in unclipped.items())
+
+
+def test_asp_clips_a_tied_copy_with_its_stage():
+    """Under asp a later holder's gradient of a tied copy is its own, not a shared sum: it counts
+    in its stage's norm and is scaled with the rest (it was left out of both once)."""
+    from types import SimpleNamespace
+
+    from vpipe.codegen.schema import TiedParameter
+    from vpipe.runtime.clipping import GlobalNormClipper
+
+    pipeline = SimpleNamespace(
+        stages=[
+            SimpleNamespace(parameters=("wte.weight",)),
+            SimpleNamespace(parameters=("ln.weight", "lm_head.weight")),
+        ],
+        tied=(TiedParameter(("wte.weight", "lm_head.weight"), (0, 1)),),
+    )
+    clipper = GlobalNormClipper(pipeline, 1, "asp", max_norm=1.0, device=torch.device("cpu"))
+    grads = {"ln.weight": torch.full((4,), 0.01), "lm_head.weight": torch.full((4, 4), 100.0)}
+    clipped = clipper.clip(grads, owned=False)
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in clipped.values()]))
+    assert norm.item() == pytest.approx(1.0, rel=1e-5)
