@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="vpipe-profile",
         description="Capture a model (a model.py file or an importable module such as "
-        "vpipe.models.gpt) as a torch.fx graph and measure every node's forward and backward "
-        "time and memory. See docs/model-file.md for what the model file defines.",
+        "vpipe.models.gpt) as a graph of its layers (torch.fx, else torch.export: Hugging Face "
+        "models as they are) and measure every node's forward and backward time and memory. "
+        "See docs/model-file.md for what the model file defines.",
     )
     parser.add_argument("model", nargs="?", help="model file (path/to/model.py) or module name")
     parser.add_argument("-o", "--output", default="profile.yaml", help="profile file to write")
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CLASS",
-        help="keep submodules of this class whole (repeatable); use it for "
-        "modules torch.fx cannot trace, or to profile a block as one node",
+        help="keep submodules of this class whole (repeatable); use it for a module "
+        "that branches on its input's values, or to profile a block as one node",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per node (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per node first")
