@@ -26,7 +26,8 @@ from vpipe.codegen.schema import Pipeline, StageSpec, TensorSpec, TiedParameter,
 from vpipe.common.capture import Captured, capture
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile, load_model_file
-from vpipe.common.paths import recorded_model
+from vpipe.common.paths import names_file, recorded_model
+from vpipe.common.runlock import check_free
 from vpipe.common.stages import adopt, stage_tensors
 from vpipe.planner.schema import Plan, load_plan
 from vpipe.profiler.schema import Profile, load_profile
@@ -49,10 +50,13 @@ class Sources:
 
 
 def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
-    """Write the pipeline for `plan_path` into `out` and return its config."""
-    sources = load_sources(Path(plan_path))
+    """Write the pipeline for `plan_path` into `out` and return its config. Of an `out` that
+    exists, only what vpipe-gen writes is replaced: a run's results, a copy of the plan or
+    anything else in it stays."""
     out = Path(out)
     _check_output_dir(out)
+    sources = load_sources(Path(plan_path))
+    _check_inputs_outside(out, sources)
     flows = partition(sources.profile, sources.plan)
     _check_crossing_values(sources.profile, flows)
     try:
@@ -61,12 +65,52 @@ def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
         raise VpipeError(f"cannot write {out}: {err.strerror}; choose another -o") from None
     try:
         pipeline = _write(sources, flows, staging, out)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return pipeline
+
+
+def _generated(entry: Path) -> bool:
+    """What vpipe-gen writes into out/ (and Python's cache of the stage files): replaced."""
+    name = entry.name
+    return name in ("pipeline.yaml", "weights", "__pycache__") or (
+        name.startswith("stage_") and name.endswith(".py")
+    )
+
+
+def _check_inputs_outside(out: Path, sources: Sources) -> None:
+    """An input that vpipe-gen would replace (a plan saved as out/pipeline.yaml, say) is
+    refused before any work."""
+    model = Path(sources.profile.source) if names_file(sources.profile.source) else None
+    for what, path in (("the plan", sources.plan_path), ("the model file", model)):
+        if path is None:
+            continue
+        try:
+            first = path.resolve().relative_to(out.resolve()).parts[0]
+        except ValueError:  # not inside out/
+            continue
+        if _generated(out / first):
+            raise VpipeError(
+                f"{path} is {what}, and vpipe-gen -o {out} would replace it; move it out of "
+                f"{out} or choose another -o"
+            )
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the new files in place of the old ones: everything else in `out` moves over first,
+    then one rename makes the new directory `out`; the old generated files go last."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    check_free(out / "run", f"vpipe-gen replaces {out}")
+    for entry in out.iterdir():
+        if not _generated(entry):
+            entry.rename(staging / entry.name)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_sources(plan_path: Path) -> Sources:

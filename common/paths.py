@@ -59,3 +59,25 @@ def resolved_model(reference: str, file: str | Path) -> str:
     if reference.endswith(".py") or "/" in reference:
         return resolved_path(reference, file)
     return reference
+
+
+def refuse_overwriting(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuse, before any work, an output path that is one of the command's inputs (or another
+    of its outputs): writing it would destroy what the command reads. `outputs` maps an option
+    (`-o`) to its path, `inputs` what is read (`the model file`) to its path; None is absent."""
+    from vpipe.common.errors import VpipeError
+
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        for what, source in inputs.items():
+            if source is not None and os.path.realpath(source) == real:
+                raise VpipeError(
+                    f"{option} {path} is {what}, which this command reads; writing there would "
+                    f"replace it: choose another {option}"
+                )
+        if real in seen:
+            raise VpipeError(f"{option} and {seen[real]} both name {path}; give each its own path")
+        seen[real] = option

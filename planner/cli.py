@@ -13,6 +13,7 @@ from rich.console import Console
 
 from vpipe.common.cli import CommandParser, run_command
 from vpipe.common.errors import VpipeError
+from vpipe.common.paths import refuse_overwriting
 from vpipe.common.plotting import check_plot_path
 from vpipe.planner.baselines import BASELINE_SPLITS
 from vpipe.planner.planning import GIB, SOLVERS, make_plan
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_plot_path(args.plot)
+    refuse_overwriting({"-o": args.output, "--plot": args.plot}, {"the profile": args.profile})
     profile = load_profile(args.profile)
     sha = hashlib.sha256(Path(args.profile).read_bytes()).hexdigest()
     microbatches = args.microbatches

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vpipe.common.cli import CommandParser, run_command
 from vpipe.common.errors import VpipeError
+from vpipe.common.paths import names_file, refuse_overwriting
 from vpipe.common.plotting import check_plot_path
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile, save_profile
 
@@ -108,6 +109,11 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     check_plot_path(args.plot)
+    model = args.model if args.model and names_file(args.model) else None
+    refuse_overwriting(
+        {"-o": args.output, "--plot": args.plot},
+        {"the model file": model, "the PipeDream profile": args.import_pipedream},
+    )
     if args.batch_size is not None and args.batch_size < 1:  # 0 is not "the default"
         raise VpipeError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.import_pipedream:

@@ -63,3 +63,31 @@ def test_generated_files_lint_and_compile(mlp_plan, tmp_path):
     ruff = Path(sys.executable).parent / "ruff"
     result = subprocess.run([ruff, "check", "--isolated", *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_generating_again_replaces_only_what_vpipe_gen_writes(mlp_plan, tmp_path):
+    """A run's results, a copy of the plan inside out/ and a note of the user's survive a second
+    vpipe-gen into the same out/; a stale stage file of the first does not."""
+    out = generate(mlp_plan, tmp_path / "out")
+    (out / "run").mkdir()
+    (out / "run" / "metrics.csv").write_text("step,loss\n0,1.0\n")
+    (out / "notes.txt").write_text("mine\n")
+    (out / "stage_7.py").write_text("# left by an older plan\n")
+    copy = out / "plan.yaml"
+    save_plan(load_plan(mlp_plan), copy)  # its profile's path recorded from out/
+    saved = copy.read_bytes()
+    generate(copy, out)  # the plan it reads lives in the folder it replaces
+    assert (out / "run" / "metrics.csv").read_text() == "step,loss\n0,1.0\n"
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert copy.read_bytes() == saved
+    assert not (out / "stage_7.py").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.txt",
+        "pipeline.yaml",
+        "plan.yaml",
+        "run",
+        "stage_0.py",
+        "stage_1.py",
+        "weights",
+    ]
+    assert not list(tmp_path.glob(".out*"))  # nothing left aside
