@@ -7,9 +7,11 @@ See docs/model-file.md.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -86,6 +88,11 @@ class ModelFile:
                     f"{self.source}: make_batch's {what} is a "
                     f"{type(value).__name__}, not a tensor; {CONTRACT}"
                 )
+            if value.is_meta:
+                raise VpipeError(
+                    f"{self.source}: make_batch's {what} is on the meta device (a shape without "
+                    "data); return CPU tensors"
+                )
             if value.dim() == 0 or value.shape[0] != batch_size:
                 raise VpipeError(
                     f"{self.source}: make_batch({batch_size}, {step}) returned "
@@ -93,6 +100,27 @@ class ModelFile:
                     f"must be the batch size {batch_size}"
                 )
         return Batch(tuple(named), keyword, target)
+
+    def check_deterministic(self, batch_size: int, step: int) -> None:
+        """make_batch(batch_size, step) twice, the global random state disturbed in between,
+        must give the same tensors: the stage that reads the inputs and the one that reads the
+        target each make the batch, so one drawn from the global state would differ between
+        them. The global state is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            first = self.batch(batch_size, step)
+            torch.rand(1)
+            second = self.batch(batch_size, step)
+        pairs = [*zip(first.inputs, second.inputs, strict=True)]
+        pairs.append((("target", first.target), ("target", second.target)))
+        for (key, a), (_, b) in pairs:
+            if not torch.equal(a, b):
+                what = "the target" if key == "target" else f"input {key}"
+                raise VpipeError(
+                    f"{self.source}: make_batch({batch_size}, {step}) gave a different {what} "
+                    "when called again: it draws from torch's global random state, so the "
+                    "stages would each see another batch; draw from a generator seeded by the "
+                    "step: g = torch.Generator().manual_seed(step)"
+                )
 
 
 @dataclass(frozen=True)
@@ -170,10 +198,18 @@ def _import(source: str) -> tuple[ModuleType, Path | None]:
                 f"vpipe_user_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
             )
             spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
+            if spec is None or spec.loader is None:
+                raise VpipeError(
+                    f"{source} is not a Python file; give the model file (model.py) that "
+                    "defines build_model and make_batch"
+                )
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)
+            # what it prints on stderr is passed on, unless it exits: argparse's usage line
+            # would read as vpipe's own
+            with contextlib.redirect_stderr(io.StringIO()) as said:
+                spec.loader.exec_module(module)
+            sys.stderr.write(said.getvalue())
             return module, path
         module = importlib.import_module(source)
     except VpipeError:
@@ -185,6 +221,12 @@ def _import(source: str) -> tuple[ModuleType, Path | None]:
                 "to a .py file or an importable module name"
             ) from None
         raise VpipeError(f"importing {source} failed: {err}") from None
+    except SystemExit as err:  # sys.exit(), or argparse refusing vpipe's own arguments
+        raise VpipeError(
+            f"{source} exited (SystemExit: {err.code}) while vpipe imported it; a model file "
+            "must not run a script, exit or parse the command line at import: put that under "
+            "`if __name__ == \"__main__\":`"
+        ) from None
     except Exception as err:
         raise VpipeError(f"importing {source} failed: {type(err).__name__}: {err}") from None
     file = getattr(module, "__file__", None)

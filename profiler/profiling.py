@@ -94,7 +94,13 @@ def profile_model(
             f"{model_file.source}: build_model() returned a {type(model).__name__}, "
             "not a torch.nn.Module"
         )
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise VpipeError(
+            f"{model_file.source}: build_model() returned a model on the meta device "
+            "(parameters without data); build it on the CPU, vpipe moves it"
+        )
     model = model.to(device).train()
+    model_file.check_deterministic(settings.batch_size, 0)
     batch = model_file.batch(settings.batch_size, 0).to(device)
     _check_forward(model, model_file, batch, settings.batch_size)
     captured = capture(model, batch, settings.leaves)
