@@ -225,7 +225,7 @@ def _import(source: str) -> tuple[ModuleType, Path | None]:
         raise VpipeError(
             f"{source} exited (SystemExit: {err.code}) while vpipe imported it; a model file "
             "must not run a script, exit or parse the command line at import: put that under "
-            "`if __name__ == \"__main__\":`"
+            '`if __name__ == "__main__":`'
         ) from None
     except Exception as err:
         raise VpipeError(f"importing {source} failed: {type(err).__name__}: {err}") from None

@@ -219,6 +219,14 @@ def _validate(plan: Plan, where: str) -> None:
         seen |= set(stage.nodes)
         if not set(stage.recompute) <= set(stage.nodes):
             raise VpipeError(f"{where}: stage {position} recomputes nodes it does not own")
+        predicted = stage.predicted
+        for field in ("compute_ms", "recompute_ms", "comm_in_ms", "comm_out_ms", "time_ms"):
+            value = getattr(predicted, field)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise VpipeError(
+                    f"{where}: stage {position}'s predicted {field} is {value!r}, not a finite "
+                    "number of at least 0; re-run vpipe-plan"
+                )
     for tie in plan.ties:
         stages = list(tie.stages)
         if (

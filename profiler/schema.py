@@ -8,6 +8,7 @@ See docs/profile-format.md for the meaning of every field.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -281,8 +282,13 @@ def _validate(profile: Profile) -> None:
                 )
         if not set(node.saved_inputs) <= set(node.inputs):
             raise VpipeError(f"node {node.name!r} keeps a tensor that is not one of its inputs")
-        if not (node.forward_ms >= 0 and node.backward_ms >= 0):
-            raise VpipeError(f"node {node.name!r} has a negative time")
+        for name in ("forward_ms", "backward_ms", "update_ms"):
+            value = getattr(node, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise VpipeError(
+                    f"node {node.name!r} has {name} {value!r}: a time must be a finite number "
+                    "of at least 0"
+                )
         sizes = (
             node.param_bytes,
             node.grad_bytes,
