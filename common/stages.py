@@ -65,13 +65,34 @@ def build_stage(
     stage = stage_class(model)
     del model
     to_empty_tied(stage, device)
-    saved = torch.load(weights, map_location=device, weights_only=True, mmap=True)
-    mine = stage_tensors(stage)
-    if set(saved) != set(mine):
+    try:
+        saved = torch.load(weights, map_location=device, weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise VpipeError(f"{weights} is missing; regenerate with vpipe-gen") from None
+    except Exception as err:  # truncated, overwritten, not a torch file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise VpipeError(
-            f"{weights} holds {sorted(set(saved) ^ set(mine))[:3]} that do not match the stage's "
-            "parameters; regenerate with vpipe-gen"
+            f"{weights} cannot be read, it is damaged ({type(err).__name__}: {reason[:120]}); "
+            "regenerate it with vpipe-gen"
+        ) from None
+    mine = stage_tensors(stage)
+    if not isinstance(saved, dict) or set(saved) != set(mine):
+        extra = sorted(set(saved) ^ set(mine))[:3] if isinstance(saved, dict) else type(saved)
+        raise VpipeError(
+            f"{weights} holds {extra} that do not match the stage's parameters; regenerate "
+            "with vpipe-gen"
         )
+    for name, tensor in mine.items():
+        got = saved[name]
+        if not isinstance(got, torch.Tensor) or (got.shape, got.dtype) != (
+            tensor.shape,
+            tensor.dtype,
+        ):
+            shown = (tuple(got.shape), got.dtype) if isinstance(got, torch.Tensor) else type(got)
+            raise VpipeError(
+                f"{weights}: {name} is {shown}; the stage expects "
+                f"{(tuple(tensor.shape), tensor.dtype)}: regenerate with vpipe-gen"
+            )
     with torch.no_grad():
         for name, tensor in mine.items():
             tensor.copy_(saved[name])
