@@ -66,7 +66,17 @@ def load(
     """The stage's record at `step` (see `StageExecutor.snapshot`) and the length of the run
     that wrote it; `updater` takes its state."""
     path = directory / f"step_{step}" / f"stage_{stage}.pt"
-    state = torch.load(path, weights_only=True)
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # truncated, overwritten, not a checkpoint
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise VpipeError(
+            f"{path} cannot be read, it is damaged ({type(err).__name__}: {reason[:120]}); "
+            f"delete {path.parent} to resume from the step before, or start again without "
+            "--resume"
+        ) from None
+    if not isinstance(state, dict):
+        raise VpipeError(f"{path} is not a vpipe checkpoint; delete {path.parent}")
     if state.get("plan_sha256") != identity["plan_sha256"]:
         raise VpipeError(
             f"{path} belongs to another plan (its plan sha256 differs); resume with the "

@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale gradients so that their global norm, over every stage, is at most this "
         "(under asp, each stage's own norm; default: no clipping)",
     )
+    parser.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        default=None,
+        help="skip a step whose loss or gradients hold nan or inf (no stage applies it; counted "
+        "and reported), as a GradScaler does; default: such a step stops the run (exit 2); "
+        "1f1b and gpipe only",
+    )
     parser.add_argument("--print-every", type=int, help="steps between loss lines (default 10)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: shared)")
     parser.add_argument(

@@ -30,6 +30,7 @@ from vpipe.common.stages import load_stage, to_empty_tied
 from vpipe.runtime import rng
 from vpipe.runtime.binding import Slots
 from vpipe.runtime.links import Links, carries_gradient
+from vpipe.runtime.nonfinite import NonFiniteGuard
 from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import tied_parameters
 
@@ -101,6 +102,9 @@ class StageExecutor:
         # each update's gradients pass through it (`runtime.clipping`); `owned`: nothing else
         # holds them, so they may be scaled in place
         self.clip: Callable[[Weights, bool], Weights] = lambda grads, owned: grads
+        # a non-finite loss or gradient stops the run unless `runtime.launch` sets one that skips
+        self.per_step = 1 if schedule == "asp" else pipeline.microbatches
+        self.guard = NonFiniteGuard(len(pipeline.stages), self.per_step, device)
 
     def run(self, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -143,6 +147,7 @@ class StageExecutor:
             "versions": versions,
             "in_flight": in_flight,
             "rng": rng.get_state(),
+            "skipped": self.guard.skipped,
         }
 
     def restore(self, saved: dict, microbatches: int) -> None:
@@ -155,6 +160,7 @@ class StageExecutor:
         if set(saved["weights"]) != set(self.weights):
             raise VpipeError(f"the checkpoint's weights for stage {self.index} are not its own")
         self.weights = _trainable(saved["weights"])
+        self.guard.skipped = saved.get("skipped", 0)  # absent from checkpoints before it
         versions = [_trainable(v) for v in saved["versions"]]
         for i, version, state in saved["in_flight"]:
             if i < microbatches:
@@ -181,7 +187,9 @@ class StageExecutor:
         if self.last:
             output = self.model_output(outputs)
             loss = self.model_file.loss_fn(output, batch.target.to(self.device))
-            self.on_loss(loss.item())
+            value = loss.item()
+            self.guard.loss(value, i)
+            self.on_loss(value)
             outputs = (loss,)
         else:
             self.links.send_activations(outputs)
@@ -192,7 +200,7 @@ class StageExecutor:
         if self.index > 0:
             self.links.send_gradients(sent)
         # the micro-batch's weight version is let go before the update makes the next one
-        self._apply(grads)
+        self._apply(grads, i)
 
     def _gradients(self, pending: _InFlight) -> tuple[Weights, list[torch.Tensor]]:
         """Micro-batch `pending`'s gradients: for its weight version, and for its received
@@ -234,7 +242,7 @@ class StageExecutor:
             return contextlib.nullcontext()
         return self.slots.bound(weights, self.buffers)
 
-    def _apply(self, grads: Weights) -> None:
+    def _apply(self, grads: Weights, i: int) -> None:
         self.backwards += 1
         if self.schedule != "asp":
             for name, grad in grads.items():  # in place: one running sum beside the new grads
@@ -247,11 +255,13 @@ class StageExecutor:
                 return
             grads, self.accumulated = self.accumulated, {}
             self.tied.sum(grads)
-        grads = self.clip(grads, self.schedule != "asp")  # the step's running sum is owned
-        # in place unless a micro-batch in flight (asp) still needs this version for its backward
-        held = any(pending.weights is self.weights for pending in self.in_flight.values())
-        self.weights = _trainable(self.tied.step(_detached(self.weights), grads, in_place=not held))
-        self.on_update(self.updater.steps)
+        if self.guard.allows(grads, i):  # else a skipped step: no update, on any stage
+            grads = self.clip(grads, self.schedule != "asp")  # the step's running sum is owned
+            # in place unless a micro-batch in flight (asp) still needs this version
+            held = any(pending.weights is self.weights for pending in self.in_flight.values())
+            weights = self.tied.step(_detached(self.weights), grads, in_place=not held)
+            self.weights = _trainable(weights)
+        self.on_update(i // self.per_step + 1)  # steps done, skipped ones included
 
     def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:
         """The stage returns what pipeline.yaml says: catches stage files edited by hand."""

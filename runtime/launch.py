@@ -24,6 +24,7 @@ from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.optim import Updater
 from vpipe.common.paths import recorded_path
+from vpipe.common.runlock import run_lock
 from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint
@@ -33,6 +34,7 @@ from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.metrics import Metrics
+from vpipe.runtime.nonfinite import NonFiniteGuard, check_supported
 from vpipe.runtime.settings import RunSettings
 
 
@@ -50,8 +52,12 @@ def launch(settings: RunSettings) -> None:
     )
     _check_tied_checkpoints(settings, pipeline)
     _check_checkpoints(settings, stages)
+    check_supported(settings.schedule, settings.skip_nonfinite)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
-        run_stage(settings)
+        # each machine's first process holds the run directory for that machine's stages
+        first = os.environ.get("LOCAL_RANK", "0") == "0"
+        with run_lock(settings.run_dir, _note) if first else contextlib.nullcontext():
+            run_stage(settings)
         return
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -59,10 +65,15 @@ def launch(settings: RunSettings) -> None:
     for name in ("torch.distributed.elastic", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        on_this_machine(stages, stage_main, settings)
+        with run_lock(settings.run_dir, _note):
+            on_this_machine(stages, stage_main, settings)
     except ChildFailedError as err:
         failed = ", ".join(str(rank) for rank in sorted(err.failures))
         raise VpipeError(f"training failed on stage {failed} (its error is above)") from None
+
+
+def _note(message: str) -> None:
+    print(f"vpipe-train: note: {message}", file=sys.stderr, flush=True)
 
 
 def on_this_machine(processes: int, entrypoint, *args) -> None:
@@ -227,6 +238,8 @@ def run_stage(settings: RunSettings) -> None:
             pipeline, rank, settings.schedule, settings.clip_grad_norm, device
         )
         executor.clip = clipper.clip
+    if settings.skip_nonfinite:
+        executor.guard = NonFiniteGuard(stages, per_step, device, skip=True)
     if saved is not None:
         executor.restore(saved, done if refill else total)  # a refill replays nothing
         if rank == 0:
@@ -281,6 +294,13 @@ def run_stage(settings: RunSettings) -> None:
     events.close()
     if metrics:
         metrics.close()
+        if settings.skip_nonfinite:  # every stage skipped the same steps
+            skipped = executor.guard.skipped
+            print(
+                f"skipped {skipped} step{'s' * (skipped != 1)} with a non-finite loss or "
+                "gradient (--skip-nonfinite)",
+                flush=True,
+            )
     torch.save(executor.final_state(), run_dir / f"final_stage_{rank}.pt")
     peak = meter.peak if meter else None
     if device.type == "cuda":
@@ -288,6 +308,7 @@ def run_stage(settings: RunSettings) -> None:
     save_yaml(
         {
             "peak_weight_versions": executor.peak_versions,
+            "skipped_steps": executor.guard.skipped,
             "seconds": seconds,
             "peak_memory_bytes": peak,
             # --report times a stage on the CPU by its CPU time when it computed on one thread

@@ -24,6 +24,7 @@ class RunSettings:
     warmup_steps: int = 0  # steps whose lr rises linearly from 0 to lr
     min_lr: float = 0.0  # where linear and cosine decay end, at the last step
     clip_grad_norm: float | None = None  # max global gradient norm; None: no clipping
+    skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient, not stop
     print_every: int = 10
     threads: int = 0  # per process; 0: the machine's cores shared out evenly
     steps_per_epoch: int = 0  # for the "Epoch e, Iteration i" lines; 0: one endless epoch

@@ -13,8 +13,10 @@ edit), all named relative to that folder, so a case edits its copy and nothing e
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -73,6 +75,31 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Builders: what a case does to its copy before the command runs.
+
+
+def both(first: Build, second: Build) -> Build:
+    def build(monkeypatch: pytest.MonkeyPatch) -> None:
+        first(monkeypatch)
+        second(monkeypatch)
+
+    return build
+
+
+def truncate(path: str) -> Build:
+    def build(_: pytest.MonkeyPatch) -> None:
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+
+    return build
+
+
+def resave(path: str, name: str, tensor: torch.Tensor) -> Build:
+    def build(_: pytest.MonkeyPatch) -> None:
+        saved = torch.load(path)
+        saved[name] = tensor
+        torch.save(saved, path)
+
+    return build
 
 
 def nothing(_: pytest.MonkeyPatch) -> None:
@@ -176,7 +203,60 @@ MODEL = "import torch\n\n\ndef build_model():\n    {}\n\n\ndef make_batch(b, s):
 LINEAR = "return torch.nn.Linear(2, 2)"
 BATCH = "return torch.zeros(b, 2), torch.zeros(b, dtype=torch.long)"
 
+# a lock of a run that is alive: this test's own process
+LIVE_LOCK = write("out/run/.lock", f"{os.getpid()} {socket.gethostname()}\n")
+
 PROFILER = [
+    case(
+        "-o is the model file",
+        ["m.py", "-o", "m.py"],
+        "-o m.py is the model file, which this command reads; writing there would replace it",
+        write("m.py", MODEL.format(LINEAR, BATCH)),
+    ),
+    case(
+        "model file that exits at import",
+        ["m.py"],
+        "m.py exited (SystemExit: 0) while vpipe imported it",
+        write("m.py", "import sys\n\nsys.exit(0)\n"),
+    ),
+    case(
+        "model file that parses the command line at import",
+        ["m.py", "--batch-size", "4"],
+        ("m.py exited (SystemExit: 2)", 'under `if __name__ == "__main__":`'),
+        write("m.py", "import argparse\n\nargparse.ArgumentParser().parse_args()\n"),
+    ),
+    case(
+        "a YAML file as the model",
+        ["p.yaml"],
+        "p.yaml is not a Python file",
+        write("p.yaml", "nodes: []\n"),
+    ),
+    case(
+        "make_batch drawing from the global random state",
+        ["m.py"],
+        ("make_batch(8, 0) gave a different input 0 when called again", "manual_seed(step)"),
+        write(
+            "m.py",
+            MODEL.format(LINEAR, "return torch.randn(b, 2), torch.zeros(b, dtype=torch.long)"),
+        ),
+    ),
+    case(
+        "a model on the meta device",
+        ["m.py"],
+        "build_model() returned a model on the meta device",
+        write("m.py", MODEL.format("return torch.nn.Linear(2, 2, device='meta')", BATCH)),
+    ),
+    case(
+        "a batch on the meta device",
+        ["m.py"],
+        "make_batch's input 0 is on the meta device",
+        write(
+            "m.py",
+            MODEL.format(
+                LINEAR, BATCH.replace("torch.zeros(b, 2)", "torch.zeros(b, 2, device='meta')")
+            ),
+        ),
+    ),
     case("missing model file", ["nowhere.py"], "model file nowhere.py not found"),
     case("unknown module", ["no_such_pkg.model"], "no model file or importable module"),
     case("no model at all", [], "no model given"),
@@ -262,6 +342,18 @@ PROFILER = [
 TWO = ["--gpus", "2"]
 
 PLANNER = [
+    case(
+        "a profile with a NaN time",
+        [PROFILE, *TWO],
+        "has forward_ms nan: a time must be a finite number",
+        edit(PROFILE, r"forward_ms: [\d.e-]+", "forward_ms: .nan"),
+    ),
+    case("-o is the profile", [PROFILE, *TWO, "-o", PROFILE], f"-o {PROFILE} is the profile"),
+    case(
+        "-o and --plot one file",
+        [PROFILE, *TWO, "-o", "x.png", "--plot", "x.png"],
+        "--plot and -o both name x.png",
+    ),
     case("missing profile", ["nowhere.yaml", *TWO], "cannot read profile nowhere.yaml"),
     case(
         "profile of another schema version",
@@ -340,6 +432,18 @@ PLANNER = [
 ]
 
 CODEGEN = [
+    case(
+        "a plan with a NaN prediction",
+        [PLAN, "-o", "new"],
+        "predicted time_ms is nan, not a finite number",
+        edit(PLAN, r"time_ms: [\d.e-]+", "time_ms: .nan"),
+    ),
+    case(
+        "out/ in use by a run",
+        [PLAN, "-o", "out"],
+        "out/run is in use by vpipe-train pid",
+        LIVE_LOCK,
+    ),
     case("missing plan", ["nowhere.yaml"], "cannot read plan nowhere.yaml"),
     case(
         "plan of another schema version",
@@ -420,6 +524,12 @@ STEP = ["--steps", "1", "--threads", "1"]
 RUN_CONFIG = [PIPELINE, "--config", "run.yml"]
 
 TRAIN = [
+    case(
+        "out/run in use by another run",
+        [PIPELINE, *STEP],
+        ("out/run is in use by vpipe-train pid", "one run at a time per out/"),
+        LIVE_LOCK,
+    ),
     case("missing pipeline.yaml", ["out/no.yaml", *STEP], "cannot read pipeline out/no.yaml"),
     case(
         "pipeline.yaml of another schema version",
@@ -543,6 +653,24 @@ TRAIN_LAUNCHED = [
         [PIPELINE, *STEP],
         "stage 0: stage 0 returns layers_2 as (4, 1) float32; pipeline.yaml expects (4, 128)",
         edit("out/stage_0.py", r"return \((\w+),\)", r"return (\1[:, :1],)"),
+    ),
+    case(
+        "a truncated weights file",
+        [PIPELINE, *STEP],
+        ("stage 1: out/weights/stage_1.pt cannot be read, it is damaged", "vpipe-gen"),
+        truncate("out/weights/stage_1.pt"),
+    ),
+    case(
+        "a weights file of another shape",
+        [PIPELINE, *STEP],
+        ("stage 0: out/weights/stage_0.pt: layers.0.weight is ((3, 3), torch.float32)",),
+        resave("out/weights/stage_0.pt", "layers.0.weight", torch.zeros(3, 3)),
+    ),
+    case(
+        "a truncated checkpoint",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        ("step_1/stage_0.pt cannot be read, it is damaged", "to resume from the step before"),
+        both(checkpoints(1), truncate(str(CHECKPOINTS / "step_1" / "stage_0.pt"))),
     ),
     case(
         "checkpoints of a different plan",
