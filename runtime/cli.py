@@ -260,8 +260,15 @@ def _run(argv: Sequence[str] | None) -> int:
         chosen["optimizer"] = pipeline.optimizer
         _check_value("optimizer", pipeline.optimizer, None, f"{args.pipeline}: optimizer")
     per_step = pipeline.batch_size * (1 if chosen["schedule"] == "asp" else pipeline.microbatches)
+    model_file = load_model_file(pipeline.model)
+    if pipeline.model_sha256 and model_file.sha256 != pipeline.model_sha256:
+        raise VpipeError(
+            f"{pipeline.model} changed since it was profiled (sha256 differs); re-run "
+            "vpipe-profile, vpipe-plan and vpipe-gen on it"
+        )
+    model_file.check_deterministic(pipeline.batch_size, 0)
     if epochs is not None:
-        samples = load_model_file(pipeline.model).epoch_samples
+        samples = model_file.epoch_samples
         if samples is None:
             raise VpipeError(
                 f"--epochs: {pipeline.model} defines no EPOCH_SAMPLES (samples per epoch); "

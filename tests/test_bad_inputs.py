@@ -48,6 +48,7 @@ PROFILE = "mlp.profile.yaml"
 PLAN = "plan2.yaml"
 PIPELINE = "out/pipeline.yaml"
 TIED_PLAN = "tied.plan.yaml"
+TIED_OUT = "tied_out"
 CHECKPOINTS = Path("out/run/checkpoints")
 
 Build = Callable[[pytest.MonkeyPatch], object]  # edits the case's folder (the cwd)
@@ -71,6 +72,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(TIED, "tied.py")
         assert profile_main(["tied.py", "-o", "tied.profile.yaml", *QUICK]) == 0
         assert plan_main(["tied.profile.yaml", "--gpus", "2", "-o", TIED_PLAN, "-q"]) == 0
+        generate(Path(TIED_PLAN), Path(TIED_OUT))
     return root
 
 
@@ -524,6 +526,12 @@ STEP = ["--steps", "1", "--threads", "1"]
 RUN_CONFIG = [PIPELINE, "--config", "run.yml"]
 
 TRAIN = [
+    case(
+        "a model file changed since it was profiled",
+        [TIED_OUT + "/pipeline.yaml", *STEP],
+        "tied.py changed since it was profiled (sha256 differs); re-run vpipe-profile",
+        edit("tied.py", r"\Z", "# edited\n"),
+    ),
     case(
         "out/run in use by another run",
         [PIPELINE, *STEP],
