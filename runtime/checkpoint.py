@@ -22,6 +22,11 @@ from vpipe.common.optim import Updater
 KEEP = 2  # newest complete steps kept; older ones are removed
 
 
+# what load needs of a checkpoint, and of its stage record (StageExecutor.snapshot)
+FIELDS = ("plan_sha256", "schedule", "run_steps", "stage", "optimizer", "optimizer_steps")
+STAGE_FIELDS = ("weights", "buffers", "versions", "in_flight", "rng")
+
+
 def save(
     directory: Path,
     step: int,
@@ -85,6 +90,14 @@ def load(
     if state.get("schedule") != identity["schedule"]:
         raise VpipeError(
             f"{path} was written under --schedule {state.get('schedule')}; resume with it"
+        )
+    missing = sorted(set(FIELDS) - set(state)) or sorted(
+        set(STAGE_FIELDS) - set(state["stage"] if isinstance(state["stage"], dict) else ())
+    )
+    if missing:
+        raise VpipeError(
+            f"{path} is not a complete vpipe checkpoint (no {', '.join(missing)}); delete "
+            f"{path.parent} to resume from the step before, or start again without --resume"
         )
     updater.state, updater.steps = state["optimizer"], state["optimizer_steps"]
     return state["stage"], state["run_steps"]

@@ -133,7 +133,9 @@ WRITER = textwrap.dedent(
     from vpipe.common.optim import Updater
 
     folder, identity = Path(sys.argv[1]), {"plan_sha256": "p", "schedule": "1f1b"}
-    small = {"weights": {"w": torch.ones(4)}, "versions": [], "in_flight": [], "rng": {}}
+    small = {
+        "weights": {"w": torch.ones(4)}, "buffers": {}, "versions": [], "in_flight": [], "rng": {}
+    }
     checkpoint.save(folder, 1, 0, 1, small, Updater("sgd", 0.1), identity, 2)
     large = {**small, "weights": {"w": torch.zeros(128 * 2**20)}}  # 512 MiB: a long write
     checkpoint.save(folder, 2, 0, 1, large, Updater("sgd", 0.1), identity, 2)
