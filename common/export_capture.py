@@ -180,8 +180,9 @@ def _layer_graph(program: ExportedProgram, layers: set[str]) -> fx.Graph:
         for source in node.all_input_nodes:
             if source.name not in env:
                 _bind_input(graph, env, source, attrs)
-        env[node.name] = graph.node_copy(node, lambda n: env[n.name])
-        env[node.name].args, env[node.name].kwargs = _any_index(node.args, node.kwargs, env)
+        copy = graph.node_copy(node, lambda n: env[n.name])
+        copy.args, copy.kwargs = _index_free((copy.args, copy.kwargs))
+        env[node.name] = copy
     user = [
         spec.arg.name
         for spec in signature.output_specs
@@ -198,19 +199,15 @@ def _layer_graph(program: ExportedProgram, layers: set[str]) -> fx.Graph:
     return graph
 
 
-def _any_index(args: Any, kwargs: Any, env: dict[str, fx.Node]) -> tuple[Any, Any]:
-    """The node's arguments with each device made index-free (`cuda:0` -> `cuda`): export records
-    the device it ran on, and each stage must make its tensors on its own (the runtime sets
-    every rank's current CUDA device)."""
+def _index_free(arguments: Any) -> Any:
+    """Arguments with each device made index-free (`cuda:0` -> `cuda`): export records the
+    device it ran on, and each stage must make its tensors on its own (the runtime sets every
+    rank's current CUDA device)."""
 
     def strip(value: Any) -> Any:
-        if isinstance(value, fx.Node):
-            return env[value.name]
-        if isinstance(value, torch.device):
-            return torch.device(value.type)
-        return value
+        return torch.device(value.type) if isinstance(value, torch.device) else value
 
-    return pytree.tree_map(strip, (args, kwargs))
+    return pytree.tree_map(strip, arguments)
 
 
 def _under(name: str, path: str) -> bool:
