@@ -14,8 +14,10 @@ from typing import Any
 
 from vpipe.common.errors import VpipeError
 from vpipe.common.paths import recorded_model, resolved_model
+from vpipe.common.records import Count, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
-from vpipe.planner.schema import MemoryBreakdown, Prediction, StagePrediction
+from vpipe.planner.schema import SCHEDULES, Prediction, StagePrediction
+from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR
 
 SCHEMA_VERSION = 2  # 2: batch inputs by key, the output's structure
 
@@ -25,16 +27,16 @@ class TensorSpec:
     """A tensor a stage takes or gives, by its graph node's name."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[Count, ...]
     dtype: str  # torch dtype name without "torch.", e.g. float32
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    index: int
+    index: Count
     module: str  # "stage_<k>.py:Stage<k>", relative to the pipeline file
     weights: str  # initial values of the parameters and buffers it owns
-    ranks: tuple[int, ...]  # processes that run it (one per stage today)
+    ranks: tuple[Count, ...]  # processes that run it (one per stage today)
     batch_inputs: tuple[str, ...]  # keys of make_batch's inputs it reads itself ("0", "input_ids")
     inputs: tuple[TensorSpec, ...]  # forward's arguments: batch inputs, then stage k-1's
     outputs: tuple[TensorSpec, ...]  # what forward returns: to stage k+1, or the model outputs
@@ -48,7 +50,7 @@ class TiedParameter:
     """One parameter used by several stages: each holds a copy, the runtime keeps them equal."""
 
     names: tuple[str, ...]  # every name it has in the original model
-    stages: tuple[int, ...]
+    stages: tuple[Count, ...]
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ class Pipeline:
     model_sha256: str | None
     seed: int
     leaves: tuple[str, ...]
-    batch_size: int  # per micro-batch: the profile's batch size
-    microbatches: int  # per optimizer step under 1f1b and gpipe (1 under asp)
+    batch_size: Positive  # per micro-batch: the profile's batch size
+    microbatches: Positive  # per optimizer step under 1f1b and gpipe (1 under asp)
     schedule: str
     optimizer: str
     # the model's output structure (a tensor, tuple, dict, ModelOutput: torch's pytree spec as
@@ -85,49 +87,21 @@ class Pipeline:
             "pipeline file",
             "regenerate it with this vpipe: vpipe-gen plan.yaml -o <dir>",
         )
-        try:
-            pipeline = cls(
-                **{
-                    **{k: v for k, v in data.items() if k != "schema_version"},
-                    "leaves": tuple(data["leaves"]),
-                    "output_leaves": tuple(data["output_leaves"]),
-                    "stages": tuple(_stage(s) for s in data["stages"]),
-                    "tied": tuple(
-                        TiedParameter(tuple(t["names"]), tuple(t["stages"])) for t in data["tied"]
-                    ),
-                    "predicted": Prediction(**data["predicted"]),
-                }
-            )
-        except (TypeError, KeyError, ValueError, AttributeError) as err:
-            raise VpipeError(
-                f"{where}: malformed pipeline file ({type(err).__name__}: {err}); "
-                "regenerate it with vpipe-gen"
-            ) from None
+        body = {k: v for k, v in data.items() if k != "schema_version"}
+        pipeline = decode(cls, body, where, "pipeline file", "regenerate it with vpipe-gen")
         for position, stage in enumerate(pipeline.stages):
             if stage.index != position:
                 raise VpipeError(f"{where}: stage {position} is numbered {stage.index}")
+        for name, value, known in (
+            ("schedule", pipeline.schedule, SCHEDULES),
+            ("optimizer", pipeline.optimizer, tuple(OPTIMIZER_STATE_FACTOR)),
+        ):
+            if value not in known:
+                raise VpipeError(
+                    f"{where}: {name} {value!r} is not one of {', '.join(known)}; regenerate it "
+                    "with vpipe-gen"
+                )
         return pipeline
-
-
-def _tensors(items: Any) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in items)
-
-
-def _stage(data: Mapping[str, Any]) -> StageSpec:
-    predicted = dict(data["predicted"])
-    predicted["memory"] = MemoryBreakdown(**predicted["memory"])
-    return StageSpec(
-        index=data["index"],
-        module=data["module"],
-        weights=data["weights"],
-        ranks=tuple(data["ranks"]),
-        batch_inputs=tuple(data["batch_inputs"]),
-        inputs=_tensors(data["inputs"]),
-        outputs=_tensors(data["outputs"]),
-        recompute=tuple(tuple(s) for s in data["recompute"]),
-        parameters=tuple(data["parameters"]),
-        predicted=StagePrediction(**predicted),
-    )
 
 
 def save_pipeline(pipeline: Pipeline, path: str | Path) -> None:

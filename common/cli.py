@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from vpipe.common.errors import VpipeError
+from vpipe.common.errors import Failed, VpipeError
 
 USAGE_ERROR = 2
 
@@ -33,6 +33,9 @@ def run_command(
     except VpipeError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except Failed as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return err.status
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -76,27 +76,34 @@ def build_stage(
             "regenerate it with vpipe-gen"
         ) from None
     mine = stage_tensors(stage)
-    if not isinstance(saved, dict) or set(saved) != set(mine):
-        extra = sorted(set(saved) ^ set(mine))[:3] if isinstance(saved, dict) else type(saved)
-        raise VpipeError(
-            f"{weights} holds {extra} that do not match the stage's parameters; regenerate "
-            "with vpipe-gen"
-        )
-    for name, tensor in mine.items():
-        got = saved[name]
+    check_tensors(saved, mine, str(weights), "regenerate it with vpipe-gen")
+    with torch.no_grad():
+        for name, tensor in mine.items():
+            tensor.copy_(saved[name])
+    return stage
+
+
+def check_tensors(
+    found: object, expected: Mapping[str, torch.Tensor], where: str, remedy: str
+) -> None:
+    """`found` holds exactly `expected`'s names, each a tensor of its shape and dtype: a file
+    of another model, plan or version names itself and the first tensor that differs."""
+    if not isinstance(found, Mapping):
+        raise VpipeError(f"{where} holds a {type(found).__name__}, not named tensors; {remedy}")
+    if set(found) != set(expected):
+        differ = ", ".join(sorted(map(str, set(found) ^ set(expected)))[:3])
+        raise VpipeError(f"{where}: its tensors are not the stage's ({differ} differ); {remedy}")
+    for name, tensor in expected.items():
+        got = found[name]
         if not isinstance(got, torch.Tensor) or (got.shape, got.dtype) != (
             tensor.shape,
             tensor.dtype,
         ):
             shown = (tuple(got.shape), got.dtype) if isinstance(got, torch.Tensor) else type(got)
             raise VpipeError(
-                f"{weights}: {name} is {shown}; the stage expects "
-                f"{(tuple(tensor.shape), tensor.dtype)}: regenerate with vpipe-gen"
+                f"{where}: {name} is {shown}; the stage expects "
+                f"{(tuple(tensor.shape), tensor.dtype)}: {remedy}"
             )
-    with torch.no_grad():
-        for name, tensor in mine.items():
-            tensor.copy_(saved[name])
-    return stage
 
 
 def to_empty_tied(module: nn.Module, device: torch.device | str) -> None:
@@ -149,5 +156,14 @@ def load_stage(
         raise VpipeError(
             f"{path} cannot be loaded ({type(err).__name__}: {err}); regenerate it with vpipe-gen"
         ) from None
+    stage_class = getattr(loaded, class_name, None)
+    if not isinstance(stage_class, type):
+        defined = sorted(
+            k for k, v in vars(loaded).items() if isinstance(v, type) and k[:5] == "Stage"
+        )
+        raise VpipeError(
+            f"{path} defines no class {class_name} (it has {', '.join(defined) or 'none'}); "
+            "regenerate it with vpipe-gen"
+        )
     build_model = load_model_file(model_source).build_model
-    return build_stage(getattr(loaded, class_name), build_model, directory / weights, device)
+    return build_stage(stage_class, build_model, directory / weights, device)

@@ -131,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_plot_path(args.plot)
-    refuse_overwriting({"-o": args.output, "--plot": args.plot}, {"the profile": args.profile})
+    outputs = {"-o": args.output, "--plot": args.plot}
+    refuse_overwriting(outputs, {"the profile": args.profile})
     profile = load_profile(args.profile)
+    refuse_overwriting(outputs, {"the file the profile was made from": profile.source})
     sha = hashlib.sha256(Path(args.profile).read_bytes()).hexdigest()
     microbatches = args.microbatches
     if microbatches is None:  # not `or`: --microbatches 0 is an error, not the default

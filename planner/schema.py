@@ -7,7 +7,6 @@ predicted figures.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,9 @@ from typing import Any
 
 from vpipe.common.errors import VpipeError
 from vpipe.common.paths import recorded_path, resolved_path
+from vpipe.common.records import Bytes, Count, Limit, Millis, NonNegative, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
+from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR
 
 SCHEMA_VERSION = 2  # 2: ties
 SCHEDULES = ("asp", "1f1b", "gpipe")
@@ -26,13 +27,13 @@ RECOMPUTE = ("auto", "never", "all")
 class MemoryBreakdown:
     """Bytes one stage needs on its device, by kind."""
 
-    params: int  # the live weights (and buffers)
-    stash: int  # older weight versions kept for in-flight mini-batches (asp only)
-    grads: int
-    optimizer: int
-    activations: int  # in-flight micro-batches x (kept tensors, sent ones too + received inputs)
-    transient: int  # the largest checkpoint segment rebuilt + the backward's own peak
-    buffers: int = 0  # the links': receives posted ahead, sends not yet waited on
+    params: Bytes  # the live weights (and buffers)
+    stash: Bytes  # older weight versions kept for in-flight mini-batches (asp only)
+    grads: Bytes
+    optimizer: Bytes
+    activations: Bytes  # in-flight micro-batches x (kept tensors, sent ones too + received inputs)
+    transient: Bytes  # the largest checkpoint segment rebuilt + the backward's own peak
+    buffers: Bytes = 0  # the links': receives posted ahead, sends not yet waited on
 
     @property
     def total(self) -> int:
@@ -51,20 +52,20 @@ class MemoryBreakdown:
 class StagePrediction:
     """What the cost model predicts for one stage, per micro-batch (mini-batch under asp)."""
 
-    compute_ms: float  # forward + backward + recomputed forward + transfers' CPU work
-    recompute_ms: float  # the part of compute_ms spent recomputing
-    comm_in_ms: float  # receive activations + send their gradients back
-    comm_out_ms: float  # send activations + receive their gradients
-    time_ms: float  # max(compute, comm_in, comm_out): communication overlaps compute
+    compute_ms: Millis  # forward + backward + recomputed forward + transfers' CPU work
+    recompute_ms: Millis  # the part of compute_ms spent recomputing
+    comm_in_ms: Millis  # receive activations + send their gradients back
+    comm_out_ms: Millis  # send activations + receive their gradients
+    time_ms: Millis  # max(compute, comm_in, comm_out): communication overlaps compute
     memory: MemoryBreakdown
     # the part of compute_ms the stage's process spends moving its tensors (on a CPU, gloo
     # copies on the cores that compute: the profile's link cost)
-    transfer_ms: float = 0.0
+    transfer_ms: Millis = 0.0
 
 
 @dataclass(frozen=True)
 class Stage:
-    index: int
+    index: Count
     nodes: tuple[str, ...]  # profile node names, in the profile's (topological) order
     recompute: tuple[str, ...]  # nodes recomputed in backward; each run becomes one segment
     predicted: StagePrediction
@@ -72,10 +73,10 @@ class Stage:
 
 @dataclass(frozen=True)
 class Prediction:
-    time_per_minibatch_ms: float  # asp: the bottleneck stage; sync: the simulated iteration
-    throughput_samples_per_s: float
-    bottleneck_stage: int
-    bubble_fraction: float  # idle share of stage time in the simulated schedule (0 under asp)
+    time_per_minibatch_ms: Millis  # asp: the bottleneck stage; sync: the simulated iteration
+    throughput_samples_per_s: NonNegative
+    bottleneck_stage: Count
+    bubble_fraction: NonNegative  # idle share of stage time in the simulated schedule (0 under asp)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,8 @@ class Baseline:
     """A split users make today, costed with the same model (recompute off)."""
 
     name: str
-    stage_sizes: tuple[int, ...]  # nodes per stage
-    time_per_minibatch_ms: float
+    stage_sizes: tuple[Positive, ...]  # nodes per stage
+    time_per_minibatch_ms: Millis
     fits: bool  # whether every stage fits the memory cap without recompute
 
 
@@ -92,7 +93,7 @@ class Baseline:
 class SolverInfo:
     name: str  # dp | ilp (solve time is printed, not stored: same input, same file)
     optimal: bool  # proven optimal for the model; false: best found, see lower_bound_ms
-    lower_bound_ms: float  # on the bottleneck stage time; equals it when optimal
+    lower_bound_ms: Millis  # on the bottleneck stage time; equals it when optimal
     cuts: str  # "all" (every DAG cut) or how the candidate cuts were restricted
 
 
@@ -103,18 +104,18 @@ class PlannedTie:
     (runtime/tied.py)."""
 
     names: tuple[str, ...]  # its qualified names in the model
-    stages: tuple[int, ...]  # ascending; the first is the owner under asp
+    stages: tuple[Count, ...]  # ascending; the first is the owner under asp
 
 
 @dataclass(frozen=True)
 class PlanSettings:
     gpus: int
-    memory_bytes: float  # usable per device, after headroom; math.inf for no limit
-    bandwidth_gbps: float  # GB/s (1e9 bytes); math.inf for free communication
+    memory_bytes: Limit  # usable per device, after headroom; math.inf for no limit
+    bandwidth_gbps: Limit  # GB/s (1e9 bytes); math.inf for free communication
     schedule: str = "asp"
     microbatches: int = 1
     optimizer: str = "sgd"
-    headroom: float = 0.1  # share of --memory kept free for the allocator and the framework
+    headroom: NonNegative = 0.1  # share of --memory kept free for the allocator and the framework
     recompute: str = "auto"  # auto: chosen per stage; never; all: every stage, whole forward
 
     def __post_init__(self) -> None:
@@ -126,6 +127,9 @@ class PlanSettings:
             raise VpipeError(f"--gpus must be at least 1 (got {self.gpus})")
         if self.schedule not in SCHEDULES:
             raise VpipeError(f"--schedule {self.schedule}: use one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZER_STATE_FACTOR:
+            known = ", ".join(OPTIMIZER_STATE_FACTOR)
+            raise VpipeError(f"--optimizer {self.optimizer}: use one of {known}")
         if self.microbatches < 1:
             raise VpipeError(f"--microbatches must be at least 1 (got {self.microbatches})")
         if not self.memory_bytes > 0 or not self.bandwidth_gbps > 0:
@@ -136,7 +140,7 @@ class PlanSettings:
 class Plan:
     profile: str  # the profile file; on disk relative to the plan's directory
     profile_sha256: str
-    batch_size: int | None
+    batch_size: Positive | None
     settings: PlanSettings
     stages: tuple[Stage, ...]
     predicted: Prediction
@@ -160,49 +164,15 @@ class Plan:
         check_header(
             data, SCHEMA_VERSION, where, "plan", "re-run vpipe-plan with this version of vpipe"
         )
-        try:
-            stages = tuple(
-                Stage(
-                    index=s["index"],
-                    nodes=tuple(s["nodes"]),
-                    recompute=tuple(s["recompute"]),
-                    predicted=_prediction(s["predicted"]),
-                )
-                for s in data["stages"]
-            )
-            plan = cls(
-                profile=data["profile"],
-                profile_sha256=data["profile_sha256"],
-                batch_size=data["batch_size"],
-                settings=PlanSettings(**_floats(data["settings"])),
-                stages=stages,
-                predicted=Prediction(**data["predicted"]),
-                baselines=tuple(
-                    Baseline(**{**b, "stage_sizes": tuple(b["stage_sizes"])})
-                    for b in data["baselines"]
-                ),
-                solver=SolverInfo(**data["solver"]),
-                notes=tuple(data.get("notes", ())),
-                ties=tuple(PlannedTie(tuple(t["names"]), tuple(t["stages"])) for t in data["ties"]),
-            )
-        except VpipeError as err:
-            raise VpipeError(f"{where}: {err}") from None
-        except (TypeError, KeyError, ValueError, AttributeError) as err:
-            raise VpipeError(
-                f"{where}: malformed plan ({type(err).__name__}: {err}); re-run vpipe-plan"
-            ) from None
+        body = {k: v for k, v in data.items() if k != "schema_version"}
+        for stage in body.get("stages", ()):  # `total` is written for people, not read
+            if isinstance(stage, dict) and isinstance(stage.get("predicted"), dict):
+                memory = stage["predicted"].get("memory")
+                if isinstance(memory, dict):
+                    memory.pop("total", None)
+        plan = decode(cls, body, where, "plan", "re-run vpipe-plan")
         _validate(plan, where)
         return plan
-
-
-def _prediction(data: Mapping[str, Any]) -> StagePrediction:
-    memory = {k: v for k, v in data["memory"].items() if k != "total"}
-    return StagePrediction(**{**data, "memory": MemoryBreakdown(**memory)})
-
-
-def _floats(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """YAML has no infinity literal that every reader agrees on: inf is written as the string."""
-    return {k: math.inf if v == "inf" else v for k, v in settings.items()}
 
 
 def _validate(plan: Plan, where: str) -> None:
@@ -219,14 +189,6 @@ def _validate(plan: Plan, where: str) -> None:
         seen |= set(stage.nodes)
         if not set(stage.recompute) <= set(stage.nodes):
             raise VpipeError(f"{where}: stage {position} recomputes nodes it does not own")
-        predicted = stage.predicted
-        for field in ("compute_ms", "recompute_ms", "comm_in_ms", "comm_out_ms", "time_ms"):
-            value = getattr(predicted, field)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise VpipeError(
-                    f"{where}: stage {position}'s predicted {field} is {value!r}, not a finite "
-                    "number of at least 0; re-run vpipe-plan"
-                )
     for tie in plan.ties:
         stages = list(tie.stages)
         if (

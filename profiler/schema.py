@@ -8,7 +8,6 @@ See docs/profile-format.md for the meaning of every field.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from vpipe.common.errors import VpipeError
 from vpipe.common.paths import recorded_model, recorded_path, resolved_model, resolved_path
+from vpipe.common.records import Bytes, Count, Millis, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 SCHEMA_VERSION = 2  # 2: capture route, input keys, is_tensor, ties
@@ -30,7 +30,7 @@ class TensorMeta:
     """Shape and dtype of one tensor a node produces, and whether its elements are laid out
     densely in order (sending a tensor that is not copies it first)."""
 
-    shape: tuple[int, ...]
+    shape: tuple[Count, ...]
     dtype: str
     contiguous: bool = True
 
@@ -62,23 +62,23 @@ class NodeProfile:
     target: str  # module class, function or method name; PipeDream's layer description
     inputs: tuple[str, ...]
     outputs: tuple[TensorMeta, ...]
-    forward_ms: float
-    backward_ms: float
-    param_bytes: int
-    grad_bytes: int
-    optimizer_bytes: int
-    buffer_bytes: int
-    output_bytes: int
-    saved_bytes: int | None
+    forward_ms: Millis
+    backward_ms: Millis
+    param_bytes: Bytes
+    grad_bytes: Bytes
+    optimizer_bytes: Bytes
+    buffer_bytes: Bytes
+    output_bytes: Bytes
+    saved_bytes: Bytes | None
     saved_inputs: tuple[str, ...] = ()
     saves_output: bool = False
     view_of: str = ""  # earlier node whose storage this node's output shares (a view of it)
-    workspace_bytes: int | None = None  # transient peak above inputs and outputs (CUDA only)
-    update_ms: float = 0.0  # one optimizer step on this node's trainable parameters
+    workspace_bytes: Bytes | None = None  # transient peak above inputs and outputs (CUDA only)
+    update_ms: Millis = 0.0  # one optimizer step on this node's trainable parameters
     # the most the model's backward holds at once while this node's backward runs, of tensors
     # the backward made (gradients still to be used, its temporaries; parameter gradients
     # apart): None when unknown (PipeDream)
-    backward_bytes: int | None = None
+    backward_bytes: Bytes | None = None
     module: str = ""  # qualified submodule name, so later parts keep state_dict keys
     parameters: tuple[str, ...] = ()  # qualified names of the parameters this node owns
     # the node's value is one tensor (a tuple holding one tensor and a None is not): only such
@@ -94,9 +94,9 @@ class NodeProfile:
 class WholeModel:
     """One full forward and backward of the model: the reference the node sums are judged by."""
 
-    forward_ms: float
-    backward_ms: float
-    peak_bytes: int | None = None  # CUDA only
+    forward_ms: Millis
+    backward_ms: Millis
+    peak_bytes: Bytes | None = None  # CUDA only
 
     @property
     def compute_ms(self) -> float:
@@ -110,8 +110,8 @@ class LinkCost:
     bytes on the cores the stages compute on."""
 
     backend: str
-    message_ms: float  # per tensor sent or received
-    ms_per_mib: float
+    message_ms: Millis  # per tensor sent or received
+    ms_per_mib: Millis
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Tie:
     not the owner holds a copy of it, which the planner counts there."""
 
     names: tuple[str, ...]  # every qualified name it has in the model; first: the owner's
-    bytes: int
+    bytes: Bytes
     trainable: bool
     users: tuple[str, ...]  # the nodes that use it, in graph order
 
@@ -134,19 +134,19 @@ class Profile:
     source_kind: str  # "model" | "pipedream"
     device: str
     dtype: str
-    batch_size: int | None
+    batch_size: Positive | None
     optimizer: str
     nodes: tuple[NodeProfile, ...]
     outputs: tuple[str, ...]  # nodes whose values the model returns
     torch_version: str | None = None
     seed: int | None = None  # torch.manual_seed before build_model(): later parts rebuild it
-    threads: int | None = None  # CPU threads the times were measured with (None: not on CPU)
+    threads: Positive | None = None  # CPU threads the times were measured with (None: not on CPU)
     source_sha256: str | None = None
     leaves: tuple[str, ...] = ()
     whole_model: WholeModel | None = None
     # making one micro-batch with the model file's make_batch: the runtime does it on every
     # forward of the stages that read the batch (the inputs' stage; the last, for the target)
-    batch_ms: float = 0.0
+    batch_ms: Millis = 0.0
     # the loss on the model's outputs, as one more node that reads them: the last stage runs it.
     # saved_bytes: what it keeps for backward; backward_bytes: the peak its backward adds
     loss: NodeProfile | None = None
@@ -208,62 +208,11 @@ class Profile:
             "re-run vpipe-profile with this version of vpipe",
         )
         body = {k: v for k, v in data.items() if k not in ("schema_version", "graph_sha256")}
-        try:
-            nodes = tuple(_node_from_dict(n) for n in _require(body, "nodes"))
-            whole = body.pop("whole_model", None)
-            loss = body.pop("loss", None)
-            link = body.pop("link", None)
-            profile = cls(
-                **{
-                    k: v
-                    for k, v in body.items()
-                    if k not in ("nodes", "outputs", "leaves", "notes", "input_keys", "ties")
-                },
-                ties=tuple(_tie_from_dict(t) for t in body.get("ties", ())),
-                input_keys=tuple(body.get("input_keys", ())),
-                loss=_node_from_dict(loss) if loss is not None else None,
-                link=LinkCost(**link) if link is not None else None,
-                nodes=nodes,
-                outputs=tuple(_require(body, "outputs")),
-                leaves=tuple(body.get("leaves", ())),
-                notes=tuple(body.get("notes", ())),
-                whole_model=WholeModel(**whole) if whole is not None else None,
-            )
-        except (TypeError, KeyError, ValueError, AttributeError) as err:
-            raise VpipeError(f"{where}: malformed profile ({err}); re-run vpipe-profile") from None
-        except VpipeError as err:
-            raise VpipeError(f"{where}: {err}") from None
+        profile = decode(cls, body, where, "profile", "re-run vpipe-profile")
         recorded = data.get("graph_sha256")
         if recorded != profile.graph_sha256:
             raise VpipeError(f"{where}: graph_sha256 does not match its nodes; the file was edited")
         return profile
-
-
-def _node_from_dict(data: Mapping[str, Any]) -> NodeProfile:
-    values = dict(data)
-    values["inputs"] = tuple(values.get("inputs", ()))
-    values["saved_inputs"] = tuple(values.get("saved_inputs", ()))
-    values["parameters"] = tuple(values.get("parameters", ()))
-    values["outputs"] = tuple(
-        TensorMeta(tuple(m["shape"]), m["dtype"], m.get("contiguous", True))
-        for m in values.get("outputs", ())
-    )
-    return NodeProfile(**values)
-
-
-def _tie_from_dict(data: Mapping[str, Any]) -> Tie:
-    return Tie(
-        names=tuple(data["names"]),
-        bytes=data["bytes"],
-        trainable=data["trainable"],
-        users=tuple(data["users"]),
-    )
-
-
-def _require(data: Mapping[str, Any], key: str) -> Any:
-    if key not in data:
-        raise VpipeError(f"missing field {key!r}; re-run vpipe-profile")
-    return data[key]
 
 
 def _validate(profile: Profile) -> None:
@@ -282,36 +231,16 @@ def _validate(profile: Profile) -> None:
                 )
         if not set(node.saved_inputs) <= set(node.inputs):
             raise VpipeError(f"node {node.name!r} keeps a tensor that is not one of its inputs")
-        for name in ("forward_ms", "backward_ms", "update_ms"):
-            value = getattr(node, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise VpipeError(
-                    f"node {node.name!r} has {name} {value!r}: a time must be a finite number "
-                    "of at least 0"
-                )
-        sizes = (
-            node.param_bytes,
-            node.grad_bytes,
-            node.optimizer_bytes,
-            node.buffer_bytes,
-            node.output_bytes,
-            node.saved_bytes or 0,
-            node.workspace_bytes or 0,
-        )
-        if min(sizes) < 0:
-            raise VpipeError(f"node {node.name!r} has a negative byte count")
     for name in profile.outputs:
         if name not in profile._index:
             raise VpipeError(f"profile output {name!r} is not a node")
     for tie in profile.ties:
         unknown = [name for name in tie.users if name not in profile._index]
-        if unknown or len(tie.users) < 2 or not tie.names or tie.bytes < 0:
+        if unknown or len(tie.users) < 2 or not tie.names:
             raise VpipeError(
-                f"tie {'/'.join(tie.names)!r}: needs a name, bytes >= 0 and two or more users "
-                f"that are nodes (users {list(tie.users)}, bytes {tie.bytes})"
+                f"tie {'/'.join(tie.names)!r}: needs a name and two or more users that are "
+                f"nodes (users {list(tie.users)})"
             )
-    if profile.link is not None and min(profile.link.message_ms, profile.link.ms_per_mib) < 0:
-        raise VpipeError("the link cost is negative")
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:

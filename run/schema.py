@@ -83,11 +83,16 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise VpipeError(
             f"{where}: unknown field {', '.join(unknown)}; known: {', '.join(TOP_LEVEL)}"
         )
-    model = _text(data, "model", where)
-    output = _text(data, "output", where)
+    model = resolved_model(_text(data, "model", where), path)
+    output = joined_path(_text(data, "output", where), path)
+    if model != data["model"] or model.endswith(".py") or "/" in model:  # a file, not a module
+        if not Path(model).is_file():
+            raise VpipeError(f"{where}: model {data['model']}: no such file (relative to {where})")
+    if Path(output).exists() and not Path(output).is_dir():
+        raise VpipeError(f"{where}: output {data['output']} is a file; name a folder")
     return RunConfig(
-        model=resolved_model(model, path),
-        output=joined_path(output, path),
+        model=model,
+        output=output,
         steps=tuple(
             (section, _section(data.get(section, {}), section, where)) for section in PARSERS
         ),

@@ -12,13 +12,32 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vpipe.common.errors import VpipeError
 from vpipe.common.optim import Updater
+from vpipe.common.stages import check_tensors
 
+
+@dataclass(frozen=True)
+class StageTensors:
+    """What a stage holds: its trainable weights and its buffers, by name."""
+
+    weights: Mapping[str, torch.Tensor]
+    buffers: Mapping[str, torch.Tensor]
+
+
+# what a resume must match, and what to say when it does not
+MISMATCH = {
+    "plan_sha256": "belongs to another plan (its plan sha256 differs); resume with the pipeline "
+    "that wrote it, or choose another --checkpoint-dir",
+    "schedule": "was written under --schedule {}; resume with it",
+    "optimizer_kind": "was written with --optimizer {}; resume with it",
+}
 KEEP = 2  # newest complete steps kept; older ones are removed
 
 
@@ -66,10 +85,16 @@ def newest_complete(directory: Path, stages: int) -> int | None:
 
 
 def load(
-    directory: Path, step: int, stage: int, updater: Updater, identity: dict[str, str]
+    directory: Path,
+    step: int,
+    stage: int,
+    updater: Updater,
+    identity: dict[str, str],
+    expected: StageTensors,
 ) -> tuple[dict, int]:
     """The stage's record at `step` (see `StageExecutor.snapshot`) and the length of the run
-    that wrote it; `updater` takes its state."""
+    that wrote it; `updater` takes its state. Every tensor in it is checked against the stage's
+    own (`expected`) before anything is taken."""
     path = directory / f"step_{step}" / f"stage_{stage}.pt"
     try:
         state = torch.load(path, weights_only=True)
@@ -80,17 +105,14 @@ def load(
             f"delete {path.parent} to resume from the step before, or start again without "
             "--resume"
         ) from None
-    if not isinstance(state, dict):
-        raise VpipeError(f"{path} is not a vpipe checkpoint; delete {path.parent}")
-    if state.get("plan_sha256") != identity["plan_sha256"]:
+    if not isinstance(state, dict) or "plan_sha256" not in state:
         raise VpipeError(
-            f"{path} belongs to another plan (its plan sha256 differs); resume with the "
-            "pipeline that wrote it, or choose another --checkpoint-dir"
+            f"{path} is not a vpipe checkpoint; delete {path.parent} to resume from the step "
+            "before, or start again without --resume"
         )
-    if state.get("schedule") != identity["schedule"]:
-        raise VpipeError(
-            f"{path} was written under --schedule {state.get('schedule')}; resume with it"
-        )
+    for key, value in identity.items():
+        if state.get(key) != value:
+            raise VpipeError(f"{path} {MISMATCH[key].format(state.get(key))}")
     missing = sorted(set(FIELDS) - set(state)) or sorted(
         set(STAGE_FIELDS) - set(state["stage"] if isinstance(state["stage"], dict) else ())
     )
@@ -99,8 +121,27 @@ def load(
             f"{path} is not a complete vpipe checkpoint (no {', '.join(missing)}); delete "
             f"{path.parent} to resume from the step before, or start again without --resume"
         )
+    _check_tensors(state, expected, path)
     updater.state, updater.steps = state["optimizer"], state["optimizer_steps"]
     return state["stage"], state["run_steps"]
+
+
+def _check_tensors(state: dict, expected: StageTensors, path: Path) -> None:
+    """Weights, each stashed version, buffers and optimizer state: named and shaped as the
+    stage's (a checkpoint of another vpipe, or edited, fails here, not inside the replay)."""
+    remedy = f"delete {path.parent} to resume from the step before, or start again without --resume"
+    record = state["stage"]
+    check_tensors(record["weights"], expected.weights, f"{path} (weights)", remedy)
+    versions = record["versions"] if isinstance(record["versions"], list) else [None]
+    for k, version in enumerate(versions):
+        check_tensors(version, expected.weights, f"{path} (stashed version {k})", remedy)
+    check_tensors(record["buffers"], expected.buffers, f"{path} (buffers)", remedy)
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer, dict) or not set(optimizer) <= set(expected.weights):
+        raise VpipeError(f"{path}: its optimizer state is not for this stage's weights; {remedy}")
+    for name, moments in optimizer.items():
+        like = dict.fromkeys(moments, expected.weights[name]) if isinstance(moments, dict) else {}
+        check_tensors(moments, like, f"{path} (optimizer state of {name})", remedy)
 
 
 def holds_any(directory: Path) -> bool:

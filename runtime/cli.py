@@ -139,8 +139,10 @@ def _report(pipeline_path: str) -> int:
 
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
+    from vpipe.common.records import decode
     from vpipe.common.yamlfile import load_yaml
     from vpipe.runtime.report import build_report, print_report, write_markdown
+    from vpipe.runtime.settings import RunSettings
     from vpipe.runtime.timeline import draw_timeline
 
     pipeline = load_pipeline(pipeline_path)
@@ -150,7 +152,14 @@ def _report(pipeline_path: str) -> int:
         raise VpipeError(
             f"{run_dir} holds no run to report; train first: vpipe-train {pipeline_path}"
         )
-    used = load_yaml(run_dir / "settings.yaml", "run settings")
+    where = run_dir / "settings.yaml"
+    used = decode(
+        RunSettings,
+        load_yaml(where, "run settings"),
+        str(where),
+        "run's settings file",
+        f"train again to write it: vpipe-train {pipeline_path}",
+    )
     report = build_report(pipeline, directory, used)
     print_report(report, Console())
     timeline = run_dir / "timeline.png"

@@ -9,7 +9,6 @@ import os
 import socket
 import sys
 import time
-import traceback
 import uuid
 from dataclasses import asdict
 from datetime import timedelta
@@ -27,7 +26,7 @@ from vpipe.common.paths import recorded_path
 from vpipe.common.runlock import run_lock
 from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
 from vpipe.common.yamlfile import save_yaml
-from vpipe.runtime import checkpoint
+from vpipe.runtime import checkpoint, failures
 from vpipe.runtime.clipping import GlobalNormClipper
 from vpipe.runtime.events import EventLog
 from vpipe.runtime.executor import StageExecutor
@@ -36,6 +35,7 @@ from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.nonfinite import NonFiniteGuard, check_supported
 from vpipe.runtime.settings import RunSettings
+from vpipe.runtime.stagelog import StageLog, save_stage_log
 
 
 def launch(settings: RunSettings) -> None:
@@ -54,22 +54,28 @@ def launch(settings: RunSettings) -> None:
     _check_checkpoints(settings, stages)
     check_supported(settings.schedule, settings.skip_nonfinite)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
+        rank = _check_world(stages)
         # each machine's first process holds the run directory for that machine's stages
         first = os.environ.get("LOCAL_RANK", "0") == "0"
         with run_lock(settings.run_dir, _note) if first else contextlib.nullcontext():
-            run_stage(settings)
+            # no launcher of ours: each process says in one line why it stopped
+            failure = failures.run_logged(
+                lambda: run_stage(settings), settings.run_dir, rank, capture_stderr=False
+            )
+        if failure:
+            raise failure.error()
         return
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    # a failing stage prints its own one-line error; the launcher's tracebacks would bury it
+    # the stages' failures are in their logs; the launcher's tracebacks would bury the one line
     for name in ("torch.distributed.elastic", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         with run_lock(settings.run_dir, _note):
+            failures.clear(settings.run_dir)
             on_this_machine(stages, stage_main, settings)
     except ChildFailedError as err:
-        failed = ", ".join(str(rank) for rank in sorted(err.failures))
-        raise VpipeError(f"training failed on stage {failed} (its error is above)") from None
+        raise failures.cause(settings.run_dir, err.failures).error() from None
 
 
 def _note(message: str) -> None:
@@ -113,6 +119,11 @@ def _check_tied_checkpoints(settings: RunSettings, pipeline: Pipeline) -> None:
 def _check_checkpoints(settings: RunSettings, stages: int) -> None:
     """Before any process starts: --resume needs a checkpoint short of --steps, and a new run
     never writes over checkpoints an earlier run left."""
+    if settings.checkpoints.exists() and not settings.checkpoints.is_dir():
+        raise VpipeError(
+            f"{settings.checkpoints} is a file, not a folder for checkpoints: choose another "
+            "--checkpoint-dir"
+        )
     if settings.resume:
         step = checkpoint.newest_complete(settings.checkpoints, stages)
         if step is None:
@@ -149,18 +160,39 @@ def _per_step(settings: RunSettings, microbatches: int) -> int:
     return 1 if settings.schedule == "asp" else microbatches
 
 
-def stage_main(settings: RunSettings) -> None:
-    """A process the launcher started: run its stage; on bad input, one line and exit 2; on a
-    bug, its traceback (the launcher's own logging, which would also show it, is silenced)."""
+def _check_world(stages: int) -> int:
+    """Under torchrun, before any stage starts: one process per stage, this one's rank among
+    them (variables left over in a shell would otherwise wait forever for peers). Its rank."""
     try:
-        run_stage(settings)
-    except VpipeError as err:
-        _print_whole(f"vpipe-train: error: stage {os.environ.get('RANK')}: {err}", sys.stderr)
-        raise SystemExit(2) from None
-    except Exception:
-        print(f"vpipe-train: stage {os.environ.get('RANK')} failed:", file=sys.stderr)
-        traceback.print_exc()
-        raise SystemExit(1) from None
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise VpipeError(
+            f"RANK {os.environ['RANK']!r} and WORLD_SIZE {os.environ['WORLD_SIZE']!r} must be "
+            "whole numbers; start vpipe-train under torchrun, or unset them"
+        ) from None
+    if not 0 <= rank < world:
+        raise VpipeError(
+            f"RANK {rank} is not below WORLD_SIZE {world}: torchrun or slurm variables left in "
+            "the environment? unset RANK and WORLD_SIZE to let vpipe-train start the stages"
+        )
+    if world != stages:
+        raise VpipeError(
+            f"this pipeline has {stages} stages and runs as {stages} processes, one per stage; "
+            f"{world} {'was' if world == 1 else 'were'} started (torchrun --nproc-per-node "
+            f"{stages}, or --nnodes x --nproc-per-node making {stages})"
+        )
+    return rank
+
+
+def stage_main(settings: RunSettings) -> None:
+    """A process the launcher started: run its stage. Its stderr and its failure go to its log
+    and record, never to the terminal: the launcher prints the one line that says why."""
+    rank = int(os.environ["RANK"])
+    failure = failures.run_logged(
+        lambda: run_stage(settings), settings.run_dir, rank, capture_stderr=True
+    )
+    if failure:
+        raise SystemExit(failure.status)
 
 
 def run_stage(settings: RunSettings) -> None:
@@ -168,12 +200,6 @@ def run_stage(settings: RunSettings) -> None:
     pipeline = load_pipeline(settings.pipeline)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     stages = len(pipeline.stages)
-    if world != stages:
-        raise VpipeError(
-            f"this pipeline has {stages} stages and runs as {stages} processes, one per stage; "
-            f"{world} {'was' if world == 1 else 'were'} started (torchrun --nproc-per-node "
-            f"{stages}, or --nnodes x --nproc-per-node making {stages})"
-        )
     device = torch.device("cpu")
     backend = "gloo"
     if torch.cuda.is_available():
@@ -207,9 +233,30 @@ def run_stage(settings: RunSettings) -> None:
     first_step = checkpoint.newest_complete(settings.checkpoints, stages) if settings.resume else 0
     assert first_step is not None  # launch() checked
     total, done = settings.steps * per_step, first_step * per_step
-    identity = {"plan_sha256": pipeline.plan_sha256, "schedule": settings.schedule}
+    identity = {
+        "plan_sha256": pipeline.plan_sha256,
+        "schedule": settings.schedule,
+        "optimizer_kind": settings.optimizer,
+    }
+    executor = StageExecutor(
+        pipeline,
+        directory,
+        rank,
+        model_file,
+        updater,
+        Links(pipeline, rank, device, total - done),
+        settings.schedule,
+        device,
+    )
     saved, written_by = (
-        checkpoint.load(settings.checkpoints, first_step, rank, updater, identity)
+        checkpoint.load(
+            settings.checkpoints,
+            first_step,
+            rank,
+            updater,
+            identity,
+            checkpoint.StageTensors(executor.weights, executor.buffers),
+        )
         if settings.resume
         else (None, 0)
     )
@@ -223,16 +270,6 @@ def run_stage(settings: RunSettings) -> None:
             stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank),
             done,
         )
-    executor = StageExecutor(
-        pipeline,
-        directory,
-        rank,
-        model_file,
-        updater,
-        Links(pipeline, rank, device, total - done),
-        settings.schedule,
-        device,
-    )
     if settings.clip_grad_norm is not None:
         clipper = GlobalNormClipper(
             pipeline, rank, settings.schedule, settings.clip_grad_norm, device
@@ -265,9 +302,9 @@ def run_stage(settings: RunSettings) -> None:
         executor.on_update = checkpoint_after
     try:
         dist.barrier()  # every stage built: the clock starts now
-    except RuntimeError as err:  # another stage failed while being built: its line says why
+    except RuntimeError as err:  # another stage failed while being built: its record says why
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
-        raise VpipeError(f"lost a stage before training began: {reason}") from None
+        raise failures.LostPeer(f"lost a stage before training began: {reason}") from None
     metrics = None
     if rank == stages - 1:  # the stage that computes the loss reports it
         metrics = Metrics(
@@ -305,19 +342,17 @@ def run_stage(settings: RunSettings) -> None:
     peak = meter.peak if meter else None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
-    save_yaml(
-        {
-            "peak_weight_versions": executor.peak_versions,
-            "skipped_steps": executor.guard.skipped,
-            "seconds": seconds,
-            "peak_memory_bytes": peak,
-            # --report times a stage on the CPU by its CPU time when it computed on one thread
-            # or when these processes outnumbered the cores
-            "local_processes": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
-            "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "device": device.type,
-        },
+    save_stage_log(
+        StageLog(
+            peak_weight_versions=executor.peak_versions,
+            skipped_steps=executor.guard.skipped,
+            seconds=seconds,
+            peak_memory_bytes=peak,
+            local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+            cpu_count=os.cpu_count(),
+            threads=torch.get_num_threads(),
+            device=device.type,
+        ),
         run_dir / f"stage_{rank}.yaml",
     )
     dist.barrier()
@@ -333,11 +368,11 @@ def _save_settings(settings: RunSettings, path: Path) -> None:
     save_yaml(used, path)
 
 
-def _print_whole(line: str, stream=sys.stdout) -> None:
+def _print_whole(line: str) -> None:
     """One write per line: every stage prints at once, and print's two writes (text, newline)
     interleave with another stage's when output is unbuffered."""
-    stream.flush()
-    os.write(stream.fileno(), f"{line}\n".encode())
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
 
 
 def _free_port() -> int:

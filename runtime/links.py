@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from vpipe.codegen.schema import Pipeline, TensorSpec
-from vpipe.common.errors import VpipeError
+from vpipe.runtime.failures import LostPeer
 
 ACTIVATION, GRADIENT = 0, 1
 # sends kept unconfirmed (per micro-batch sent): gloo marks a send done only once it is waited
@@ -119,4 +119,4 @@ def wait_for(works: Sequence[dist.Work], peer: int) -> None:
             work.wait()
     except RuntimeError as err:  # the peer died, or the group's timeout passed
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
-        raise VpipeError(f"lost stage {peer}: {reason}") from None
+        raise LostPeer(f"lost stage {peer}: {reason}") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -30,10 +30,11 @@ from rich.table import Table
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.schedules import FORWARD
-from vpipe.common.yamlfile import load_yaml
 from vpipe.planner.schema import Plan, StagePrediction, load_plan
 from vpipe.runtime.events import read_events
 from vpipe.runtime.executor import ActionEvent
+from vpipe.runtime.settings import RunSettings
+from vpipe.runtime.stagelog import StageLog, load_stage_log
 
 MEMORY_HINT = "rerun with --measure-memory to measure memory on CPU"
 NOT_MEASURED = "—"
@@ -57,7 +58,7 @@ def timed_by_cpu(
     computed on one torch thread (its CPU time is then a duration that leaves out the turns its
     core went to others, a hypervisor's steal included), or when its machine ran more processes
     than cores (they took turns on a core, and wall time counts the others'). `threads` None:
-    a run from before stage logs recorded it, only the second rule. Never on a GPU, whose work
+    a stage that stopped before logging it, only the second rule. Never on a GPU, whose work
     the process's CPU time does not see."""
     return on_cpu and (threads == 1 or processes > (cores or 1))
 
@@ -92,7 +93,7 @@ class StageReport:
     idle: float  # share of the run's span this stage did nothing (wall clock)
     processes: int  # processes its machine ran in the run, this one included
     cores: int | None  # that machine's cores
-    threads: int | None  # its torch threads (None: a run from before stage logs recorded them)
+    threads: int | None  # its torch threads (None: its stage stopped before logging them)
     on_cpu: bool  # it computed on the CPU (not a GPU)
     measured_bytes: int | None  # peak memory; None: not measured (CPU without --measure-memory)
 
@@ -127,11 +128,11 @@ class RunReport:
     measured_samples_per_s: float | None  # over the run, by wall clock (run/metrics.csv)
 
 
-def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -> RunReport:
+def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunReport:
     """The last run in `directory`/run (`used`: its settings.yaml) against `pipeline`, the
     pipeline.yaml in `directory`."""
     run_dir = directory / "run"
-    schedule = used["schedule"]
+    schedule = used.schedule
     events = tuple(
         tuple(read_events(run_dir / f"events_stage{k}.csv")) for k in range(len(pipeline.stages))
     )
@@ -146,10 +147,11 @@ def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -
         busy_total += busy
         log = _stage_log(run_dir, spec.index)
         unlogged += [] if log else [str(spec.index)]
-        processes = log.get("local_processes", len(pipeline.stages))  # older runs: one machine
-        cores = log.get("cpu_count", os.cpu_count())
-        threads = log.get("threads")
-        on_cpu = log.get("device", "cpu") == "cpu"
+        # a stage that stopped before logging: assume this machine, all stages on it
+        processes = log.local_processes if log else len(pipeline.stages)
+        cores = log.cpu_count if log else os.cpu_count()
+        threads = log.threads if log else None
+        on_cpu = log.device == "cpu" if log else True
         stages.append(
             StageReport(
                 index=spec.index,
@@ -163,13 +165,13 @@ def build_report(pipeline: Pipeline, directory: Path, used: Mapping[str, Any]) -
                 cores=cores,
                 threads=threads,
                 on_cpu=on_cpu,
-                measured_bytes=log.get("peak_memory_bytes"),
+                measured_bytes=log.peak_memory_bytes if log else None,
             )
         )
     return RunReport(
         schedule=schedule,
-        steps=used["steps"],
-        counted_memory=bool(used.get("measure_memory")),
+        steps=used.steps,
+        counted_memory=used.measure_memory,
         started=datetime.fromtimestamp((run_dir / "settings.yaml").stat().st_mtime),
         plan_path=plan_path,
         plan_note=plan_note,
@@ -193,14 +195,14 @@ def _last_rate(path: Path) -> float | None:
     return float(rows[-1]["samples_per_s"]) if rows else None
 
 
-def _stage_log(run_dir: Path, index: int) -> dict[str, Any]:
-    """stage_<k>.yaml of this run; empty if the run stopped before writing it, or if the one
+def _stage_log(run_dir: Path, index: int) -> StageLog | None:
+    """stage_<k>.yaml of this run; None if the run stopped before writing it, or if the one
     there is older than the stage's events (an earlier run's)."""
     path = run_dir / f"stage_{index}.yaml"
     events = run_dir / f"events_stage{index}.csv"
     if not path.is_file() or path.stat().st_mtime < events.stat().st_mtime:
-        return {}
-    return load_yaml(path, "stage log") or {}
+        return None
+    return load_stage_log(path)
 
 
 def _memory_note(stages: Sequence[StageReport], unlogged: Sequence[str]) -> str | None:

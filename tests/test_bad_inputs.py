@@ -3,8 +3,9 @@ found since.
 
 Each must fail the way vpipe promises a user: one line on stderr, `<command>: error: ...`, that
 names the problem (and usually the fix), exit status 2, no traceback, and no file written or
-overwritten. Under vpipe-train's local launcher a failing stage prints its own one-line error
-and the launcher adds one line naming the stage; those are the only lines allowed then.
+overwritten. Under vpipe-train's local launcher the line names the failing stage and its log
+(`vpipe-train: error: stage 1: ... (full traceback: out/run/logs/stage_1.log)`), which must
+hold the traceback; nothing else the stages say reaches the terminal.
 
 Every case runs in a fresh copy of one set of real artefacts (a profile, a plan and a generated
 pipeline of the bundled MLP; a profile and plan of the tied test model, a model *file* a case can
@@ -33,7 +34,7 @@ from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import Stage, load_plan, save_plan
 from vpipe.profiler import schema as profile_schema
 from vpipe.profiler.cli import main as profile_main
-from vpipe.runtime import checkpoint
+from vpipe.runtime import checkpoint, rng
 from vpipe.runtime.cli import main as train_main
 
 from .codegen.pipelines import generate, plan, profile
@@ -159,9 +160,26 @@ def checkpoints(step: int, plan_sha256: str | None = None) -> Build:
 
     def build(_: pytest.MonkeyPatch) -> None:
         sha = plan_sha256 or load_pipeline(PIPELINE).plan_sha256
-        identity = {"plan_sha256": sha, "schedule": "asp"}
+        identity = {"plan_sha256": sha, "schedule": "asp", "optimizer_kind": "sgd"}
         for stage in (0, 1):
-            checkpoint.save(CHECKPOINTS, step, stage, 2, {}, Updater("sgd", 0.1), identity, 2)
+            record = {  # the stage's initial weights, nothing in flight
+                "weights": torch.load(f"out/weights/stage_{stage}.pt"),
+                "buffers": {},
+                "versions": [],
+                "in_flight": [],
+                "rng": rng.get_state(),
+            }
+            checkpoint.save(CHECKPOINTS, step, stage, 2, record, Updater("sgd", 0.1), identity, 2)
+
+    return build
+
+
+def recheckpoint(stage: int, change: Callable[[dict], object]) -> Build:
+    """Stage `stage`'s checkpoint after step 1, as `change` makes it from the saved one."""
+
+    def build(_: pytest.MonkeyPatch) -> None:
+        path = CHECKPOINTS / "step_1" / f"stage_{stage}.pt"
+        torch.save(change(torch.load(path)), path)
 
     return build
 
@@ -345,9 +363,32 @@ TWO = ["--gpus", "2"]
 
 PLANNER = [
     case(
+        "-o is the model file the profile names",
+        ["tied.profile.yaml", *TWO, "-o", "tied.py"],
+        "-o tied.py is the file the profile was made from, which this command reads",
+    ),
+    case(
+        "a profile's batch size written as text",
+        [PROFILE, *TWO],
+        "batch_size: expected a whole number, got 'eight' (str); re-run vpipe-profile",
+        edit(PROFILE, r"^batch_size: \d+$", "batch_size: eight"),
+    ),
+    case(
+        "a profile with a negative byte count",
+        [PROFILE, *TWO],
+        "nodes[0].param_bytes: -5 is below 0",
+        edit(PROFILE, r"param_bytes: \d+", "param_bytes: -5"),
+    ),
+    case(
+        "a profile whose node inputs are no list",
+        [PROFILE, *TWO],
+        "nodes[1].inputs: expected a list, got 'x' (str)",
+        edit(PROFILE, r"inputs: \[x\]", "inputs: x"),
+    ),
+    case(
         "a profile with a NaN time",
         [PROFILE, *TWO],
-        "has forward_ms nan: a time must be a finite number",
+        "nodes[0].forward_ms: nan is not a finite number; re-run vpipe-profile",
         edit(PROFILE, r"forward_ms: [\d.e-]+", "forward_ms: .nan"),
     ),
     case("-o is the profile", [PROFILE, *TWO, "-o", PROFILE], f"-o {PROFILE} is the profile"),
@@ -379,7 +420,11 @@ PLANNER = [
     case(
         "binary profile", ["p.yaml", *TWO], "is not a text file", write("p.yaml", b"\xff\xfe\x00")
     ),
-    case("a plan given as the profile", [PLAN, *TWO], f"{PLAN}: missing field 'nodes'"),
+    case(
+        "a plan given as the profile",
+        [PLAN, *TWO],
+        f"{PLAN}: not a valid profile: unknown field baselines",
+    ),
     case("--gpus 0", [PROFILE, "--gpus", "0"], "--gpus must be at least 1 (got 0)"),
     case("more gpus than nodes", [PROFILE, "--gpus", "12"], "--gpus 12 is more than the profile's"),
     case("--gpus missing", [PROFILE], "the following arguments are required: --gpus"),
@@ -435,9 +480,33 @@ PLANNER = [
 
 CODEGEN = [
     case(
+        "a plan for an optimizer vpipe does not have",
+        [PLAN, "-o", "new"],
+        f"{PLAN}: not a valid plan: --optimizer lamb: use one of sgd, momentum, adam, adamw",
+        edit(PLAN, r"^  optimizer: sgd$", "  optimizer: lamb"),
+    ),
+    case(
+        "a plan whose gpus is a list",
+        [PLAN, "-o", "new"],
+        "settings.gpus: expected a whole number, got [2] (list); re-run vpipe-plan",
+        edit(PLAN, r"^  gpus: 2$", "  gpus: [2]"),
+    ),
+    case(
+        "a plan whose stage lost its nodes field",
+        [PLAN, "-o", "new"],
+        "stages[1]: missing field nodes",
+        edit(PLAN, r"^(- index: 1\n)  nodes: \[[^\]]*\]\n", r"\1"),
+    ),
+    case(
+        "a plan with a negative memory figure",
+        [PLAN, "-o", "new"],
+        "stages[0].predicted.memory.grads: -1 is below 0",
+        edit(PLAN, r"grads: \d+", "grads: -1"),
+    ),
+    case(
         "a plan with a NaN prediction",
         [PLAN, "-o", "new"],
-        "predicted time_ms is nan, not a finite number",
+        "stages[0].predicted.time_ms: nan is not a finite number; re-run vpipe-plan",
         edit(PLAN, r"time_ms: [\d.e-]+", "time_ms: .nan"),
     ),
     case(
@@ -453,7 +522,7 @@ CODEGEN = [
         f"schema_version 99 is not {plan_schema.SCHEMA_VERSION}; re-run vpipe-plan",
         edit(PLAN, r"^schema_version: \d+$", "schema_version: 99"),
     ),
-    case("a profile given as the plan", [PROFILE], f"{PROFILE}: malformed plan"),
+    case("a profile given as the plan", [PROFILE], f"{PROFILE}: not a valid plan: unknown field"),
     case(
         "plan whose profile changed",
         [PLAN, "-o", "new"],
@@ -527,6 +596,48 @@ RUN_CONFIG = [PIPELINE, "--config", "run.yml"]
 
 TRAIN = [
     case(
+        "--checkpoint-dir names a file",
+        [PIPELINE, *STEP, "--checkpoint-every", "1", "--checkpoint-dir", PLAN],
+        f"{PLAN} is a file, not a folder for checkpoints: choose another --checkpoint-dir",
+    ),
+    case(
+        "RANK left in the environment beyond WORLD_SIZE",
+        [PIPELINE, *STEP],
+        "RANK 3 is not below WORLD_SIZE 2: torchrun or slurm variables left in the environment",
+        env(RANK="3", WORLD_SIZE="2"),
+    ),
+    case(
+        "a pipeline's batch size written as text",
+        [PIPELINE, *STEP],
+        "out/pipeline.yaml: not a valid pipeline file: batch_size: expected a whole number, "
+        "got '4' (str); regenerate it with vpipe-gen",
+        edit(PIPELINE, r"^batch_size: 4$", "batch_size: '4'"),
+    ),
+    case(
+        "a pipeline with zero micro-batches",
+        [PIPELINE, *STEP],
+        "microbatches: 0 is below 1",
+        edit(PIPELINE, r"^microbatches: 1$", "microbatches: 0"),
+    ),
+    case(
+        "a pipeline tensor shape with a float",
+        [PIPELINE, *STEP],
+        "stages[0].inputs[0].shape[1]: expected a whole number, got 64.5 (float)",
+        edit(PIPELINE, r"shape: \[4, 64\]", "shape: [4, 64.5]"),
+    ),
+    case(
+        "a pipeline of an unknown schedule",
+        [PIPELINE, *STEP],
+        "schedule 'zigzag' is not one of asp, 1f1b, gpipe",
+        edit(PIPELINE, r"^schedule: asp$", "schedule: zigzag"),
+    ),
+    case(
+        "a pipeline stage with an unknown field",
+        [PIPELINE, *STEP],
+        "stages[0]: unknown field colour",
+        edit(PIPELINE, r"^(- index: 0)$", r"\1\n  colour: red"),
+    ),
+    case(
         "a model file changed since it was profiled",
         [TIED_OUT + "/pipeline.yaml", *STEP],
         "tied.py changed since it was profiled (sha256 differs); re-run vpipe-profile",
@@ -545,7 +656,7 @@ TRAIN = [
         f"schema_version 99 is not {pipeline_schema.SCHEMA_VERSION}; regenerate it with this vpipe",
         edit(PIPELINE, r"^schema_version: \d+$", "schema_version: 99"),
     ),
-    case("a plan given as the pipeline", [PLAN, *STEP], "malformed pipeline file"),
+    case("a plan given as the pipeline", [PLAN, *STEP], "not a valid pipeline file: unknown field"),
     case(
         "unknown config key",
         RUN_CONFIG,
@@ -606,7 +717,7 @@ TRAIN = [
     case(
         "unknown optimizer in pipeline.yaml",
         [PIPELINE, *STEP],
-        f"{PIPELINE}: optimizer 'lamb': use one of sgd, momentum, adam, adamw",
+        f"{PIPELINE}: optimizer 'lamb' is not one of sgd, momentum, adam, adamw; regenerate",
         edit(PIPELINE, r"^optimizer: \w+$", "optimizer: lamb"),
     ),
     case("--threads -1", [PIPELINE, "--threads", "-1"], "--threads -1: must be a whole number"),
@@ -677,13 +788,71 @@ TRAIN_LAUNCHED = [
     case(
         "a truncated checkpoint",
         [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
-        ("step_1/stage_0.pt cannot be read, it is damaged", "to resume from the step before"),
-        both(checkpoints(1), truncate(str(CHECKPOINTS / "step_1" / "stage_0.pt"))),
+        ("step_1/stage_", ".pt cannot be read, it is damaged", "to resume from the step before"),
+        both(
+            both(checkpoints(1), truncate(str(CHECKPOINTS / "step_1" / "stage_0.pt"))),
+            truncate(str(CHECKPOINTS / "step_1" / "stage_1.pt")),
+        ),
+    ),
+    case(
+        "pipeline.yaml names a class its stage file lacks",
+        [PIPELINE, *STEP],
+        "stage 1: out/stage_1.py defines no class Stage9 (it has Stage1); regenerate it",
+        edit(PIPELINE, r"stage_1.py:Stage1", "stage_1.py:Stage9"),
+    ),
+    case(
+        "a checkpoint whose weights have another shape",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        (
+            "stage 1: out/run/checkpoints/step_1/stage_1.pt (weights): layers.",
+            "is ((3, 3), torch.float32); the stage expects",
+        ),
+        both(
+            checkpoints(1),
+            recheckpoint(
+                1,
+                lambda saved: {
+                    **saved,
+                    "stage": {
+                        **saved["stage"],
+                        "weights": {name: torch.zeros(3, 3) for name in saved["stage"]["weights"]},
+                    },
+                },
+            ),
+        ),
+    ),
+    case(
+        "a checkpoint with optimizer state of other weights",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        "stage 0: out/run/checkpoints/step_1/stage_0.pt: its optimizer state is not for this "
+        "stage's weights",
+        both(
+            checkpoints(1),
+            recheckpoint(0, lambda saved: {**saved, "optimizer": {"head.w": {}}}),
+        ),
+    ),
+    case(
+        "a weights file where a checkpoint should be",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        ("step_1/stage_", ".pt is not a vpipe checkpoint; delete"),
+        both(
+            checkpoints(1),
+            both(
+                recheckpoint(0, lambda _: torch.load("out/weights/stage_0.pt")),
+                recheckpoint(1, lambda _: torch.load("out/weights/stage_1.pt")),
+            ),
+        ),
+    ),
+    case(
+        "--resume with another optimizer",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1", "--optimizer", "adam"],
+        ("step_1/stage_", ".pt was written with --optimizer sgd; resume with it"),
+        checkpoints(1),
     ),
     case(
         "checkpoints of a different plan",
         [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
-        "step_1/stage_0.pt belongs to another plan",
+        ("step_1/stage_", ".pt belongs to another plan"),
         checkpoints(1, plan_sha256="0" * 64),
     ),
 ]
@@ -710,7 +879,7 @@ def fails_cleanly(
 ) -> Callable[..., None]:
     """Run a command in a fresh copy of `start` (or an empty folder) after `build`; check the
     one clear line, exit status 2, and that no file was written (`launched`: that no file that
-    was there before changed, and that the error lines are the stages' and the launcher's)."""
+    was there before changed, and that the line names a stage and its log, a traceback)."""
 
     def run(
         command: str,
@@ -733,12 +902,10 @@ def fails_cleanly(
         err = capfd.readouterr().err
         lines, prefix = err.splitlines(), f"{command}: error: "
         assert code == 2, err
+        assert len(lines) == 1 and err.endswith("\n") and err.startswith(prefix), err
         if launched:
-            *stages, last = lines
-            assert stages and all(line.startswith(f"{prefix}stage ") for line in stages), err
-            assert last.startswith(f"{prefix}training failed on stage"), err
-        else:
-            assert len(lines) == 1 and err.endswith("\n") and err.startswith(prefix), err
+            log = re.fullmatch(rf"{prefix}stage \d: .* \(full traceback: (.+)\)", lines[0])
+            assert log and "Traceback" in Path(log[1]).read_text(), err
         for part in expected if isinstance(expected, tuple) else (expected,):
             assert part in err, err
         after = _files(work)

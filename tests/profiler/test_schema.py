@@ -1,6 +1,7 @@
 """The profile file: YAML round trip and validation with clear errors."""
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -62,7 +63,10 @@ def test_backward_edge_is_rejected(profile):
     "text, message",
     [
         ("[1, 2]", "expected a mapping"),
-        (f"schema_version: {SCHEMA_VERSION}\nsource: x\n", "missing field 'nodes'"),
+        (
+            f"schema_version: {SCHEMA_VERSION}\nsource: x\n",
+            "missing field source_kind, device, dtype",
+        ),
         ("a: [", "not valid YAML"),
     ],
 )
@@ -71,3 +75,33 @@ def test_malformed_files(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(VpipeError, match=message):
         load_profile(path)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("batch_size", "8"), "batch_size: expected a whole number, got '8' (str)"),
+        (("batch_size", 0), "batch_size: 0 is below 1"),
+        (("nodes", 2, "param_bytes", -4), "nodes[2].param_bytes: -4 is below 0"),
+        (("nodes", 1, "forward_ms", float("nan")), "nodes[1].forward_ms: nan is not a finite"),
+        (("nodes", 1, "outputs", 0, "shape", 1, -1), "nodes[1].outputs[0].shape[1]: -1 is below 0"),
+        (("nodes", 1, "inputs", "x"), "nodes[1].inputs: expected a list, got 'x'"),
+        (("nodes", 1, "saved_bytes", [1]), "nodes[1].saved_bytes: expected a whole number"),
+        (("whole_model", "forward_ms", True), "whole_model.forward_ms: expected a number"),
+        (("nodes", 0, "colour", "red"), "nodes[0]: unknown field colour"),
+    ],
+    ids=lambda v: ".".join(map(str, v)) if isinstance(v, tuple) else None,
+)
+def test_every_field_is_checked_on_load(profile, tmp_path, edit, message):
+    """A field of the wrong kind or out of range names itself, its path and the fix."""
+    data = profile.to_dict()
+    *route, key, value = edit
+    target = data
+    for step in route:
+        target = target[step]
+    target[key] = value
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(VpipeError, match=re.escape(message)) as err:
+        load_profile(path)
+    assert str(err.value).startswith(f"{path}: ") and "re-run vpipe-profile" in str(err.value)

@@ -156,7 +156,8 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert not (folder / "step_2" / "stage_0.pt").exists()
     assert checkpoint.newest_complete(folder, 1) == 1
     identity = {"plan_sha256": "p", "schedule": "1f1b"}
-    saved, _ = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity)
+    expected = checkpoint.StageTensors(weights={"w": torch.empty(4)}, buffers={})
+    saved, _ = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity, expected)
     assert torch.equal(saved["weights"]["w"], torch.ones(4))
 
 

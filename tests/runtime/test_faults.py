@@ -22,7 +22,8 @@ def _port() -> int:
 
 def test_killing_one_rank_stops_the_other(tmp_path):
     """Two ranks started the way torchrun starts them (one per machine, say); rank 0 is killed
-    mid-run; rank 1 must exit non-zero well within --timeout-s, saying which stage it lost."""
+    mid-run; rank 1 must exit non-zero well within --timeout-s, saying which stage it lost, in
+    one line naming its log."""
     out = generate(plan(profile("mlp", tmp_path), 2, tmp_path, False), tmp_path / "out")
     train = shutil.which("vpipe-train", path=str(Path(sys.executable).parent))
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port())}
@@ -58,4 +59,8 @@ def test_killing_one_rank_stops_the_other(tmp_path):
     _, err = ranks[1].communicate(timeout=TIMEOUT_S + 30)
     assert ranks[1].returncode != 0
     assert time.monotonic() - killed_at < TIMEOUT_S
-    assert "lost stage 0" in err, err
+    # under torchrun each rank says in one line why it stopped, and logs the traceback
+    log = out / "run" / "logs" / "stage_1.log"
+    assert err.endswith(f"(full traceback: {log})\n"), err
+    assert err.splitlines()[-1].startswith("vpipe-train: error: stage 1: lost stage 0: "), err
+    assert "Traceback" in log.read_text()

@@ -9,7 +9,6 @@ import yaml
 
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.modelfile import load_model_file
-from vpipe.common.optim import Updater
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
@@ -55,13 +54,12 @@ def test_nan_stops_the_run(profiled, tmp_path, capfd, schedule):
         f"vpipe-train: error: stage 1: non-finite loss at step {bad}, "
         f"micro-batch {nan_batch.NAN_AT} (loss nan; "
     )
-    lines = err.splitlines()
-    assert [line for line in lines if line.startswith(found)] == [lines[0]], err
-    assert "lower --lr" in lines[0] and "--skip-nonfinite" in lines[0], err
-    assert lines[-1].startswith("vpipe-train: error: training failed on stage 1"), err
-    assert all(line.startswith("vpipe-train: error: stage ") for line in lines[1:-1]), err
-    assert "Traceback" not in err
+    # one line, the cause's: not stage 0's loss of stage 1, which came after
+    assert len(err.splitlines()) == 1 and err.startswith(found), err
+    assert "lower --lr" in err and "--skip-nonfinite" in err, err
     run = out / "run"
+    log = run / "logs" / "stage_1.log"
+    assert err.endswith(f" (full traceback: {log})\n") and "Traceback" in log.read_text(), err
     assert not list(run.glob("final_stage_*.pt"))
     # the bad step's update never happened anywhere; under asp stage 0 may or may not have
     # finished its checkpoint of the step before when the launcher stopped it
@@ -69,12 +67,9 @@ def test_nan_stops_the_run(profiled, tmp_path, capfd, schedule):
     newest = checkpoint.newest_complete(folder, 2)
     assert newest in ({bad} if schedule == "1f1b" else {bad - 1, bad})
     assert all(int(p.name.removeprefix("step_")) <= bad for p in folder.iterdir())
-    identity = {"plan_sha256": load_pipeline(out / "pipeline.yaml").plan_sha256}
     for stage in (0, 1):
-        saved, _ = checkpoint.load(
-            folder, newest, stage, Updater("momentum", LR), {**identity, "schedule": schedule}
-        )
-        assert all(torch.isfinite(w).all() for w in saved["weights"].values())
+        saved = torch.load(folder / f"step_{newest}" / f"stage_{stage}.pt", weights_only=True)
+        assert all(torch.isfinite(w).all() for w in saved["stage"]["weights"].values())
 
 
 def _skipping_reference(pipeline, steps, skip):

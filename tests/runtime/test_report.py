@@ -165,7 +165,8 @@ def _relogged(trained, directory, **keys):
     """A copy of the trained run whose stage logs say `keys` (a key set to None: left out)."""
     copy = shutil.copytree(trained.parent, directory) / "out"
     for path, log in _stage_logs(copy):
-        path.write_text(yaml.safe_dump({k: v for k, v in {**log, **keys}.items() if v is not None}))
+        log = {k: v for k, v in {**log, **keys}.items() if k not in keys or v is not None}
+        path.write_text(yaml.safe_dump(log))
     return copy
 
 
@@ -201,10 +202,10 @@ def test_report_says_which_clock(trained, tmp_path, capsys):
     assert "several torch threads, whose CPU time is a sum" in printed
     assert all(shown == wall for shown, wall in _measured_ms(threaded, markdown, "wall"))
 
-    older = _relogged(trained, tmp_path / "older", local_processes=2, cpu_count=2, threads=None)
-    printed, markdown = report(older, capsys)  # no `threads`: processes against cores alone
-    assert "measured ms: busy wall time per micro-batch (each action less its waiting)" in printed
-    assert all(shown == wall for shown, wall in _measured_ms(older, markdown, "wall"))
+    damaged = _relogged(trained, tmp_path / "damaged", threads=None)
+    assert train_main([str(damaged / "pipeline.yaml"), "--report"]) == 2
+    err = capsys.readouterr().err
+    assert f"{damaged}/run/stage_0.yaml: not a valid stage log: missing field threads" in err, err
 
 
 def test_an_earlier_runs_stage_log_is_not_this_runs(measured, tmp_path, capsys):
