@@ -116,6 +116,8 @@ def _run(argv: Sequence[str] | None) -> int:
     )
     if args.batch_size is not None and args.batch_size < 1:  # 0 is not "the default"
         raise VpipeError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if not 0 <= args.seed < 2**62:  # torch.manual_seed's range, after each stage adds its rank
+        raise VpipeError(f"--seed must be a whole number from 0 to 2**62 - 1 (got {args.seed})")
     if args.import_pipedream:
         if args.model:
             raise VpipeError("give either a model or --import-pipedream GRAPH_TXT, not both")

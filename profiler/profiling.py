@@ -253,6 +253,11 @@ def _check_forward(
             f"{source}: loss_fn must return a scalar tensor, got "
             f"{getattr(loss, 'shape', type(loss).__name__)}"
         )
+    if not torch.isfinite(loss.detach()):
+        raise VpipeError(
+            f"{source}: the loss on make_batch({batch_size}, 0) is {loss.item()}: training would "
+            "stop at its first step; check make_batch's inputs and target, and the loss"
+        )
 
 
 def _check_output(source: str, output: Any) -> None:

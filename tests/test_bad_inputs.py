@@ -228,6 +228,22 @@ LIVE_LOCK = write("out/run/.lock", f"{os.getpid()} {socket.gethostname()}\n")
 
 PROFILER = [
     case(
+        "a seed torch cannot take",
+        ["m.py", "--seed", str(2**70)],
+        f"--seed must be a whole number from 0 to 2**62 - 1 (got {2**70})",
+        write("m.py", MODEL.format(LINEAR, BATCH)),
+    ),
+    case(
+        "a loss that is nan on the first batch",
+        ["m.py"],
+        "m.py: the loss on make_batch(8, 0) is nan: training would stop at its first step",
+        write(
+            "m.py",
+            MODEL.format(LINEAR, BATCH)
+            + "\n\ndef loss_fn(output, target):\n    return output.sum() * float('nan')\n",
+        ),
+    ),
+    case(
         "-o is the model file",
         ["m.py", "-o", "m.py"],
         "-o m.py is the model file, which this command reads; writing there would replace it",
