@@ -9,7 +9,6 @@ profile.yaml, plan.yaml and out/ (the stages, pipeline.yaml and out/run/).
 from __future__ import annotations
 
 import shlex
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +73,15 @@ def check_steps(steps: Sequence[Step], where: str) -> None:
 
 
 def run_steps(steps: Sequence[Step]) -> int:
-    """Run each step in order, saying which; stop at the first that fails (its error is above)."""
+    """Run each step in order, saying which; stop at the first that fails. Its own one-line
+    error is the run's (the step line above it on stdout says which step it was): a second
+    line saying the same would break the one-line promise every command keeps."""
     for number, step in enumerate(steps, 1):
         print(f"vpipe-run: step {number} of {len(steps)}: {step}", flush=True)
         status = MAINS[step.section](list(step.argv))
         if status == 130:
             raise KeyboardInterrupt
         if status != 0:  # 2: bad input, 1: a bug; the step has said which
-            print(
-                f"vpipe-run: error: step {number} of {len(steps)}, {step.command}, failed (its "
-                "error is above); the files of the steps before it are kept",
-                file=sys.stderr,
-            )
             return status
     return 0
 
