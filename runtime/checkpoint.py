@@ -84,20 +84,41 @@ def newest_complete(directory: Path, stages: int) -> int | None:
     return complete[-1] if complete else None
 
 
+def identity(plan_sha256: str, schedule: str, optimizer: str) -> dict[str, str]:
+    """What a checkpoint records of the run that wrote it, and a resume must match."""
+    return {"plan_sha256": plan_sha256, "schedule": schedule, "optimizer_kind": optimizer}
+
+
+def check_resumable(directory: Path, step: int, stages: int, wanted: dict[str, str]) -> None:
+    """Before any process starts: every stage's checkpoint at `step` is a whole vpipe
+    checkpoint of this run's plan, schedule and optimizer (read lazily: its tensors stay on
+    disk), so a refused resume touches nothing in the run directory."""
+    for stage in range(stages):
+        _read(directory / f"step_{step}" / f"stage_{stage}.pt", wanted, mmap=True)
+
+
 def load(
     directory: Path,
     step: int,
     stage: int,
     updater: Updater,
-    identity: dict[str, str],
+    wanted: dict[str, str],
     expected: StageTensors,
 ) -> tuple[dict, int]:
     """The stage's record at `step` (see `StageExecutor.snapshot`) and the length of the run
     that wrote it; `updater` takes its state. Every tensor in it is checked against the stage's
     own (`expected`) before anything is taken."""
     path = directory / f"step_{step}" / f"stage_{stage}.pt"
+    state = _read(path, wanted, mmap=False)
+    _check_tensors(state, expected, path)
+    updater.state, updater.steps = state["optimizer"], state["optimizer_steps"]
+    return state["stage"], state["run_steps"]
+
+
+def _read(path: Path, wanted: dict[str, str], mmap: bool) -> dict:
+    """A checkpoint file that loads, of the run `wanted` describes, with every field."""
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated, overwritten, not a checkpoint
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise VpipeError(
@@ -110,7 +131,7 @@ def load(
             f"{path} is not a vpipe checkpoint; delete {path.parent} to resume from the step "
             "before, or start again without --resume"
         )
-    for key, value in identity.items():
+    for key, value in wanted.items():
         if state.get(key) != value:
             raise VpipeError(f"{path} {MISMATCH[key].format(state.get(key))}")
     missing = sorted(set(FIELDS) - set(state)) or sorted(
@@ -121,9 +142,7 @@ def load(
             f"{path} is not a complete vpipe checkpoint (no {', '.join(missing)}); delete "
             f"{path.parent} to resume from the step before, or start again without --resume"
         )
-    _check_tensors(state, expected, path)
-    updater.state, updater.steps = state["optimizer"], state["optimizer_steps"]
-    return state["stage"], state["run_steps"]
+    return state
 
 
 def _check_tensors(state: dict, expected: StageTensors, path: Path) -> None:

@@ -51,7 +51,7 @@ def launch(settings: RunSettings) -> None:
         [t.stages for t in pipeline.tied],
     )
     _check_tied_checkpoints(settings, pipeline)
-    _check_checkpoints(settings, stages)
+    _check_checkpoints(settings, pipeline)
     check_supported(settings.schedule, settings.skip_nonfinite)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         rank = _check_world(stages)
@@ -116,9 +116,10 @@ def _check_tied_checkpoints(settings: RunSettings, pipeline: Pipeline) -> None:
         )
 
 
-def _check_checkpoints(settings: RunSettings, stages: int) -> None:
-    """Before any process starts: --resume needs a checkpoint short of --steps, and a new run
-    never writes over checkpoints an earlier run left."""
+def _check_checkpoints(settings: RunSettings, pipeline: Pipeline) -> None:
+    """Before any process starts: --resume needs a checkpoint of this run short of --steps,
+    and a new run never writes over checkpoints an earlier run left."""
+    stages = len(pipeline.stages)
     if settings.checkpoints.exists() and not settings.checkpoints.is_dir():
         raise VpipeError(
             f"{settings.checkpoints} is a file, not a folder for checkpoints: choose another "
@@ -135,6 +136,8 @@ def _check_checkpoints(settings: RunSettings, stages: int) -> None:
                 f"--resume: the newest checkpoint is after step {step}, and --steps is "
                 f"{settings.steps}: nothing is left to run; raise --steps"
             )
+        wanted = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
+        checkpoint.check_resumable(settings.checkpoints, step, stages, wanted)
     elif settings.checkpoint_every and checkpoint.holds_any(settings.checkpoints):
         raise VpipeError(
             f"{settings.checkpoints} holds checkpoints of an earlier run: --resume to continue "
@@ -233,11 +236,7 @@ def run_stage(settings: RunSettings) -> None:
     first_step = checkpoint.newest_complete(settings.checkpoints, stages) if settings.resume else 0
     assert first_step is not None  # launch() checked
     total, done = settings.steps * per_step, first_step * per_step
-    identity = {
-        "plan_sha256": pipeline.plan_sha256,
-        "schedule": settings.schedule,
-        "optimizer_kind": settings.optimizer,
-    }
+    identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
     executor = StageExecutor(
         pipeline,
         directory,

@@ -612,6 +612,39 @@ RUN_CONFIG = [PIPELINE, "--config", "run.yml"]
 
 TRAIN = [
     case(
+        "a truncated checkpoint",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        ("step_1/stage_", ".pt cannot be read, it is damaged", "to resume from the step before"),
+        both(
+            both(checkpoints(1), truncate(str(CHECKPOINTS / "step_1" / "stage_0.pt"))),
+            truncate(str(CHECKPOINTS / "step_1" / "stage_1.pt")),
+        ),
+    ),
+    case(
+        "a weights file where a checkpoint should be",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        ("step_1/stage_", ".pt is not a vpipe checkpoint; delete"),
+        both(
+            checkpoints(1),
+            both(
+                recheckpoint(0, lambda _: torch.load("out/weights/stage_0.pt")),
+                recheckpoint(1, lambda _: torch.load("out/weights/stage_1.pt")),
+            ),
+        ),
+    ),
+    case(
+        "--resume with another optimizer",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1", "--optimizer", "adam"],
+        ("step_1/stage_", ".pt was written with --optimizer sgd; resume with it"),
+        checkpoints(1),
+    ),
+    case(
+        "checkpoints of a different plan",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        ("step_1/stage_", ".pt belongs to another plan"),
+        checkpoints(1, plan_sha256="0" * 64),
+    ),
+    case(
         "--checkpoint-dir names a file",
         [PIPELINE, *STEP, "--checkpoint-every", "1", "--checkpoint-dir", PLAN],
         f"{PLAN} is a file, not a folder for checkpoints: choose another --checkpoint-dir",
@@ -802,15 +835,6 @@ TRAIN_LAUNCHED = [
         resave("out/weights/stage_0.pt", "layers.0.weight", torch.zeros(3, 3)),
     ),
     case(
-        "a truncated checkpoint",
-        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
-        ("step_1/stage_", ".pt cannot be read, it is damaged", "to resume from the step before"),
-        both(
-            both(checkpoints(1), truncate(str(CHECKPOINTS / "step_1" / "stage_0.pt"))),
-            truncate(str(CHECKPOINTS / "step_1" / "stage_1.pt")),
-        ),
-    ),
-    case(
         "pipeline.yaml names a class its stage file lacks",
         [PIPELINE, *STEP],
         "stage 1: out/stage_1.py defines no class Stage9 (it has Stage1); regenerate it",
@@ -846,30 +870,6 @@ TRAIN_LAUNCHED = [
             checkpoints(1),
             recheckpoint(0, lambda saved: {**saved, "optimizer": {"head.w": {}}}),
         ),
-    ),
-    case(
-        "a weights file where a checkpoint should be",
-        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
-        ("step_1/stage_", ".pt is not a vpipe checkpoint; delete"),
-        both(
-            checkpoints(1),
-            both(
-                recheckpoint(0, lambda _: torch.load("out/weights/stage_0.pt")),
-                recheckpoint(1, lambda _: torch.load("out/weights/stage_1.pt")),
-            ),
-        ),
-    ),
-    case(
-        "--resume with another optimizer",
-        [PIPELINE, "--resume", "--steps", "2", "--threads", "1", "--optimizer", "adam"],
-        ("step_1/stage_", ".pt was written with --optimizer sgd; resume with it"),
-        checkpoints(1),
-    ),
-    case(
-        "checkpoints of a different plan",
-        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
-        ("step_1/stage_", ".pt belongs to another plan"),
-        checkpoints(1, plan_sha256="0" * 64),
     ),
 ]
 
