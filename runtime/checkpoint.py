@@ -131,6 +131,12 @@ def _read(path: Path, wanted: dict[str, str], mmap: bool) -> dict:
             f"{path} is not a vpipe checkpoint; delete {path.parent} to resume from the step "
             "before, or start again without --resume"
         )
+    older = sorted(set(wanted) - set(state))
+    if older:
+        raise VpipeError(
+            f"{path} was written by an older vpipe (it records no {', '.join(older)}); start "
+            "again without --resume"
+        )
     for key, value in wanted.items():
         if state.get(key) != value:
             raise VpipeError(f"{path} {MISMATCH[key].format(state.get(key))}")

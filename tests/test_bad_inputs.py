@@ -633,6 +633,17 @@ TRAIN = [
         ),
     ),
     case(
+        "--resume from a checkpoint of an older vpipe",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        "step_1/stage_0.pt was written by an older vpipe (it records no optimizer_kind)",
+        both(
+            checkpoints(1),
+            recheckpoint(
+                0, lambda saved: {k: v for k, v in saved.items() if k != "optimizer_kind"}
+            ),
+        ),
+    ),
+    case(
         "--resume with another optimizer",
         [PIPELINE, "--resume", "--steps", "2", "--threads", "1", "--optimizer", "adam"],
         ("step_1/stage_", ".pt was written with --optimizer sgd; resume with it"),
