@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from vpipe.codegen.generate import generate  # torch loads only when there is work to do
 
@@ -43,7 +43,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-gen", _run, argv)
+    return run_command("vpipe-gen", run, argv)
 
 
 if __name__ == "__main__":

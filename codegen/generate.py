@@ -209,7 +209,8 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
     for flow in flows:
         owns = owned_names(sources.graph, flow.nodes)
         text = stage_text(sources.graph, flow, len(flows), owns)
-        (staging / f"stage_{flow.index}.py").write_text(render_stage(text, header))
+        source = render_stage(text, header)
+        (staging / f"stage_{flow.index}.py").write_text(source)
         holder = nn.Module()
         adopt(holder, sources.model, owns)
         tensors = stage_tensors(holder)
@@ -223,6 +224,7 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
             StageSpec(
                 index=flow.index,
                 module=f"stage_{flow.index}.py:Stage{flow.index}",
+                module_sha256=hashlib.sha256(source.encode()).hexdigest(),
                 weights=f"weights/stage_{flow.index}.pt",
                 ranks=(flow.index,),
                 batch_inputs=tuple(

@@ -19,7 +19,7 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 from vpipe.planner.schema import SCHEDULES, Prediction, StagePrediction
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR
 
-SCHEMA_VERSION = 2  # 2: batch inputs by key, the output's structure
+SCHEMA_VERSION = 3  # 2: batch inputs by key, the output's structure; 3: stage files' sha256
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class TensorSpec:
 class StageSpec:
     index: Count
     module: str  # "stage_<k>.py:Stage<k>", relative to the pipeline file
+    # the stage file as vpipe-gen wrote it: an error raised in an edited one is the editor's
+    module_sha256: str
     weights: str  # initial values of the parameters and buffers it owns
     ranks: tuple[Count, ...]  # processes that run it (one per stage today)
     batch_inputs: tuple[str, ...]  # keys of make_batch's inputs it reads itself ("0", "input_ids")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from vpipe.common.errors import Failed, VpipeError
@@ -18,6 +19,28 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise VpipeError(f"{message}; see {self.prog} --help")
+
+
+@dataclass(frozen=True)
+class WholeNumber:
+    """An argparse type: a whole number from `least` (to `most`). A value out of range then fails
+    while the arguments are parsed, which `vpipe-run` does for every step before the first runs;
+    a class, not a closure, so a run config's checker can tell that the option takes an int."""
+
+    least: int
+    most: int | None = None
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < self.least or (self.most is not None and value > self.most):
+            bound = f"from {self.least} to {self.most}" if self.most is not None else ""
+            raise argparse.ArgumentTypeError(
+                f"must be {bound or f'at least {self.least}'} (got {value})"
+            )
+        return value
 
 
 def run_command(

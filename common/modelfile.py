@@ -113,7 +113,9 @@ class ModelFile:
         pairs = [*zip(first.inputs, second.inputs, strict=True)]
         pairs.append((("target", first.target), ("target", second.target)))
         for (key, a), (_, b) in pairs:
-            if not torch.equal(a, b):
+            # NaN == NaN here: a batch with NaN in it is the same batch (the loss check says
+            # what is wrong with it), not a different one
+            if not (torch.equal(a, b) or _same_with_nan(a, b)):
                 what = "the target" if key == "target" else f"input {key}"
                 raise VpipeError(
                     f"{self.source}: make_batch({batch_size}, {step}) gave a different {what} "
@@ -121,6 +123,15 @@ class ModelFile:
                     "stages would each see another batch; draw from a generator seeded by the "
                     "step: g = torch.Generator().manual_seed(step)"
                 )
+
+
+def _same_with_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.is_floating_point()
+        and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+    )
 
 
 @dataclass(frozen=True)

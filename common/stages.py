@@ -10,10 +10,12 @@ model's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -167,3 +169,28 @@ def load_stage(
         )
     build_model = load_model_file(model_source).build_model
     return build_stage(stage_class, build_model, directory / weights, device)
+
+
+@contextlib.contextmanager
+def edits_blamed(path: Path, written_sha256: str) -> Iterator[None]:
+    """Run the body; an exception raised in the stage file `path` while that file is not what
+    vpipe-gen wrote (`written_sha256`) is the edit's doing: bad input naming the line and the
+    fix, not a vpipe bug. In a file as generated, the same exception is a bug."""
+    try:
+        yield
+    except VpipeError:
+        raise
+    except Exception as err:
+        resolved = str(path.resolve())
+        lines = [
+            frame.lineno
+            for frame in traceback.extract_tb(err.__traceback__)
+            if str(Path(frame.filename).resolve()) == resolved
+        ]
+        if not lines or hashlib.sha256(path.read_bytes()).hexdigest() == written_sha256:
+            raise
+        first = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise VpipeError(
+            f"{path} line {lines[-1]}: {type(err).__name__}: {first.strip()} (the file was "
+            "edited since vpipe-gen wrote it: fix the edit, or regenerate it with vpipe-gen)"
+        ) from err

@@ -39,10 +39,22 @@ def plain(value: Any) -> Any:
     return value
 
 
+# a field only one kind of vpipe file has, and that kind (as `check_header` is told `what`)
+KIND_KEYS = {
+    "source_kind": "profile",
+    "profile_sha256": "plan",
+    "plan_sha256": "pipeline file",
+    "peak_weight_versions": "stage log",
+}
+
+
 def check_header(data: Any, version: int, where: str, what: str, remedy: str) -> None:
     """The first check of every vpipe file: a mapping, of this schema version (else `remedy`)."""
     if not isinstance(data, dict):
         raise VpipeError(f"{where}: not a vpipe {what} (expected a mapping at the top level)")
+    kind = next((kind for key, kind in KIND_KEYS.items() if key in data), what)
+    if kind != what:  # one file given for another: say so, whatever the versions
+        raise VpipeError(f"{where} is a {kind}, not a {what}: give the {what}")
     if data.get("schema_version") != version:
         raise VpipeError(
             f"{where}: schema_version {data.get('schema_version')!r} is not {version}; {remedy}"

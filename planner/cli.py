@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vpipe.common.cli import CommandParser, run_command
+from vpipe.common.cli import CommandParser, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
 from vpipe.common.paths import refuse_overwriting
 from vpipe.common.plotting import check_plot_path
@@ -30,6 +30,17 @@ def _amount(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or inf") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _share(text: str) -> float:
+    """A share of memory kept free: from 0 up to, not including, 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (got {value:g})")
     return value
 
 
@@ -61,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "minimising the time per mini-batch under each device's memory. See docs/planner.md.",
     )
     parser.add_argument("profile", help="profile.yaml written by vpipe-profile")
-    parser.add_argument("--gpus", type=int, required=True, help="pipeline stages, one device each")
+    parser.add_argument(
+        "--gpus", type=WholeNumber(1), required=True, help="pipeline stages, one device each"
+    )
     parser.add_argument(
         "--memory",
         type=_memory,
@@ -71,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--headroom",
-        type=float,
+        type=_share,
         default=0.1,
         help="share of --memory left free for the allocator (default 0.1)",
     )
@@ -90,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--microbatches",
-        type=int,
+        type=WholeNumber(1),
         help="micro-batches per mini-batch for 1f1b/gpipe (default 2 x gpus)",
     )
     parser.add_argument(
@@ -128,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_plot_path(args.plot)
     outputs = {"-o": args.output, "--plot": args.plot}
@@ -164,7 +177,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-plan", _run, argv)
+    return run_command("vpipe-plan", run, argv)
 
 
 if __name__ == "__main__":

@@ -185,10 +185,16 @@ def _validate(plan: Plan, where: str) -> None:
         if not stage.nodes:
             raise VpipeError(f"{where}: stage {position} has no nodes")
         if seen & set(stage.nodes):
-            raise VpipeError(f"{where}: stage {position} repeats nodes of an earlier stage")
+            again = ", ".join(n for n in stage.nodes if n in seen)
+            raise VpipeError(
+                f"{where}: stage {position} repeats nodes of an earlier stage: {again}"
+            )
         seen |= set(stage.nodes)
         if not set(stage.recompute) <= set(stage.nodes):
-            raise VpipeError(f"{where}: stage {position} recomputes nodes it does not own")
+            others = ", ".join(n for n in stage.recompute if n not in stage.nodes)
+            raise VpipeError(
+                f"{where}: stage {position} recomputes nodes it does not own: {others}"
+            )
     for tie in plan.ties:
         stages = list(tie.stages)
         if (

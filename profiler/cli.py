@@ -10,13 +10,26 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vpipe.common.cli import CommandParser, run_command
+from vpipe.common.cli import CommandParser, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
 from vpipe.common.paths import names_file, refuse_overwriting
 from vpipe.common.plotting import check_plot_path
 from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile, save_profile
 
 DEFAULT_BATCH = 8
+
+
+def _visible_device(text: str) -> str:
+    """cpu, or cuda when torch sees a GPU: checked as the arguments are parsed, which
+    `vpipe-run` does for every step before the first runs."""
+    if text == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                "no CUDA GPU is visible to PyTorch on this machine; use --device cpu"
+            )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default="profile.yaml", help="profile file to write")
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=WholeNumber(1),
         help=f"micro-batch size (default {DEFAULT_BATCH}); with --import-pipedream, "
         "the batch the file was measured at, if known",
     )
     parser.add_argument(
         "--device",
+        type=_visible_device,
         choices=("cpu", "cuda"),
         help="where to measure (default: cuda when available, else cpu)",
     )
@@ -54,12 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep submodules of this class whole (repeatable); use it for a module "
         "that branches on its input's values, or to profile a block as one node",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per node (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per node first")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed before build_model()")
+    parser.add_argument(
+        "--repeats", type=WholeNumber(1), default=5, help="timed runs per node (median)"
+    )
+    parser.add_argument(
+        "--warmup", type=WholeNumber(0), default=2, help="untimed runs per node first"
+    )
+    parser.add_argument(
+        "--seed",
+        type=WholeNumber(0, 2**62 - 1),  # torch.manual_seed's range, after each stage adds its rank
+        default=0,
+        help="torch seed before build_model()",
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=WholeNumber(0),
         default=0,
         help="CPU threads to measure with (default 0: torch's default, all cores); give what "
         "each stage will have, e.g. vpipe-train's --threads",
@@ -105,7 +128,7 @@ def _measure(args: argparse.Namespace, console: Console) -> Profile:
         )
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     check_plot_path(args.plot)
@@ -114,10 +137,6 @@ def _run(argv: Sequence[str] | None) -> int:
         {"-o": args.output, "--plot": args.plot},
         {"the model file": model, "the PipeDream profile": args.import_pipedream},
     )
-    if args.batch_size is not None and args.batch_size < 1:  # 0 is not "the default"
-        raise VpipeError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if not 0 <= args.seed < 2**62:  # torch.manual_seed's range, after each stage adds its rank
-        raise VpipeError(f"--seed must be a whole number from 0 to 2**62 - 1 (got {args.seed})")
     if args.import_pipedream:
         if args.model:
             raise VpipeError("give either a model or --import-pipedream GRAPH_TXT, not both")
@@ -148,7 +167,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-profile", _run, argv)
+    return run_command("vpipe-profile", run, argv)
 
 
 if __name__ == "__main__":

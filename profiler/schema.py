@@ -220,8 +220,12 @@ def _validate(profile: Profile) -> None:
         raise VpipeError(
             f"unknown optimizer {profile.optimizer!r}; use one of {sorted(OPTIMIZER_STATE_FACTOR)}"
         )
+    if not profile.nodes:
+        raise VpipeError("profile has no nodes")
     if len(profile._index) != len(profile.nodes):
-        raise VpipeError("profile has two nodes with the same name")
+        names = [node.name for node in profile.nodes]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise VpipeError(f"profile has two nodes named {', '.join(map(repr, twice))}")
     for position, node in enumerate(profile.nodes):
         for source in (*node.inputs, *([node.view_of] if node.view_of else [])):
             if profile._index.get(source, position) >= position:

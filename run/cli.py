@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from vpipe.run.schema import load_run_config
     from vpipe.run.steps import check_steps, plan_steps, run_steps
@@ -41,7 +41,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-run", _run, argv)
+    return run_command("vpipe-run", run, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.codegen.cli import build_parser as gen_parser
+from vpipe.common.cli import WholeNumber
 from vpipe.common.errors import VpipeError
 from vpipe.common.paths import joined_path, resolved_model
 from vpipe.common.yamlfile import check_header, load_yaml
@@ -152,8 +153,9 @@ def _checked(action: argparse.Action, value: Any, field: str) -> Value:
         return tuple(value)
     if action.choices is not None and value not in action.choices:
         raise VpipeError(f"{field} {value!r}: use one of {', '.join(action.choices)}")
-    kinds = {int: (int,), float: (int, float), None: (str,)}.get(action.type, (str, int, float))
+    takes = int if isinstance(action.type, WholeNumber) else action.type
+    kinds = {int: (int,), float: (int, float), None: (str,)}.get(takes, (str, int, float))
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = {int: "a whole number", float: "a number", None: "a string"}
-        raise VpipeError(f"{field} {value!r}: must be {kind.get(action.type, 'a value')}")
+        raise VpipeError(f"{field} {value!r}: must be {kind.get(takes, 'a value')}")
     return value

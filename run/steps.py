@@ -13,20 +13,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpipe.codegen.cli import main as gen_main
-from vpipe.common.errors import VpipeError
-from vpipe.planner.cli import main as plan_main
-from vpipe.profiler.cli import main as profile_main
+from vpipe.codegen.cli import run as gen
+from vpipe.common.errors import Failed, VpipeError
+from vpipe.planner.cli import run as plan
+from vpipe.profiler.cli import run as profile
 from vpipe.run.schema import PARSERS, Option, RunConfig
 from vpipe.runtime.cli import check_lr_schedule, settings_from
-from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.cli import run as train
 
 COMMANDS = {section: f"vpipe-{section}" for section in PARSERS}
-MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
-    "profile": profile_main,
-    "plan": plan_main,
-    "gen": gen_main,
-    "train": train_main,
+BODIES: dict[str, Callable[[Sequence[str] | None], int]] = {
+    "profile": profile,
+    "plan": plan,
+    "gen": gen,
+    "train": train,
 }
 
 
@@ -73,16 +73,18 @@ def check_steps(steps: Sequence[Step], where: str) -> None:
 
 
 def run_steps(steps: Sequence[Step]) -> int:
-    """Run each step in order, saying which; stop at the first that fails. Its own one-line
-    error is the run's (the step line above it on stdout says which step it was): a second
-    line saying the same would break the one-line promise every command keeps."""
+    """Run each step in order, saying which; stop at the first that fails. Its error becomes
+    vpipe-run's one line, naming the step (`vpipe-run: error: step 2 (vpipe-plan): ...`): the
+    user ran vpipe-run, and one command keeps the one-line promise, not each step."""
     for number, step in enumerate(steps, 1):
         print(f"vpipe-run: step {number} of {len(steps)}: {step}", flush=True)
-        status = MAINS[step.section](list(step.argv))
-        if status == 130:
-            raise KeyboardInterrupt
-        if status != 0:  # 2: bad input, 1: a bug; the step has said which
-            return status
+        where = f"step {number} ({step.command})"
+        try:
+            BODIES[step.section](list(step.argv))  # returns 0 or raises
+        except VpipeError as err:
+            raise VpipeError(f"{where}: {err}") from None
+        except Failed as err:
+            raise Failed(f"{where}: {err}", err.status) from None
     return 0
 
 

@@ -241,7 +241,7 @@ def check_lr_schedule(
         )
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
         return _report(args.pipeline)
@@ -254,16 +254,15 @@ def _run(argv: Sequence[str] | None) -> int:
     epochs = chosen.pop("epochs")
     pipeline = load_pipeline(args.pipeline)
     chosen["schedule"] = chosen["schedule"] or pipeline.schedule
+    notes = []
     if chosen["schedule"] != pipeline.schedule:
         same_m = ""
         if chosen["schedule"] != "asp":  # asp steps one micro-batch at a time, whatever M is
             same_m = f"; {chosen['schedule']} runs with its M = {pipeline.microbatches}"
             same_m += ": no two micro-batches overlap" if pipeline.microbatches == 1 else ""
-        print(
-            f"vpipe-train: note: {args.pipeline} was planned for {pipeline.schedule}; the "
-            f"plan's predictions are for that{same_m}; re-plan with --schedule "
-            f"{chosen['schedule']} to plan for it",
-            file=sys.stderr,
+        notes.append(
+            f"{args.pipeline} was planned for {pipeline.schedule}; the plan's predictions are "
+            f"for that{same_m}; re-plan with --schedule {chosen['schedule']} to plan for it"
         )
     if chosen["optimizer"] is None:
         chosen["optimizer"] = pipeline.optimizer
@@ -287,12 +286,12 @@ def _run(argv: Sequence[str] | None) -> int:
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
     settings = RunSettings(pipeline=args.pipeline, **chosen)
     check_lr_schedule(settings.steps, settings.warmup_steps, settings.lr, settings.min_lr)
-    launch(settings)
+    launch(settings, notes)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-train", _run, argv)
+    return run_command("vpipe-train", run, argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from vpipe.common.optim import Updater
 from vpipe.common.paths import recorded_path
 from vpipe.common.runlock import run_lock
 from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
+from vpipe.common.stages import edits_blamed
 from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint, failures
 from vpipe.runtime.clipping import GlobalNormClipper
@@ -32,14 +34,16 @@ from vpipe.runtime.events import EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.lr_schedule import LrSchedule
-from vpipe.runtime.metrics import Metrics
+from vpipe.runtime.metrics import Metrics, read_rows
 from vpipe.runtime.nonfinite import NonFiniteGuard, check_supported
 from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
 
 
-def launch(settings: RunSettings) -> None:
-    """Train: in this process if torchrun started it, else in one new process per stage."""
+def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
+    """Train: in this process if torchrun started it, else in one new process per stage.
+    `notes` (`vpipe-train: note: ...` lines) are printed once every check before the start has
+    passed: a refused run says one line, its error."""
     pipeline = load_pipeline(settings.pipeline)
     stages = len(pipeline.stages)
     # the schedules repeat themselves after a few steps: checking a short run checks a long one
@@ -53,6 +57,8 @@ def launch(settings: RunSettings) -> None:
     _check_tied_checkpoints(settings, pipeline)
     _check_checkpoints(settings, pipeline)
     check_supported(settings.schedule, settings.skip_nonfinite)
+    for note in notes:
+        _note(note)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         rank = _check_world(stages)
         # each machine's first process holds the run directory for that machine's stages
@@ -138,6 +144,8 @@ def _check_checkpoints(settings: RunSettings, pipeline: Pipeline) -> None:
             )
         wanted = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
         checkpoint.check_resumable(settings.checkpoints, step, stages, wanted)
+        if (settings.run_dir / "metrics.csv").is_file():  # the resumed run keeps its rows
+            read_rows(settings.run_dir / "metrics.csv")
     elif settings.checkpoint_every and checkpoint.holds_any(settings.checkpoints):
         raise VpipeError(
             f"{settings.checkpoints} holds checkpoints of an earlier run: --resume to continue "
@@ -324,7 +332,8 @@ def run_stage(settings: RunSettings) -> None:
     executor.on_event = events.add
     meter = _memory_meter(settings, executor, device)
     start = time.perf_counter()
-    with meter or contextlib.nullcontext():
+    stage_file = directory / stage.module.partition(":")[0]
+    with meter or contextlib.nullcontext(), edits_blamed(stage_file, stage.module_sha256):
         executor.run(actions)
     seconds = time.perf_counter() - start
     events.close()

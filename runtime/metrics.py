@@ -18,6 +18,10 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from vpipe.common.errors import VpipeError
+
+COLUMNS = ["step", "loss", "samples_per_s", "elapsed_s"]
+
 
 class Metrics:
     def __init__(
@@ -46,7 +50,7 @@ class Metrics:
         kept = _rows_before(path, first_step) if first_step > 0 and path.is_file() else []
         tmp = path.with_name(f".{path.name}.tmp")  # a kill now loses none of the kept rows
         with open(tmp, "w", newline="") as file:
-            csv.writer(file).writerows([["step", "loss", "samples_per_s", "elapsed_s"], *kept])
+            csv.writer(file).writerows([COLUMNS, *kept])
         tmp.replace(path)
         self.file = open(path, "a", newline="")  # noqa: SIM115 (closed by close())
         self.writer = csv.writer(self.file)
@@ -113,6 +117,33 @@ class Metrics:
 
 
 def _rows_before(path: Path, step: int) -> list[list[str]]:
+    return [row for row in read_rows(path) if row and row[0].isdigit() and int(row[0]) < step]
+
+
+def last_rate(path: Path) -> float | None:
+    """The run's samples/s over all its steps: the last row's (None: no step done yet)."""
+    rows = read_rows(path)
+    if not rows:
+        return None
+    try:
+        return float(rows[-1][COLUMNS.index("samples_per_s")])
+    except (IndexError, ValueError):
+        last = ",".join(rows[-1])
+        raise VpipeError(f"{path}: its last row {last!r} is damaged; {_FIX}") from None
+
+
+_FIX = "vpipe-train writes it anew: re-run the training (or restore the file)"
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    """The rows under the header; a file without vpipe's header (emptied, cut short, another
+    file) is refused, not read as a run that did no steps."""
     with open(path, newline="") as file:
-        rows = list(csv.reader(file))[1:]
-    return [row for row in rows if row and row[0].isdigit() and int(row[0]) < step]
+        rows = list(csv.reader(file))
+    if not rows or rows[0] != COLUMNS:
+        first = ",".join(rows[0]) if rows else "empty"
+        raise VpipeError(
+            f"{path}: not vpipe-train's metrics (first line: {first!r}, expected "
+            f"{','.join(COLUMNS)!r}); {_FIX}"
+        )
+    return rows[1:]

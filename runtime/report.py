@@ -14,7 +14,6 @@ between the run's first start and last end, the simulator's definition (`planner
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from vpipe.common.schedules import FORWARD
 from vpipe.planner.schema import Plan, StagePrediction, load_plan
 from vpipe.runtime.events import read_events
 from vpipe.runtime.executor import ActionEvent
+from vpipe.runtime.metrics import last_rate
 from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.stagelog import StageLog, load_stage_log
 
@@ -132,6 +132,7 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
     """The last run in `directory`/run (`used`: its settings.yaml) against `pipeline`, the
     pipeline.yaml in `directory`."""
     run_dir = directory / "run"
+    metrics = run_dir / "metrics.csv"
     schedule = used.schedule
     events = tuple(
         tuple(read_events(run_dir / f"events_stage{k}.csv")) for k in range(len(pipeline.stages))
@@ -182,17 +183,8 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
         events=events,
         batch_size=pipeline.batch_size,
         predicted_samples_per_s=pipeline.predicted.throughput_samples_per_s,
-        measured_samples_per_s=_last_rate(run_dir / "metrics.csv"),
+        measured_samples_per_s=last_rate(metrics) if metrics.is_file() else None,
     )
-
-
-def _last_rate(path: Path) -> float | None:
-    """The run's samples/s over all its steps: metrics.csv's last row (None: no step done)."""
-    if not path.is_file():
-        return None
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    return float(rows[-1]["samples_per_s"]) if rows else None
 
 
 def _stage_log(run_dir: Path, index: int) -> StageLog | None:

@@ -174,6 +174,11 @@ def checkpoints(step: int, plan_sha256: str | None = None) -> Build:
     return build
 
 
+def trained(_: pytest.MonkeyPatch) -> None:
+    """A real run of one step in out/run, for --report to read."""
+    assert train_main([PIPELINE, "--steps", "1", "--threads", "1"]) == 0
+
+
 def recheckpoint(stage: int, change: Callable[[dict], object]) -> Build:
     """Stage `stage`'s checkpoint after step 1, as `change` makes it from the saved one."""
 
@@ -209,6 +214,16 @@ def missing_node(first: Stage, second: Stage) -> tuple[Stage, Stage]:
     return first, replace(second, nodes=second.nodes[:-1])
 
 
+def node_twice(first: Stage, second: Stage) -> tuple[Stage, Stage]:
+    """Stage 0's last node on stage 1 as well."""
+    return first, replace(second, nodes=(first.nodes[-1], *second.nodes))
+
+
+def foreign_recompute(first: Stage, second: Stage) -> tuple[Stage, Stage]:
+    """Stage 0 recomputes stage 1's first node."""
+    return replace(first, recompute=(second.nodes[0],)), second
+
+
 # The catalogue, one table per command: each case is (its name, argv, what its one line must
 # say, what is done to the case's copy first).
 
@@ -230,7 +245,7 @@ PROFILER = [
     case(
         "a seed torch cannot take",
         ["m.py", "--seed", str(2**70)],
-        f"--seed must be a whole number from 0 to 2**62 - 1 (got {2**70})",
+        f"argument --seed: must be from 0 to {2**62 - 1} (got {2**70})",
         write("m.py", MODEL.format(LINEAR, BATCH)),
     ),
     case(
@@ -241,6 +256,17 @@ PROFILER = [
             "m.py",
             MODEL.format(LINEAR, BATCH)
             + "\n\ndef loss_fn(output, target):\n    return output.sum() * float('nan')\n",
+        ),
+    ),
+    case(
+        "a make_batch with NaN inputs (the same batch each call: NaN is not a draw)",
+        ["m.py"],
+        "m.py: the loss on make_batch(8, 0) is nan",
+        write(
+            "m.py",
+            MODEL.format(
+                LINEAR, "return torch.full((b, 2), float('nan')), torch.zeros(b, dtype=torch.long)"
+            ),
         ),
     ),
     case(
@@ -349,10 +375,22 @@ PROFILER = [
         marks=NO_GPU,
     ),
     case("--device of no kind", [HANDBUILT, "--device", "tpu"], "invalid choice: 'tpu'"),
-    case("--batch-size 0", [HANDBUILT, "--batch-size", "0"], "--batch-size must be at least 1"),
-    case("--repeats 0", [HANDBUILT, "--repeats", "0"], "--repeats must be at least 1"),
-    case("--warmup -1", [HANDBUILT, "--warmup", "-1"], "--warmup at least 0"),
-    case("--repeats not a number", [HANDBUILT, "--repeats", "x"], "invalid int value: 'x'"),
+    case(
+        "--batch-size 0",
+        [HANDBUILT, "--batch-size", "0"],
+        "argument --batch-size: must be at least 1 (got 0)",
+    ),
+    case(
+        "--repeats 0",
+        [HANDBUILT, "--repeats", "0"],
+        "argument --repeats: must be at least 1 (got 0)",
+    ),
+    case(
+        "--warmup -1",
+        [HANDBUILT, "--warmup", "-1"],
+        "argument --warmup: must be at least 0 (got -1)",
+    ),
+    case("--repeats not a number", [HANDBUILT, "--repeats", "x"], "'x' is not a whole number"),
     case(
         "output in a missing directory",
         [HANDBUILT, "--repeats", "1", "--warmup", "0", "-o", "no/dir/p.yaml"],
@@ -439,9 +477,9 @@ PLANNER = [
     case(
         "a plan given as the profile",
         [PLAN, *TWO],
-        f"{PLAN}: not a valid profile: unknown field baselines",
+        f"{PLAN} is a plan, not a profile: give the profile",
     ),
-    case("--gpus 0", [PROFILE, "--gpus", "0"], "--gpus must be at least 1 (got 0)"),
+    case("--gpus 0", [PROFILE, "--gpus", "0"], "argument --gpus: must be at least 1 (got 0)"),
     case("more gpus than nodes", [PROFILE, "--gpus", "12"], "--gpus 12 is more than the profile's"),
     case("--gpus missing", [PROFILE], "the following arguments are required: --gpus"),
     case(
@@ -471,7 +509,11 @@ PLANNER = [
         [PROFILE, *TWO, "--bandwidth", "x"],
         "'x' is not a number or inf",
     ),
-    case("--headroom 1", [PROFILE, *TWO, "--headroom", "1"], "--headroom must be in [0, 1)"),
+    case(
+        "--headroom 1",
+        [PROFILE, *TWO, "--headroom", "1"],
+        "argument --headroom: must be in [0, 1) (got 1)",
+    ),
     case(
         "--microbatches under asp",
         [PROFILE, *TWO, "--microbatches", "4"],
@@ -480,7 +522,7 @@ PLANNER = [
     case(
         "--microbatches 0",
         [PROFILE, *TWO, "--schedule", "1f1b", "--microbatches", "0"],
-        "--microbatches must be at least 1 (got 0)",
+        "argument --microbatches: must be at least 1 (got 0)",
     ),
     case(
         "output in a missing directory",
@@ -538,7 +580,7 @@ CODEGEN = [
         f"schema_version 99 is not {plan_schema.SCHEMA_VERSION}; re-run vpipe-plan",
         edit(PLAN, r"^schema_version: \d+$", "schema_version: 99"),
     ),
-    case("a profile given as the plan", [PROFILE], f"{PROFILE}: not a valid plan: unknown field"),
+    case("a profile given as the plan", [PROFILE], f"{PROFILE} is a profile, not a plan"),
     case(
         "plan whose profile changed",
         [PLAN, "-o", "new"],
@@ -574,6 +616,18 @@ CODEGEN = [
         [PLAN, "-o", "new"],
         "from the later stage 1",
         restage(backward_edge),
+    ),
+    case(
+        "hand-edited plan placing a node on two stages",
+        [PLAN, "-o", "new"],
+        "plan2.yaml: stage 1 repeats nodes of an earlier stage: layers_2",
+        restage(node_twice),
+    ),
+    case(
+        "hand-edited plan recomputing a node of another stage",
+        [PLAN, "-o", "new"],
+        "plan2.yaml: stage 0 recomputes nodes it does not own: layers_3",
+        restage(foreign_recompute),
     ),
     case(
         "hand-edited plan missing a node",
@@ -716,7 +770,9 @@ TRAIN = [
         f"schema_version 99 is not {pipeline_schema.SCHEMA_VERSION}; regenerate it with this vpipe",
         edit(PIPELINE, r"^schema_version: \d+$", "schema_version: 99"),
     ),
-    case("a plan given as the pipeline", [PLAN, *STEP], "not a valid pipeline file: unknown field"),
+    case(
+        "a plan given as the pipeline", [PLAN, *STEP], "plan2.yaml is a plan, not a pipeline file"
+    ),
     case(
         "unknown config key",
         RUN_CONFIG,
@@ -806,6 +862,30 @@ TRAIN = [
         "--resume: out/run/checkpoints holds no checkpoint that every stage finished",
     ),
     case(
+        "--resume under another --schedule (the note of a run that starts is not printed)",
+        [PIPELINE, "--resume", "--steps", "2", "--schedule", "1f1b"],
+        "out/run/checkpoints/step_1/stage_0.pt was written under --schedule asp; resume with it",
+        checkpoints(1),
+    ),
+    case(
+        "--resume with an emptied metrics.csv",
+        [PIPELINE, "--resume", "--steps", "2"],
+        "out/run/metrics.csv: not vpipe-train's metrics (first line: 'empty'",
+        both(checkpoints(1), write("out/run/metrics.csv", "")),
+    ),
+    case(
+        "--report with an emptied metrics.csv",
+        [PIPELINE, "--report"],
+        ("out/run/metrics.csv: not vpipe-train's metrics", "re-run the training"),
+        both(trained, write("out/run/metrics.csv", "")),
+    ),
+    case(
+        "--report with a damaged last row of metrics.csv",
+        [PIPELINE, "--report"],
+        "out/run/metrics.csv: its last row '2,0.5,fast' is damaged",
+        both(trained, edit("out/run/metrics.csv", r"\Z", "2,0.5,fast\n")),
+    ),
+    case(
         "--resume with nothing left to run",
         [PIPELINE, "--resume", "--steps", "2"],
         "after step 2, and --steps is 2: nothing is left to run; raise --steps",
@@ -832,6 +912,15 @@ TRAIN_LAUNCHED = [
         [PIPELINE, *STEP],
         "stage 0: stage 0 returns layers_2 as (4, 1) float32; pipeline.yaml expects (4, 128)",
         edit("out/stage_0.py", r"return \((\w+),\)", r"return (\1[:, :1],)"),
+    ),
+    case(
+        "stage edited to use an undefined name (the edit's error, not vpipe's bug)",
+        [PIPELINE, *STEP],
+        (
+            "stage 0: out/stage_0.py line ",
+            ": NameError: name 'scale' is not defined (the file was edited since vpipe-gen",
+        ),
+        edit("out/stage_0.py", r"return \((\w+),\)", r"return (\1 * scale,)"),
     ),
     case(
         "a truncated weights file",

@@ -2,6 +2,7 @@
 tests/test_bad_inputs.py)."""
 
 import dataclasses
+import hashlib
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vpipe.codegen.schema import load_pipeline
 from vpipe.planner.schema import load_plan, save_plan
 
 from .pipelines import generate, plan, profile
@@ -53,6 +55,14 @@ def test_same_plan_same_bytes(mlp_plan, tmp_path):
     second = generate(mlp_plan, tmp_path / "b")
     for name in ("stage_0.py", "stage_1.py", "pipeline.yaml"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
+
+
+def test_pipeline_records_each_stage_file_as_written(mlp_plan, tmp_path):
+    """The sha256 that tells an edited stage file from one as generated."""
+    out = generate(mlp_plan, tmp_path / "out")
+    for stage in load_pipeline(out / "pipeline.yaml").stages:
+        written = (out / stage.module.partition(":")[0]).read_bytes()
+        assert stage.module_sha256 == hashlib.sha256(written).hexdigest()
 
 
 def test_generated_files_lint_and_compile(mlp_plan, tmp_path):

@@ -89,6 +89,8 @@ def test_malformed_files(tmp_path, text, message):
         (("nodes", 1, "saved_bytes", [1]), "nodes[1].saved_bytes: expected a whole number"),
         (("whole_model", "forward_ms", True), "whole_model.forward_ms: expected a number"),
         (("nodes", 0, "colour", "red"), "nodes[0]: unknown field colour"),
+        (("nodes", 3, "name", "_1"), "profile has two nodes named '_1'"),
+        (("nodes", []), "profile has no nodes"),
     ],
     ids=lambda v: ".".join(map(str, v)) if isinstance(v, tuple) else None,
 )

@@ -7,6 +7,7 @@ status 2, one line on stderr, no traceback, and no output folder made.
 from pathlib import Path
 
 import pytest
+import torch
 
 from vpipe.run.cli import main
 from vpipe.run.schema import load_run_config
@@ -67,6 +68,14 @@ def test_a_good_config_makes_the_four_commands(tmp_path):
         (("lr: 0.01", "lr: 0.01, lr: 0.5"), "the key 'lr' appears twice at line 6"),
         (("steps: 3", "steps: 3, resume: true"), "train.resume: a vpipe-run generates the"),
         (("steps: 3", "steps: 3, warmup_steps: 5"), "--warmup-steps 5: must be fewer than"),
+        (("gpus: 2", "gpus: 0"), "plan: argument --gpus: must be at least 1 (got 0)"),
+        (("batch_size: 4", "batch_size: -4"), "profile: argument --batch-size: must be at least"),
+        (("memory: 12MiB", "memory: 12MiB, headroom: 1"), "plan: argument --headroom: must be"),
+        pytest.param(
+            ("threads: 1", "threads: 1, device: cuda"),
+            "profile: argument --device: no CUDA GPU is visible to PyTorch on this machine",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
     ],
 )
 def test_a_bad_field_is_one_line_naming_it(tmp_path, capsys, change, message):

@@ -45,7 +45,8 @@ def test_one_command_profiles_plans_generates_and_trains(tmp_path):
 
 
 def test_a_failing_step_is_one_line_and_keeps_the_steps_before(tmp_path):
-    """A memory cap nothing fits fails the plan step: its own line is the only error line."""
+    """A memory cap nothing fits fails the plan step: its error, naming the step, is vpipe-run's
+    only error line."""
     config = tmp_path / "run.yml"
     config.write_text(CONFIG.replace("{gpus: 2,", "{gpus: 2, memory: 0.000001,"))
     command = Path(sys.executable).parent / "vpipe-run"
@@ -54,7 +55,7 @@ def test_a_failing_step_is_one_line_and_keeps_the_steps_before(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("vpipe-plan: error: "), result.stderr
+    assert result.stderr.startswith("vpipe-run: error: step 2 (vpipe-plan): no plan fits")
     assert "vpipe-run: step 2 of 4: vpipe-plan" in result.stdout.splitlines()[-1]
     assert (tmp_path / "out" / "profile.yaml").is_file()
     assert not (tmp_path / "out" / "plan.yaml").exists()
