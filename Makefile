@@ -1,6 +1,6 @@
 # The two commands of the README, and the steps they share.
 #   make demo   profile a bundled model, plan 2 stages, generate them, train them (2 processes)
-#   make test   install vpipe (a normal, non-editable install) and run lint and the tests
+#   make test   install vpipe (a normal, non-editable install), lint it (ruff, mypy), run the tests
 # Both build .venv on first use. PyTorch is installed first, pinned, so that the project's
 # `torch>=...` requirement installs nothing more: on a machine without a GPU that must be a
 # CPU build. Where `pip install torch==2.13.0` would fetch a CUDA build, pass PyTorch's CPU
@@ -12,6 +12,11 @@ TORCH ?= torch==2.13.0
 TORCH_PIP_FLAGS ?=
 BIN := $(VENV)/bin
 DEMO := demo
+# mypy finds a module by its import name under a search folder, and vpipe's parts are top-level
+# folders mapped into `vpipe.*` (pyproject's package-dir): lint links each part, every folder
+# with an __init__.py but tests/, as $(MYPY_TREE)/vpipe/<part> (pyproject's mypy_path)
+MYPY_TREE := build/mypy
+PARTS := $(filter-out tests,$(patsubst %/__init__.py,%,$(wildcard */__init__.py)))
 
 .PHONY: demo test install dev lint clean
 
@@ -30,6 +35,9 @@ dev: $(BIN)/.deps
 lint: $(BIN)/.deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	mkdir -p $(MYPY_TREE)/vpipe
+	for part in $(PARTS); do ln -sfn ../../../$$part $(MYPY_TREE)/vpipe/$$part; done
+	$(BIN)/mypy
 
 test: install lint
 	$(BIN)/pytest -q

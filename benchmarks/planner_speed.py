@@ -47,7 +47,6 @@ def synthetic(size: int) -> Profile:
                 backward_ms=0.0 if i == 0 else 0.2 + (i % 5) * 0.05,
                 param_bytes=(i % 2) * 65536,
                 grad_bytes=(i % 2) * 65536,
-                optimizer_bytes=0,
                 buffer_bytes=0,
                 output_bytes=out,
                 saved_bytes=out if i % 3 else 512,

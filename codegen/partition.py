@@ -8,7 +8,7 @@ once. A model input (placeholder) is read from the batch by the stage that owns 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vpipe.common.errors import VpipeError
@@ -38,6 +38,11 @@ def partition(profile: Profile, plan: Plan) -> tuple[StageFlow, ...]:
     stage_of = _stage_of(profile, plan)
     last = len(plan.stages) - 1
     position = {node.name: i for i, node in enumerate(profile.nodes)}
+
+    def in_order(names: Iterable[str]) -> tuple[str, ...]:
+        """`names` in the profile's (topological) order: the order a stage runs and sends."""
+        return tuple(sorted(names, key=position.__getitem__))
+
     # the last stage that reads each value (the loss, on the last stage, reads the outputs)
     last_reader = {node.name: stage_of[node.name] for node in profile.nodes}
     for node in profile.nodes:
@@ -54,25 +59,19 @@ def partition(profile: Profile, plan: Plan) -> tuple[StageFlow, ...]:
     flows = []
     for stage in plan.stages:
         k = stage.index
-        crossing = sorted(
-            (n for n in last_reader if stage_of[n] < k <= last_reader[n]), key=position.get
-        )
+        received = in_order(n for n in last_reader if stage_of[n] < k <= last_reader[n])
         sent = (
             tuple(profile.outputs)
             if k == last
-            else tuple(
-                sorted(
-                    (n for n in last_reader if stage_of[n] <= k < last_reader[n]), key=position.get
-                )
-            )
+            else in_order(n for n in last_reader if stage_of[n] <= k < last_reader[n])
         )
-        nodes = tuple(sorted(stage.nodes, key=position.get))  # run in the profile's order
+        nodes = in_order(stage.nodes)
         flows.append(
             StageFlow(
                 index=k,
                 nodes=nodes,
                 batch_inputs=tuple(n for n in stage.nodes if profile.node(n).op == "placeholder"),
-                received=tuple(crossing),
+                received=received,
                 sent=sent,
                 segments=_segments(nodes, set(stage.recompute)),
             )

@@ -5,6 +5,8 @@ A stage's nodes fall into blocks: runs computed plainly, and runs the plan recom
 small fx graph whose inputs are the values it reads from before it and whose outputs are the
 values read after it; fx's own code printer turns it into one line per op with the graph's node
 names as variables, so the stage runs exactly the ops the traced model runs, in the same order.
+fx gives its code only as text (`PythonCode.src`): it is read back through Python's syntax tree,
+statement by statement, so nothing depends on how fx lays the text out.
 """
 
 from __future__ import annotations
@@ -138,19 +140,31 @@ def _block(
 
 
 def _statements(source: str) -> list[str]:
-    """The body of fx's forward without its return, one statement per line: fx frees dead
-    values with `a = b = None` after a semicolon, written here as `del a, b`."""
-    lines = source.strip().splitlines()
-    body = [line.strip() for line in lines[1:] if line.strip()]
-    if not body or not body[-1].startswith("return"):
+    """The statements of fx's forward but its return, each as fx printed it, read through
+    Python's syntax tree rather than fx's layout. fx frees a value after its last use with
+    `a = b = None`, written here as `del a, b`."""
+    (forward,) = ast.parse(source).body
+    if not isinstance(forward, ast.FunctionDef) or not isinstance(forward.body[-1], ast.Return):
         raise RuntimeError("unexpected fx code layout")
     statements = []
-    for line in body[:-1]:
-        statement, _, freed = line.partition(";  ")
-        statements.append(statement)
-        if freed:
-            statements.append("del " + ", ".join(freed.removesuffix(" = None").split(" = ")))
+    for statement in forward.body[:-1]:
+        freed = _freed(statement)
+        text = ast.get_source_segment(source, statement)
+        assert text is not None  # parsed from `source`: every statement has its place in it
+        statements.append(f"del {', '.join(freed)}" if freed else text)
     return statements
+
+
+def _freed(statement: ast.stmt) -> list[str]:
+    """The names an `a = b = None` statement frees (fx assigns a node's value only once, and
+    never the constant None): none for any other statement."""
+    if not (
+        isinstance(statement, ast.Assign)
+        and isinstance(statement.value, ast.Constant)
+        and statement.value.value is None
+    ):
+        return []
+    return [target.id for target in statement.targets if isinstance(target, ast.Name)]
 
 
 def render_stage(text: StageText, header: dict[str, str]) -> str:

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.common.paths import recorded_model, resolved_model
 from vpipe.common.records import Count, Positive, decode
+from vpipe.common.schedules import SCHEDULES
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
-from vpipe.planner.schema import SCHEDULES, Prediction, StagePrediction
-from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR
+from vpipe.planner.schema import Prediction, StagePrediction
 
 SCHEMA_VERSION = 3  # 2: batch inputs by key, the output's structure; 3: stage files' sha256
 
@@ -96,7 +97,7 @@ class Pipeline:
                 raise VpipeError(f"{where}: stage {position} is numbered {stage.index}")
         for name, value, known in (
             ("schedule", pipeline.schedule, SCHEDULES),
-            ("optimizer", pipeline.optimizer, tuple(OPTIMIZER_STATE_FACTOR)),
+            ("optimizer", pipeline.optimizer, OPTIMIZERS),
         ):
             if value not in known:
                 raise VpipeError(

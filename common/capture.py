@@ -107,8 +107,8 @@ def capture(
         raise VpipeError(
             f"torch.export made {len(placeholders)} inputs of the {len(keys)} make_batch gives"
         )
-    leaves_out = gm.graph.output_node().args[0]
-    captured = Captured(gm, "export", keys, spec, tuple(n.name for n in leaves_out))
+    names, _ = _output_leaves(gm)  # the structure is export's `spec`
+    captured = Captured(gm, "export", keys, spec, names)
     _check_same_as_model(model, captured, batch)
     _check_recordable(captured.output_spec)
     return captured
@@ -140,11 +140,17 @@ def _by_fx(model: nn.Module, leaves: Sequence[str]) -> Captured:
         ) from None
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    leaves_out, spec = pytree.tree_flatten(gm.graph.output_node().args[0])
-    if not all(isinstance(n, fx.Node) for n in leaves_out):
-        raise VpipeError("the model returns a constant beside its tensors; return tensors only")
-    names = tuple(n.name for n in leaves_out)
+    names, spec = _output_leaves(gm)
     return Captured(gm, "fx", tuple(str(i) for i in range(len(placeholders))), spec, names)
+
+
+def _output_leaves(gm: fx.GraphModule) -> tuple[tuple[str, ...], pytree.TreeSpec]:
+    """The names of the nodes the graph returns, flattened, and the output's structure."""
+    leaves, spec = pytree.tree_flatten(gm.graph.output_node().args[0])
+    nodes = [n for n in leaves if isinstance(n, fx.Node)]
+    if len(nodes) != len(leaves):
+        raise VpipeError("the model returns a constant beside its tensors; return tensors only")
+    return tuple(n.name for n in nodes), spec
 
 
 def _check_same_as_model(model: nn.Module, captured: Captured, batch: Batch) -> None:

@@ -62,10 +62,3 @@ def run_command(
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
-
-
-def not_implemented(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse `argv` (so `--help` and argument errors work) and say the command is not built yet."""
-    parser.parse_args(argv)
-    print(f"{parser.prog}: not implemented yet", file=sys.stderr)
-    return 1

@@ -263,7 +263,7 @@ def _calls(program: ExportedProgram, layers: set[str]) -> dict[str, _Call]:
 
 
 def _emit_call(graph: fx.Graph, env: dict[str, fx.Node], call: _Call, attrs: dict) -> None:
-    flat = []
+    flat: list[Any] = []  # the call's arguments: nodes for tensors, constants as they are
     for argument in call.inputs:
         name = getattr(argument, "name", "")
         if name and type(argument).__name__ == "TensorArgument":

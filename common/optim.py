@@ -14,7 +14,7 @@ import torch
 from torch.optim.adam import adam
 from torch.optim.sgd import sgd
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+from vpipe.common.optimizers import OPTIMIZERS
 
 
 def constant(update: int) -> float:
@@ -79,6 +79,7 @@ class Updater:
         )
         if momentum:  # sgd() made the buffers on the first step
             for name, buffer in zip(names, buffers, strict=True):
+                assert buffer is not None  # sgd() fills every None with momentum
                 self.state[name] = {"buffer": buffer}
 
     def _adam(

@@ -17,7 +17,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from vpipe.common.errors import VpipeError
 
@@ -81,6 +81,11 @@ def _value(hint: Any, data: Any, path: str) -> Any:
         return _value(kind, data, path)
     if origin is tuple:
         return _tuple(typing.get_args(hint), data, path)
+    if origin is Literal:
+        named = typing.get_args(hint)  # the values it may take: names, in vpipe's files
+        if data not in named:
+            raise FieldError(path, f"{_shown(data)} is not one of {', '.join(map(str, named))}")
+        return data
     return _scalar(hint, data, path)
 
 

@@ -55,12 +55,13 @@ def gpipe(stages: int, microbatches: int, stage: int) -> list[Action]:
     ]
 
 
-SCHEDULES = {"1f1b": one_f_one_b, "gpipe": gpipe}
+_FLUSHING = {"1f1b": one_f_one_b, "gpipe": gpipe}  # the synchronous schedules' orders
+SCHEDULES = ("asp", *_FLUSHING)  # every schedule's name; asp is 1f1b without the flush
 
 
 def schedule(name: str, stages: int, microbatches: int) -> list[list[Action]]:
     """The action list of every stage for one mini-batch of a synchronous schedule."""
-    make = SCHEDULES[name]
+    make = _FLUSHING[name]
     return [make(stages, microbatches, s) for s in range(stages)]
 
 
@@ -86,7 +87,7 @@ def stage_actions(
     if name == "asp":
         yield from _one_f_one_b(stages, steps, stage)
         return
-    plan = SCHEDULES[name](stages, microbatches, stage)
+    plan = _FLUSHING[name](stages, microbatches, stage)
     for step in range(steps):
         yield from (Action(a.kind, step * microbatches + a.microbatch) for a in plan)
 

@@ -38,7 +38,7 @@ def adopt(stage: nn.Module, model: nn.Module, names: Iterable[str]) -> None:
             source = getattr(source, part)
             if part not in target._modules:
                 target.add_module(part, nn.Module())
-            target = target._modules[part]
+            target = target.get_submodule(part)
         value = getattr(source, leaf)
         if isinstance(value, nn.Module):
             target.add_module(leaf, value)
@@ -149,7 +149,8 @@ def load_stage(
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     name = f"vpipe_stage_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:  # not a .py file: pipeline.yaml was edited
+        raise VpipeError(f"{path} is not a Python file; regenerate it with vpipe-gen")
     loaded = importlib.util.module_from_spec(spec)
     sys.modules[name] = loaded
     try:

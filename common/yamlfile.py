@@ -45,6 +45,7 @@ KIND_KEYS = {
     "profile_sha256": "plan",
     "plan_sha256": "pipeline file",
     "peak_weight_versions": "stage log",
+    "measure_memory": "run settings file",
 }
 
 

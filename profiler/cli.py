@@ -12,9 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vpipe.common.cli import CommandParser, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
+from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.common.paths import names_file, refuse_overwriting
 from vpipe.common.plotting import check_plot_path
-from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, Profile, save_profile
+from vpipe.profiler.schema import Profile, save_profile
 
 DEFAULT_BATCH = 8
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--optimizer",
-        choices=tuple(OPTIMIZER_STATE_FACTOR),
+        choices=OPTIMIZERS,
         default="sgd",
         help="optimizer whose state bytes to count (default sgd)",
     )

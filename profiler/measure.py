@@ -153,7 +153,8 @@ def _node_callable(node: fx.Node, gm: fx.GraphModule) -> Callable[..., Any]:
         return gm.get_submodule(str(node.target))
     if node.op == "call_method":
         return lambda obj, *args, **kwargs: getattr(obj, str(node.target))(*args, **kwargs)
-    return node.target  # call_function
+    assert callable(node.target)  # call_function: fx holds the function itself
+    return node.target
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 import networkx as nx
 
 from vpipe.common.errors import VpipeError
-from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, NodeProfile, Profile
+from vpipe.common.optimizers import OPTIMIZERS
+from vpipe.profiler.schema import NodeProfile, Profile
 
 _NODE = re.compile(r"(\S+) -- (.+?) -- (forward_compute_time=.*)$")
 _FIELDS = ("forward_compute_time", "backward_compute_time", "activation_size", "parameter_size")
@@ -62,9 +63,9 @@ def _sort_key(name: str) -> tuple[int, str]:
     return (int(digits.group()) if digits else -1, name)
 
 
-def _parse_graph(text: str, path: str | Path) -> nx.DiGraph:
+def _parse_graph(text: str, path: str | Path) -> nx.DiGraph[str]:
     """Nodes carry the file's description and numbers; edges carry their line number."""
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     node_lines: dict[str, int] = {}
     edge_lines: dict[tuple[str, str], int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -105,10 +106,8 @@ def import_pipedream(
     path: str | Path, optimizer: str = "sgd", batch_size: int | None = None
 ) -> Profile:
     """Read a PipeDream `graph.txt` file and return it as a topologically ordered `Profile`."""
-    if optimizer not in OPTIMIZER_STATE_FACTOR:
-        raise VpipeError(
-            f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZER_STATE_FACTOR)}"
-        )
+    if optimizer not in OPTIMIZERS:
+        raise VpipeError(f"unknown optimizer {optimizer!r}; use one of {sorted(OPTIMIZERS)}")
     try:
         raw = Path(path).read_bytes()
         graph = _parse_graph(raw.decode("utf-8"), path)
@@ -128,7 +127,6 @@ def import_pipedream(
         ) from None
 
     position = {name: i for i, name in enumerate(order)}
-    factor = OPTIMIZER_STATE_FACTOR[optimizer]
     nodes = []
     for name in order:
         data = graph.nodes[name]
@@ -144,7 +142,6 @@ def import_pipedream(
                 backward_ms=data["backward_compute_time"],
                 param_bytes=params,
                 grad_bytes=params,
-                optimizer_bytes=params * factor,
                 buffer_bytes=0,
                 output_bytes=round(data["activation_size"]),
                 saved_bytes=None,

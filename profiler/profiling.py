@@ -13,6 +13,7 @@ from torch.utils import _pytree as pytree
 from vpipe.common.capture import capture, flat_tensors
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import Batch, ModelFile
+from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.profiler.linkcost import measure_link_cost
 from vpipe.profiler.measure import (
     Clock,
@@ -29,7 +30,6 @@ from vpipe.profiler.measure import (
 )
 from vpipe.profiler.schema import (
     LOSS_NODE,
-    OPTIMIZER_STATE_FACTOR,
     NodeProfile,
     Profile,
     TensorMeta,
@@ -71,10 +71,8 @@ def profile_model(
     total: Callable[[int], None] = lambda n: None,
 ) -> Profile:
     """Profile `model_file` as `settings` say; `progress(name)` is called after each node."""
-    if settings.optimizer not in OPTIMIZER_STATE_FACTOR:
-        raise VpipeError(
-            f"--optimizer {settings.optimizer}: use one of {', '.join(OPTIMIZER_STATE_FACTOR)}"
-        )
+    if settings.optimizer not in OPTIMIZERS:
+        raise VpipeError(f"--optimizer {settings.optimizer}: use one of {', '.join(OPTIMIZERS)}")
     if settings.batch_size < 1 or settings.repeats < 1 or settings.warmup < 0:
         raise VpipeError("--batch-size and --repeats must be at least 1, --warmup at least 0")
     device = pick_device(settings.device)
@@ -139,7 +137,6 @@ def profile_model(
                 backward_ms=round(timing.backward_ms, 4),
                 param_bytes=sum(_nbytes(t) for _, t in params),
                 grad_bytes=trainable,
-                optimizer_bytes=trainable * OPTIMIZER_STATE_FACTOR[settings.optimizer],
                 buffer_bytes=sum(_nbytes(t) for _, t in buffers),
                 output_bytes=sum(_nbytes(t) for t in outputs),
                 saved_bytes=saved.own_bytes,
@@ -167,7 +164,7 @@ def profile_model(
     del reference  # its values and autograd graph would inflate the whole model's peak
     whole, peak = time_whole_model(model, batch, clock, settings.warmup, settings.repeats)
     progress("whole model")
-    outputs = tuple(dict.fromkeys(captured.output_leaves))
+    model_outputs = tuple(dict.fromkeys(captured.output_leaves))
     with torch.no_grad():
         output = batch.call(model)
     cost = measure_loss(
@@ -186,7 +183,7 @@ def profile_model(
         batch_size=settings.batch_size,
         optimizer=settings.optimizer,
         nodes=tuple(nodes),
-        outputs=outputs,
+        outputs=model_outputs,
         torch_version=str(torch.__version__),
         seed=settings.seed,
         threads=torch.get_num_threads() if device.type == "cpu" else None,
@@ -194,7 +191,7 @@ def profile_model(
         leaves=tuple(settings.leaves),
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
         batch_ms=round(batch_ms, 4),
-        loss=_loss_node(model_file, outputs, cost),
+        loss=_loss_node(model_file, model_outputs, cost),
         link=link,
         ties=find_ties(gm),
         capture=captured.route,
@@ -217,7 +214,6 @@ def _loss_node(model_file: ModelFile, outputs: tuple[str, ...], cost: LossCost) 
         backward_ms=round(cost.timing.backward_ms, 4),
         param_bytes=0,
         grad_bytes=0,
-        optimizer_bytes=0,
         buffer_bytes=0,
         output_bytes=0,
         saved_bytes=cost.saved_bytes,
@@ -294,6 +290,8 @@ def _state_owners(gm: fx.GraphModule) -> dict[str, tuple[list, list]]:
     """
     seen: set[int] = set()
     owners: dict[str, tuple[list, list]] = {}
+    params: list[tuple[str, torch.Tensor]]
+    buffers: list[tuple[str, torch.Tensor]]
     for node in gm.graph.nodes:
         if node.op == "call_module":
             module = gm.get_submodule(str(node.target))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from vpipe.common.plotting import pyplot, save_figure
@@ -26,7 +26,7 @@ def summary_table(profile: Profile) -> Table:
         title += f" ({len(shown)} costliest of {len(profile.nodes)} nodes)"
     table = Table(title=title)
     for column in ("node", "op", "output", "fwd ms", "bwd ms", "params", "saved", "activation"):
-        justify = "left" if column in ("node", "op", "output") else "right"
+        justify: JustifyMethod = "left" if column in ("node", "op", "output") else "right"
         table.add_column(column, justify=justify, no_wrap=column == "node")
     for node in shown:
         shape = " ".join("x".join(map(str, m.shape)) or "scalar" for m in node.outputs) or "-"

@@ -1,8 +1,9 @@
-"""The profile file: what `vpipe-profile` writes and the planner reads.
+"""The profile file: what `vpipe-profile` writes (measured, or imported from a PipeDream
+graph.txt) and `vpipe-plan` and `vpipe-gen` read.
 
-Typed, frozen records with `to_dict`/`from_dict`; dictionaries exist only at the YAML edge. This
-module must stay importable without torch, because the planner reads profiles through it.
-See docs/profile-format.md for the meaning of every field.
+Frozen records; `from_dict` checks the schema version and decodes every field
+(`common.records.decode`), so dictionaries exist only at the YAML edge. No torch here: the
+planner reads profiles through this module. docs/profile-format.md gives every field's meaning.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR as OPTIMIZER_STATE_FACTOR
+from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.common.paths import recorded_model, recorded_path, resolved_model, resolved_path
 from vpipe.common.records import Bytes, Count, Millis, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-SCHEMA_VERSION = 2  # 2: capture route, input keys, is_tensor, ties
+# OPTIMIZER_STATE_FACTOR above is re-exported: the planner imports it from here still (issue 17)
 
-# Optimizer state kept per parameter byte: SGD none, momentum one buffer, Adam and AdamW two
-# moments.
-OPTIMIZER_STATE_FACTOR = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
+# 2: capture route, input keys, is_tensor, ties; 3: no optimizer_bytes (the planner counts the
+# optimizer's state from `optimizer`, or vpipe-plan --optimizer)
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,6 @@ class NodeProfile:
     backward_ms: Millis
     param_bytes: Bytes
     grad_bytes: Bytes
-    optimizer_bytes: Bytes
     buffer_bytes: Bytes
     output_bytes: Bytes
     saved_bytes: Bytes | None
@@ -190,7 +192,7 @@ class Profile:
         return digest.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"schema_version": self.schema_version}
+        data: dict[str, Any] = {"schema_version": self.schema_version}
         for f in fields(self):
             if f.name in ("schema_version", "_index"):
                 continue
@@ -216,9 +218,9 @@ class Profile:
 
 
 def _validate(profile: Profile) -> None:
-    if profile.optimizer not in OPTIMIZER_STATE_FACTOR:
+    if profile.optimizer not in OPTIMIZERS:
         raise VpipeError(
-            f"unknown optimizer {profile.optimizer!r}; use one of {sorted(OPTIMIZER_STATE_FACTOR)}"
+            f"unknown optimizer {profile.optimizer!r}; use one of {', '.join(OPTIMIZERS)}"
         )
     if not profile.nodes:
         raise VpipeError("profile has no nodes")

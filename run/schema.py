@@ -131,7 +131,7 @@ def _section(data: Any, section: str, where: str) -> tuple[Option, ...]:
         if key not in actions:
             raise VpipeError(f"{field}: unknown option; {section} takes {', '.join(actions)}")
         value = _checked(actions[key], value, field)
-        if key in PATHS:
+        if key in PATHS and isinstance(value, str):  # a path option takes a string
             value = joined_path(value, where)
         options.append(Option(key, value))
     for dest, action in actions.items():
@@ -139,6 +139,14 @@ def _section(data: Any, section: str, where: str) -> tuple[Option, ...]:
             flag = action.option_strings[0]
             raise VpipeError(f"{where}: {section}.{dest} is missing ({flag}: {action.help})")
     return tuple(options)
+
+
+# what a config value must be for an option of each argparse type (None: a string), and its name
+KINDS: dict[object, tuple[tuple[type, ...], str]] = {
+    int: ((int,), "a whole number"),
+    float: ((int, float), "a number"),
+    None: ((str,), "a string"),
+}
 
 
 def _checked(action: argparse.Action, value: Any, field: str) -> Value:
@@ -153,9 +161,8 @@ def _checked(action: argparse.Action, value: Any, field: str) -> Value:
         return tuple(value)
     if action.choices is not None and value not in action.choices:
         raise VpipeError(f"{field} {value!r}: use one of {', '.join(action.choices)}")
-    takes = int if isinstance(action.type, WholeNumber) else action.type
-    kinds = {int: (int,), float: (int, float), None: (str,)}.get(takes, (str, int, float))
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = {int: "a whole number", float: "a number", None: "a string"}
-        raise VpipeError(f"{field} {value!r}: must be {kind.get(takes, 'a value')}")
+    takes: object = int if isinstance(action.type, WholeNumber) else action.type
+    kinds, kind = KINDS.get(takes, ((str, int, float), "a value"))
+    if type(value) not in kinds:  # exact: YAML gives plain types, and true is no number
+        raise VpipeError(f"{field} {value!r}: must be {kind}")
     return value

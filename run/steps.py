@@ -66,8 +66,8 @@ def check_steps(steps: Sequence[Step], where: str) -> None:
             args = PARSERS[step.section]().parse_args(step.argv)
             if step.section == "train":
                 chosen = settings_from(args)
-                steps = None if chosen["epochs"] is not None else chosen["steps"]
-                check_lr_schedule(steps, chosen["warmup_steps"], chosen["lr"], chosen["min_lr"])
+                total = None if chosen["epochs"] is not None else chosen["steps"]
+                check_lr_schedule(total, chosen["warmup_steps"], chosen["lr"], chosen["min_lr"])
         except VpipeError as err:
             raise VpipeError(f"{where}: {step.section}: {err}") from None
 

@@ -6,6 +6,10 @@ counts only when every stage's file for it exists; resume takes the newest such 
 1f1b and gpipe nothing is in flight then; under asp a stage also saves, for each micro-batch in
 flight, the weight version its forward used (`StageExecutor.snapshot`), and resume rebuilds
 those micro-batches from them (`StageExecutor.restore`).
+
+A file is one `torch.save` of a dict (`torch.load(..., weights_only=True)` reads it anywhere):
+`Checkpoint`'s fields and `schema_version`. A file of another version, or with a field missing,
+unknown or of the wrong kind, is refused before any process starts.
 """
 
 from __future__ import annotations
@@ -13,14 +17,19 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vpipe.common.errors import VpipeError
 from vpipe.common.optim import Updater
+from vpipe.common.records import Count, decode
 from vpipe.common.stages import check_tensors
+
+SCHEMA_VERSION = 1  # of step_<n>/stage_<k>.pt
+KEEP = 2  # newest complete steps kept; older ones are removed
 
 
 @dataclass(frozen=True)
@@ -31,19 +40,49 @@ class StageTensors:
     buffers: Mapping[str, torch.Tensor]
 
 
-# what a resume must match, and what to say when it does not
+@dataclass(frozen=True)
+class StageState:
+    """What a checkpoint holds of its stage (`StageExecutor.snapshot`). Its tensors are checked
+    against the stage's own by name, shape and dtype when it is loaded."""
+
+    weights: dict[str, torch.Tensor]  # the newest version
+    buffers: dict[str, torch.Tensor]
+    # under asp, the older versions that micro-batches in flight still need, each once
+    versions: tuple[dict[str, torch.Tensor], ...]
+    # under asp, per micro-batch in flight: its number, its version's index in `versions`, and
+    # the random state its forward started from
+    in_flight: tuple[tuple[Count, Count, dict[str, torch.Tensor]], ...]
+    rng: dict[str, torch.Tensor]  # the stage's random state (runtime/rng.py)
+    skipped: Count  # steps skipped so far under --skip-nonfinite
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a checkpoint records of the run that wrote it, and a resume must match."""
+
+    plan_sha256: str
+    schedule: str
+    optimizer_kind: str
+
+
+# what to say when a resume does not match
 MISMATCH = {
     "plan_sha256": "belongs to another plan (its plan sha256 differs); resume with the pipeline "
     "that wrote it, or choose another --checkpoint-dir",
     "schedule": "was written under --schedule {}; resume with it",
     "optimizer_kind": "was written with --optimizer {}; resume with it",
 }
-KEEP = 2  # newest complete steps kept; older ones are removed
 
 
-# what load needs of a checkpoint, and of its stage record (StageExecutor.snapshot)
-FIELDS = ("plan_sha256", "schedule", "run_steps", "stage", "optimizer", "optimizer_steps")
-STAGE_FIELDS = ("weights", "buffers", "versions", "in_flight", "rng")
+@dataclass(frozen=True)
+class Checkpoint(Identity):
+    """One stage's file after one step."""
+
+    step: Count  # the stage's steps so far, skipped ones included
+    run_steps: Count  # the length of the run that wrote it (under asp: whether it drained)
+    stage: StageState
+    optimizer: dict[str, dict[str, torch.Tensor]]  # Updater.state, by weight name
+    optimizer_steps: Count  # updates done: Adam's bias correction and the lr schedule need it
 
 
 def save(
@@ -51,24 +90,24 @@ def save(
     step: int,
     stage: int,
     stages: int,
-    snapshot: dict,
+    snapshot: StageState,
     updater: Updater,
-    identity: dict[str, str],
+    identity: Identity,
     run_steps: int,
 ) -> None:
-    """`identity`: what a resume must match (the plan's sha256, the schedule); `run_steps`: the
-    length of the run that writes it (under asp, whether it was draining)."""
+    """Stage `stage`'s file after `step`; `run_steps`: the length of the run that writes it."""
     folder = directory / f"step_{step}"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".stage_{stage}.pt.tmp"
-    state = {
-        **identity,
-        "step": step,
-        "run_steps": run_steps,
-        "stage": snapshot,
-        "optimizer": updater.state,
-        "optimizer_steps": updater.steps,
-    }
+    record = Checkpoint(
+        **_fields(identity),
+        step=step,
+        run_steps=run_steps,
+        stage=snapshot,
+        optimizer=updater.state,
+        optimizer_steps=updater.steps,
+    )
+    state = {"schema_version": SCHEMA_VERSION, **_fields(record), "stage": _fields(snapshot)}
     torch.save(state, tmp)
     os.replace(tmp, folder / f"stage_{stage}.pt")
     complete = _complete(directory, stages)
@@ -84,12 +123,16 @@ def newest_complete(directory: Path, stages: int) -> int | None:
     return complete[-1] if complete else None
 
 
-def identity(plan_sha256: str, schedule: str, optimizer: str) -> dict[str, str]:
-    """What a checkpoint records of the run that wrote it, and a resume must match."""
-    return {"plan_sha256": plan_sha256, "schedule": schedule, "optimizer_kind": optimizer}
+def _fields(record: Any) -> dict[str, Any]:
+    """A record's fields by name, the values themselves (`asdict` would copy every tensor)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
-def check_resumable(directory: Path, step: int, stages: int, wanted: dict[str, str]) -> None:
+def identity(plan_sha256: str, schedule: str, optimizer: str) -> Identity:
+    return Identity(plan_sha256=plan_sha256, schedule=schedule, optimizer_kind=optimizer)
+
+
+def check_resumable(directory: Path, step: int, stages: int, wanted: Identity) -> None:
     """Before any process starts: every stage's checkpoint at `step` is a whole vpipe
     checkpoint of this run's plan, schedule and optimizer (read lazily: its tensors stay on
     disk), so a refused resume touches nothing in the run directory."""
@@ -102,71 +145,66 @@ def load(
     step: int,
     stage: int,
     updater: Updater,
-    wanted: dict[str, str],
+    wanted: Identity,
     expected: StageTensors,
-) -> tuple[dict, int]:
+) -> tuple[StageState, int]:
     """The stage's record at `step` (see `StageExecutor.snapshot`) and the length of the run
     that wrote it; `updater` takes its state. Every tensor in it is checked against the stage's
     own (`expected`) before anything is taken."""
     path = directory / f"step_{step}" / f"stage_{stage}.pt"
     state = _read(path, wanted, mmap=False)
     _check_tensors(state, expected, path)
-    updater.state, updater.steps = state["optimizer"], state["optimizer_steps"]
-    return state["stage"], state["run_steps"]
+    updater.state, updater.steps = state.optimizer, state.optimizer_steps
+    return state.stage, state.run_steps
 
 
-def _read(path: Path, wanted: dict[str, str], mmap: bool) -> dict:
-    """A checkpoint file that loads, of the run `wanted` describes, with every field."""
+def _read(path: Path, wanted: Identity, mmap: bool) -> Checkpoint:
+    """A checkpoint file that loads, of this version and of the run `wanted` describes."""
     try:
         state = torch.load(path, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated, overwritten, not a checkpoint
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise VpipeError(
             f"{path} cannot be read, it is damaged ({type(err).__name__}: {reason[:120]}); "
-            f"delete {path.parent} to resume from the step before, or start again without "
-            "--resume"
+            f"{_remedy(path)}"
         ) from None
-    if not isinstance(state, dict) or "plan_sha256" not in state:
+    if not isinstance(state, dict) or not {"plan_sha256", "schema_version"} & set(state):
+        raise VpipeError(f"{path} is not a vpipe checkpoint; {_remedy(path)}")
+    version = state.get("schema_version")
+    if version != SCHEMA_VERSION:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise VpipeError(
-            f"{path} is not a vpipe checkpoint; delete {path.parent} to resume from the step "
-            "before, or start again without --resume"
+            f"{path} was written by {'a newer' if newer else 'an older'} vpipe (schema_version "
+            f"{version}, this vpipe's is {SCHEMA_VERSION}); start again without --resume"
         )
-    older = sorted(set(wanted) - set(state))
-    if older:
-        raise VpipeError(
-            f"{path} was written by an older vpipe (it records no {', '.join(older)}); start "
-            "again without --resume"
-        )
-    for key, value in wanted.items():
-        if state.get(key) != value:
-            raise VpipeError(f"{path} {MISMATCH[key].format(state.get(key))}")
-    missing = sorted(set(FIELDS) - set(state)) or sorted(
-        set(STAGE_FIELDS) - set(state["stage"] if isinstance(state["stage"], dict) else ())
-    )
-    if missing:
-        raise VpipeError(
-            f"{path} is not a complete vpipe checkpoint (no {', '.join(missing)}); delete "
-            f"{path.parent} to resume from the step before, or start again without --resume"
-        )
-    return state
+    body = {k: v for k, v in state.items() if k != "schema_version"}
+    checkpoint = decode(Checkpoint, body, str(path), "vpipe checkpoint", _remedy(path))
+    for key, value in _fields(wanted).items():
+        if getattr(checkpoint, key) != value:
+            raise VpipeError(f"{path} {MISMATCH[key].format(getattr(checkpoint, key))}")
+    return checkpoint
 
 
-def _check_tensors(state: dict, expected: StageTensors, path: Path) -> None:
+def _check_tensors(state: Checkpoint, expected: StageTensors, path: Path) -> None:
     """Weights, each stashed version, buffers and optimizer state: named and shaped as the
     stage's (a checkpoint of another vpipe, or edited, fails here, not inside the replay)."""
-    remedy = f"delete {path.parent} to resume from the step before, or start again without --resume"
-    record = state["stage"]
-    check_tensors(record["weights"], expected.weights, f"{path} (weights)", remedy)
-    versions = record["versions"] if isinstance(record["versions"], list) else [None]
-    for k, version in enumerate(versions):
+    remedy = _remedy(path)
+    record = state.stage
+    check_tensors(record.weights, expected.weights, f"{path} (weights)", remedy)
+    for k, version in enumerate(record.versions):
         check_tensors(version, expected.weights, f"{path} (stashed version {k})", remedy)
-    check_tensors(record["buffers"], expected.buffers, f"{path} (buffers)", remedy)
-    optimizer = state["optimizer"]
+    check_tensors(record.buffers, expected.buffers, f"{path} (buffers)", remedy)
+    optimizer = state.optimizer
     if not isinstance(optimizer, dict) or not set(optimizer) <= set(expected.weights):
         raise VpipeError(f"{path}: its optimizer state is not for this stage's weights; {remedy}")
     for name, moments in optimizer.items():
         like = dict.fromkeys(moments, expected.weights[name]) if isinstance(moments, dict) else {}
         check_tensors(moments, like, f"{path} (optimizer state of {name})", remedy)
+
+
+def _remedy(path: Path) -> str:
+    """What to do about a damaged checkpoint file."""
+    return f"delete {path.parent} to resume from the step before, or start again without --resume"
 
 
 def holds_any(directory: Path) -> bool:

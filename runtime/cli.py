@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vpipe.common.cli import CommandParser, run_command
-from vpipe.runtime.settings import DEFAULT_LR, LR_SCHEDULES, RunSettings, defaults
+from vpipe.common.optimizers import DEFAULT_LR, OPTIMIZERS
+from vpipe.common.schedules import SCHEDULES
+from vpipe.runtime.settings import LR_SCHEDULES, RunSettings, defaults, learning_rate
 
-SCHEDULES = ("asp", "1f1b", "gpipe")
-OPTIMIZERS = tuple(DEFAULT_LR)
 CHOICES = {"schedule": SCHEDULES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
 NUMBERS = {  # setting: (whole number, smallest value, whether the smallest itself is allowed)
     "steps": (True, 1, True),
@@ -139,10 +139,8 @@ def _report(pipeline_path: str) -> int:
 
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
-    from vpipe.common.records import decode
-    from vpipe.common.yamlfile import load_yaml
     from vpipe.runtime.report import build_report, print_report, write_markdown
-    from vpipe.runtime.settings import RunSettings
+    from vpipe.runtime.settings import load_settings
     from vpipe.runtime.timeline import draw_timeline
 
     pipeline = load_pipeline(pipeline_path)
@@ -152,13 +150,8 @@ def _report(pipeline_path: str) -> int:
         raise VpipeError(
             f"{run_dir} holds no run to report; train first: vpipe-train {pipeline_path}"
         )
-    where = run_dir / "settings.yaml"
-    used = decode(
-        RunSettings,
-        load_yaml(where, "run settings"),
-        str(where),
-        "run's settings file",
-        f"train again to write it: vpipe-train {pipeline_path}",
+    used = load_settings(
+        run_dir / "settings.yaml", f"train again to write it: vpipe-train {pipeline_path}"
     )
     report = build_report(pipeline, directory, used)
     print_report(report, Console())
@@ -210,8 +203,11 @@ def _check_value(key: str, value: object, default: object, where: str) -> None:
         raise VpipeError(f"{where} {value!r}: use one of {', '.join(CHOICES[key])}")
     if key in NUMBERS:
         whole, least, inclusive = NUMBERS[key]
-        number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
-        if not (number and (value >= least if inclusive else value > least)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int if whole else (int, float))
+            or not (value >= least if inclusive else value > least)
+        ):
             kind = "a whole number" if whole else "a number"
             raise VpipeError(
                 f"{where} {value!r}: must be {kind} {'of at least' if inclusive else 'above'} "
@@ -284,6 +280,7 @@ def run(argv: Sequence[str] | None) -> int:
             )
         chosen["steps_per_epoch"] = max(1, samples // per_step)
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
+    chosen["lr"] = learning_rate(chosen["lr"], chosen["optimizer"])
     settings = RunSettings(pipeline=args.pipeline, **chosen)
     check_lr_schedule(settings.steps, settings.warmup_steps, settings.lr, settings.min_lr)
     launch(settings, notes)

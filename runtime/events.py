@@ -3,18 +3,38 @@
 One row per action (forward or backward of a micro-batch): start and end on the machine's
 monotonic clock (comparable across the stages of one machine), the seconds spent blocked waiting
 for a neighbour, and the process's CPU seconds during the action. Recording costs three clock
-reads and a buffered row per action, so it is always on.
+reads and a buffered row per action, so it is always on. No torch here: `--report` reads them.
+
+The header row is the file's version: a column added, removed or renamed changes it, and a file
+whose header is not this version's is refused with the command that writes it anew. A column
+whose meaning changes is renamed, so that the header changes with it. (A `schema_version` line
+would make the file something other than CSV for the spreadsheets and pandas it is also for.)
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 from vpipe.common.errors import VpipeError
-from vpipe.runtime.executor import ActionEvent
 
 COLUMNS = ["action", "microbatch", "start_s", "end_s", "wait_s", "cpu_s"]
+REMEDY = "vpipe-train writes it anew: train again"
+
+
+@dataclass(frozen=True)
+class ActionEvent:
+    """One action as it ran: seconds on the machine's monotonic clock (perf_counter), the part
+    of it spent blocked waiting for a neighbour's tensors, and the CPU seconds the process used
+    meanwhile (what the stage computed when more processes than cores share the machine)."""
+
+    action: str  # F or B
+    microbatch: int
+    start_s: float
+    end_s: float
+    wait_s: float
+    cpu_s: float
 
 
 class EventLog:
@@ -43,17 +63,27 @@ def read_events(path: Path) -> list[ActionEvent]:
     if not path.is_file():
         raise VpipeError(f"{path} is missing: run vpipe-train first (it writes one per stage)")
     with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    if rows and list(rows[0]) != COLUMNS:
-        raise VpipeError(f"{path}: expected columns {', '.join(COLUMNS)}")
-    return [
-        ActionEvent(
-            r["action"],
-            int(r["microbatch"]),
-            float(r["start_s"]),
-            float(r["end_s"]),
-            float(r["wait_s"]),
-            float(r["cpu_s"]),
+        reader = csv.DictReader(file)
+        rows = list(reader)
+        header = reader.fieldnames
+    if header != COLUMNS:
+        first = ",".join(header) if header else "empty"
+        raise VpipeError(
+            f"{path}: not vpipe-train's events (first line: {first!r}, expected "
+            f"{','.join(COLUMNS)!r}); {REMEDY}"
         )
-        for r in rows
-    ]
+    try:
+        return [_event(row) for row in rows]
+    except (TypeError, ValueError):  # a field missing (None) or not a number
+        raise VpipeError(f"{path}: a row is damaged; {REMEDY}") from None
+
+
+def _event(row: dict[str, str]) -> ActionEvent:
+    return ActionEvent(
+        row["action"],
+        int(row["microbatch"]),
+        float(row["start_s"]),
+        float(row["end_s"]),
+        float(row["wait_s"]),
+        float(row["cpu_s"]),
+    )

@@ -2,11 +2,15 @@
 
 Weights are plain tensors in versions (name -> tensor), never a module's own parameters: a
 forward runs the stage bound to the newest version (`runtime.binding`) and keeps a reference to
-it; its backward asks autograd for gradients with respect to exactly that
-version. Updates are out of place (`common.optim`), so a version a pending backward needs is
-never modified; it is freed when no micro-batch in flight uses it. Under `asp` every backward
-is followed by an update (PipeDream's weight stashing); under `1f1b` and `gpipe` gradients add
-up over the step's M micro-batches and one update follows the last.
+it; its backward asks autograd for gradients with respect to exactly that version. An update
+writes into a new version while a micro-batch in flight still holds the current one, and into
+the current one otherwise (`common.optim`), so a version a pending backward needs is never
+modified; it is freed when no micro-batch in flight uses it. Under `asp` every backward is
+followed by an update (PipeDream's weight stashing); under `1f1b` and `gpipe` gradients add up
+over the step's M micro-batches and one update follows the last. Each update's gradients pass
+the tied copies' sum (`runtime.tied`), the non-finite guard and the clipping first; the loop
+reports each action (`runtime.events`), loss and update through callbacks, and gives its state
+to checkpoints (`snapshot`, `restore`).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage, to_empty_tied
 from vpipe.runtime import rng
 from vpipe.runtime.binding import Slots
+from vpipe.runtime.checkpoint import StageState
+from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.nonfinite import NonFiniteGuard
 from vpipe.runtime.rng import RngState
-from vpipe.runtime.tied import tied_parameters
+from vpipe.runtime.tied import Summed, tied_parameters
 
 Weights = dict[str, torch.Tensor]
 
@@ -43,20 +49,6 @@ class _InFlight:
     received: list[torch.Tensor]  # inputs from the previous stage (leaves)
     outputs: list[torch.Tensor]  # what it sent on, or [loss] on the last stage
     rng: RngState  # the random state its forward started from, to replay it on resume
-
-
-@dataclass(frozen=True)
-class ActionEvent:
-    """One action as it ran: seconds on the machine's monotonic clock (perf_counter), the part
-    of it spent blocked waiting for a neighbour's tensors, and the CPU seconds the process used
-    meanwhile (what the stage computed when more processes than cores share the machine)."""
-
-    action: str  # F or B
-    microbatch: int
-    start_s: float
-    end_s: float
-    wait_s: float
-    cpu_s: float
 
 
 class StageExecutor:
@@ -128,7 +120,7 @@ class StageExecutor:
         self.weights = _trainable(self.tied.finish(_detached(self.weights)))  # asp's last copies
         self.links.flush()
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> StageState:
         """What a checkpoint holds of this stage beside the optimizer: the newest weights, the
         buffers, the random state, and per micro-batch in flight (asp) the stashed version its
         forward used and the random state it started from. A version several share is saved
@@ -141,34 +133,34 @@ class StageExecutor:
                 index[id(pending.weights)] = len(versions)
                 versions.append(_detached(pending.weights))
             in_flight.append((i, index[id(pending.weights)], pending.rng))
-        return {
-            "weights": _detached(self.weights),
-            "buffers": {n: b.detach().clone() for n, b in self.buffers.items()},
-            "versions": versions,
-            "in_flight": in_flight,
-            "rng": rng.get_state(),
-            "skipped": self.guard.skipped,
-        }
+        return StageState(
+            weights=_detached(self.weights),
+            buffers={n: b.detach().clone() for n, b in self.buffers.items()},
+            versions=tuple(versions),
+            in_flight=tuple(in_flight),
+            rng=rng.get_state(),
+            skipped=self.guard.skipped,
+        )
 
-    def restore(self, saved: dict, microbatches: int) -> None:
+    def restore(self, saved: StageState, microbatches: int) -> None:
         """Continue from `snapshot()`'s record: take its weights, then rebuild the micro-batches
         that were in flight by running their forwards again on their stashed versions and
         random states (receiving and sending as they did), skipping any at or past
         `microbatches`, the run's end. Every stage does this, so the messages that were in
         transit when the checkpoint was taken are sent again. Buffers (running statistics)
         are taken after the replay: the replayed forwards' updates are in them already."""
-        if set(saved["weights"]) != set(self.weights):
+        if set(saved.weights) != set(self.weights):
             raise VpipeError(f"the checkpoint's weights for stage {self.index} are not its own")
-        self.weights = _trainable(saved["weights"])
-        self.guard.skipped = saved.get("skipped", 0)  # absent from checkpoints before it
-        versions = [_trainable(v) for v in saved["versions"]]
-        for i, version, state in saved["in_flight"]:
+        self.weights = _trainable(saved.weights)
+        self.guard.skipped = saved.skipped
+        versions = [_trainable(v) for v in saved.versions]
+        for i, version, state in saved.in_flight:
             if i < microbatches:
                 rng.set_state(state)
                 self.forward(i, versions[version])
-        rng.set_state(saved["rng"])
+        rng.set_state(saved.rng)
         # new tensors, not copies into the old: the replayed forwards' graphs hold the old ones
-        self.buffers = {name: saved["buffers"][name] for name in self.buffers}
+        self.buffers = {name: saved.buffers[name] for name in self.buffers}
 
     def forward(self, i: int, weights: Weights | None = None) -> None:
         """Micro-batch i's forward on `weights` (default: the newest version)."""
@@ -185,6 +177,7 @@ class StageExecutor:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         self._check(outputs)
         if self.last:
+            assert batch is not None  # the last stage always makes its batch, for the target
             output = self.model_output(outputs)
             loss = self.model_file.loss_fn(output, batch.target.to(self.device))
             value = loss.item()
@@ -214,8 +207,8 @@ class StageExecutor:
                 for o, s in zip(pending.outputs, self.spec.outputs, strict=True)
                 if carries_gradient(s)
             ]
-            grads = self.links.recv_gradients()
-            pairs = [(o, g) for o, g in zip(floats, grads, strict=True) if o.requires_grad]
+            incoming = self.links.recv_gradients()
+            pairs = [(o, g) for o, g in zip(floats, incoming, strict=True) if o.requires_grad]
             roots, seeds = [o for o, _ in pairs], [g for _, g in pairs]
         names = list(pending.weights)
         wrt = [pending.weights[n] for n in names]
@@ -254,6 +247,7 @@ class StageExecutor:
             if self.backwards % self.pipeline.microbatches:
                 return
             grads, self.accumulated = self.accumulated, {}
+            assert isinstance(self.tied, Summed)  # tied_parameters' choice for 1f1b and gpipe
             self.tied.sum(grads)
         if self.guard.allows(grads, i):  # else a skipped step: no update, on any stage
             grads = self.clip(grads, self.schedule != "asp")  # the step's running sum is owned

@@ -7,6 +7,8 @@ appends the traceback to `run/logs/stage_<k>.log` and writes a small record besi
 of another stage, and when. The launcher reads the records and prints one line: the earliest
 failure that is not a consequence, with the log that holds its traceback. A launched stage's
 stderr goes to its log as well, C++'s included (gloo's complaints about closed connections).
+A record the launcher cannot read as this version's (torn, or another vpipe's) counts as none:
+that stage is reported by its exit status and its log.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from vpipe.common.errors import Failed, VpipeError
+from vpipe.common.records import Count, decode
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+SCHEMA_VERSION = 1  # of stage_<k>.failure.json
 LOGS = "logs"
 # what gloo and the process group say when the other end of a connection went away
 PEER_GONE = re.compile(
@@ -49,7 +53,7 @@ class LostPeer(VpipeError):
 class Failure:
     """How one stage failed, as the launcher reads it."""
 
-    rank: int
+    rank: Count
     message: str  # one line
     kind: Kind
     time: float  # time.time() when it was caught: the earliest real failure is the cause
@@ -111,7 +115,7 @@ def _record(err: Exception, run_dir: Path, rank: int) -> Failure:
     failure = Failure(rank, message, kind, caught, str(log))
     # written whole or not at all: the launcher stops the other stages as soon as one fails
     partial = _record_path(run_dir, rank).with_suffix(".partial")
-    partial.write_text(json.dumps(asdict(failure)))
+    partial.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **asdict(failure)}))
     os.replace(partial, _record_path(run_dir, rank))
     return failure
 
@@ -139,9 +143,16 @@ def cause(run_dir: Path, died: Mapping[int, ProcessFailure]) -> Failure:
 
 
 def _load(path: Path) -> Failure | None:
+    """The record at `path`; None if it is gone, torn, or not one this version writes."""
     try:
-        return Failure(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):  # gone, or not a record this version wrote
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.pop("schema_version", None) != SCHEMA_VERSION:
+        return None
+    try:
+        return decode(Failure, data, str(path), "failure record", "ignored")
+    except VpipeError:
         return None
 
 

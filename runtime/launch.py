@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,11 +22,9 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.optim import Updater
-from vpipe.common.paths import recorded_path
 from vpipe.common.runlock import run_lock
 from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
 from vpipe.common.stages import edits_blamed
-from vpipe.common.yamlfile import save_yaml
 from vpipe.runtime import checkpoint, failures
 from vpipe.runtime.clipping import GlobalNormClipper
 from vpipe.runtime.events import EventLog
@@ -36,7 +33,7 @@ from vpipe.runtime.links import Links
 from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.metrics import Metrics, read_rows
 from vpipe.runtime.nonfinite import NonFiniteGuard, check_supported
-from vpipe.runtime.settings import RunSettings
+from vpipe.runtime.settings import RunSettings, save_settings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
 
 
@@ -327,7 +324,7 @@ def run_stage(settings: RunSettings) -> None:
             uncounted=stages if settings.schedule == "asp" else 1,
         )
         executor.on_loss = metrics.add
-        _save_settings(settings, run_dir / "settings.yaml")
+        save_settings(settings, run_dir / "settings.yaml")
     events = EventLog(run_dir / f"events_stage{rank}.csv")
     executor.on_event = events.add
     meter = _memory_meter(settings, executor, device)
@@ -365,15 +362,6 @@ def run_stage(settings: RunSettings) -> None:
     )
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _save_settings(settings: RunSettings, path: Path) -> None:
-    """The run's settings, its paths relative to run/ like every path a vpipe file records."""
-    used = asdict(settings)
-    used["pipeline"] = recorded_path(settings.pipeline, path)
-    if settings.checkpoint_dir:
-        used["checkpoint_dir"] = recorded_path(settings.checkpoint_dir, path)
-    save_yaml(used, path)
 
 
 def _print_whole(line: str) -> None:

@@ -37,7 +37,7 @@ class _Inbox:
     def __init__(self, specs: Sequence[TensorSpec], peer: int, tag: int, total: int, device):
         self.specs, self.peer, self.tag, self.device = specs, peer, tag, device
         self.left = total if specs else 0  # not yet posted
-        self.posted: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
+        self.posted: deque[tuple[list[dist.Work | None], list[torch.Tensor]]] = deque()
         self.waited_s = 0.0  # blocked in receives, for the run's event log
 
     def take(self) -> list[torch.Tensor]:
@@ -73,7 +73,7 @@ class Links:
         self.gradients = _Inbox(
             [s for s in sent if carries_gradient(s)], stage + 1, GRADIENT, microbatches, device
         )
-        self.pending: deque[tuple[list[dist.Work], int]] = deque()  # sends, and to whom
+        self.pending: deque[tuple[list[dist.Work | None], int]] = deque()  # sends, and to whom
         self.send_waited_s = 0.0  # blocked until a neighbour took what was sent
 
     def recv_activations(self) -> list[torch.Tensor]:
@@ -112,11 +112,13 @@ class Links:
         self.pending.append((works, peer))
 
 
-def wait_for(works: Sequence[dist.Work], peer: int) -> None:
-    """Wait for `works` (sends or receives with `peer`): a lost peer is a one-line error."""
+def wait_for(works: Sequence[dist.Work | None], peer: int) -> None:
+    """Wait for `works` (sends or receives with `peer`): a lost peer is a one-line error.
+    torch gives None for a rank outside the group, which has nothing to wait for."""
     try:
         for work in works:
-            work.wait()
+            if work is not None:
+                work.wait()
     except RuntimeError as err:  # the peer died, or the group's timeout passed
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
         raise LostPeer(f"lost stage {peer}: {reason}") from None

@@ -30,8 +30,7 @@ from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.schedules import FORWARD
 from vpipe.planner.schema import Plan, StagePrediction, load_plan
-from vpipe.runtime.events import read_events
-from vpipe.runtime.executor import ActionEvent
+from vpipe.runtime.events import ActionEvent, read_events
 from vpipe.runtime.metrics import last_rate
 from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.stagelog import StageLog, load_stage_log

@@ -78,7 +78,7 @@ class _Peer:
     rank: int
     delay: int  # the holder's updates of the copy trail the owner's by this many
     tag: int  # gradients to the owner; the sums come back on tag + 1
-    sends: deque[list[dist.Work]] = field(default_factory=deque)
+    sends: deque[list[dist.Work | None]] = field(default_factory=deque)
 
 
 @dataclass

@@ -160,15 +160,16 @@ def checkpoints(step: int, plan_sha256: str | None = None) -> Build:
 
     def build(_: pytest.MonkeyPatch) -> None:
         sha = plan_sha256 or load_pipeline(PIPELINE).plan_sha256
-        identity = {"plan_sha256": sha, "schedule": "asp", "optimizer_kind": "sgd"}
+        identity = checkpoint.identity(sha, "asp", "sgd")
         for stage in (0, 1):
-            record = {  # the stage's initial weights, nothing in flight
-                "weights": torch.load(f"out/weights/stage_{stage}.pt"),
-                "buffers": {},
-                "versions": [],
-                "in_flight": [],
-                "rng": rng.get_state(),
-            }
+            record = checkpoint.StageState(  # the stage's initial weights, nothing in flight
+                weights=torch.load(f"out/weights/stage_{stage}.pt"),
+                buffers={},
+                versions=(),
+                in_flight=(),
+                rng=rng.get_state(),
+                skipped=0,
+            )
             checkpoint.save(CHECKPOINTS, step, stage, 2, record, Updater("sgd", 0.1), identity, 2)
 
     return build
@@ -689,11 +690,34 @@ TRAIN = [
     case(
         "--resume from a checkpoint of an older vpipe",
         [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
-        "step_1/stage_0.pt was written by an older vpipe (it records no optimizer_kind)",
+        "step_1/stage_0.pt was written by an older vpipe (schema_version None, this vpipe's is "
+        f"{checkpoint.SCHEMA_VERSION}); start again without --resume",
         both(
             checkpoints(1),
             recheckpoint(
-                0, lambda saved: {k: v for k, v in saved.items() if k != "optimizer_kind"}
+                0, lambda saved: {k: v for k, v in saved.items() if k != "schema_version"}
+            ),
+        ),
+    ),
+    case(
+        "--resume from a checkpoint of a newer vpipe",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        "step_1/stage_1.pt was written by a newer vpipe (schema_version 99, this vpipe's is",
+        both(checkpoints(1), recheckpoint(1, lambda saved: {**saved, "schema_version": 99})),
+    ),
+    case(
+        "--resume from a checkpoint with a field missing",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        "step_1/stage_0.pt: not a valid vpipe checkpoint: stage: missing field skipped; delete "
+        "out/run/checkpoints/step_1 to resume from the step before",
+        both(
+            checkpoints(1),
+            recheckpoint(
+                0,
+                lambda saved: {
+                    **saved,
+                    "stage": {k: v for k, v in saved["stage"].items() if k != "skipped"},
+                },
             ),
         ),
     ),
@@ -874,6 +898,38 @@ TRAIN = [
         both(checkpoints(1), write("out/run/metrics.csv", "")),
     ),
     case(
+        "--report on a run whose settings.yaml an older vpipe wrote",
+        [PIPELINE, "--report"],
+        "out/run/settings.yaml: schema_version None is not 1; train again to write it: "
+        "vpipe-train out/pipeline.yaml",
+        both(trained, edit("out/run/settings.yaml", r"^schema_version: 1\n", "")),
+    ),
+    case(
+        "--report on a run whose settings.yaml is damaged",
+        [PIPELINE, "--report"],
+        "out/run/settings.yaml: not a valid run settings file: steps: 0 is below 1; train again",
+        both(trained, edit("out/run/settings.yaml", r"^steps: 1$", "steps: 0")),
+    ),
+    case(
+        "the run's settings given for the pipeline",
+        ["out/run/settings.yaml", *STEP],
+        "out/run/settings.yaml is a run settings file, not a pipeline file: give the pipeline file",
+        trained,
+    ),
+    case(
+        "--report with an emptied events file",
+        [PIPELINE, "--report"],
+        "out/run/events_stage1.csv: not vpipe-train's events (first line: 'empty', expected "
+        "'action,microbatch,start_s,end_s,wait_s,cpu_s'); vpipe-train writes it anew",
+        both(trained, write("out/run/events_stage1.csv", "")),
+    ),
+    case(
+        "--report with a damaged events row",
+        [PIPELINE, "--report"],
+        "out/run/events_stage0.csv: a row is damaged; vpipe-train writes it anew: train again",
+        both(trained, edit("out/run/events_stage0.csv", r"\Z", "F,9,soon\n")),
+    ),
+    case(
         "--report with an emptied metrics.csv",
         [PIPELINE, "--report"],
         ("out/run/metrics.csv: not vpipe-train's metrics", "re-run the training"),
@@ -933,6 +989,15 @@ TRAIN_LAUNCHED = [
         [PIPELINE, *STEP],
         ("stage 0: out/weights/stage_0.pt: layers.0.weight is ((3, 3), torch.float32)",),
         resave("out/weights/stage_0.pt", "layers.0.weight", torch.zeros(3, 3)),
+    ),
+    case(
+        "pipeline.yaml names a stage file that is not Python",
+        [PIPELINE, *STEP],
+        "stage 1: out/stage_1.txt is not a Python file; regenerate it with vpipe-gen",
+        both(
+            write("out/stage_1.txt", "x = 1\n"),
+            edit(PIPELINE, r"stage_1.py:Stage1", "stage_1.txt:Stage1"),
+        ),
     ),
     case(
         "pipeline.yaml names a class its stage file lacks",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import pytest
 
@@ -25,6 +26,7 @@ class Item:
     tensors: tuple[Tensor, ...] = ()
     pair: tuple[int, str] | None = None
     flag: bool = False
+    pace: Literal["fast", "slow"] = "fast"
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ GOOD = {
     "cap": "inf",
     "items": [
         {"name": "a", "size": 0, "time": 1, "tensors": [{"shape": [2, 3], "dtype": "f"}]},
-        {"name": "b", "size": 5, "time": 0.5, "pair": [1, "x"], "flag": True},
+        {"name": "b", "size": 5, "time": 0.5, "pair": [1, "x"], "flag": True, "pace": "slow"},
     ],
 }
 
@@ -55,7 +57,7 @@ def test_a_good_file_decodes_to_the_records_by_hand():
         cap=math.inf,
         items=(
             Item("a", 0, 1.0, (Tensor((2, 3), "f"),)),
-            Item("b", 5, 0.5, pair=(1, "x"), flag=True),
+            Item("b", 5, 0.5, pair=(1, "x"), flag=True, pace="slow"),
         ),
     )
     assert isinstance(top.items[0].time, float)  # 1 in a float field is the float 1.0
@@ -86,6 +88,8 @@ def _with(path: tuple, value: object) -> dict:
         (("items", 0, "size"), 1.5, "items[0].size: expected a whole number, got 1.5 (float)"),
         (("items", 0, "name"), 7, "items[0].name: expected text, got 7 (int)"),
         (("items", 1, "flag"), "yes", "items[1].flag: expected true or false, got 'yes'"),
+        (("items", 1, "pace"), "brisk", "items[1].pace: 'brisk' (str) is not one of fast, slow"),
+        (("items", 1, "pace"), ["fast"], "items[1].pace: ['fast'] (list) is not one of fast"),
         (("items", 1, "pair"), [1], "items[1].pair: expected 2 items, got 1"),
         (("items", 1, "pair"), [1, 2], "items[1].pair[1]: expected text, got 2 (int)"),
         (("items", 0, "tensors"), {"shape": []}, "items[0].tensors: expected a list, got {"),

@@ -15,7 +15,7 @@ from vpipe.profiler.schema import load_profile
 from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate
-from ..runtime.test_sync import LR, single_process
+from ..runtime.references import LR, single_process
 
 pytest.importorskip("transformers")
 

@@ -20,7 +20,6 @@ def node(
         backward_ms=2 * fwd,
         param_bytes=params,
         grad_bytes=params,
-        optimizer_bytes=0,
         buffer_bytes=0,
         output_bytes=out,
         saved_bytes=saved,

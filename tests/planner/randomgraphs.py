@@ -40,7 +40,6 @@ def random_profile(seed: int, size: int, ties: bool = False) -> Profile:
                 backward_ms=0.0 if i == 0 else rng.randint(1, 9),
                 param_bytes=params,
                 grad_bytes=params,
-                optimizer_bytes=0,
                 buffer_bytes=0,
                 output_bytes=out,
                 saved_bytes=internal + (out if saves_output else 0),

@@ -8,7 +8,7 @@ import torch
 from torch import fx, nn
 
 from vpipe.common.errors import VpipeError
-from vpipe.profiler.schema import Profile, Tie
+from vpipe.profiler.schema import SCHEMA_VERSION, Profile, Tie
 from vpipe.profiler.ties import find_ties
 
 from ..planner.handmade import node, profile
@@ -55,5 +55,7 @@ def test_ties_round_trip_and_are_checked():
 
 def test_a_profile_from_before_ties_says_to_profile_again():
     data = hand_profile(()).to_dict() | {"schema_version": 1}
-    with pytest.raises(VpipeError, match="schema_version 1 is not 2; re-run vpipe-profile"):
+    with pytest.raises(
+        VpipeError, match=f"schema_version 1 is not {SCHEMA_VERSION}; re-run vpipe-profile"
+    ):
         Profile.from_dict(data)

@@ -126,18 +126,20 @@ def test_resume_needs_what_asp_saves(tmp_path):
 
 WRITER = textwrap.dedent(
     """
+    import dataclasses
     import sys
     from pathlib import Path
     import torch
     from vpipe.runtime import checkpoint
     from vpipe.common.optim import Updater
 
-    folder, identity = Path(sys.argv[1]), {"plan_sha256": "p", "schedule": "1f1b"}
-    small = {
-        "weights": {"w": torch.ones(4)}, "buffers": {}, "versions": [], "in_flight": [], "rng": {}
-    }
+    folder, identity = Path(sys.argv[1]), checkpoint.identity("p", "1f1b", "sgd")
+    small = checkpoint.StageState(
+        weights={"w": torch.ones(4)}, buffers={}, versions=(), in_flight=(), rng={}, skipped=0
+    )
     checkpoint.save(folder, 1, 0, 1, small, Updater("sgd", 0.1), identity, 2)
-    large = {**small, "weights": {"w": torch.zeros(128 * 2**20)}}  # 512 MiB: a long write
+    # 512 MiB: a long write
+    large = dataclasses.replace(small, weights={"w": torch.zeros(128 * 2**20)})
     checkpoint.save(folder, 2, 0, 1, large, Updater("sgd", 0.1), identity, 2)
     """
 )
@@ -155,10 +157,10 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     writer.wait()
     assert not (folder / "step_2" / "stage_0.pt").exists()
     assert checkpoint.newest_complete(folder, 1) == 1
-    identity = {"plan_sha256": "p", "schedule": "1f1b"}
+    identity = checkpoint.identity("p", "1f1b", "sgd")
     expected = checkpoint.StageTensors(weights={"w": torch.empty(4)}, buffers={})
     saved, _ = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity, expected)
-    assert torch.equal(saved["weights"]["w"], torch.ones(4))
+    assert torch.equal(saved.weights["w"], torch.ones(4))
 
 
 @pytest.fixture

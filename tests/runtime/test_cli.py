@@ -3,8 +3,8 @@ tests/test_bad_inputs.py)."""
 
 import pytest
 
-from vpipe.common.yamlfile import load_yaml
 from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.settings import load_settings
 
 from ..codegen.pipelines import generate, plan, profile
 
@@ -20,8 +20,9 @@ def test_config_file_and_flags(mlp_pipeline, tmp_path):
     config.write_text("lr: 0.2\nsteps: 3\noptimizer: adam\nschedule: gpipe\n")
     argv = [str(mlp_pipeline / "pipeline.yaml"), "--config", str(config), "--steps", "2"]
     assert train_main([*argv, "--threads", "1"]) == 0
-    used = load_yaml(mlp_pipeline / "run" / "settings.yaml", "settings")
-    assert (used["lr"], used["steps"], used["optimizer"], used["schedule"]) == (
+    used = load_settings(mlp_pipeline / "run" / "settings.yaml", "")
+    assert used.pipeline == str(mlp_pipeline / "pipeline.yaml")  # recorded relative to run/
+    assert (used.lr, used.steps, used.optimizer, used.schedule) == (
         0.2,
         2,  # the flag wins over the file
         "adam",

@@ -3,6 +3,7 @@ line naming the stage that caused it and the log that holds its traceback, not t
 stages' loss of it; a bug exits 1, bad input 2."""
 
 import hashlib
+import json
 import re
 import shutil
 from dataclasses import replace
@@ -147,3 +148,26 @@ def test_a_bug_is_status_1_with_its_type(tmp_path):
     assert (failure.kind, failure.message) == ("bug", "KeyError: 'weight'")
     assert failure.error().status == 1
     assert "KeyError" in Path(failure.log).read_text()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda record: record.pop("schema_version"),  # an older vpipe's
+        lambda record: record.update(schema_version=failures.SCHEMA_VERSION + 1),  # a newer one's
+        lambda record: record.update(kind="oops"),  # not a kind this version knows
+    ],
+)
+def test_a_record_this_version_did_not_write_counts_as_none(tmp_path, change):
+    _fail(tmp_path, 1, VpipeError("bad input"))
+    path = tmp_path / "logs" / "stage_1.failure.json"
+    record = json.loads(path.read_text())
+    assert record["schema_version"] == failures.SCHEMA_VERSION
+    change(record)
+    path.write_text(json.dumps(record))
+    found = failures.cause(tmp_path, {1: _died(1, 2)})
+    assert (found.rank, found.kind, found.message) == (
+        1,
+        "died",
+        "exited with status 2 before saying why",
+    )

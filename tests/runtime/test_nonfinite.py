@@ -16,7 +16,7 @@ from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate
 from .fixtures import nan_batch
-from .test_sync import LR, momentum_sgd
+from .references import LR, momentum_sgd
 
 MODEL = nan_batch.__file__
 MICROBATCHES = 2

@@ -4,6 +4,8 @@ import csv
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -11,7 +13,7 @@ import yaml
 from vpipe.codegen.schema import load_pipeline
 from vpipe.planner.schema import load_plan
 from vpipe.runtime.cli import main as train_main
-from vpipe.runtime.executor import ActionEvent
+from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.report import MEMORY_HINT, NOT_MEASURED, stage_ms, timed_by_cpu
 
 from ..codegen.pipelines import generate, plan, profile
@@ -72,6 +74,18 @@ def test_report_and_timeline(trained, capsys):
     printed, _ = report(trained, capsys)
     assert "predicted vs measured, 1f1b" in printed and "bubble: measured" in printed
     assert (trained / "run" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_imports_no_torch(trained):
+    """--report reads files: it starts without torch's seconds of import."""
+    code = (
+        "import sys\n"
+        "from vpipe.runtime.cli import main\n"
+        f"assert main([{str(trained / 'pipeline.yaml')!r}, '--report']) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_report_sets_the_runs_throughput_against_the_plans(trained, capsys):

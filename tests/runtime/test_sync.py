@@ -7,57 +7,19 @@ import pytest
 import torch
 
 from vpipe.codegen.schema import load_pipeline
-from vpipe.common.modelfile import load_model_file
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate, plan, profile
+from .references import LR, single_process
 
 MICROBATCHES = 3
 STEPS = 3
-LR = 0.05
 
 
 @pytest.fixture(scope="module")
 def gpt_profile(tmp_path_factory):
     return profile("gpt", tmp_path_factory.mktemp("gpt"), batch_size=2)
-
-
-def momentum_sgd(params):
-    return torch.optim.SGD(params, lr=LR, momentum=0.9)
-
-
-def single_process(
-    pipeline, steps, make_optimizer=momentum_sgd, lr_lambda=None, clip=None, norms=None
-):
-    """The reference: one model, M micro-batches' gradients summed (loss / M), one optimizer
-    step per step (SGD with momentum unless told), its rate scaled by torch's LambdaLR with
-    `lr_lambda`, its gradients clipped by clip_grad_norm_ to `clip` (each step's norm before
-    clipping appended to `norms`); micro-batch i is make_batch(batch_size, i). Returns the
-    parameters and each step's loss."""
-    model_file = load_model_file(pipeline.model)
-    torch.manual_seed(pipeline.seed)
-    model = model_file.build_model()
-    optimizer = make_optimizer(model.parameters())
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
-    losses = []
-    for step in range(steps):
-        optimizer.zero_grad()
-        total = 0.0
-        for j in range(pipeline.microbatches):
-            batch = model_file.batch(pipeline.batch_size, step * pipeline.microbatches + j)
-            loss = model_file.loss_fn(batch.call(model), batch.target)
-            (loss / pipeline.microbatches).backward()
-            total += loss.item()
-        losses.append(total / pipeline.microbatches)
-        if clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if norms is not None:
-                norms.append(norm.item())
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-    return dict(model.named_parameters()), losses
 
 
 @pytest.mark.parametrize(

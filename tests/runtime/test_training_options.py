@@ -12,7 +12,7 @@ from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.lr_schedule import LrSchedule
 
 from ..codegen.pipelines import generate, plan, profile
-from .test_sync import single_process
+from .references import single_process
 
 MICROBATCHES = 3
 STEPS = 6
