@@ -226,6 +226,7 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
                 module=f"stage_{flow.index}.py:Stage{flow.index}",
                 module_sha256=hashlib.sha256(source.encode()).hexdigest(),
                 weights=f"weights/stage_{flow.index}.pt",
+                nodes=flow.nodes,
                 ranks=(flow.index,),
                 batch_inputs=tuple(
                     sources.captured.input_keys[placeholders.index(n)] for n in flow.batch_inputs

@@ -20,7 +20,8 @@ from vpipe.common.schedules import SCHEDULES
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 from vpipe.planner.schema import Prediction, StagePrediction
 
-SCHEMA_VERSION = 3  # 2: batch inputs by key, the output's structure; 3: stage files' sha256
+# 2: batch inputs by key, the output's structure; 3: stage files' sha256; 4: stages' nodes
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class StageSpec:
     # the stage file as vpipe-gen wrote it: an error raised in an edited one is the editor's
     module_sha256: str
     weights: str  # initial values of the parameters and buffers it owns
+    nodes: tuple[str, ...]  # the plan's nodes on this stage, in the profile's order
     ranks: tuple[Count, ...]  # processes that run it (one per stage today)
     batch_inputs: tuple[str, ...]  # keys of make_batch's inputs it reads itself ("0", "input_ids")
     inputs: tuple[TensorSpec, ...]  # forward's arguments: batch inputs, then stage k-1's

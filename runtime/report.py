@@ -14,7 +14,6 @@ between the run's first start and last end, the simulator's definition (`planner
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -27,9 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vpipe.codegen.schema import Pipeline
-from vpipe.common.errors import VpipeError
 from vpipe.common.schedules import FORWARD
-from vpipe.planner.schema import Plan, StagePrediction, load_plan
+from vpipe.planner.schema import StagePrediction
 from vpipe.runtime.events import ActionEvent, read_events
 from vpipe.runtime.metrics import last_rate
 from vpipe.runtime.settings import RunSettings
@@ -85,8 +83,8 @@ def stage_ms(
 class StageReport:
     index: int
     predicted: StagePrediction  # the plan's figures for the stage, as pipeline.yaml has them
-    nodes: int | None  # graph nodes the plan gave it (None: the plan file is gone or changed)
-    recomputed: int | None  # of those, the ones recomputed in backward
+    nodes: int  # graph nodes the plan gave it
+    recomputed: int  # of those, the ones recomputed in backward
     measured_ms: float  # busy time per micro-batch, waiting excluded (CPU time if `by_cpu`)
     waiting_ms: float  # blocked on a neighbour, per micro-batch
     idle: float  # share of the run's span this stage did nothing (wall clock)
@@ -116,7 +114,6 @@ class RunReport:
     counted_memory: bool  # --measure-memory: on CPU every op was counted, which slows the run
     started: datetime  # when the run's settings were written, as its stages began
     plan_path: Path  # where pipeline.yaml says its plan is
-    plan_note: str | None  # why the plan's node counts are missing, if they are
     memory_note: str | None  # why some stage's memory is missing, if it is
     stages: tuple[StageReport, ...]
     bubble_fraction: float  # idle share of all stage-time over the run
@@ -138,8 +135,6 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
     )
     start = min(e.start_s for stage in events for e in stage)
     span = max(e.end_s for stage in events for e in stage) - start
-    plan_path = directory / pipeline.plan
-    plan, plan_note = _plan(plan_path, pipeline.plan_sha256)
     stages, busy_total, unlogged = [], 0.0, []
     for spec, stage_events in zip(pipeline.stages, events, strict=True):
         count = max(1, sum(e.action == FORWARD for e in stage_events))
@@ -156,8 +151,8 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
             StageReport(
                 index=spec.index,
                 predicted=spec.predicted,
-                nodes=len(plan.stages[spec.index].nodes) if plan else None,
-                recomputed=len(plan.stages[spec.index].recompute) if plan else None,
+                nodes=len(spec.nodes),
+                recomputed=sum(len(segment) for segment in spec.recompute),
                 measured_ms=stage_ms(stage_events, processes, cores, threads, on_cpu),
                 waiting_ms=sum(e.wait_s for e in stage_events) / count * 1e3,
                 idle=1 - busy / span if span else 0.0,
@@ -173,8 +168,7 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
         steps=used.steps,
         counted_memory=used.measure_memory,
         started=datetime.fromtimestamp((run_dir / "settings.yaml").stat().st_mtime),
-        plan_path=plan_path,
-        plan_note=plan_note,
+        plan_path=directory / pipeline.plan,
         memory_note=_memory_note(stages, unlogged),
         stages=tuple(stages),
         bubble_fraction=1 - busy_total / (span * len(stages)) if span else 0.0,
@@ -205,19 +199,6 @@ def _memory_note(stages: Sequence[StageReport], unlogged: Sequence[str]) -> str 
     if any(s.measured_bytes is None for s in stages):
         return f"memory not measured: {MEMORY_HINT}"
     return None
-
-
-def _plan(path: Path, sha256: str) -> tuple[Plan | None, str | None]:
-    """The plan pipeline.yaml was generated from, or why it cannot be read as that plan."""
-    where = os.path.normpath(path)
-    if not path.is_file():
-        return None, f"{where} is gone: node counts not shown"
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-        return None, f"{where} changed since vpipe-gen (sha256 differs): node counts not shown"
-    try:
-        return load_plan(path), None
-    except VpipeError as err:  # a plan of an older vpipe: the rest of the report still holds
-        return None, f"{err}: node counts not shown"
 
 
 def _mib(n: float) -> str:
@@ -365,8 +346,6 @@ def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
         f"[{plan_name}]({plan_link}); predicted per micro-batch, memory in MiB.",
         "",
     ]
-    if report.plan_note:
-        lines += [f"Note: {report.plan_note}.", ""]
     lines += [*_plan_tables(report.stages), ""]
     path.write_text("\n".join(lines))
 
@@ -376,12 +355,11 @@ def _plan_tables(stages: Sequence[StageReport]) -> list[str]:
     the plan's prediction records carry."""
     time_fields = _figures(stages[0].predicted)
     memory_fields = _figures(stages[0].predicted.memory)
-    unknown = "?"
     time_rows = [
         [
             str(s.index),
-            unknown if s.nodes is None else str(s.nodes),
-            unknown if s.recomputed is None else str(s.recomputed),
+            str(s.nodes),
+            str(s.recomputed),
             *(f"{getattr(s.predicted, name):.3f}" for name in time_fields),
         ]
         for s in stages

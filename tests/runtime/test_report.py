@@ -137,6 +137,20 @@ def test_report_md_holds_the_predictions_and_the_plan(trained, capsys):
         assert memory["total"] == f"{spec.predicted.memory.total / 2**20:.3f}"
 
 
+def test_the_report_reads_no_plan(trained, capsys):
+    """Node counts come from pipeline.yaml: a plan replaced since (re-planned for 3 GPUs, say)
+    changes nothing in the report of the run that was made from the old one."""
+    _, before = report(trained, capsys)
+    plan = trained / load_pipeline(trained / "pipeline.yaml").plan
+    kept = plan.read_bytes()
+    plan.write_text("replaced\n")
+    try:
+        _, after = report(trained, capsys)
+    finally:
+        plan.write_bytes(kept)
+    assert table(after, "stage | nodes") == table(before, "stage | nodes")
+
+
 def test_report_md_memory_when_measured(measured, capsys):
     printed, markdown = report(measured, capsys)
     pipeline = load_pipeline(measured / "pipeline.yaml")
