@@ -18,6 +18,7 @@ from vpipe.profiler.linkcost import measure_link_cost
 from vpipe.profiler.measure import (
     Clock,
     LossCost,
+    Reference,
     backward_peaks,
     classify_saved,
     measure_loss,
@@ -80,24 +81,7 @@ def profile_model(
         raise VpipeError(f"--threads {settings.threads}: must be at least 0 (0: torch's default)")
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    try:
-        model = model_file.build_model()
-    except Exception as err:
-        raise VpipeError(
-            f"{model_file.source}: build_model() failed: {type(err).__name__}: {err}"
-        ) from None
-    if not isinstance(model, torch.nn.Module):
-        raise VpipeError(
-            f"{model_file.source}: build_model() returned a {type(model).__name__}, "
-            "not a torch.nn.Module"
-        )
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        raise VpipeError(
-            f"{model_file.source}: build_model() returned a model on the meta device "
-            "(parameters without data); build it on the CPU, vpipe moves it"
-        )
-    model = model.to(device).train()
+    model = _built_model(model_file, settings.seed).to(device).train()
     model_file.check_deterministic(settings.batch_size, 0)
     batch = model_file.batch(settings.batch_size, 0).to(device)
     _check_forward(model, model_file, batch, settings.batch_size)
@@ -105,62 +89,9 @@ def profile_model(
     gm, inputs = captured.graph, tuple(t for _, t in batch.inputs)
     backward = backward_peaks(gm, inputs)
     reference = reference_run(gm, inputs)
-    owners = _state_owners(gm)
-    state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
     clock = Clock(device)
-    graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
-    total(len(graph_nodes) + 3)  # and the whole model, the loss, the links
-    nodes = []
-    storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
-    for node in graph_nodes:
-        timing = time_node(node, gm, reference, clock, settings.warmup, settings.repeats)
-        saved = classify_saved(node, reference, state_keys)
-        params, buffers = owners.get(node.name, ([], []))
-        trainable = sum(_nbytes(t) for _, t in params if t.requires_grad)
-        outputs = flat_tensors(reference.values[node.name])
-        view_of = storage_owner.get(storage_key(outputs[0]), "") if outputs else ""
-        for t in outputs:
-            storage_owner.setdefault(storage_key(t), node.name)
-        nodes.append(
-            NodeProfile(
-                name=node.name,
-                op=node.op,
-                target=_target_name(node, gm),
-                inputs=tuple(n.name for n in node.all_input_nodes),
-                outputs=tuple(
-                    TensorMeta(
-                        tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_contiguous()
-                    )
-                    for t in outputs
-                ),
-                forward_ms=round(timing.forward_ms, 4),
-                backward_ms=round(timing.backward_ms, 4),
-                param_bytes=sum(_nbytes(t) for _, t in params),
-                grad_bytes=trainable,
-                buffer_bytes=sum(_nbytes(t) for _, t in buffers),
-                output_bytes=sum(_nbytes(t) for t in outputs),
-                saved_bytes=saved.own_bytes,
-                saved_inputs=saved.inputs,
-                saves_output=saved.saves_output,
-                view_of=view_of,
-                workspace_bytes=timing.workspace_bytes,
-                backward_bytes=backward.get(node.name, 0),
-                update_ms=round(
-                    time_update(
-                        [t for _, t in params if t.requires_grad],
-                        settings.optimizer,
-                        clock,
-                        settings.warmup,
-                        settings.repeats,
-                    ),
-                    4,
-                ),
-                module=_module_path(node),
-                parameters=tuple(name for name, _ in params),
-                is_tensor=isinstance(reference.values[node.name], torch.Tensor),
-            )
-        )
-        progress(node.name)
+    total(sum(n.op != "output" for n in gm.graph.nodes) + 3)  # the whole model, loss, links
+    nodes = _profile_nodes(gm, reference, backward, clock, settings, progress)
     del reference  # its values and autograd graph would inflate the whole model's peak
     whole, peak = time_whole_model(model, batch, clock, settings.warmup, settings.repeats)
     progress("whole model")
@@ -197,6 +128,87 @@ def profile_model(
         capture=captured.route,
         input_keys=captured.input_keys,
     )
+
+
+def _profile_nodes(
+    gm: fx.GraphModule,
+    reference: Reference,
+    backward: dict[str, int],
+    clock: Clock,
+    settings: ProfileSettings,
+    progress: Callable[[str], None],
+) -> list[NodeProfile]:
+    """Every graph node's record: its times, and its bytes as `reference` (one run of the
+    graph, every value kept) and `backward` (each node's backward peak) show them."""
+    owners = _state_owners(gm)
+    state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
+    nodes: list[NodeProfile] = []
+    storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
+    for node in (n for n in gm.graph.nodes if n.op != "output"):
+        outputs = flat_tensors(reference.values[node.name])
+        view_of = storage_owner.get(storage_key(outputs[0]), "") if outputs else ""
+        for t in outputs:
+            storage_owner.setdefault(storage_key(t), node.name)
+        timing = time_node(node, gm, reference, clock, settings.warmup, settings.repeats)
+        params, buffers = owners.get(node.name, ([], []))
+        trainable = [t for _, t in params if t.requires_grad]
+        update_ms = time_update(
+            trainable, settings.optimizer, clock, settings.warmup, settings.repeats
+        )
+        saved = classify_saved(node, reference, state_keys)
+        nodes.append(
+            NodeProfile(
+                name=node.name,
+                op=node.op,
+                target=_target_name(node, gm),
+                inputs=tuple(n.name for n in node.all_input_nodes),
+                outputs=tuple(_tensor_meta(t) for t in outputs),
+                forward_ms=round(timing.forward_ms, 4),
+                backward_ms=round(timing.backward_ms, 4),
+                param_bytes=sum(_nbytes(t) for _, t in params),
+                grad_bytes=sum(_nbytes(t) for t in trainable),
+                buffer_bytes=sum(_nbytes(t) for _, t in buffers),
+                output_bytes=sum(_nbytes(t) for t in outputs),
+                saved_bytes=saved.own_bytes,
+                saved_inputs=saved.inputs,
+                saves_output=saved.saves_output,
+                view_of=view_of,
+                workspace_bytes=timing.workspace_bytes,
+                backward_bytes=backward.get(node.name, 0),
+                update_ms=round(update_ms, 4),
+                module=_module_path(node),
+                parameters=tuple(name for name, _ in params),
+                is_tensor=isinstance(reference.values[node.name], torch.Tensor),
+            )
+        )
+        progress(node.name)
+    return nodes
+
+
+def _built_model(model_file: ModelFile, seed: int) -> torch.nn.Module:
+    """build_model() after `seed`, checked: a module, with data (not on the meta device)."""
+    torch.manual_seed(seed)
+    try:
+        model = model_file.build_model()
+    except Exception as err:
+        raise VpipeError(
+            f"{model_file.source}: build_model() failed: {type(err).__name__}: {err}"
+        ) from None
+    if not isinstance(model, torch.nn.Module):
+        raise VpipeError(
+            f"{model_file.source}: build_model() returned a {type(model).__name__}, "
+            "not a torch.nn.Module"
+        )
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise VpipeError(
+            f"{model_file.source}: build_model() returned a model on the meta device "
+            "(parameters without data); build it on the CPU, vpipe moves it"
+        )
+    return model
+
+
+def _tensor_meta(t: torch.Tensor) -> TensorMeta:
+    return TensorMeta(tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_contiguous())
 
 
 def _loss_node(model_file: ModelFile, outputs: tuple[str, ...], cost: LossCost) -> NodeProfile:

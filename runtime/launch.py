@@ -10,7 +10,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +23,14 @@ from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.optim import Updater
 from vpipe.common.runlock import run_lock
-from vpipe.common.schedules import refilled, resumed, run_actions, stage_actions, validate
+from vpipe.common.schedules import (
+    Action,
+    refilled,
+    resumed,
+    run_actions,
+    stage_actions,
+    validate,
+)
 from vpipe.common.stages import edits_blamed
 from vpipe.runtime import checkpoint, failures
 from vpipe.runtime.clipping import GlobalNormClipper
@@ -207,125 +214,37 @@ def run_stage(settings: RunSettings) -> None:
     """One process: join the group, build this stage, walk its actions, write results."""
     pipeline = load_pipeline(settings.pipeline)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    stages = len(pipeline.stages)
-    device = torch.device("cpu")
-    backend = "gloo"
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
-    torch.manual_seed(pipeline.seed + rank)  # dropout masks: the same in every run of this plan
-    dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
-    _print_whole(
-        f"Finished initializing process group; backend: {backend}, rank: {rank}, "
-        f"world_size: {world}"
-    )
+    device = _join_group(settings, pipeline.seed, rank, world)
     stage = next(s for s in pipeline.stages if rank in s.ranks)
     _print_whole(f"[Rank {rank}] Stage: {stage.index}, Rank in stage: {stage.ranks.index(rank)}")
-    directory = Path(settings.pipeline).parent
-    model_file = load_model_file(pipeline.model)
-    lr_schedule = LrSchedule(
-        settings.lr_schedule, settings.warmup_steps, settings.steps, settings.min_lr / settings.lr
-    )
-    updater = Updater(
-        settings.optimizer,
-        settings.lr,
-        settings.momentum,
-        settings.weight_decay,
-        lr_factor=lr_schedule.factor,
-    )
-    run_dir = settings.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
     per_step = _per_step(settings, pipeline.microbatches)
+    stages = len(pipeline.stages)
     first_step = checkpoint.newest_complete(settings.checkpoints, stages) if settings.resume else 0
-    assert first_step is not None  # launch() checked
+    if first_step is None:
+        raise VpipeError(f"--resume: {settings.checkpoints} holds no complete checkpoint")
     total, done = settings.steps * per_step, first_step * per_step
-    identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
+    updater = _updater(settings)
+    directory = Path(settings.pipeline).parent
     executor = StageExecutor(
         pipeline,
         directory,
         rank,
-        model_file,
+        load_model_file(pipeline.model),
         updater,
         Links(pipeline, rank, device, total - done),
         settings.schedule,
         device,
     )
-    saved, written_by = (
-        checkpoint.load(
-            settings.checkpoints,
-            first_step,
-            rank,
-            updater,
-            identity,
-            checkpoint.StageTensors(executor.weights, executor.buffers),
-        )
-        if settings.resume
-        else (None, 0)
-    )
-    # an asp checkpoint from a run that was draining (its last S - 1 steps) holds none of what
-    # a longer run would have in flight: the pipeline fills again from there, as a new run
-    refill = saved is not None and settings.schedule == "asp" and done + stages - 1 > written_by
-    if refill:
-        actions = refilled(stages, done, total, rank)
-    else:
-        actions = resumed(
-            stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank),
-            done,
-        )
-    if settings.clip_grad_norm is not None:
-        clipper = GlobalNormClipper(
-            pipeline, rank, settings.schedule, settings.clip_grad_norm, device
-        )
-        executor.clip = clipper.clip
-    if settings.skip_nonfinite:
-        executor.guard = NonFiniteGuard(stages, per_step, device, skip=True)
-    if saved is not None:
-        executor.restore(saved, done if refill else total)  # a refill replays nothing
-        if rank == 0:
-            how = ", the pipeline filling again (the run that wrote it had drained)"
-            how = how if refill else ""
-            print(f"resuming after step {first_step} from {settings.checkpoints}{how}", flush=True)
-    if settings.checkpoint_every:
-        every = settings.checkpoint_every
-
-        def checkpoint_after(updates: int) -> None:
-            if updates % every == 0:
-                checkpoint.save(
-                    settings.checkpoints,
-                    updates,
-                    rank,
-                    stages,
-                    executor.snapshot(),
-                    updater,
-                    identity,
-                    settings.steps,
-                )
-
-        executor.on_update = checkpoint_after
-    try:
-        dist.barrier()  # every stage built: the clock starts now
-    except RuntimeError as err:  # another stage failed while being built: its record says why
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
-        raise failures.LostPeer(f"lost a stage before training began: {reason}") from None
+    _add_options(settings, pipeline, executor, updater, rank, device)
+    actions = _actions(settings, pipeline, executor, updater, rank, first_step)
+    _wait_for_every_stage()
     metrics = None
     if rank == stages - 1:  # the stage that computes the loss reports it
-        metrics = Metrics(
-            run_dir / "metrics.csv",
-            per_step,
-            pipeline.batch_size,
-            settings.print_every,
-            settings.steps,
-            settings.steps_per_epoch,
-            first_step,
-            # throughput leaves out the fill: under asp the S - 1 micro-batches stage 0 runs
-            # before its first backward and the first step; else the first step's first calls
-            uncounted=stages if settings.schedule == "asp" else 1,
-        )
+        metrics = _metrics(settings, pipeline, per_step, first_step)
         executor.on_loss = metrics.add
-        save_settings(settings, run_dir / "settings.yaml")
-    events = EventLog(run_dir / f"events_stage{rank}.csv")
+        save_settings(settings, settings.run_dir / "settings.yaml")
+    events = EventLog(settings.run_dir / f"events_stage{rank}.csv")
     executor.on_event = events.add
     meter = _memory_meter(settings, executor, device)
     start = time.perf_counter()
@@ -343,7 +262,148 @@ def run_stage(settings: RunSettings) -> None:
                 "gradient (--skip-nonfinite)",
                 flush=True,
             )
-    torch.save(executor.final_state(), run_dir / f"final_stage_{rank}.pt")
+    _write_results(settings, executor, rank, world, device, meter, seconds)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torch.device:
+    """This process's device, threads and seed, then the process group (NCCL on a GPU)."""
+    device = torch.device("cpu")
+    backend = "gloo"
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(seed + rank)  # dropout masks: the same in every run of this plan
+    dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
+    _print_whole(
+        f"Finished initializing process group; backend: {backend}, rank: {rank}, "
+        f"world_size: {world}"
+    )
+    return device
+
+
+def _updater(settings: RunSettings) -> Updater:
+    lr_schedule = LrSchedule(
+        settings.lr_schedule, settings.warmup_steps, settings.steps, settings.min_lr / settings.lr
+    )
+    return Updater(
+        settings.optimizer,
+        settings.lr,
+        settings.momentum,
+        settings.weight_decay,
+        lr_factor=lr_schedule.factor,
+    )
+
+
+def _actions(
+    settings: RunSettings,
+    pipeline: Pipeline,
+    executor: StageExecutor,
+    updater: Updater,
+    rank: int,
+    first_step: int,
+) -> Iterator[Action]:
+    """The actions this stage still has to run: all of them, or, resuming, what follows the
+    checkpoint after `first_step`, whose state the executor is restored to."""
+    stages, per_step = len(pipeline.stages), _per_step(settings, pipeline.microbatches)
+    total, done = settings.steps * per_step, first_step * per_step
+    if not settings.resume:
+        return stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank)
+    identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
+    tensors = checkpoint.StageTensors(executor.weights, executor.buffers)
+    saved, written_by = checkpoint.load(
+        settings.checkpoints, first_step, rank, updater, identity, tensors
+    )
+    # an asp checkpoint from a run that was draining (its last S - 1 steps) holds none of what
+    # a longer run would have in flight: the pipeline fills again from there, as a new run
+    refill = settings.schedule == "asp" and done + stages - 1 > written_by
+    executor.restore(saved, done if refill else total)  # a refill replays nothing
+    if rank == 0:
+        how = ", the pipeline filling again (the run that wrote it had drained)" if refill else ""
+        print(f"resuming after step {first_step} from {settings.checkpoints}{how}", flush=True)
+    if refill:
+        return refilled(stages, done, total, rank)
+    planned = stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank)
+    return resumed(planned, done)
+
+
+def _add_options(
+    settings: RunSettings,
+    pipeline: Pipeline,
+    executor: StageExecutor,
+    updater: Updater,
+    rank: int,
+    device: torch.device,
+) -> None:
+    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked."""
+    stages = len(pipeline.stages)
+    if settings.clip_grad_norm is not None:
+        clipper = GlobalNormClipper(
+            pipeline, rank, settings.schedule, settings.clip_grad_norm, device
+        )
+        executor.clip = clipper.clip
+    if settings.skip_nonfinite:
+        per_step = _per_step(settings, pipeline.microbatches)
+        executor.guard = NonFiniteGuard(stages, per_step, device, skip=True)
+    if settings.checkpoint_every:
+        every = settings.checkpoint_every
+        identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
+
+        def checkpoint_after(updates: int) -> None:
+            if updates % every == 0:
+                checkpoint.save(
+                    settings.checkpoints,
+                    updates,
+                    rank,
+                    stages,
+                    executor.snapshot(),
+                    updater,
+                    identity,
+                    settings.steps,
+                )
+
+        executor.on_update = checkpoint_after
+
+
+def _wait_for_every_stage() -> None:
+    """Every stage built: the clock starts now. A stage that failed while being built has a
+    record saying why; this one only lost it."""
+    try:
+        dist.barrier()
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
+        raise failures.LostPeer(f"lost a stage before training began: {reason}") from None
+
+
+def _metrics(settings: RunSettings, pipeline: Pipeline, per_step: int, first_step: int) -> Metrics:
+    return Metrics(
+        settings.run_dir / "metrics.csv",
+        per_step,
+        pipeline.batch_size,
+        settings.print_every,
+        settings.steps,
+        settings.steps_per_epoch,
+        first_step,
+        # throughput leaves out the fill: under asp the S - 1 micro-batches stage 0 runs
+        # before its first backward and the first step; else the first step's first calls
+        uncounted=len(pipeline.stages) if settings.schedule == "asp" else 1,
+    )
+
+
+def _write_results(
+    settings: RunSettings,
+    executor: StageExecutor,
+    rank: int,
+    world: int,
+    device: torch.device,
+    meter: LiveBytes | None,
+    seconds: float,
+) -> None:
+    """The stage's final weights and its log: what it held at most, how long it took."""
+    torch.save(executor.final_state(), settings.run_dir / f"final_stage_{rank}.pt")
     peak = meter.peak if meter else None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -358,10 +418,8 @@ def run_stage(settings: RunSettings) -> None:
             threads=torch.get_num_threads(),
             device=device.type,
         ),
-        run_dir / f"stage_{rank}.yaml",
+        settings.run_dir / f"stage_{rank}.yaml",
     )
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _print_whole(line: str) -> None:
