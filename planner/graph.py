@@ -112,8 +112,7 @@ def plan_graph(
         )
         if saves_output:
             kept.add(owner[i])
-        own_output = node.output_bytes if node.saves_output else 0  # counted as kept below
-        internal.append(max((node.saved_bytes or 0) - own_output, 0))
+        internal.append(node.saved_bytes or 0)  # its output, if kept, is counted as a tensor
         keeps.append(tuple(sorted(kept)))
         for t in kept:
             holders[t].append(i)

@@ -103,7 +103,7 @@ def reference_run(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Refer
 class SavedBytes:
     """What one node keeps for backward, split so stages can sum it without double counting."""
 
-    own_bytes: int  # storages other than the node's inputs (its output included)
+    own_bytes: int  # storages other than the node's inputs' and its output's
     inputs: tuple[str, ...]  # input nodes whose tensors it keeps
     saves_output: bool
 
@@ -127,9 +127,10 @@ def classify_saved(node: fx.Node, reference: Reference, state_keys: set[int]) ->
         seen.add(key)
         if key in by_input:
             kept_inputs.update(by_input[key])
-            continue
-        own += storage_bytes(t)
-        saves_output |= key in own_output
+        elif key in own_output:
+            saves_output = True
+        else:
+            own += storage_bytes(t)
     ordered = tuple(name for name in input_names if name in kept_inputs)
     return SavedBytes(own_bytes=own, inputs=ordered, saves_output=saves_output)
 

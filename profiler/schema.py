@@ -24,8 +24,9 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 # OPTIMIZER_STATE_FACTOR above is re-exported: the planner imports it from here still (issue 17)
 
 # 2: capture route, input keys, is_tensor, ties; 3: no optimizer_bytes (the planner counts the
-# optimizer's state from `optimizer`, or vpipe-plan --optimizer)
-SCHEMA_VERSION = 3
+# optimizer's state from `optimizer`, or vpipe-plan --optimizer); 4: saved_bytes leaves out
+# the node's output (`saves_output` says it is kept; the planner counts it once, as a tensor)
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ LOSS_NODE = "(loss)"  # the loss's name as a node: no graph node can have it (no
 class NodeProfile:
     """One node of the captured graph: its edges, its times and its bytes.
 
-    `saved_bytes` counts what autograd keeps for this node's backward *other than its inputs*
-    (including its own output when `saves_output`); the inputs it keeps are named in
-    `saved_inputs`, so a stage's saved memory can be summed without counting a tensor twice.
+    `saved_bytes` counts what autograd keeps for this node's backward *other than its inputs
+    and its output*; the inputs it keeps are named in `saved_inputs` and its output by
+    `saves_output`, so a stage's saved memory sums each kept tensor once, by its owner.
     A view (`view_of`) shares its storage with an earlier node's output: resolve it before
     summing, or a tensor kept through a view counts twice.
     `saved_bytes` is None when unknown (profiles imported from PipeDream).

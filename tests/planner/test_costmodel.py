@@ -19,9 +19,7 @@ PROFILE = profile(
         node("n0", (), 100),
         # a linear: keeps its input; its backward holds 300 B at its peak
         node("n1", ("n0",), 200, params=1000, kept=("n0",), grads=300),
-        node(
-            "n2", ("n1",), 200, saved=200, saves_output=True, grads=400
-        ),  # a relu: keeps its output
+        node("n2", ("n1",), 200, saves_output=True, grads=400),  # a relu: keeps its output
         # its output is strided (a transpose, say): sending it copies it
         node("n3", ("n2",), 50, params=400, kept=("n2",), grads=100, dense=False),
         node("n4", ("n3",), 50, saved=30, kept=("n3",)),  # keeps its input and 30 B of its own

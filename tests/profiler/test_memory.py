@@ -50,8 +50,8 @@ def test_saved_for_backward_bytes_by_hand(profile):
     assert (conv.saved_inputs, conv.saved_bytes) == ((x.name,), 0)
     # batch norm keeps its input plus the batch mean and inverse std: 2 x 4 channels x 4 B
     assert (bn.saved_inputs, bn.saved_bytes, bn.saves_output) == ((conv.name,), 32, False)
-    # relu keeps its own output: 2 x 4 x 4 x 4 x 4 B
-    assert (relu.saved_inputs, relu.saved_bytes, relu.saves_output) == ((), 512, True)
+    # relu keeps its own output (2 x 4 x 4 x 4 x 4 B, counted as that tensor), nothing else
+    assert (relu.saved_inputs, relu.saved_bytes, relu.saves_output) == ((), 0, True)
     # flatten is a view and keeps nothing; the linear keeps its (flattened) input
     assert (flat.saved_inputs, flat.saved_bytes, flat.view_of) == ((), 0, relu.name)
     assert (linear.saved_inputs, linear.saved_bytes) == ((flat.name,), 0)
@@ -77,15 +77,17 @@ def test_saved_union_matches_an_independent_whole_model_count(profile, request):
         out = model(x)
     del out
 
-    # the profile's view: own saved bytes, plus each kept input once, views resolved to the
-    # node that owns the storage (the flatten is a view of the relu output the relu keeps)
+    # the profile's view: own saved bytes, plus each kept tensor (an input kept, an output
+    # kept) once, views resolved to the node that owns the storage (the flatten is a view of
+    # the relu output the relu keeps)
     def owner(name):
         node = profile.node(name)
         return owner(node.view_of) if node.view_of else node
 
     kept = {owner(name).name: owner(name) for n in profile.nodes for name in n.saved_inputs}
+    kept |= {owner(n.name).name: owner(n.name) for n in profile.nodes if n.saves_output}
     total = sum(n.saved_bytes for n in profile.nodes) + sum(
-        node.output_bytes for node in kept.values() if not node.saves_output
+        node.output_bytes for node in kept.values()
     )
     assert total == sum(storages.values()) == 384 + 512 + 32 + 512
 
