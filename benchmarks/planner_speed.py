@@ -1,13 +1,14 @@
-"""Planner speed with recompute on and a binding memory cap.
+"""Planner speed, answer and stated gap with recompute on and a binding memory cap.
 
     python benchmarks/planner_speed.py [--quick]
 
 For every shared PipeDream profile at 2, 4 and 8 stages, and for a 1,000-node synthetic
 transformer-like DAG (a chain with a skip over every 4 nodes) at 16 stages, the cap is 80% of
 what the fastest split without a limit needs on its fullest stage, so recompute must decide.
-Prints the solve time, whether the answer is proven, and the time per mini-batch with and
-without the cap. Targets (issue 3): under 1 s per shared profile at S <= 8, under 5 s for the
-synthetic DAG at S = 16.
+Prints the solve time (`planning.solve`, all of `vpipe-plan --solver auto`), the time per
+mini-batch with and without the cap, the lower bound the planner proves under the cap and the
+gap between them (0 when proven). Targets (issue 3): under 1 s per shared profile at S <= 8,
+under 5 s for the synthetic DAG at S = 16.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import math
 import time
 from pathlib import Path
 
-from vpipe.planner.dp import solve_dp
 from vpipe.planner.graph import plan_graph
+from vpipe.planner.planning import solve
 from vpipe.planner.predict import predict_stages
 from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.pipedream import import_pipedream
@@ -49,7 +50,7 @@ def synthetic(size: int) -> Profile:
                 grad_bytes=(i % 2) * 65536,
                 buffer_bytes=0,
                 output_bytes=out,
-                saved_bytes=out if i % 3 else 512,
+                saved_bytes=0 if i % 3 else 512,
                 saved_inputs=inputs[:1] if i % 2 else (),
                 saves_output=bool(i % 3),
             )
@@ -69,18 +70,25 @@ def synthetic(size: int) -> Profile:
 def measure(name: str, profile: Profile, gpus: int) -> str:
     graph = plan_graph(profile)
     free = PlanSettings(gpus=gpus, memory_bytes=math.inf, bandwidth_gbps=math.inf)
-    unlimited = solve_dp(graph, free)
+    unlimited = solve(profile, free)
     need = max(
         p.memory.total for p in predict_stages(graph, free, unlimited.stages, unlimited.recompute)
     )
     capped = dataclasses.replace(free, memory_bytes=0.8 * need)
     start = time.perf_counter()
-    split = solve_dp(graph, capped)
+    split = solve(profile, capped)
     seconds = time.perf_counter() - start
-    ours = f"{split.bottleneck_ms:10.3f}" if split.feasible else f"{'none fits':>10}"
+    if not split.feasible:
+        ours, bound, gap = f"{'none fits':>10}", f"{'-':>10}", f"{'-':>7}"
+    else:
+        ours, bound = f"{split.bottleneck_ms:10.3f}", f"{split.lower_bound_ms:10.3f}"
+        low = split.lower_bound_ms
+        share = max((split.bottleneck_ms - low) / low, 0.0) if low > 0 else math.inf
+        gap = f"{share:7.2%}" if math.isfinite(share) else f"{'?':>7}"
     return (
         f"{name:<14} {graph.size:>5} {gpus:>4} {seconds:>8.2f} "
-        f"{'yes' if split.optimal else 'no':>6} {unlimited.bottleneck_ms:>10.3f} {ours}"
+        f"{'yes' if split.optimal else 'no':>6} {unlimited.bottleneck_ms:>10.3f} {ours} "
+        f"{bound} {gap}"
     )
 
 
@@ -90,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"{'profile':<14} {'nodes':>5} {'gpus':>4} {'solve s':>8} {'proven':>6} "
-        f"{'free ms':>10} {'capped ms':>10}"
+        f"{'free ms':>10} {'capped ms':>10} {'bound ms':>10} {'gap':>7}"
     )
     for path in sorted(PROFILES.glob("*.graph.txt")):
         for gpus in (2, 4) if args.quick else (2, 4, 8):

@@ -72,7 +72,7 @@ def baselines(graph: PlanGraph, settings: PlanSettings, batch_size: int | None) 
         stages = baseline_split(graph, name, settings.gpus)
         if any(not stage for stage in stages):
             continue
-        none = [[] for _ in stages]
+        none: list[list[int]] = [[] for _ in stages]
         predictions = predict_stages(graph, settings, stages, none)
         pipeline = predict_pipeline(graph, settings, batch_size, stages, predictions)
         found.append(

@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--solver",
         choices=SOLVERS,
         default="auto",
-        help="dp (dynamic program over the DAG's cuts), ilp (integer program), or auto "
-        "(default: dp, then the ilp to prove or improve an unproven dp answer on graphs of "
-        "at most 400 nodes x stages); the plan says whether its answer is proven",
+        help="auto (default: the exact search over the DAG's cuts without a memory cap, any "
+        "size; under --memory, that optimum if it fits, else the dp, then the ilp on graphs "
+        "of at most 400 nodes x stages), dp (dynamic program over the cuts, with recompute), "
+        "or ilp (integer program); the plan states its lower bound and the gap",
     )
     parser.add_argument(
         "--recompute",

@@ -229,8 +229,8 @@ def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
                 if least > 0:
                     chain.raise_cost(k, j, i, max(compute[j, i] + least, comm[j], comm[i]))
                     continue
-            sent = sent_nodes(graph, members(tables.ideals[j]), stage)
-            found = cheapest_recompute(graph, stage, budget, upper - compute[j, i], sent)
+            sending = sent_nodes(graph, members(tables.ideals[j]), stage)
+            found = cheapest_recompute(graph, stage, budget, upper - compute[j, i], sending)
             if not found.exact:
                 unproven[k, j, i] = costs[k][j, i]
             recomputed[k, j, i] = found.chosen or ()

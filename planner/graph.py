@@ -249,7 +249,7 @@ def _convex(
     node on a path between two members (a shape read before an attention and used after it)
     and two groups that each feed the other. Without it some group could never be held whole
     by a cut, and the cuts would never reach the whole graph."""
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[int] = nx.DiGraph()
     graph.add_nodes_from(range(len(succs)))
     graph.add_edges_from((u, v) for u, readers in enumerate(succs) for v in readers)
     for group in groups:

@@ -15,12 +15,8 @@ after what they mean:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import time
-from collections.abc import Iterator
 
 import pulp
 
@@ -31,6 +27,7 @@ from vpipe.planner.costmodel import (
     schedule_shape,
 )
 from vpipe.planner.graph import PlanGraph
+from vpipe.planner.highs import quiet_stdout
 from vpipe.planner.schema import PlanSettings
 from vpipe.planner.split import Split
 
@@ -41,20 +38,6 @@ def _solver(time_limit: float) -> pulp.LpSolver:
     if "HiGHS" in pulp.listSolvers(onlyAvailable=True):
         return pulp.HiGHS(msg=False, timeLimit=time_limit)
     return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
-
-
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """HiGHS prints a banner on file descriptor 1 even with msg=False; keep stdout clean."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def solve_ilp(
@@ -194,7 +177,7 @@ def solve_ilp(
             )
     if warm_start is not None and warm_start.feasible:
         prob += bottleneck <= warm_start.bottleneck_ms  # only a better split is of interest
-    with _quiet_stdout():
+    with quiet_stdout():
         prob.solve(_solver(time_limit))
     return _result(prob, graph, settings, x, r, bottleneck, time.perf_counter() - start)
 

@@ -10,10 +10,11 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.units import human_bytes
 from vpipe.planner.baselines import BASELINE_RULE, baseline_split, baselines
 from vpipe.planner.costmodel import recompute_free_bytes, schedule_shape, sent_nodes
+from vpipe.planner.cuts import all_ideals
 from vpipe.planner.diagnose import explain_infeasible
-from vpipe.planner.dp import solve_dp
+from vpipe.planner.dp import IDEAL_LIMIT, solve_dp
+from vpipe.planner.exact import PROOF_GAP, solve_exact
 from vpipe.planner.graph import PlanGraph, plan_graph
-from vpipe.planner.ilp import solve_ilp
 from vpipe.planner.predict import predict_pipeline, predict_stages
 from vpipe.planner.recompute import MemoryRoom, cheapest_recompute
 from vpipe.planner.schema import Plan, PlannedTie, PlanSettings, SolverInfo, Stage
@@ -34,6 +35,8 @@ def graph_for(profile: Profile, settings: PlanSettings) -> PlanGraph:
 
 
 def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Split:
+    """The split `solver` finds (`SOLVERS`; docs/planner.md says how), with its lower bound:
+    `auto` starts from the exact search without a memory cap (`planner/exact.py`)."""
     graph = graph_for(profile, settings)
     if settings.recompute == "never":
         graph = dataclasses.replace(graph, never_recomputed=frozenset(range(graph.size)))
@@ -43,22 +46,77 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
             "use fewer GPUs or a finer profile (fewer --leaf classes)"
         )
     if solver == "ilp":
-        return least_recompute(graph, settings, solve_ilp(graph, settings))
-    split = solve_dp(graph, settings)
-    small = graph.size * settings.gpus <= ILP_AUTO_SIZE
-    if solver == "auto" and not split.optimal and small:
-        proven = solve_ilp(graph, settings, warm_start=split)
-        seconds = split.seconds + proven.seconds
-        if proven.feasible and proven.bottleneck_ms <= split.bottleneck_ms * (1 + 1e-9):
-            same = split.feasible and proven.bottleneck_ms >= split.bottleneck_ms * (1 - 1e-9)
-            if proven.optimal and same:  # the same value, now proven: keep dp's split
-                return dataclasses.replace(
-                    split, optimal=True, lower_bound_ms=split.bottleneck_ms, seconds=seconds
-                )
-            return dataclasses.replace(least_recompute(graph, settings, proven), seconds=seconds)
-        if proven.optimal and not proven.feasible:  # proven that nothing fits
-            return dataclasses.replace(split, optimal=True, seconds=seconds)
-    return split
+        return least_recompute(graph, settings, _solve_ilp(graph, settings))
+    if solver == "dp":
+        return solve_dp(graph, settings)
+    unlimited = solve_exact(graph, dataclasses.replace(settings, memory_bytes=math.inf))
+    if math.isinf(settings.memory_bytes) and unlimited.optimal:
+        return unlimited
+    if math.isinf(settings.memory_bytes):
+        return _bounded(graph, settings, [unlimited], unlimited.lower_bound_ms)
+    within = _within_cap(graph, settings, unlimited) if unlimited.feasible else None
+    if within is not None and within.optimal:
+        return within
+    return _bounded(graph, settings, [within] if within else [], unlimited.lower_bound_ms)
+
+
+def _within_cap(graph: PlanGraph, settings: PlanSettings, unlimited: Split) -> Split | None:
+    """The split that is optimal without a memory cap, each stage given its cheapest
+    recompute, if then every stage fits the cap. Nothing fits faster than the optimum with no
+    cap at all, so when recompute is not needed on the slowest stage it is optimal here too."""
+    fitted = least_recompute(graph, settings, unlimited)
+    predictions = predict_stages(graph, settings, fitted.stages, fitted.recompute)
+    if any(p.memory.total > settings.memory_bytes for p in predictions):
+        return None
+    bottleneck = max(p.time_ms for p in predictions)
+    return dataclasses.replace(
+        fitted,
+        bottleneck_ms=bottleneck,
+        optimal=bottleneck <= unlimited.lower_bound_ms * (1 + PROOF_GAP),
+    )
+
+
+def _bounded(
+    graph: PlanGraph, settings: PlanSettings, found: list[Split], floor_ms: float
+) -> Split:
+    """When the exact search did not prove its answer, or a memory cap binds: the dynamic
+    program over every cut where they are few enough (with recompute; under a cap, always),
+    then the ILP on small graphs; the best answer, with the best lower bound of them all
+    (`floor_ms`: the optimum with no cap, or a bound on it)."""
+    if all_ideals(graph, IDEAL_LIMIT) is not None or math.isfinite(settings.memory_bytes):
+        found = [*found, solve_dp(graph, settings)]
+    best = _best_of(found, floor_ms)
+    if graph.size * settings.gpus <= ILP_AUTO_SIZE and not best.optimal:
+        proven = _solve_ilp(graph, settings, warm_start=best if best.feasible else None)
+        if proven.feasible:
+            found.append(least_recompute(graph, settings, proven))
+            best = _best_of(found, floor_ms)
+        elif proven.optimal:  # nothing better than `best` exists (nothing at all, if none)
+            best = dataclasses.replace(best, optimal=True, lower_bound_ms=best.bottleneck_ms)
+        found.append(proven)
+    return dataclasses.replace(best, seconds=sum(split.seconds for split in found))
+
+
+def _best_of(found: list[Split], floor_ms: float) -> Split:
+    """The fastest feasible split, with the highest lower bound any solver proved; every such
+    bound holds over all cuts, so a split that meets it is proven over all cuts. With no
+    feasible split: a solver's proof that nothing fits, if any."""
+    feasible = [split for split in found if split.feasible]
+    if not feasible:
+        proof = [split for split in found if split.optimal]
+        return proof[0] if proof else found[-1]
+    best = min(feasible, key=lambda split: split.bottleneck_ms)
+    lower = min(max([floor_ms, *(split.lower_bound_ms for split in feasible)]), best.bottleneck_ms)
+    if best.optimal or best.bottleneck_ms <= lower * (1 + PROOF_GAP):
+        return dataclasses.replace(best, optimal=True, lower_bound_ms=lower, cuts="all")
+    return dataclasses.replace(best, lower_bound_ms=lower)
+
+
+def _solve_ilp(graph: PlanGraph, settings: PlanSettings, warm_start: Split | None = None) -> Split:
+    """The ILP, imported only when used (PuLP takes a fifth of a second to import)."""
+    from vpipe.planner.ilp import solve_ilp
+
+    return solve_ilp(graph, settings, warm_start=warm_start)
 
 
 def _recompute_all(graph: PlanGraph, settings: PlanSettings, split: Split) -> Split:

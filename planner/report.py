@@ -63,21 +63,42 @@ def stage_table(plan: Plan) -> Table:
     return table
 
 
+def bottleneck_ms(plan: Plan) -> float:
+    """The slowest stage's time per micro-batch: what the solvers minimise and bound."""
+    return max(stage.predicted.time_ms for stage in plan.stages)
+
+
+def optimality_gap(plan: Plan) -> float:
+    """How far the slowest stage may be above the best possible: (it - bound) / bound."""
+    bound = plan.solver.lower_bound_ms
+    if plan.solver.optimal:
+        return 0.0
+    return (bottleneck_ms(plan) - bound) / bound if bound > 0 else math.inf
+
+
+def proof_line(plan: Plan, seconds: float) -> str:
+    """The solver, whether its answer is proven, its lower bound on the slowest stage, and the
+    gap between them."""
+    solver = plan.solver
+    if solver.cuts == BASELINE_RULE:
+        return f"split by the {solver.name} rule (--split), not solved: the baseline to beat"
+    gap = optimality_gap(plan)
+    proof = "proven optimal" if solver.optimal else "not proven optimal"
+    size = "0%" if solver.optimal else f"{gap:.2%}" if math.isfinite(gap) else "unknown"
+    bound = (
+        f"slowest stage {bottleneck_ms(plan):.3f} ms, lower bound {solver.lower_bound_ms:.3f} ms, "
+        f"gap {size}"
+    )
+    return f"solver {solver.name}: {proof} ({bound}), cuts: {solver.cuts}, {seconds:.2f} s"
+
+
 def summary_lines(plan: Plan, seconds: float) -> list[str]:
     p = plan.predicted
-    solver = plan.solver
-    proof = (
-        "proven optimal"
-        if solver.optimal
-        else f"not proven optimal (lower bound {solver.lower_bound_ms:.3f} ms)"
-    )
     lines = [
         f"time per mini-batch {p.time_per_minibatch_ms:.3f} ms, "
         f"{p.throughput_samples_per_s:.1f} samples/s, bottleneck stage {p.bottleneck_stage} (*)"
         + (f", bubble {p.bubble_fraction:.0%}" if plan.settings.schedule != "asp" else ""),
-        f"solver {solver.name}: {proof}, cuts: {solver.cuts}, {seconds:.2f} s"
-        if solver.cuts != BASELINE_RULE
-        else f"split by the {solver.name} rule (--split), not solved: the baseline to beat",
+        proof_line(plan, seconds),
     ]
     for baseline in plan.baselines:
         gain = baseline.time_per_minibatch_ms / p.time_per_minibatch_ms

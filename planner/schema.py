@@ -91,7 +91,7 @@ class Baseline:
 
 @dataclass(frozen=True)
 class SolverInfo:
-    name: str  # dp | ilp (solve time is printed, not stored: same input, same file)
+    name: str  # exact | dp | ilp (solve time is printed, not stored: same input, same file)
     optimal: bool  # proven optimal for the model; false: best found, see lower_bound_ms
     lower_bound_ms: Millis  # on the bottleneck stage time; equals it when optimal
     cuts: str  # "all" (every DAG cut) or how the candidate cuts were restricted
