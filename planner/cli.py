@@ -13,13 +13,15 @@ from rich.console import Console
 
 from vpipe.common.cli import CommandParser, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
+from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR
 from vpipe.common.paths import refuse_overwriting
 from vpipe.common.plotting import check_plot_path
+from vpipe.common.schedules import SCHEDULES
 from vpipe.planner.baselines import BASELINE_SPLITS
 from vpipe.planner.planning import GIB, SOLVERS, make_plan
 from vpipe.planner.report import plot_plan, print_plan
-from vpipe.planner.schema import RECOMPUTE, SCHEDULES, PlanSettings, save_plan
-from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, load_profile
+from vpipe.planner.schema import RECOMPUTE, PlanSettings, save_plan
+from vpipe.profiler.schema import load_profile
 
 
 def _amount(text: str) -> float:

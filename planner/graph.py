@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR, NodeProfile, Profile
+from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR
+from vpipe.profiler.schema import NodeProfile, Profile
 
 FLOATING = ("float", "bfloat")  # dtype names whose tensors carry gradients (as the runtime sends)
 PIPEDREAM_NOTE = (

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
+from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR
 from vpipe.common.paths import recorded_path, resolved_path
 from vpipe.common.records import Bytes, Count, Limit, Millis, NonNegative, Positive, decode
+from vpipe.common.schedules import SCHEDULES
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
-from vpipe.profiler.schema import OPTIMIZER_STATE_FACTOR
 
 SCHEMA_VERSION = 2  # 2: ties
-SCHEDULES = ("asp", "1f1b", "gpipe")
 RECOMPUTE = ("auto", "never", "all")
 
 

@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.common.errors import VpipeError
-from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR as OPTIMIZER_STATE_FACTOR
 from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.common.paths import recorded_model, recorded_path, resolved_model, resolved_path
 from vpipe.common.records import Bytes, Count, Millis, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
-
-# OPTIMIZER_STATE_FACTOR above is re-exported: the planner imports it from here still (issue 17)
 
 # 2: capture route, input keys, is_tensor, ties; 3: no optimizer_bytes (the planner counts the
 # optimizer's state from `optimizer`, or vpipe-plan --optimizer); 4: saved_bytes leaves out
