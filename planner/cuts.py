@@ -9,7 +9,7 @@ orders and says that optimality is not proven.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from vpipe.planner.graph import PlanGraph
 
@@ -107,7 +107,7 @@ def _with_glued(mask: int, sinks: dict[int, int], source_mask: int) -> int:
 def prefix_ideals(graph: PlanGraph) -> list[int]:
     """Prefixes of the profile's order and of a depth-first order: a small family of cuts
     (those that keep every `together` group whole)."""
-    orders = [list(range(graph.size)), _depth_first_order(graph)]
+    orders = [list(range(graph.size)), depth_first_order(graph.preds, graph.succs)]
     seen: set[int] = set()
     for order in orders:
         mask = 0
@@ -119,15 +119,18 @@ def prefix_ideals(graph: PlanGraph) -> list[int]:
     return sorted(seen, key=lambda m: (m.bit_count(), m))
 
 
-def _depth_first_order(graph: PlanGraph) -> list[int]:
-    """A topological order that finishes one branch before starting the next."""
-    waiting = [len(p) for p in graph.preds]
-    ready = [n for n in range(graph.size) if waiting[n] == 0][::-1]
+def depth_first_order(
+    preds: Sequence[Collection[int]], succs: Sequence[Collection[int]]
+) -> list[int]:
+    """A topological order of the DAG given by each vertex's predecessors and successors that
+    finishes one branch before starting the next."""
+    waiting = [len(p) for p in preds]
+    ready = [n for n in range(len(preds)) if waiting[n] == 0][::-1]
     order = []
     while ready:
         n = ready.pop()
         order.append(n)
-        for s in sorted(graph.succs[n], reverse=True):
+        for s in sorted(succs[n], reverse=True):
             waiting[s] -= 1
             if waiting[s] == 0:
                 ready.append(s)

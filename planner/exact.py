@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpipe.planner.costmodel import crossing_bytes, evaluate_stage
+from vpipe.planner.cuts import depth_first_order
 from vpipe.planner.cutsearch import (
     Budget,
     Chain,
@@ -250,26 +251,11 @@ def _above(cap: float, step: float | None) -> float:
 def _contiguous(problem: Problem) -> Chain:
     """The better of the best contiguous splits of two topological orders."""
     units = problem.units
-    orders = (list(range(units.size)), depth_first_order(units))
+    orders = (list(range(units.size)), depth_first_order(units.preds, units.succs))
     return min(
         (best_contiguous(units, problem.costs, order, problem.stages) for order in orders),
         key=lambda chain: chain.bottleneck_ms,
     )
-
-
-def depth_first_order(units: Units) -> list[int]:
-    """A topological order that finishes one branch before starting the next."""
-    waiting = [len(p) for p in units.preds]
-    ready = [u for u in range(units.size) if waiting[u] == 0][::-1]
-    order = []
-    while ready:
-        u = ready.pop()
-        order.append(u)
-        for s in sorted(units.succs[u], reverse=True):
-            waiting[s] -= 1
-            if waiting[s] == 0:
-                ready.append(s)
-    return order
 
 
 def cut_costs(graph: PlanGraph, settings: PlanSettings, units: Units) -> CutCosts:
