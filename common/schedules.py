@@ -125,6 +125,13 @@ def in_flight_limit(name: str, stages: int, microbatches: int, stage: int) -> in
     return microbatches
 
 
+def weight_versions(name: str, stages: int, stage: int) -> int:
+    """Weight versions stage `stage` keeps: under asp, weight stashing keeps the version each
+    in-flight mini-batch's forward used (S - s of them); the synchronous schedules update only
+    at the flush, so every micro-batch of a step uses the one version."""
+    return stages - stage if name == "asp" else 1
+
+
 def tied_delay(owner: int, holder: int) -> int:
     """Under asp, how many updates later than the owner (the first stage holding a tied
     parameter) stage `holder` applies each update of it: update i, made from micro-batch i's

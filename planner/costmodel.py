@@ -1,27 +1,31 @@
 """What a stage costs, in time and bytes, under each schedule: the planner's one cost model.
 
-Every solver, the brute-force oracle, the report and (later) the runtime's memory checks use
-these functions; nothing else re-derives the formulas. docs/planner.md states the model:
+Each term is defined once here. The solvers compute a stage's sums their own way (sets here, numpy
+tables in dp.py, constraints in ilp.py, cut vectors in cutsearch.py) and combine them with these
+functions: `stage_compute_ms`, `stage_time_ms` (with `comm_ms`) and `stage_memory`.
+tests/planner/test_agreement.py checks on random graphs that every solver's figures for every
+stage equal `evaluate_stage`'s. docs/planner.md states the model:
 
 - time per micro-batch: max(compute, comm_in, comm_out), compute = fwd + bwd of every node plus
   fwd again of every recomputed node plus the CPU work of the stage's transfers (each end of a
   cut pays the `link_ms` of every tensor crossing it: on a CPU, gloo copies on the cores that
   compute), comm = 2 x crossing bytes / bandwidth;
-- memory: weights x versions + grads (twice under 1f1b and gpipe: the step's running sum and
-  the micro-batch's own) + optimizer state + in-flight x (kept tensors + received inputs) + the
-  links' buffers + the transient: the largest checkpoint segment rebuilt, plus the most the
-  backward itself holds at once (gradients still to be used and a node's temporaries:
-  `backward_bytes`, a max over the stage's nodes).
+- memory: weights x versions + grads x copies + optimizer state + in-flight x (kept tensors +
+  received inputs) + the links' buffers + the transient: the largest checkpoint segment
+  rebuilt, plus the most the backward itself holds at once (gradients still to be used and a
+  node's temporaries: `backward_bytes`, a max over the stage's nodes). Versions and in-flight
+  come from common/schedules.py, gradient copies and the links' depths from
+  common/buffering.py: the runtime runs by the same definitions.
 
 A parameter several nodes use (tied weights) is charged to its first user's node; every other
 stage that uses it holds a copy, counted there as a weight of its own (`tied_copy_bytes`).
 
 The tensors a stage sends count as kept: autograd holds them as its backward's roots. The links
-(runtime/links.py) post each receive one micro-batch ahead (received bytes), hold the gradient
-being received beside the next one posted (2 x sent), and keep the tensors of the last two
-sends until they are waited on: two activation sends on the first stage, two gradient sends on
-the last; between, two activation sends while the first forwards run back to back and one of
-each later (the larger pair counts). A gradient send holds the received bytes; an activation
+(runtime/links.py) post each receive RECEIVES_AHEAD micro-batch ahead (received bytes), hold the
+gradient being received beside the ones posted (sent bytes each), and keep the tensors of the
+last SENDS_AHEAD sends until they are waited on: activation sends on the first stage, gradient
+sends on the last; between, activation sends while the first forwards run back to back and one
+of each kind later (the larger counts). A gradient send holds the received bytes; an activation
 send holds only what it had to copy to lay out densely (`copied_bytes`): the rest is kept.
 
 A *checkpoint segment* is a maximal run of recomputed nodes in the stage's (topological) order.
@@ -33,11 +37,17 @@ inputs). Tensors from earlier stages are kept as received.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from vpipe.common.buffering import RECEIVES_AHEAD, SENDS_AHEAD, gradient_copies
+from vpipe.common.schedules import in_flight_limit, weight_versions
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import MemoryBreakdown, PlanSettings, StagePrediction
+
+# `larger` below: max for numbers, numpy's elementwise maximum for the DP's tables, a variable
+# bounded below by both for the ILP
+Larger = Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -48,41 +58,90 @@ class ScheduleShape:
     in_flight: int  # micro-batches whose activations are alive at once
 
 
-def link_buffer_bytes(
-    received: Any,
-    sent: Any,
-    copied: Any,
-    first: bool,
-    last: bool,
-    larger: Callable[[Any, Any], Any] = max,
-) -> Any:
-    """What a stage's links hold beside the micro-batches in flight (see the module docstring):
-    `copied` is the part of `sent` a send copies. `larger` is max for numbers; the DP passes
-    numpy's elementwise maximum, the ILP a variable bounded below by both."""
-    if first and last:
-        return 0 * received
-    if first:
-        pending = 2 * copied
-    elif last:
-        pending = 2 * received
-    else:  # two forwards in a row before the first backward: two activation sends at worst
-        pending = copied + larger(copied, received)
-    return received + 2 * sent + pending
+@dataclass(frozen=True)
+class StageBytes:
+    """The sums over a stage that its memory is made of. Each is a number for one stage, a numpy
+    array over candidate stages for the DP, or a PuLP expression for the ILP: every solver
+    computes these its own way and combines them with `stage_memory`, the one formula."""
 
-
-def gradient_copies(settings: PlanSettings) -> int:
-    """Gradient-sized tensors alive at the peak: under 1f1b and gpipe the step's running sum
-    beside the micro-batch's own gradients (one when a step is one micro-batch)."""
-    return 1 if settings.schedule == "asp" or settings.microbatches == 1 else 2
+    params: Any  # its nodes' parameters and buffers, and the tied copies it holds
+    trainable: Any  # the trainable part of `params`
+    kept: Any  # kept for backward per micro-batch (sent tensors included, received ones not)
+    received: Any  # bytes crossing the cut before the stage
+    sent: Any  # bytes crossing the cut after it
+    copied: Any  # the part of `sent` a send copies to lay it out densely
+    segment: Any  # the largest checkpoint segment's transient (0 without recompute)
+    backward: Any  # the most the backward holds at once (`backward_peak_bytes`)
 
 
 def schedule_shape(settings: PlanSettings, stage: int) -> ScheduleShape:
-    ahead = settings.gpus - stage  # stage s of S runs S - s forwards before its first backward
-    if settings.schedule == "asp":
-        return ScheduleShape(versions=ahead, in_flight=ahead)
-    if settings.schedule == "1f1b":
-        return ScheduleShape(1, min(ahead, settings.microbatches))
-    return ScheduleShape(1, settings.microbatches)  # gpipe: all forwards first
+    return ScheduleShape(
+        versions=weight_versions(settings.schedule, settings.gpus, stage),
+        in_flight=in_flight_limit(settings.schedule, settings.gpus, settings.microbatches, stage),
+    )
+
+
+def wire_ms(nbytes: Any, settings: PlanSettings) -> Any:
+    """Milliseconds `nbytes` take one way between neighbouring stages at `bandwidth_gbps`."""
+    return nbytes * (1 / (settings.bandwidth_gbps * 1e6))  # 0 at infinite bandwidth
+
+
+def comm_ms(nbytes: Any, settings: PlanSettings) -> Any:
+    """Each side's communication time for a cut `nbytes` cross: the activations one way, their
+    gradients (as large) back."""
+    return 2 * wire_ms(nbytes, settings)
+
+
+def stage_compute_ms(work: Any, recompute: Any, link_before: Any, link_after: Any) -> Any:
+    """A stage's busy time per micro-batch: its nodes' forward and backward, the forwards it
+    recomputes, and the CPU each of its two cuts' transfers take from it."""
+    return work + recompute + link_before + link_after
+
+
+def stage_time_ms(compute: Any, comm_in: Any, comm_out: Any, larger: Larger = max) -> Any:
+    """A stage's time per micro-batch: communication overlaps compute, so the longest of the
+    three."""
+    return larger(compute, larger(comm_in, comm_out))
+
+
+def link_buffer_bytes(
+    received: Any, sent: Any, copied: Any, first: bool, last: bool, larger: Larger = max
+) -> Any:
+    """What a stage's links hold beside the micro-batches in flight (see the module docstring):
+    the receives posted ahead (activations; gradients, whose one in use is counted nowhere
+    else) and the sends not yet waited on."""
+    if first and last:
+        return 0 * received
+    posted = RECEIVES_AHEAD * received + (1 + RECEIVES_AHEAD) * sent
+    if first:
+        pending = SENDS_AHEAD * copied
+    elif last:
+        pending = SENDS_AHEAD * received
+    else:  # forwards back to back before the first backward, then one send of each kind
+        pending = larger(SENDS_AHEAD * copied, copied + received)
+    return posted + pending
+
+
+def stage_memory(
+    settings: PlanSettings,
+    index: int,
+    optimizer_factor: int,
+    sums: StageBytes,
+    larger: Larger = max,
+) -> MemoryBreakdown:
+    """Stage `index`'s bytes by kind, from its sums: the one memory formula every solver uses
+    (fields are of the sums' type)."""
+    shape = schedule_shape(settings, index)
+    first, last = index == 0, index == settings.gpus - 1
+    return MemoryBreakdown(
+        params=sums.params,
+        stash=sums.trainable * (shape.versions - 1),
+        grads=sums.trainable * gradient_copies(settings.schedule),
+        optimizer=sums.trainable * optimizer_factor,
+        activations=shape.in_flight * (sums.kept + sums.received),
+        buffers=link_buffer_bytes(sums.received, sums.sent, sums.copied, first, last, larger),
+        transient=sums.segment + sums.backward,
+    )
 
 
 def crossing_bytes(graph: PlanGraph, prefix: Collection[int]) -> int:
@@ -172,9 +231,9 @@ def recompute_free_bytes(
 ) -> int:
     """A stage's bytes that no recompute choice changes: all but in-flight x kept and the
     rebuilt segment, which `recompute.cheapest_recompute` fits into what is left."""
-    plain = evaluate_stage(graph, settings, index, before, stage, ())
-    kept, _ = kept_bytes(graph, stage, (), sent_nodes(graph, before, stage))
-    return plain.memory.total - schedule_shape(settings, index).in_flight * kept
+    sums = stage_bytes(graph, before, stage, ())
+    free = replace(sums, kept=0, segment=0)
+    return int(stage_memory(settings, index, graph.optimizer_factor, free).total)
 
 
 def tied_copy_bytes(graph: PlanGraph, stage: Collection[int]) -> tuple[int, int]:
@@ -187,6 +246,25 @@ def tied_copy_bytes(graph: PlanGraph, stage: Collection[int]) -> tuple[int, int]
     return sum(t.param_bytes for t in copies), sum(t.trainable_bytes for t in copies)
 
 
+def stage_bytes(
+    graph: PlanGraph, before: Collection[int], stage: Sequence[int], recompute: Collection[int]
+) -> StageBytes:
+    """The sums `stage_memory` combines, for a stage whose earlier stages hold `before`."""
+    sending = sent_nodes(graph, before, stage)
+    kept, segment = kept_bytes(graph, stage, recompute, sending)
+    tied_params, tied_trainable = tied_copy_bytes(graph, stage)
+    return StageBytes(
+        params=sum(graph.param_bytes[n] for n in stage) + tied_params,
+        trainable=sum(graph.trainable_bytes[n] for n in stage) + tied_trainable,
+        kept=kept,
+        received=crossing_bytes(graph, before),
+        sent=crossing_bytes(graph, set(before) | set(stage)),
+        copied=sum(graph.copied_bytes[u] for u in sending),
+        segment=segment,
+        backward=backward_peak_bytes(graph, stage),
+    )
+
+
 def evaluate_stage(
     graph: PlanGraph,
     settings: PlanSettings,
@@ -196,35 +274,21 @@ def evaluate_stage(
     recompute: Collection[int],
 ) -> StagePrediction:
     """Predicted time and memory of stage `index`, whose earlier stages hold `before`."""
-    shape = schedule_shape(settings, index)
     recompute_ms = sum(graph.fwd_ms[n] for n in recompute)
-    transfer_ms = crossing_link_ms(graph, before) + crossing_link_ms(graph, [*before, *stage])
-    compute = sum(graph.compute_ms(n) for n in stage) + recompute_ms + transfer_ms
-    received = crossing_bytes(graph, before)
-    sent = crossing_bytes(graph, set(before) | set(stage))
-    per_byte_ms = 2 / (settings.bandwidth_gbps * 1e6)  # activation forward + gradient back
-    comm_in, comm_out = received * per_byte_ms, sent * per_byte_ms
-    sending = sent_nodes(graph, before, stage)
-    kept, segment = kept_bytes(graph, stage, recompute, sending)
-    copied = sum(graph.copied_bytes[u] for u in sending)
-    first, last = index == 0, index == settings.gpus - 1
-    tied_params, tied_trainable = tied_copy_bytes(graph, stage)
-    trainable = sum(graph.trainable_bytes[n] for n in stage) + tied_trainable
-    memory = MemoryBreakdown(
-        params=sum(graph.param_bytes[n] for n in stage) + tied_params,
-        stash=trainable * (shape.versions - 1),
-        grads=trainable * gradient_copies(settings),
-        optimizer=trainable * graph.optimizer_factor,
-        activations=shape.in_flight * (kept + received),
-        buffers=int(link_buffer_bytes(received, sent, copied, first, last)),
-        transient=segment + backward_peak_bytes(graph, stage),
+    link_before, link_after = (
+        crossing_link_ms(graph, before),
+        crossing_link_ms(graph, [*before, *stage]),
     )
+    work = sum(graph.compute_ms(n) for n in stage)
+    compute = stage_compute_ms(work, recompute_ms, link_before, link_after)
+    sums = stage_bytes(graph, before, stage, recompute)
+    comm_in, comm_out = comm_ms(sums.received, settings), comm_ms(sums.sent, settings)
     return StagePrediction(
         compute_ms=compute,
         recompute_ms=recompute_ms,
         comm_in_ms=comm_in,
         comm_out_ms=comm_out,
-        time_ms=max(compute, comm_in, comm_out),
-        memory=memory,
-        transfer_ms=transfer_ms,
+        time_ms=stage_time_ms(compute, comm_in, comm_out),
+        memory=stage_memory(settings, index, graph.optimizer_factor, sums),
+        transfer_ms=link_before + link_after,
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vpipe.planner.costmodel import stage_compute_ms, stage_time_ms
 from vpipe.planner.precedence import Units
 from vpipe.planner.windows import TOLERANCE, Windows
 
@@ -122,9 +123,8 @@ class Cuts:
         return stage_time(
             earlier.work[:, None],
             self.work[None, :],
-            earlier.link[:, None],
-            self.link[None, :],
-            np.maximum(earlier.comm_ms[:, None], self.comm_ms[None, :]),
+            (earlier.link[:, None], self.link[None, :]),
+            (earlier.comm_ms[:, None], self.comm_ms[None, :]),
         )
 
     def consecutive_ms(self) -> np.ndarray:
@@ -132,22 +132,21 @@ class Cuts:
         return stage_time(
             self.work[:-1],
             self.work[1:],
-            self.link[:-1],
-            self.link[1:],
-            np.maximum(self.comm_ms[:-1], self.comm_ms[1:]),
+            (self.link[:-1], self.link[1:]),
+            (self.comm_ms[:-1], self.comm_ms[1:]),
         )
 
 
 def stage_time(
     work_before: np.ndarray,
     work_after: np.ndarray,
-    link_before: np.ndarray,
-    link_after: np.ndarray,
-    comm_ms: np.ndarray,
+    link: tuple[np.ndarray, np.ndarray],
+    comm: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """`costmodel.evaluate_stage`'s time with nothing recomputed, for the stage between two cuts:
-    its nodes' work and both ends' link CPU, or its slower transfer if that is longer."""
-    return np.maximum(work_after - work_before + link_before + link_after, comm_ms)
+    """`costmodel.evaluate_stage`'s time with nothing recomputed, for the stage between two cuts
+    (`link` and `comm`: each end's CPU and each side's transfer time, before and after)."""
+    compute = stage_compute_ms(work_after - work_before, 0.0, *link)
+    return stage_time_ms(compute, *comm, np.maximum)
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,11 @@ class Chain:
     """A split as the searches return it: the units of each stage, and its slowest stage."""
 
     stages: tuple[tuple[int, ...], ...]
-    bottleneck_ms: float
+    stage_ms: tuple[float, ...]
+
+    @property
+    def bottleneck_ms(self) -> float:
+        return max(self.stage_ms)
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ def chain_of(units: Units, costs: CutCosts, cuts: np.ndarray) -> Chain:
     stages = tuple(
         tuple(int(u) for u in np.flatnonzero(cuts[k + 1] & ~cuts[k])) for k in range(len(cuts) - 1)
     )
-    return Chain(stages, float(times.max()))
+    return Chain(stages, tuple(float(t) for t in times))
 
 
 def candidate_cuts(

@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from vpipe.planner.costmodel import (
+    StageBytes,
     backward_peak_bytes,
-    gradient_copies,
-    link_buffer_bytes,
+    comm_ms,
     schedule_shape,
     sent_nodes,
+    stage_compute_ms,
+    stage_memory,
+    stage_time_ms,
 )
 from vpipe.planner.cuts import all_ideals, members, prefix_ideals
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.recompute import (
     MemoryRoom,
+    Recompute,
     added_lower_bound,
     cheapest_recompute,
     own_saved_bytes,
@@ -127,6 +133,53 @@ class _Tables:
         return least
 
 
+Step = tuple[int, int, int]  # (stage index k, ideal J before it, ideal I up to it)
+
+
+@dataclass(frozen=True)
+class _Times:
+    """Every pair's time without recompute, the same at each stage index."""
+
+    compute: np.ndarray  # [J, I]: stage I \\ J's compute, with its two cuts' transfers
+    comm: np.ndarray  # [I]: each side's communication time of the cut after ideal I
+    stage: np.ndarray  # [J, I]: stage I \\ J's time
+
+    @staticmethod
+    def of(tables: _Tables, settings: PlanSettings) -> _Times:
+        compute = stage_compute_ms(
+            tables.compute[None, :] - tables.compute[:, None],
+            0.0,
+            tables.link[:, None],
+            tables.link[None, :],
+        )
+        comm = comm_ms(tables.crossing, settings)
+        return _Times(
+            compute, comm, stage_time_ms(compute, comm[:, None], comm[None, :], np.maximum)
+        )
+
+
+@dataclass(frozen=True)
+class _Position:
+    """The pairs' costs for one stage index k: what the chain search reads and raises."""
+
+    cost: np.ndarray  # [J, I]: time of stage I \ J at k (a lower bound while `needy`)
+    needy: np.ndarray  # [J, I]: does not fit without recompute
+    room: np.ndarray  # [J, I]: bytes left for in-flight x kept + segment (MemoryRoom.room)
+    sums: StageBytes  # [J, I] tables without recompute (kept as is, segment 0)
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What the lazy search ends with: the best chain's steps and their recompute searches."""
+
+    path: list[Step]  # empty: nothing fits
+    bottleneck_ms: float
+    recomputed: dict[Step, Recompute]
+    proven: bool  # no recompute search on the way was thinned
+    lower_bound_ms: float  # on the optimum over these cuts
+
+
 def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
     start = time.perf_counter()
     ideals = all_ideals(graph, IDEAL_LIMIT)
@@ -135,122 +188,167 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
         ideals = prefix_ideals(graph)
         cuts = "prefixes of two topological orders (too many cuts to enumerate)"
     tables = _Tables(graph, ideals)
-    chain, path, recomputed, searched_fully, chain_bound = _run(graph, settings, tables)
-    split = _reconstruct(tables, chain, path, recomputed)
+    times = _Times.of(tables, settings)
+    positions = [_position(graph, settings, tables, times, k) for k in range(settings.gpus)]
+    search = _run(graph, settings, tables, times, positions)
+    found = bool(search.path)
     bound = float(
         max(tables.compute[-1] / settings.gpus, max(map(graph.compute_ms, range(graph.size))))
     )
     if cuts == "all":
-        bound = max(bound, chain_bound)
-    exact = cuts == "all" and (searched_fully or (split is not None and split[2] <= bound))
+        bound = max(bound, search.lower_bound_ms)
+    exact = cuts == "all" and (search.proven or (found and search.bottleneck_ms <= bound))
+    stages = tuple(tuple(members(ideals[i] & ~ideals[j])) for _, j, i in search.path)
+    chosen = [search.recomputed.get(step) for step in search.path]
     return Split(
         solver="dp",
-        feasible=split is not None,
-        stages=split[0] if split else (),
-        recompute=split[1] if split else (),
-        bottleneck_ms=split[2] if split else math.inf,
+        feasible=found,
+        stages=stages,
+        recompute=tuple((c.chosen or ()) if c else () for c in chosen),
+        bottleneck_ms=search.bottleneck_ms,
         optimal=exact,  # for an infeasible answer: proven that nothing fits
-        lower_bound_ms=split[2] if exact and split else min(bound, split[2] if split else bound),
+        lower_bound_ms=search.bottleneck_ms
+        if exact and found
+        else min(bound, search.bottleneck_ms),
         seconds=time.perf_counter() - start,
         cuts=cuts,
+        stage_ms=tuple(float(positions[k].cost[j, i]) for k, j, i in search.path),
+        stage_bytes=tuple(
+            _memory(graph, settings, k, positions[k], j, i, stage, c)
+            for (k, j, i), stage, c in zip(search.path, stages, chosen, strict=True)
+        ),
     )
 
 
-def _run(graph: PlanGraph, settings: PlanSettings, tables: _Tables):
+def _position(
+    graph: PlanGraph, settings: PlanSettings, tables: _Tables, times: _Times, k: int
+) -> _Position:
+    """Every pair's time and memory at stage index k, without recompute; a pair that does not
+    fit so is `needy` (costed at its time without recompute: a lower bound) unless no recompute
+    choice can fit it (then its cost is infinite)."""
+    limited = math.isfinite(settings.memory_bytes)
+    count = len(tables.ideals)
+    shape = schedule_shape(settings, k)
+    sums = StageBytes(
+        params=tables.params[None, :] - tables.params[:, None] + tables.tied_params,
+        trainable=tables.trainable[None, :] - tables.trainable[:, None] + tables.tied_trainable,
+        kept=tables.kept,
+        received=tables.crossing[:, None],
+        sent=tables.crossing[None, :],
+        copied=tables.copied,
+        segment=0.0,
+        backward=tables.backward_floor() if limited else np.zeros((count, count)),
+    )
+    memory = stage_memory(settings, k, graph.optimizer_factor, sums, np.maximum).total
+    # what no recompute choice changes (costmodel.recompute_free_bytes)
+    fixed = stage_memory(settings, k, graph.optimizer_factor, replace(sums, kept=0.0), np.maximum)
+    room = settings.memory_bytes - np.asarray(fixed.total)  # fields are arrays here
+    cost = np.where(tables.inside, times.stage, math.inf)
+    over = tables.inside & (memory > settings.memory_bytes)
+    js, is_ = np.nonzero(over)
+    hopeless = tables.floor(js, is_, shape.in_flight) > room[js, is_]  # nothing can fit
+    cost[js[hopeless], is_[hopeless]] = math.inf
+    over[js[hopeless], is_[hopeless]] = False
+    return _Position(cost, over, room, sums, shape.in_flight)
+
+
+def _memory(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    k: int,
+    position: _Position,
+    j: int,
+    i: int,
+    stage: Sequence[int],
+    recompute: Recompute | None,
+) -> float:
+    """The memory of a chosen stage as the tables and its recompute search cost it."""
+    shape = position.cost.shape
+    at = {
+        f.name: float(np.broadcast_to(getattr(position.sums, f.name), shape)[j, i])
+        for f in fields(position.sums)
+    }
+    sums = replace(StageBytes(**at), backward=backward_peak_bytes(graph, stage))
+    if recompute is not None:
+        sums = replace(sums, kept=recompute.kept, segment=recompute.segment)
+    return float(stage_memory(settings, k, graph.optimizer_factor, sums).total)
+
+
+def _run(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    tables: _Tables,
+    times: _Times,
+    positions: list[_Position],
+) -> _Search:
     """Lazy exact search: a stage that needs recompute first counts at its time without
     recompute (a lower bound: recompute only adds time). Whenever the best chain uses such a
     stage, its cost is raised to `added_lower_bound`'s, and if the chain still uses it, to its
     true cost; then the chain is searched again. When the best chain uses only true costs, it
     is optimal. Every fully costed chain is a plan, so the best of them caps what a later stage
     may cost: a recompute search stops at that cap."""
-    per_byte = 2 / (settings.bandwidth_gbps * 1e6)
     count = len(tables.ideals)
+    compute, comm = times.compute, times.comm
     limited = math.isfinite(settings.memory_bytes)
-    backward = tables.backward_floor() if limited else np.zeros((count, count))
-    costs, needy, rooms = [], [], []
-    comm = tables.crossing * per_byte
-    # [J, I]: stage I \ J's compute, with its two cuts' transfers
-    compute = tables.compute[None, :] - tables.compute[:, None]
-    compute = compute + tables.link[:, None] + tables.link[None, :]
-    for k in range(settings.gpus):
-        shape = schedule_shape(settings, k)
-        stage_time = np.maximum(compute, np.maximum(comm[:, None], comm[None, :]))
-        trainable = tables.trainable[None, :] - tables.trainable[:, None] + tables.tied_trainable
-        copies = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
-        received, sent = tables.crossing[:, None], tables.crossing[None, :]
-        last = k == settings.gpus - 1
-        links = link_buffer_bytes(received, sent, tables.copied, k == 0, last, np.maximum)
-        fixed = (  # what no recompute choice changes (costmodel.recompute_free_bytes)
-            tables.params[None, :]
-            - tables.params[:, None]
-            + tables.tied_params
-            + trainable * copies
-            + shape.in_flight * received
-            + links
-            + backward
-        )
-        memory = fixed + shape.in_flight * tables.kept
-        cost = np.where(tables.inside, stage_time, math.inf)
-        over = tables.inside & (memory > settings.memory_bytes)
-        js, is_ = np.nonzero(over)
-        floor = fixed[js, is_] + tables.floor(js, is_, shape.in_flight)
-        hopeless = floor > settings.memory_bytes  # no recompute choice can fit these
-        cost[js[hopeless], is_[hopeless]] = math.inf
-        over[js[hopeless], is_[hopeless]] = False
-        costs.append(cost)
-        needy.append(over)
-        rooms.append((settings.memory_bytes - fixed, compute, shape, comm))
-    recomputed: dict[tuple[int, int, int], tuple[int, ...]] = {}
-    bounded: set[tuple[int, int, int]] = set()  # needy stages costed at added_lower_bound
-    unproven: dict[tuple[int, int, int], float] = {}  # thinned searches: their lower bound
-    chain = _Chain(costs, count)
+    recomputed: dict[Step, Recompute] = {}
+    bounded: set[Step] = set()  # needy stages costed at added_lower_bound
+    unproven: dict[Step, float] = {}  # thinned searches: their lower bound
+    chain = _Chain([position.cost for position in positions], count)
     first = chain.value()  # recompute free everywhere: bounds the optimum from below
     upper = math.inf  # the best fully costed chain so far
-    checked: set[tuple[int, int, int]] = set()  # stages whose backward peak is exact now
+    checked: set[Step] = set()  # stages whose backward peak is exact now
     while True:
         path = chain.path() if np.isfinite(chain.value()) else []
         for k, j, i in path:
+            at = positions[k]
             if limited and (k, j, i) not in checked:
                 checked.add((k, j, i))
-                room, _, shape, _ = rooms[k]
                 stage = members(tables.ideals[i] & ~tables.ideals[j])
-                room[j, i] -= backward_peak_bytes(graph, stage) - backward[j, i]
-                needy[k][j, i] = shape.in_flight * tables.kept[j, i] > room[j, i]
-        todo = [(k, j, i) for k, j, i in path if needy[k][j, i] and (k, j, i) not in recomputed]
+                at.room[j, i] -= backward_peak_bytes(graph, stage) - at.sums.backward[j, i]
+                at.needy[j, i] = at.in_flight * tables.kept[j, i] > at.room[j, i]
+        todo = [s for s in path if positions[s[0]].needy[s[1], s[2]] and s not in recomputed]
         if not todo:
             break
         for k, j, i in todo:
-            room, compute, shape, comm = rooms[k]
-            budget = MemoryRoom(room=room[j, i], in_flight=shape.in_flight)
+            at = positions[k]
+            budget = MemoryRoom(room=at.room[j, i], in_flight=at.in_flight)
             stage = members(tables.ideals[i] & ~tables.ideals[j])
             if (k, j, i) not in bounded:  # first the cheap bound; search only if still chosen
                 bounded.add((k, j, i))
                 least = added_lower_bound(graph, stage, budget, tables.kept[j, i])
                 if least > 0:
-                    chain.raise_cost(k, j, i, max(compute[j, i] + least, comm[j], comm[i]))
+                    chain.raise_cost(
+                        k, j, i, stage_time_ms(compute[j, i] + least, comm[j], comm[i])
+                    )
                     continue
             sending = sent_nodes(graph, members(tables.ideals[j]), stage)
             found = cheapest_recompute(graph, stage, budget, upper - compute[j, i], sending)
             if not found.exact:
-                unproven[k, j, i] = costs[k][j, i]
-            recomputed[k, j, i] = found.chosen or ()
+                unproven[k, j, i] = at.cost[j, i]
+            recomputed[k, j, i] = found
             chain.raise_cost(
                 k,
                 j,
                 i,
                 math.inf
                 if found.chosen is None
-                else max(compute[j, i] + found.added_ms, comm[j], comm[i]),
+                else stage_time_ms(compute[j, i] + found.added_ms, comm[j], comm[i]),
             )
-        if all(not needy[k][j, i] or (k, j, i) in recomputed for k, j, i in path):
-            upper = min(upper, max(costs[k][j, i] for k, j, i in path))  # a real plan
+        if all(not positions[k].needy[j, i] or (k, j, i) in recomputed for k, j, i in path):
+            upper = min(upper, max(positions[k].cost[j, i] for k, j, i in path))  # a real plan
     bound = first
     if unproven:  # the best chain with every thinned search at its lower bound
-        relaxed = [cost.copy() for cost in costs]
+        relaxed = [position.cost.copy() for position in positions]
         for (k, j, i), low in unproven.items():
             relaxed[k][j, i] = low
         bound = _Chain(relaxed, count).value()
-    return chain, path, recomputed, not unproven, bound
+    return _Search(
+        path=path,
+        bottleneck_ms=chain.value() if path else math.inf,
+        recomputed={step: recomputed[step] for step in path if step in recomputed},
+        proven=not unproven,
+        lower_bound_ms=bound,
+    )
 
 
 class _Chain:
@@ -311,11 +409,3 @@ class _Chain:
             path.append((k, j, i))
             i = j
         return path[::-1]
-
-
-def _reconstruct(tables, chain, path, recomputed):
-    if not path:
-        return None
-    stages = tuple(tuple(members(tables.ideals[i] & ~tables.ideals[j])) for _, j, i in path)
-    recompute = tuple(recomputed.get(step, ()) for step in path)
-    return stages, recompute, chain.value()

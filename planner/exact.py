@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vpipe.planner.costmodel import crossing_bytes, evaluate_stage
+from vpipe.planner.costmodel import comm_ms
 from vpipe.planner.cuts import depth_first_order
 from vpipe.planner.cutsearch import (
     Budget,
@@ -125,6 +125,7 @@ def solve_exact(graph: PlanGraph, settings: PlanSettings, steps: int = SEARCH_ST
         if bounds.closed
         else min(bounds.lower_ms, bounds.best.bottleneck_ms),
         seconds=time.perf_counter() - start,
+        stage_ms=bounds.best.stage_ms,
     )
 
 
@@ -270,7 +271,7 @@ def cut_costs(graph: PlanGraph, settings: PlanSettings, units: Units) -> CutCost
     output = np.zeros(graph.size, dtype=bool)
     output[list(graph.outputs)] = True
     return CutCosts(
-        ms_per_byte=ms_per_crossing_byte(graph, settings),
+        ms_per_byte=comm_ms(1.0, settings),  # linear in the bytes
         unit_of=unit_of,
         readers=np.array([t for _, t in pairs], dtype=np.int64),
         reader_nodes=np.array([u for u, _ in pairs], dtype=np.int64),
@@ -278,26 +279,3 @@ def cut_costs(graph: PlanGraph, settings: PlanSettings, units: Units) -> CutCost
         out_bytes=np.array(graph.out_bytes, dtype=np.float64),
         link_ms=np.array(graph.link_ms, dtype=np.float64),
     )
-
-
-def ms_per_crossing_byte(graph: PlanGraph, settings: PlanSettings) -> float:
-    """Each side's transfer time per byte crossing a cut, read off `costmodel.evaluate_stage`
-    (linear in the bytes): a stage holding some node and its ancestors, whose output crosses."""
-    for u in range(graph.size):
-        if graph.out_bytes[u] and graph.succs[u]:
-            prefix = _ancestors(graph, u)
-            two = dataclasses.replace(settings, gpus=max(settings.gpus, 2))
-            sent = evaluate_stage(graph, two, 0, (), prefix, ()).comm_out_ms
-            return sent / crossing_bytes(graph, prefix)
-    return 0.0
-
-
-def _ancestors(graph: PlanGraph, node: int) -> list[int]:
-    seen = {node}
-    todo = [node]
-    while todo:
-        for p in graph.preds[todo.pop()]:
-            if p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return sorted(seen)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pulp
 
 from vpipe.planner.costmodel import (
-    gradient_copies,
-    link_buffer_bytes,
+    StageBytes,
+    comm_ms,
     output_gradient_bytes,
-    schedule_shape,
+    stage_compute_ms,
+    stage_memory,
+    stage_time_ms,
 )
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.highs import quiet_stdout
@@ -134,76 +137,84 @@ def solve_ilp(
                 prob += b[k] >= graph.backward_bytes[n] * x[n, k]
             if loss is not None and n != loss:  # with the loss, the outputs' gradient too
                 prob += b[k] >= (graph.backward_bytes[n] + made) * x[n, k] - made * (1 - x[loss, k])
-    per_byte = 2 / (settings.bandwidth_gbps * 1e6)
 
     def larger(a: pulp.LpAffineExpression, b: pulp.LpAffineExpression) -> pulp.LpVariable:
-        """A variable at least max(a, b): memory only pushes it down to the larger."""
+        """A variable at least max(a, b): the objective pushes it down to the larger."""
         most = prob.add_variable(f"larger_{len(prob.variables())}", lowBound=0)
         prob.addConstraint(most >= a)
         prob.addConstraint(most >= b)
         return most
 
+    times: list[pulp.LpVariable] = []
+    memories: list[Any] = []  # PuLP expressions (stage_memory takes the sums' type)
     for k in stages:
-        shape = schedule_shape(settings, k)
-        prob += bottleneck >= pulp.lpSum(
-            graph.compute_ms(n) * x[n, k] + graph.fwd_ms[n] * z[n, k] for n in nodes
-        ) + link.get(k - 1, 0) + link.get(k, 0)
         received = crossing[k - 1] if k else 0
         sent = crossing[k] if k < last else 0
-        if math.isfinite(per_byte):
-            if k:
-                prob += bottleneck >= per_byte * received
-            if k < last:
-                prob += bottleneck >= per_byte * sent
-        if math.isfinite(settings.memory_bytes):
-            factor = shape.versions - 1 + gradient_copies(settings) + graph.optimizer_factor
-            weights = pulp.lpSum(
-                (graph.param_bytes[n] + graph.trainable_bytes[n] * factor) * x[n, k] for n in nodes
-            ) + pulp.lpSum(
-                (tie.param_bytes + tie.trainable_bytes * factor) * w[j, k]
-                for j, tie in enumerate(graph.ties)
-            )
-            kept = pulp.lpSum(
+        work = pulp.lpSum(graph.compute_ms(n) * x[n, k] for n in nodes)
+        recomputed = pulp.lpSum(graph.fwd_ms[n] * z[n, k] for n in nodes)
+        compute = stage_compute_ms(work, recomputed, link.get(k - 1, 0), link.get(k, 0))
+        comm_in, comm_out = comm_ms(received, settings), comm_ms(sent, settings)
+        times.append(stage_time_ms(compute, comm_in, comm_out, larger))
+        prob += bottleneck >= times[-1]
+        sums = StageBytes(
+            params=pulp.lpSum(graph.param_bytes[n] * x[n, k] for n in nodes)
+            + pulp.lpSum(tie.param_bytes * w[j, k] for j, tie in enumerate(graph.ties)),
+            trainable=pulp.lpSum(graph.trainable_bytes[n] * x[n, k] for n in nodes)
+            + pulp.lpSum(tie.trainable_bytes * w[j, k] for j, tie in enumerate(graph.ties)),
+            kept=pulp.lpSum(
                 graph.internal_bytes[n] * (x[n, k] - z[n, k]) + graph.out_bytes[n] * h[n, k]
                 for n in nodes
-            )
-            prob += (
-                weights
-                + shape.in_flight * (kept + received)
-                + link_buffer_bytes(received, sent, copied.get(k, 0), k == 0, k == last, larger)
-                + p[k]
-                + b[k]
-                <= settings.memory_bytes
-            )
+            ),
+            received=received,
+            sent=sent,
+            copied=copied.get(k, 0),
+            segment=p[k],
+            backward=b[k],
+        )
+        memories.append(stage_memory(settings, k, graph.optimizer_factor, sums, larger).total)
+        if math.isfinite(settings.memory_bytes):
+            prob += memories[-1] <= settings.memory_bytes
     if warm_start is not None and warm_start.feasible:
         prob += bottleneck <= warm_start.bottleneck_ms  # only a better split is of interest
     with quiet_stdout():
         prob.solve(_solver(time_limit))
-    return _result(prob, graph, settings, x, r, bottleneck, time.perf_counter() - start)
-
-
-def _result(prob, graph, settings, x, r, bottleneck, seconds) -> Split:
-    status = prob.sol_status  # 1: proven optimal, 2: feasible (time limit), else no solution
-    if status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return Split(
             solver="ilp",
             feasible=False,
-            optimal=status == pulp.LpSolutionInfeasible,
-            seconds=seconds,
+            optimal=prob.sol_status == pulp.LpSolutionInfeasible,
+            seconds=time.perf_counter() - start,
         )
-    stages = tuple(
-        tuple(n for n in range(graph.size) if x[n, k].value() > 0.5) for k in range(settings.gpus)
-    )
-    recompute = tuple(tuple(n for n in stage if r[n].value() > 0.5) for stage in stages)
-    value = bottleneck.value()
-    optimal = status == pulp.LpSolutionOptimal
+    optimal, value = prob.sol_status == pulp.LpSolutionOptimal, bottleneck.value()
+    placed = tuple(tuple(n for n in nodes if x[n, k].value() > 0.5) for k in stages)
+    recompute = tuple(tuple(n for n in stage if r[n].value() > 0.5) for stage in placed)
+    _settle(prob, [*x.values(), *r.values()], [*times, *memories], time_limit)
     return Split(
         solver="ilp",
         feasible=True,
-        stages=stages,
+        stages=placed,
         recompute=recompute,
         bottleneck_ms=value,
         optimal=optimal,
         lower_bound_ms=value if optimal else 0.0,
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
+        stage_ms=tuple(t.value() for t in times),
+        stage_bytes=tuple(m.value() for m in memories),
     )
+
+
+def _settle(
+    prob: pulp.LpProblem,
+    choices: list[pulp.LpVariable],
+    figures: list[pulp.LpAffineExpression],
+    time_limit: float,
+) -> None:
+    """Bring every stage's time and memory down to what the chosen split costs: the solve
+    bounds them only from below where no stage is at its limit. With the choices fixed, what
+    is left is a linear program whose every variable is only bounded below, so minimising the
+    figures' sum minimises each of them."""
+    for var in choices:
+        var.lowBound = var.upBound = round(var.value())
+    prob.setObjective(pulp.lpSum(figures))
+    with quiet_stdout():
+        prob.solve(_solver(time_limit))

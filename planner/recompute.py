@@ -51,6 +51,8 @@ class Recompute:
     chosen: tuple[int, ...] | None  # recomputed nodes
     added_ms: float  # forward time they add
     exact: bool  # proven; False if the search had to be thinned
+    kept: int = 0  # bytes the stage then keeps per micro-batch (costmodel.kept_bytes's figures)
+    segment: int = 0  # and the largest segment's transient
 
 
 def cheapest_recompute(
@@ -66,7 +68,7 @@ def cheapest_recompute(
     if not finals:
         return Recompute(None, math.inf, exact)
     best = min(finals, key=lambda p: (p.added_ms, p.memory, p.chosen))
-    return Recompute(best.chosen, best.added_ms, exact)
+    return Recompute(best.chosen, best.added_ms, exact, best.kept, best.peak)
 
 
 def added_lower_bound(

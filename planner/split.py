@@ -18,3 +18,8 @@ class Split:
     lower_bound_ms: float = 0.0
     seconds: float = 0.0
     cuts: str = "all"
+    # each stage's time and memory as the solver's own formulation costs them (memory left
+    # empty by a solver that does not model it): tests/planner/test_agreement.py checks them
+    # against costmodel.evaluate_stage
+    stage_ms: tuple[float, ...] = ()
+    stage_bytes: tuple[float, ...] = ()

@@ -26,6 +26,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from vpipe.codegen.schema import Pipeline
+from vpipe.common.buffering import sums_gradients
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import Batch, ModelFile
 from vpipe.common.optim import Updater
@@ -237,7 +238,7 @@ class StageExecutor:
 
     def _apply(self, grads: Weights, i: int) -> None:
         self.backwards += 1
-        if self.schedule != "asp":
+        if sums_gradients(self.schedule):
             for name, grad in grads.items():  # in place: one running sum beside the new grads
                 total = self.accumulated.get(name)
                 if total is None:  # a copy: autograd may hand one tensor to several weights

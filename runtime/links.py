@@ -18,13 +18,12 @@ import torch
 import torch.distributed as dist
 
 from vpipe.codegen.schema import Pipeline, TensorSpec
+from vpipe.common.buffering import RECEIVES_AHEAD, SENDS_AHEAD
 from vpipe.runtime.failures import LostPeer
 
 ACTIVATION, GRADIENT = 0, 1
-# sends kept unconfirmed (per micro-batch sent): gloo marks a send done only once it is waited
-# on, so older ones are waited for; they finished long ago (the peer posts receives ahead), and
-# waiting two micro-batches behind can never wait on the peer's future (see Links._sent)
-SENDS_AHEAD = 2
+# SENDS_AHEAD: older sends are waited for; they finished long ago (the peer posts receives
+# ahead), and waiting two micro-batches behind can never wait on the peer's future (Links._send)
 
 
 def carries_gradient(spec: TensorSpec) -> bool:
@@ -41,12 +40,12 @@ class _Inbox:
         self.waited_s = 0.0  # blocked in receives, for the run's event log
 
     def take(self) -> list[torch.Tensor]:
-        self._post_ahead(2)
+        self._post_ahead(1 + RECEIVES_AHEAD)
         works, buffers = self.posted.popleft()
         start = time.perf_counter()
         wait_for(works, self.peer)
         self.waited_s += time.perf_counter() - start
-        self._post_ahead(1)
+        self._post_ahead(RECEIVES_AHEAD)
         return buffers
 
     def _post_ahead(self, depth: int) -> None:

@@ -70,7 +70,8 @@ def test_a_sent_tensor_the_stage_keeps_anyway_counts_once():
 
 def test_sync_schedules_hold_the_running_gradient_sum_beside_the_micro_batch_gradients():
     graph = plan_graph(PROFILE)
-    for schedule, microbatches, copies in (("1f1b", 4, 2), ("gpipe", 4, 2), ("1f1b", 1, 1)):
+    # one micro-batch too: the runtime's sum is a copy of the first gradients (runtime/executor)
+    for schedule, microbatches, copies in (("1f1b", 4, 2), ("gpipe", 4, 2), ("1f1b", 1, 2)):
         settings = replace(SETTINGS, schedule=schedule, microbatches=microbatches)
         memory = evaluate_stage(graph, settings, 0, [], [0, 1], ()).memory
         assert (memory.grads, memory.stash) == (copies * 1000, 0)
