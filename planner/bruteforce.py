@@ -46,16 +46,17 @@ def solve_brute_force(graph: PlanGraph, settings: PlanSettings) -> Split:
         chain = (0, *cuts, full)
         if any(a & ~b or a == b for a, b in itertools.pairwise(chain)):
             continue
-        stages, recompute, worst = [], [], 0.0
+        stages, recompute, times = [], [], []
         for index, (before, upto) in enumerate(itertools.pairwise(chain)):
             stage = members(upto & ~before)
             found = best_stage(graph, settings, index, before, stage)
             if found is None:
                 break
-            worst = max(worst, found[0])
+            times.append(found[0])
             stages.append(tuple(stage))
             recompute.append(found[1])
         else:
+            worst = max(times)
             if worst < best.bottleneck_ms:
                 best = Split(
                     solver="brute",
@@ -65,5 +66,6 @@ def solve_brute_force(graph: PlanGraph, settings: PlanSettings) -> Split:
                     bottleneck_ms=worst,
                     optimal=True,
                     lower_bound_ms=worst,
+                    stage_ms=tuple(times),
                 )
     return best

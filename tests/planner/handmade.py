@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.schema import NodeProfile, Profile, TensorMeta
 
 
@@ -40,3 +41,24 @@ def profile(outputs: tuple[str, ...], nodes: tuple[NodeProfile, ...], optimizer=
         outputs=outputs,
         nodes=nodes,
     )
+
+
+# A 3-stage example whose every memory figure is worked out by hand (asp, Adam, S = 3):
+# test_costmodel works it out, test_ties adds a tie to it
+PROFILE = profile(
+    ("n5",),
+    optimizer="adam",
+    nodes=(
+        node("n0", (), 100),
+        # a linear: keeps its input; its backward holds 300 B at its peak
+        node("n1", ("n0",), 200, params=1000, kept=("n0",), grads=300),
+        node("n2", ("n1",), 200, saves_output=True, grads=400),  # a relu: keeps its output
+        # its output is strided (a transpose, say): sending it copies it
+        node("n3", ("n2",), 50, params=400, kept=("n2",), grads=100, dense=False),
+        node("n4", ("n3",), 50, saved=30, kept=("n3",)),  # keeps its input and 30 B of its own
+        node("n5", ("n4",), 10, params=200, kept=("n4",), grads=20),
+    ),
+)
+SETTINGS = PlanSettings(
+    gpus=3, memory_bytes=float("inf"), bandwidth_gbps=float("inf"), optimizer="adam"
+)

@@ -5,8 +5,13 @@ parameters several nodes share."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
+from vpipe.planner.costmodel import evaluate_stage
+from vpipe.planner.dp import solve_dp
+from vpipe.planner.graph import PlanGraph, plan_graph
+from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.schema import LinkCost, NodeProfile, Profile, TensorMeta, Tie
 
 
@@ -93,3 +98,30 @@ def _random_ties(rng: random.Random, nodes: list[NodeProfile]) -> tuple[Tie, ...
         )
         for k in range(rng.randint(1, 2))
     )
+
+
+TIED_SEEDS = range(250, 330)  # cases whose graphs share parameters between nodes
+
+
+def random_case(seed: int) -> tuple[PlanGraph, PlanSettings]:
+    """A small graph and settings; most memory caps sit just below what the unconstrained
+    optimum needs, where recompute decides feasibility and speed. Seeds from 250 on share
+    parameters between nodes (ties), so stages holding copies pay for them."""
+    rng = random.Random(seed)
+    graph = plan_graph(random_profile(seed, rng.randint(2, 9), ties=seed in TIED_SEEDS))
+    settings = PlanSettings(
+        gpus=rng.randint(1, min(4, graph.size)),
+        memory_bytes=math.inf,
+        bandwidth_gbps=rng.choice([math.inf, 0.001, 0.0002]),  # GB/s: bytes here are small
+        schedule=rng.choice(["asp", "asp", "1f1b", "gpipe"]),
+        microbatches=rng.choice([1, 2, 4]),
+    )
+    if rng.random() < 0.8:
+        free = solve_dp(graph, settings)
+        before: list[int] = []
+        need = 0
+        for index, stage in enumerate(free.stages):
+            need = max(need, evaluate_stage(graph, settings, index, before, stage, ()).memory.total)
+            before += stage
+        settings = dataclasses.replace(settings, memory_bytes=need * rng.uniform(0.6, 1.0))
+    return graph, settings

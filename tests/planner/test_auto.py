@@ -10,8 +10,7 @@ from vpipe.planner.bruteforce import solve_brute_force
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.planning import solve
 
-from .randomgraphs import random_profile
-from .test_dp import random_case
+from .randomgraphs import random_case, random_profile
 
 
 @pytest.mark.parametrize("seed", range(150))

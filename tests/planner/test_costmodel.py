@@ -7,28 +7,9 @@ import pytest
 from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.planning import graph_for
-from vpipe.planner.schema import PlanSettings
 from vpipe.profiler.schema import LinkCost, TensorMeta
 
-from .handmade import node, profile
-
-PROFILE = profile(
-    ("n5",),
-    optimizer="adam",
-    nodes=(
-        node("n0", (), 100),
-        # a linear: keeps its input; its backward holds 300 B at its peak
-        node("n1", ("n0",), 200, params=1000, kept=("n0",), grads=300),
-        node("n2", ("n1",), 200, saves_output=True, grads=400),  # a relu: keeps its output
-        # its output is strided (a transpose, say): sending it copies it
-        node("n3", ("n2",), 50, params=400, kept=("n2",), grads=100, dense=False),
-        node("n4", ("n3",), 50, saved=30, kept=("n3",)),  # keeps its input and 30 B of its own
-        node("n5", ("n4",), 10, params=200, kept=("n4",), grads=20),
-    ),
-)
-SETTINGS = PlanSettings(
-    gpus=3, memory_bytes=float("inf"), bandwidth_gbps=float("inf"), optimizer="adam"
-)
+from .handmade import PROFILE, SETTINGS
 
 
 def test_three_stage_breakdown_by_hand():

@@ -15,7 +15,7 @@ from vpipe.planner.planning import planned_ties
 from vpipe.planner.report import tie_line
 from vpipe.profiler.schema import Tie
 
-from .test_costmodel import PROFILE, SETTINGS
+from .handmade import PROFILE, SETTINGS
 
 # the worked example of test_costmodel, with a 600 B parameter that n1 (its owner, charged for
 # it) and n3 share
