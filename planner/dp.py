@@ -287,68 +287,95 @@ def _run(
     true cost; then the chain is searched again. When the best chain uses only true costs, it
     is optimal. Every fully costed chain is a plan, so the best of them caps what a later stage
     may cost: a recompute search stops at that cap."""
-    count = len(tables.ideals)
-    compute, comm = times.compute, times.comm
-    limited = math.isfinite(settings.memory_bytes)
-    recomputed: dict[Step, Recompute] = {}
-    bounded: set[Step] = set()  # needy stages costed at added_lower_bound
-    unproven: dict[Step, float] = {}  # thinned searches: their lower bound
-    chain = _Chain([position.cost for position in positions], count)
-    first = chain.value()  # recompute free everywhere: bounds the optimum from below
-    upper = math.inf  # the best fully costed chain so far
-    checked: set[Step] = set()  # stages whose backward peak is exact now
+    lazy = _Lazy(graph, tables, times, positions)
+    first = lazy.chain.value()  # recompute free everywhere: bounds the optimum from below
     while True:
-        path = chain.path() if np.isfinite(chain.value()) else []
-        for k, j, i in path:
-            at = positions[k]
-            if limited and (k, j, i) not in checked:
-                checked.add((k, j, i))
-                stage = members(tables.ideals[i] & ~tables.ideals[j])
-                at.room[j, i] -= backward_peak_bytes(graph, stage) - at.sums.backward[j, i]
-                at.needy[j, i] = at.in_flight * tables.kept[j, i] > at.room[j, i]
-        todo = [s for s in path if positions[s[0]].needy[s[1], s[2]] and s not in recomputed]
+        path = lazy.chain.path() if np.isfinite(lazy.chain.value()) else []
+        if math.isfinite(settings.memory_bytes):
+            lazy.exact_backward(path)
+        todo = [step for step in path if lazy.needy(step) and step not in lazy.recomputed]
         if not todo:
             break
-        for k, j, i in todo:
-            at = positions[k]
-            budget = MemoryRoom(room=at.room[j, i], in_flight=at.in_flight)
-            stage = members(tables.ideals[i] & ~tables.ideals[j])
-            if (k, j, i) not in bounded:  # first the cheap bound; search only if still chosen
-                bounded.add((k, j, i))
-                least = added_lower_bound(graph, stage, budget, tables.kept[j, i])
-                if least > 0:
-                    chain.raise_cost(
-                        k, j, i, stage_time_ms(compute[j, i] + least, comm[j], comm[i])
-                    )
-                    continue
-            sending = sent_nodes(graph, members(tables.ideals[j]), stage)
-            found = cheapest_recompute(graph, stage, budget, upper - compute[j, i], sending)
-            if not found.exact:
-                unproven[k, j, i] = at.cost[j, i]
-            recomputed[k, j, i] = found
-            chain.raise_cost(
-                k,
-                j,
-                i,
-                math.inf
-                if found.chosen is None
-                else stage_time_ms(compute[j, i] + found.added_ms, comm[j], comm[i]),
-            )
-        if all(not positions[k].needy[j, i] or (k, j, i) in recomputed for k, j, i in path):
-            upper = min(upper, max(positions[k].cost[j, i] for k, j, i in path))  # a real plan
-    bound = first
-    if unproven:  # the best chain with every thinned search at its lower bound
-        relaxed = [position.cost.copy() for position in positions]
-        for (k, j, i), low in unproven.items():
-            relaxed[k][j, i] = low
-        bound = _Chain(relaxed, count).value()
+        for step in todo:
+            lazy.cost(step)
+        if all(not lazy.needy(step) or step in lazy.recomputed for step in path):
+            lazy.upper = min(lazy.upper, max(lazy.cost_of(step) for step in path))  # a plan
     return _Search(
         path=path,
-        bottleneck_ms=chain.value() if path else math.inf,
-        recomputed={step: recomputed[step] for step in path if step in recomputed},
-        proven=not unproven,
-        lower_bound_ms=bound,
+        bottleneck_ms=lazy.chain.value() if path else math.inf,
+        recomputed={step: lazy.recomputed[step] for step in path if step in lazy.recomputed},
+        proven=not lazy.unproven,
+        lower_bound_ms=lazy.relaxed_bound() if lazy.unproven else first,
     )
+
+
+class _Lazy:
+    """The lazy search's state: the chain over every pair's current cost, and what is known
+    of the stages the best chains have used."""
+
+    def __init__(
+        self, graph: PlanGraph, tables: _Tables, times: _Times, positions: list[_Position]
+    ) -> None:
+        self.graph, self.tables, self.times, self.positions = graph, tables, times, positions
+        self.chain = _Chain([position.cost for position in positions], len(tables.ideals))
+        self.recomputed: dict[Step, Recompute] = {}
+        self.bounded: set[Step] = set()  # needy stages costed at added_lower_bound
+        self.unproven: dict[Step, float] = {}  # thinned searches: their lower bound
+        self.checked: set[Step] = set()  # stages whose backward peak is exact now
+        self.upper = math.inf  # the best fully costed chain so far
+
+    def needy(self, step: Step) -> bool:
+        k, j, i = step
+        return bool(self.positions[k].needy[j, i])
+
+    def cost_of(self, step: Step) -> float:
+        k, j, i = step
+        return float(self.positions[k].cost[j, i])
+
+    def stage(self, step: Step) -> list[int]:
+        _, j, i = step
+        return members(self.tables.ideals[i] & ~self.tables.ideals[j])
+
+    def exact_backward(self, path: list[Step]) -> None:
+        """Replace the rounded-down backward peak of the path's stages by the exact one."""
+        for step in path:
+            if step in self.checked:
+                continue
+            self.checked.add(step)
+            k, j, i = step
+            at = self.positions[k]
+            exact = backward_peak_bytes(self.graph, self.stage(step))
+            at.room[j, i] -= exact - at.sums.backward[j, i]
+            at.needy[j, i] = at.in_flight * self.tables.kept[j, i] > at.room[j, i]
+
+    def cost(self, step: Step) -> None:
+        """Raise a needy stage's cost: first to the cheap bound, then (if still chosen) to the
+        cheapest recompute's."""
+        k, j, i = step
+        at, graph = self.positions[k], self.graph
+        compute, comm = self.times.compute[j, i], self.times.comm
+        budget = MemoryRoom(room=at.room[j, i], in_flight=at.in_flight)
+        stage = self.stage(step)
+        if step not in self.bounded:
+            self.bounded.add(step)
+            least = added_lower_bound(graph, stage, budget, self.tables.kept[j, i])
+            if least > 0:
+                self.chain.raise_cost(k, j, i, stage_time_ms(compute + least, comm[j], comm[i]))
+                return
+        sending = sent_nodes(graph, members(self.tables.ideals[j]), stage)
+        found = cheapest_recompute(graph, stage, budget, self.upper - compute, sending)
+        if not found.exact:
+            self.unproven[step] = at.cost[j, i]
+        self.recomputed[step] = found
+        added = stage_time_ms(compute + found.added_ms, comm[j], comm[i])
+        self.chain.raise_cost(k, j, i, math.inf if found.chosen is None else added)
+
+    def relaxed_bound(self) -> float:
+        """The best chain with every thinned search at its lower bound."""
+        relaxed = [position.cost.copy() for position in self.positions]
+        for (k, j, i), low in self.unproven.items():
+            relaxed[k][j, i] = low
+        return _Chain(relaxed, len(self.tables.ideals)).value()
 
 
 class _Chain:
