@@ -104,6 +104,14 @@ def stage_time_ms(compute: Any, comm_in: Any, comm_out: Any, larger: Larger = ma
     return larger(compute, larger(comm_in, comm_out))
 
 
+def message_delay_ms(link_ms: float, comm_ms: float) -> float:
+    """From the end of the action that sends a cut's tensors to when the next stage can use
+    them, one way: the receiving end's share of the cut's link work (`link_ms` counts both
+    directions) and the wire one way (`comm_ms` counts both too). What a stage waits for on
+    the schedule's dependency chain (planner/waiting.py)."""
+    return link_ms / 2 + comm_ms / 2
+
+
 def link_buffer_bytes(
     received: Any, sent: Any, copied: Any, first: bool, last: bool, larger: Larger = max
 ) -> Any:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vpipe.planner.costmodel import crossing_bytes, evaluate_stage
+from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings, Prediction, StagePrediction
-from vpipe.planner.simulate import simulate
+from vpipe.planner.simulate import Timeline, asp_period_ms, simulate
+from vpipe.planner.waiting import cut_delays
 
 
 def predict_stages(
@@ -31,12 +32,22 @@ def predict_pipeline(
     stages: Sequence[Sequence[int]],
     predictions: Sequence[StagePrediction],
 ) -> Prediction:
-    """Time per mini-batch: the slowest stage under asp (steady state, no bubble; a mini-batch
-    is one profiled batch); the simulated iteration over M micro-batches of the profiled batch
-    size, bubbles included, under the synchronous schedules."""
+    """Time per mini-batch, what each stage waits for included (`planner.waiting`): under asp
+    the steady state's period (a mini-batch is one profiled batch; the slowest stage, or a
+    loop of consecutive stages with their messages' delays, whichever is slower); under the
+    synchronous schedules the simulated iteration over M micro-batches of the profiled batch
+    size, bubbles and delays included."""
     bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
     if settings.schedule == "asp":
-        minibatch_ms, bubble = predictions[bottleneck].time_ms, 0.0
+        times = [p.time_ms for p in predictions]
+        delays = cut_delays(predictions)
+        minibatch_ms = asp_period_ms(
+            times,
+            [0.0] * len(times),
+            [d.activations_ms for d in delays],
+            [d.gradients_ms for d in delays],
+        )
+        bubble = 0.0
     else:
         timeline = simulate_plan(graph, settings, stages, predictions)
         minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
@@ -54,17 +65,30 @@ def simulate_plan(
     settings: PlanSettings,
     stages: Sequence[Sequence[int]],
     predictions: Sequence[StagePrediction],
-):
-    """The synchronous schedule's timeline for these stages, one micro-batch per action."""
-    # a forward sends activations and takes gradients' receives ahead: half the transfers' work
+) -> Timeline:
+    """The synchronous schedule's timeline for these stages, one micro-batch per action, each
+    message delayed as `planner.waiting` says."""
+    forward, backward = split_stage_times(graph, stages, predictions)
+    delays = cut_delays(predictions)
+    return simulate(
+        settings.schedule,
+        settings.microbatches,
+        forward,
+        backward,
+        [d.activations_ms for d in delays],
+        [d.gradients_ms for d in delays],
+    )
+
+
+def split_stage_times(
+    graph: PlanGraph, stages: Sequence[Sequence[int]], predictions: Sequence[StagePrediction]
+) -> tuple[list[float], list[float]]:
+    """Each stage's predicted time as its forward and its backward: a forward sends
+    activations and takes gradients' receives ahead (half the transfers' work), a backward
+    the rest (recompute and the update included); the wire time is the messages' delay."""
     forward = [
         sum(graph.fwd_ms[n] for n in stage) + p.transfer_ms / 2
         for stage, p in zip(stages, predictions, strict=True)
     ]
     backward = [p.compute_ms - f for p, f in zip(predictions, forward, strict=True)]
-    transfer = []
-    before: list[int] = []
-    for stage in stages[:-1]:
-        before += stage
-        transfer.append(crossing_bytes(graph, before) / (settings.bandwidth_gbps * 1e6))
-    return simulate(settings.schedule, settings.microbatches, forward, backward, transfer)
+    return forward, backward

@@ -1,8 +1,10 @@
 """A small discrete-event simulation of a synchronous schedule: when each action runs.
 
 It gives the iteration time of 1F1B-with-flush and GPipe (the planner optimises the slowest
-stage; the simulation turns that into time per mini-batch, bubbles included), and the same
-timeline is what the runtime's measured one is compared with.
+stage; the simulation turns that into time per mini-batch, bubbles included), asp's period in
+its steady state (`asp_period_ms`: no flush, but a stage still waits on the dependency chain
+through its neighbours), and the same timeline is what the runtime's measured one is compared
+with.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vpipe.common.errors import VpipeError
-from vpipe.common.schedules import BACKWARD, FORWARD, Action, schedule
+from vpipe.common.schedules import BACKWARD, FORWARD, Action, run_actions, schedule
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,64 @@ def simulate(
     forward_ms: Sequence[float],
     backward_ms: Sequence[float],
     transfer_ms: Sequence[float],
+    gradient_ms: Sequence[float] | None = None,
 ) -> Timeline:
-    """Run every stage's action list; `transfer_ms[s]` delays tensors between s and s + 1."""
+    """Run every stage's action list; `transfer_ms[s]` delays activations from s to s + 1, and
+    `gradient_ms[s]` gradients back from s + 1 to s (default: as `transfer_ms`)."""
+    plans = schedule(schedule_name, len(forward_ms), microbatches)
+    back = transfer_ms if gradient_ms is None else gradient_ms
+    return _walk(schedule_name, plans, forward_ms, backward_ms, transfer_ms, back)
+
+
+def simulate_asp(
+    microbatches: int,
+    forward_ms: Sequence[float],
+    backward_ms: Sequence[float],
+    transfer_ms: Sequence[float],
+    gradient_ms: Sequence[float] | None = None,
+) -> Timeline:
+    """asp's one 1F1B stream of `microbatches`, no flush (fill, steady state, drain)."""
+    plans = run_actions("asp", len(forward_ms), 1, microbatches)
+    back = transfer_ms if gradient_ms is None else gradient_ms
+    return _walk("asp", plans, forward_ms, backward_ms, transfer_ms, back)
+
+
+def asp_period_ms(
+    forward_ms: Sequence[float],
+    backward_ms: Sequence[float],
+    transfer_ms: Sequence[float],
+    gradient_ms: Sequence[float] | None = None,
+) -> float:
+    """asp's time per micro-batch in its steady state, which `simulate_asp` reaches: the
+    largest cycle mean of its max-plus system. Stage k's steady state runs F(j + S - 1 - k)
+    then B(j), so for stages s..e the loop B_s(i) -> F_s -> F_s+1 -> ... -> F_e -> B_e -> ...
+    -> B_s(i + e - s + 1) holds e - s + 1 micro-batches: the period is the largest, over
+    every run of consecutive stages, of (their forwards and backwards + the messages' delays
+    between them, both ways) / (their count). A single stage gives its own time; two stages,
+    max(t0, t1, (t0 + t1 + d + g) / 2)."""
+    back = transfer_ms if gradient_ms is None else gradient_ms
     stages = len(forward_ms)
-    plans = schedule(schedule_name, stages, microbatches)
+    best = 0.0
+    for first in range(stages):
+        total = 0.0
+        for last in range(first, stages):
+            total += forward_ms[last] + backward_ms[last]
+            if last > first:
+                total += transfer_ms[last - 1] + back[last - 1]
+            best = max(best, total / (last - first + 1))
+    return best
+
+
+def _walk(
+    schedule_name: str,
+    plans: Sequence[Sequence[Action]],
+    forward_ms: Sequence[float],
+    backward_ms: Sequence[float],
+    transfer_ms: Sequence[float],
+    gradient_ms: Sequence[float],
+) -> Timeline:
+    """Each action starts when its stage is free and its input has arrived."""
+    stages = len(forward_ms)
     done: dict[tuple[int, str, int], float] = {}
     free = [0.0] * stages
     cursor = [0] * stages
@@ -59,7 +115,7 @@ def simulate(
         for s in range(stages):
             while cursor[s] < len(plans[s]):
                 action = plans[s][cursor[s]]
-                ready = _ready(done, s, stages, action, transfer_ms)
+                ready = _ready(done, s, stages, action, transfer_ms, gradient_ms)
                 if ready is None:
                     break
                 start = max(free[s], ready)
@@ -80,6 +136,7 @@ def _ready(
     stages: int,
     action: Action,
     transfer_ms: Sequence[float],
+    gradient_ms: Sequence[float],
 ) -> float | None:
     """When the inputs of `action` on stage s are there, or None if not yet produced."""
     i = action.microbatch
@@ -91,4 +148,4 @@ def _ready(
     if s == stages - 1:
         return done.get((s, FORWARD, i))
     downstream = done.get((s + 1, BACKWARD, i))
-    return None if downstream is None else downstream + transfer_ms[s]
+    return None if downstream is None else downstream + gradient_ms[s]

@@ -1,11 +1,12 @@
 """Schedules as data and the simulator, against closed forms."""
 
 import math
+import random
 
 import pytest
 
 from vpipe.common.schedules import BACKWARD, FORWARD, peak_in_flight, schedule
-from vpipe.planner.simulate import simulate
+from vpipe.planner.simulate import asp_period_ms, simulate, simulate_asp
 
 
 @pytest.mark.parametrize("name", ["1f1b", "gpipe"])
@@ -46,3 +47,34 @@ def test_transfer_delays_the_pipeline():
     assert timeline.makespan_ms == 1.0 + 0.5 + 2.0 + 4.0 + 0.5 + 3.0
     quick = simulate("1f1b", 4, [1.0, 1.0], [1.0, 1.0], [0.0])
     assert simulate("1f1b", 4, [1.0, 1.0], [1.0, 1.0], [0.5]).makespan_ms > quick.makespan_ms
+
+
+def test_asp_period_two_stages_by_hand():
+    """t0 = 3, t1 = 4: alone the slower stage sets the pace (4); with 1.5 ms each way the
+    loop F0 -> F1 -> B1 -> B0 over its two micro-batches in flight takes (3 + 4 + 3) / 2 = 5."""
+    assert asp_period_ms([1.0, 1.5], [2.0, 2.5], [0.0], [0.0]) == 4.0
+    assert asp_period_ms([1.0, 1.5], [2.0, 2.5], [1.5], [1.5]) == 5.0
+    assert asp_period_ms([1.0, 1.5], [2.0, 2.5], [0.5], [0.25]) == 4.0  # (7.75) / 2 < 4
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+def test_asp_period_is_the_simulated_steady_state(stages):
+    """The closed form equals the simulated stream's pace, over a window that every cycle's
+    length (1 .. S micro-batches) divides, long after the fill."""
+    rng = random.Random(stages)
+    window = math.lcm(*range(1, stages + 1)) * 4
+    for _ in range(50):
+        f = [rng.uniform(0.1, 3) for _ in range(stages)]
+        b = [rng.uniform(0.1, 3) for _ in range(stages)]
+        ahead = [rng.uniform(0, 2) for _ in range(stages - 1)]
+        back = [rng.uniform(0, 2) for _ in range(stages - 1)]
+        count = 6 * window + 4 * stages
+        timeline = simulate_asp(count, f, b, ahead, back)
+        ends = {
+            e.action.microbatch: e.end_ms
+            for e in timeline.events
+            if e.stage == 0 and e.action.kind == BACKWARD
+        }
+        last = count - stages - 1
+        simulated = (ends[last] - ends[last - 3 * window]) / (3 * window)
+        assert math.isclose(simulated, asp_period_ms(f, b, ahead, back), rel_tol=1e-9)

@@ -1,0 +1,210 @@
+"""Predicted vs measured pipeline throughput: does the plan's samples/s hold?
+
+    python benchmarks/throughput_prediction.py [--models mlp gpt resnet widehead] [--rounds 3]
+
+For each model: profile with one thread, plan 2 stages for asp and for 1f1b, generate, then
+train each pipeline with one thread per process, the pipelines in turn and in reverse order
+every other round. Per pipeline it prints
+
+- predicted: the plan's samples/s (pipeline.yaml), which counts what a stage waits for: the
+  schedule's dependency chain with each message's delay (planner/predict.py);
+- no-wait: what the slowest stage's predicted time alone allows (asp): the figure before
+  issue 17's item 4;
+- measured: samples/s over the run's steady state by wall clock (run/metrics.csv, as
+  `vpipe-train --report` prints it), from the round in which the machine's other work and the
+  hypervisor's steal took the least CPU (they only slow a run); that share is printed;
+- ratio: measured / predicted (target: within ±10%);
+- stage: the slowest measured stage's busy CPU time per micro-batch over the slowest
+  predicted stage's time: how much of the ratio is the per-stage times (the cost model's
+  figures) rather than the waiting;
+- chain ratio: measured / the same pipeline model fed each stage's measured forward and
+  backward CPU times instead of the plan's: how well the waiting itself is predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from measuring import samples_per_s
+
+from vpipe.codegen.cli import main as generate_main
+from vpipe.codegen.schema import load_pipeline
+from vpipe.common.schedules import FORWARD
+from vpipe.planner.cli import main as plan_main
+from vpipe.planner.simulate import asp_period_ms, simulate
+from vpipe.planner.waiting import cut_delays
+from vpipe.profiler.cli import main as profile_main
+from vpipe.runtime.events import read_events
+
+BATCH = {"mlp": 32, "gpt": 8, "resnet": 4, "widehead": 8}
+SCHEDULES = ("asp", "1f1b")
+TARGET = 0.10
+QUIET = 0.9  # idle share of the machine's CPU awaited (for up to a minute) before each run
+
+
+@dataclass(frozen=True)
+class Round:
+    """One timed run: its wall-clock samples/s, the share of the machine's CPU that others
+    (processes not of this run, and the hypervisor) took meanwhile, and per stage the mean CPU
+    milliseconds of its forwards and of its backwards after the warm-up."""
+
+    samples_per_s: float
+    others: float
+    forward_ms: tuple[float, ...]
+    backward_ms: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    schedule: str
+    predicted: float
+    no_wait: float | None  # asp only
+    measured: Round
+    stage_ratio: float
+    chain: float  # samples/s the pipeline model gives from the measured stage times
+
+    @property
+    def ratio(self) -> float:
+        return self.measured.samples_per_s / self.predicted
+
+
+def prepare(model: str, work: Path) -> dict[str, Path]:
+    """Profile `model` once, plan and generate a 2-stage pipeline per schedule."""
+    folder = work / model
+    folder.mkdir()
+    profile = folder / "profile.yaml"
+    argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
+    assert profile_main([*argv, "--threads", "1", "--batch-size", str(BATCH[model])]) == 0
+    outs = {}
+    for schedule in SCHEDULES:
+        plan = folder / f"{schedule}.yaml"
+        argv = [str(profile), "--gpus", "2", "--schedule", schedule, "-o", str(plan), "-q"]
+        assert plan_main(argv) == 0
+        outs[schedule] = folder / schedule
+        assert generate_main([str(plan), "-o", str(outs[schedule]), "-q"]) == 0
+    return outs
+
+
+def timed_run(out: Path, microbatches: int) -> Round:
+    """Train `out`'s pipeline through about `microbatches` micro-batches on a quiet machine."""
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    per_step = 1 if pipeline.schedule == "asp" else pipeline.microbatches
+    _await_quiet()
+    before, own = _cpu_ticks(), _own_cpu_s()
+    rate = samples_per_s(out, max(2, microbatches // per_step))
+    after, own = _cpu_ticks(), _own_cpu_s() - own
+    busy = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK")  # the machine's, ours included
+    total = (after[1] - before[1]) / os.sysconf("SC_CLK_TCK")
+    others = max(0.0, busy - own) / total if total else 0.0
+    skip = 2 * len(pipeline.stages)
+    forward, backward = [], []
+    for k in range(len(pipeline.stages)):
+        events = [
+            e for e in read_events(out / "run" / f"events_stage{k}.csv") if e.microbatch >= skip
+        ]
+        forward.append(statistics.mean(e.cpu_s * 1e3 for e in events if e.action == FORWARD))
+        backward.append(statistics.mean(e.cpu_s * 1e3 for e in events if e.action != FORWARD))
+    return Round(rate, others, tuple(forward), tuple(backward))
+
+
+def pipeline_samples_per_s(
+    out: Path, forward: tuple[float, ...], backward: tuple[float, ...]
+) -> float:
+    """The plan's pipeline model, its message delays included, fed these stage times."""
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    delays = cut_delays([s.predicted for s in pipeline.stages])
+    ahead = [d.activations_ms for d in delays]
+    back = [d.gradients_ms for d in delays]
+    if pipeline.schedule == "asp":
+        return pipeline.batch_size / (asp_period_ms(forward, backward, ahead, back) / 1e3)
+    step = simulate(pipeline.schedule, pipeline.microbatches, forward, backward, ahead, back)
+    return pipeline.batch_size * pipeline.microbatches / (step.makespan_ms / 1e3)
+
+
+def row(model: str, schedule: str, out: Path, rounds: list[Round]) -> Row:
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    quietest = min(rounds, key=lambda r: r.others)
+    predicted = [s.predicted for s in pipeline.stages]
+    slowest = max(range(len(predicted)), key=lambda k: predicted[k].time_ms)
+    measured_ms = max(f + b for f, b in zip(quietest.forward_ms, quietest.backward_ms, strict=True))
+    return Row(
+        model,
+        schedule,
+        pipeline.predicted.throughput_samples_per_s,
+        pipeline.batch_size / (predicted[slowest].time_ms / 1e3) if schedule == "asp" else None,
+        quietest,
+        measured_ms / predicted[slowest].time_ms,
+        pipeline_samples_per_s(out, quietest.forward_ms, quietest.backward_ms),
+    )
+
+
+def print_table(rows: list[Row]) -> None:
+    print(
+        f"{'model':<9} {'schedule':<8} {'predicted':>9} {'no-wait':>8} {'measured':>9} "
+        f"{'ratio':>6} {'stage':>6} {'chain':>6} {'others':>6}"
+    )
+    for r in rows:
+        print(
+            f"{r.model:<9} {r.schedule:<8} {r.predicted:>9.1f} "
+            f"{'—' if r.no_wait is None else f'{r.no_wait:.1f}':>8} "
+            f"{r.measured.samples_per_s:>9.1f} {r.ratio:>6.2f} {r.stage_ratio:>6.2f} "
+            f"{r.measured.samples_per_s / r.chain:>6.2f} {r.measured.others:>6.0%}"
+        )
+    within = sum(abs(r.ratio - 1) <= TARGET for r in rows)
+    print(f"within ±{TARGET:.0%}: {within}/{len(rows)} pipelines")
+
+
+def _await_quiet(limit_s: float = 60.0) -> None:
+    """Wait until the machine's CPU is idle (others' work only slows a run), at most limit_s."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = _cpu_ticks()
+        time.sleep(1.0)
+        after = _cpu_ticks()
+        total = after[1] - before[1]
+        if total and 1 - (after[0] - before[0]) / total >= QUIET:
+            return
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the machine so far; steal counts as busy (others' use)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its finished children (a run's stages)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(BATCH), choices=list(BATCH))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--microbatches", type=int, default=160, help="per timed run")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vpipe-throughput-"))
+    outs = {(m, s): out for m in args.models for s, out in prepare(m, work).items()}
+    timed: dict[tuple[str, str], list[Round]] = {key: [] for key in outs}
+    for round_ in range(args.rounds):
+        for key in outs if round_ % 2 == 0 else reversed(list(outs)):
+            timed[key].append(timed_run(outs[key], args.microbatches))
+    print(f"\nCPU, {os.cpu_count()} cores, 2 stages, one thread per stage; work files in {work}")
+    print_table([row(m, s, outs[m, s], timed[m, s]) for m, s in outs])
+
+
+if __name__ == "__main__":
+    main()
