@@ -2,8 +2,8 @@
 --skip-nonfinite, the step is skipped as torch.amp.GradScaler skips one.
 
 The last stage checks each micro-batch's loss (a number it reads anyway); every stage checks,
-once per update, the gradients that update would apply: one reduction, their largest absolute
-value, which is nan or inf exactly when one of them is.
+once per update, the gradients that update would apply (`all_finite`: each one's least and
+largest value, which are nan or inf exactly when one of its values is).
 
 - By default the stage that finds one raises `VpipeError`, naming the step and micro-batch, before
   any update or checkpoint of that step: `runtime.launch` prints it as the stage's one error
@@ -72,8 +72,7 @@ class NonFiniteGuard:
 
     def allows(self, grads: Weights, i: int) -> bool:
         """Whether the update of micro-batch i's step may apply `grads`; False: skip it."""
-        largest = torch.nn.utils.get_total_norm(list(grads.values()), norm_type=math.inf)
-        finite = bool(torch.isfinite(largest)) and self.bad_loss is None
+        finite = all_finite(grads) and self.bad_loss is None
         self.bad_loss = None
         if not self.skip:
             if not finite:
@@ -93,3 +92,13 @@ class NonFiniteGuard:
             return f"step {step}, micro-batch {i} (a gradient is nan or inf)"
         first, last = step * self.per_step, (step + 1) * self.per_step - 1
         return f"step {step}, micro-batches {first}-{last} (a gradient of their sum is nan or inf)"
+
+
+def all_finite(grads: Weights) -> bool:
+    """Whether every gradient is finite: a NaN anywhere makes a tensor's least and largest value
+    NaN, an inf makes one of them inf. `torch.aminmax` is vectorised on a CPU where
+    `isfinite(...).all()` and the inf-norm are not (0.7 ms for an 8 MiB gradient here, against
+    8-10 ms: more than that stage's whole compute), and the extremes are checked at once (one
+    device sync)."""
+    extremes = [x for g in grads.values() if g.numel() for x in torch.aminmax(g)]
+    return not extremes or bool(torch.isfinite(torch.stack(extremes)).all())
