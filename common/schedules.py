@@ -125,6 +125,12 @@ def in_flight_limit(name: str, stages: int, microbatches: int, stage: int) -> in
     return microbatches
 
 
+def updates_per_microbatch(name: str, microbatches: int) -> float:
+    """Optimizer steps per micro-batch: asp updates after each backward, the synchronous
+    schedules once per step of M micro-batches."""
+    return 1.0 if name == "asp" else 1.0 / microbatches
+
+
 def weight_versions(name: str, stages: int, stage: int) -> int:
     """Weight versions stage `stage` keeps: under asp, weight stashing keeps the version each
     in-flight mini-batch's forward used (S - s of them); the synchronous schedules update only

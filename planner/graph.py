@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from vpipe.common.buffering import sums_gradients
 from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR
+from vpipe.common.schedules import updates_per_microbatch
 from vpipe.profiler.schema import NodeProfile, Profile
 
 FLOATING = ("float", "bfloat")  # dtype names whose tensors carry gradients (as the runtime sends)
@@ -83,11 +85,15 @@ class PlanGraph:
 
 
 def plan_graph(
-    profile: Profile, optimizer: str | None = None, updates_per_microbatch: float = 1.0
+    profile: Profile, optimizer: str | None = None, schedule: str = "asp", microbatches: int = 1
 ) -> PlanGraph:
     """Index a profile for planning; `optimizer` overrides the profile's for state bytes. A
-    node's backward time takes its share of the optimizer step: `update_ms` once per micro-batch
-    under asp, once per M under 1f1b and gpipe (`updates_per_microbatch`)."""
+    node's backward time takes its share of the work on its gradients after each backward:
+    `update_ms` once per micro-batch under asp, once per M under 1f1b and gpipe
+    (`updates_per_microbatch`), and under those `accumulate_ms`, adding them into the step's
+    running sum (`sums_gradients`)."""
+    updates = updates_per_microbatch(schedule, microbatches)
+    sums = 1.0 if sums_gradients(schedule) else 0.0
     # the loss is one more node, after the outputs it reads: it lands on the last stage, which
     # runs it; what its backward adds is its backward peak, like any node's
     nodes = (*profile.nodes, profile.loss) if profile.loss else profile.nodes
@@ -129,7 +135,9 @@ def plan_graph(
             for i, n in enumerate(nodes)
         ),
         bwd_ms=tuple(
-            0.0 if placeholder[i] else n.backward_ms + n.update_ms * updates_per_microbatch
+            0.0
+            if placeholder[i]
+            else n.backward_ms + n.update_ms * updates + n.accumulate_ms * sums
             for i, n in enumerate(nodes)
         ),
         param_bytes=tuple(n.param_bytes + n.buffer_bytes for n in nodes),

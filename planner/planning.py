@@ -28,10 +28,9 @@ ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to pro
 
 
 def graph_for(profile: Profile, settings: PlanSettings) -> PlanGraph:
-    """The profile as the planner sees it under `settings`: asp updates after every
-    micro-batch, 1f1b and gpipe after every M."""
-    updates = 1.0 if settings.schedule == "asp" else 1.0 / settings.microbatches
-    return plan_graph(profile, settings.optimizer, updates)
+    """The profile as the planner sees it under `settings` (`plan_graph` charges each node's
+    backward the gradient work of the schedule)."""
+    return plan_graph(profile, settings.optimizer, settings.schedule, settings.microbatches)
 
 
 def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Split:

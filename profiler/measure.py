@@ -266,6 +266,22 @@ def time_update(
     return statistics.median(times)
 
 
+def time_accumulate(params: list[torch.Tensor], clock: Clock, warmup: int, repeats: int) -> float:
+    """Median milliseconds of adding one micro-batch's gradients of `params` into a running
+    sum in place, as the runtime does after each backward under 1f1b and gpipe (the step's
+    first micro-batch copies them instead, which costs about as much)."""
+    if not params:
+        return 0.0
+    total = [torch.zeros_like(p) for p in params]
+    grads = [torch.ones_like(p) for p in params]
+    times = []
+    for rep in range(warmup + repeats):
+        elapsed = clock.time(lambda: [t.add_(g) for t, g in zip(total, grads, strict=True)])
+        if rep >= warmup:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
 @dataclass(frozen=True)
 class LossCost:
     """The loss on one micro-batch's outputs: its time, what it saves for backward (its own

@@ -24,6 +24,7 @@ from vpipe.profiler.measure import (
     measure_loss,
     reference_run,
     storage_key,
+    time_accumulate,
     time_batch,
     time_node,
     time_update,
@@ -155,6 +156,7 @@ def _profile_nodes(
         update_ms = time_update(
             trainable, settings.optimizer, clock, settings.warmup, settings.repeats
         )
+        accumulate_ms = time_accumulate(trainable, clock, settings.warmup, settings.repeats)
         saved = classify_saved(node, reference, state_keys)
         nodes.append(
             NodeProfile(
@@ -176,6 +178,7 @@ def _profile_nodes(
                 workspace_bytes=timing.workspace_bytes,
                 backward_bytes=backward.get(node.name, 0),
                 update_ms=round(update_ms, 4),
+                accumulate_ms=round(accumulate_ms, 4),
                 module=_module_path(node),
                 parameters=tuple(name for name, _ in params),
                 is_tensor=isinstance(reference.values[node.name], torch.Tensor),

@@ -22,8 +22,9 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 # 2: capture route, input keys, is_tensor, ties; 3: no optimizer_bytes (the planner counts the
 # optimizer's state from `optimizer`, or vpipe-plan --optimizer); 4: saved_bytes leaves out
-# the node's output (`saves_output` says it is kept; the planner counts it once, as a tensor)
-SCHEMA_VERSION = 4
+# the node's output (`saves_output` says it is kept; the planner counts it once, as a tensor);
+# 5: accumulate_ms
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class NodeProfile:
     view_of: str = ""  # earlier node whose storage this node's output shares (a view of it)
     workspace_bytes: Bytes | None = None  # transient peak above inputs and outputs (CUDA only)
     update_ms: Millis = 0.0  # one optimizer step on this node's trainable parameters
+    # adding one micro-batch's gradients of them into the step's running sum, which the
+    # synchronous schedules keep (common/buffering.sums_gradients)
+    accumulate_ms: Millis = 0.0
     # the most the model's backward holds at once while this node's backward runs, of tensors
     # the backward made (gradients still to be used, its temporaries; parameter gradients
     # apart): None when unknown (PipeDream)

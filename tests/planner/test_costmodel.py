@@ -65,14 +65,19 @@ def test_times_and_recompute_cost():
     assert second.recompute_ms == 1.0 and second.time_ms == second.compute_ms
 
 
-def test_the_optimizer_step_counts_per_micro_batch_under_asp_and_per_m_otherwise():
+def test_gradient_work_counts_per_micro_batch_under_asp_and_per_m_otherwise():
+    """The optimizer step once per micro-batch under asp, once per M otherwise; adding the
+    gradients into the step's running sum every micro-batch, under 1f1b and gpipe only."""
     timed = replace(
         PROFILE,
-        nodes=tuple(replace(n, update_ms=0.5) if n.param_bytes else n for n in PROFILE.nodes),
+        nodes=tuple(
+            replace(n, update_ms=0.5, accumulate_ms=0.25) if n.param_bytes else n
+            for n in PROFILE.nodes
+        ),
     )
     asp = graph_for(timed, replace(SETTINGS, schedule="asp"))
     sync = graph_for(timed, replace(SETTINGS, schedule="1f1b", microbatches=4))
-    assert (asp.bwd_ms[1], sync.bwd_ms[1]) == (2.0 + 0.5, 2.0 + 0.5 / 4)  # n1: a linear
+    assert (asp.bwd_ms[1], sync.bwd_ms[1]) == (2.0 + 0.5, 2.0 + 0.5 / 4 + 0.25)  # n1: a linear
     assert asp.bwd_ms[2] == sync.bwd_ms[2] == 2.0  # n2: no weights, no step
 
 
