@@ -124,7 +124,8 @@ def pipeline_samples_per_s(
     ahead = [d.activations_ms for d in delays]
     back = [d.gradients_ms for d in delays]
     if pipeline.schedule == "asp":
-        return pipeline.batch_size / (asp_period_ms(forward, backward, ahead, back) / 1e3)
+        busy = [f + b for f, b in zip(forward, backward, strict=True)]
+        return pipeline.batch_size / (asp_period_ms(busy, ahead, back) / 1e3)
     step = simulate(pipeline.schedule, pipeline.microbatches, forward, backward, ahead, back)
     return pipeline.batch_size * pipeline.microbatches / (step.makespan_ms / 1e3)
 

@@ -34,20 +34,21 @@ def predict_pipeline(
 ) -> Prediction:
     """Time per mini-batch, what each stage waits for included (`planner.waiting`): under asp
     the steady state's period (a mini-batch is one profiled batch; the slowest stage, or a
-    loop of consecutive stages with their messages' delays, whichever is slower); under the
+    loop of consecutive stages' compute with their messages' delays, whichever is slower;
+    the solvers minimise the slowest stage, which this is at least); under the
     synchronous schedules the simulated iteration over M micro-batches of the profiled batch
     size, bubbles and delays included."""
     bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
     if settings.schedule == "asp":
-        times = [p.time_ms for p in predictions]
         delays = cut_delays(predictions)
-        minibatch_ms = asp_period_ms(
-            times,
-            [0.0] * len(times),
+        chain_ms = asp_period_ms(
+            [p.compute_ms for p in predictions],
             [d.activations_ms for d in delays],
             [d.gradients_ms for d in delays],
         )
-        bubble = 0.0
+        # a stage's own time also counts its links' occupancy (comm_in, comm_out), which is
+        # not on the chain: the chain's edges are the messages' delays
+        minibatch_ms, bubble = max(chain_ms, predictions[bottleneck].time_ms), 0.0
     else:
         timeline = simulate_plan(graph, settings, stages, predictions)
         minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction

@@ -70,25 +70,23 @@ def simulate_asp(
 
 
 def asp_period_ms(
-    forward_ms: Sequence[float],
-    backward_ms: Sequence[float],
+    busy_ms: Sequence[float],
     transfer_ms: Sequence[float],
     gradient_ms: Sequence[float] | None = None,
 ) -> float:
-    """asp's time per micro-batch in its steady state, which `simulate_asp` reaches: the
-    largest cycle mean of its max-plus system. Stage k's steady state runs F(j + S - 1 - k)
-    then B(j), so for stages s..e the loop B_s(i) -> F_s -> F_s+1 -> ... -> F_e -> B_e -> ...
-    -> B_s(i + e - s + 1) holds e - s + 1 micro-batches: the period is the largest, over
-    every run of consecutive stages, of (their forwards and backwards + the messages' delays
-    between them, both ways) / (their count). A single stage gives its own time; two stages,
-    max(t0, t1, (t0 + t1 + d + g) / 2)."""
+    """asp's time per micro-batch in its steady state, which `simulate_asp` reaches, for stages
+    busy `busy_ms[k]` per micro-batch (forward and backward): the largest cycle mean of its
+    max-plus system. Stage k's steady state runs F(j + S - 1 - k) then B(j), so for stages
+    s..e the loop B_s(i) -> F_s -> F_s+1 -> ... -> F_e -> B_e -> ... -> B_s(i + e - s + 1) holds
+    e - s + 1 micro-batches: the period is the largest, over every run of consecutive stages,
+    of (their busy time + the messages' delays between them, both ways) / (their count). A
+    single stage gives its own time; two stages, max(t0, t1, (t0 + t1 + d + g) / 2)."""
     back = transfer_ms if gradient_ms is None else gradient_ms
-    stages = len(forward_ms)
     best = 0.0
-    for first in range(stages):
+    for first in range(len(busy_ms)):
         total = 0.0
-        for last in range(first, stages):
-            total += forward_ms[last] + backward_ms[last]
+        for last in range(first, len(busy_ms)):
+            total += busy_ms[last]
             if last > first:
                 total += transfer_ms[last - 1] + back[last - 1]
             best = max(best, total / (last - first + 1))

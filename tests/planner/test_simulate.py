@@ -52,9 +52,9 @@ def test_transfer_delays_the_pipeline():
 def test_asp_period_two_stages_by_hand():
     """t0 = 3, t1 = 4: alone the slower stage sets the pace (4); with 1.5 ms each way the
     loop F0 -> F1 -> B1 -> B0 over its two micro-batches in flight takes (3 + 4 + 3) / 2 = 5."""
-    assert asp_period_ms([1.0, 1.5], [2.0, 2.5], [0.0], [0.0]) == 4.0
-    assert asp_period_ms([1.0, 1.5], [2.0, 2.5], [1.5], [1.5]) == 5.0
-    assert asp_period_ms([1.0, 1.5], [2.0, 2.5], [0.5], [0.25]) == 4.0  # (7.75) / 2 < 4
+    assert asp_period_ms([3.0, 4.0], [0.0], [0.0]) == 4.0
+    assert asp_period_ms([3.0, 4.0], [1.5], [1.5]) == 5.0
+    assert asp_period_ms([3.0, 4.0], [0.5], [0.25]) == 4.0  # (7.75) / 2 < 4
 
 
 @pytest.mark.parametrize("stages", [2, 3, 4])
@@ -77,4 +77,5 @@ def test_asp_period_is_the_simulated_steady_state(stages):
         }
         last = count - stages - 1
         simulated = (ends[last] - ends[last - 3 * window]) / (3 * window)
-        assert math.isclose(simulated, asp_period_ms(f, b, ahead, back), rel_tol=1e-9)
+        busy = [x + y for x, y in zip(f, b, strict=True)]
+        assert math.isclose(simulated, asp_period_ms(busy, ahead, back), rel_tol=1e-9)
