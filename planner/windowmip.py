@@ -95,7 +95,6 @@ def solve_window_program(
     )
     rows.add_to(solver)
     for option, value in (
-        ("threads", 1),
         ("mip_rel_gap", 0.0),
         ("mip_abs_gap", 1e-9),
         ("mip_max_nodes", nodes),

@@ -187,7 +187,8 @@ def quantum(values: np.ndarray) -> float | None:
     for digits in range(-3, 7):
         step = 10.0**-digits
         scaled = values / step
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-4):  # float noise is ~1e-11 here
+        # a whole multiple within float noise (~1e-15 of the value), not merely close to one
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-11 * np.maximum(np.abs(scaled), 1.0)):
             return step
     return None
 

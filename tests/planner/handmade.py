@@ -62,3 +62,11 @@ PROFILE = profile(
 SETTINGS = PlanSettings(
     gpus=3, memory_bytes=float("inf"), bandwidth_gbps=float("inf"), optimizer="adam"
 )
+
+
+def chain_profile(*fwd: float) -> Profile:
+    """A chain n0 -> n1 -> ...: n0 the input (no work), then a node of `fwd` ms forward (3 x
+    `fwd` of work) per argument, the last one the model's output."""
+    nodes = [node("n0", (), 4)]
+    nodes += [node(f"n{i}", (f"n{i - 1}",), 4, fwd=f) for i, f in enumerate(fwd, start=1)]
+    return profile((nodes[-1].name,), tuple(nodes))
