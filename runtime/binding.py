@@ -9,8 +9,7 @@ once where each tensor lives (tied names included) and a call is one dict store 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -42,24 +41,45 @@ class Slots:
                     slots.append(_Slot(table, leaf, name, kind == "_buffers"))
         self._slots = tuple(slots)
 
-    @contextlib.contextmanager
-    def bound(self, *tensors: MutableMapping[str, torch.Tensor]) -> Iterator[None]:
+    def bound(self, *tensors: MutableMapping[str, torch.Tensor]) -> _Bound:
         """Point every slot at its tensor in `tensors` (a later mapping wins) while the block
         runs; then put back what was there. A buffer the block replaced (`self.mean = ...`, not
         in place) goes back into the mapping it came from, as it would stay on a module."""
-        merged: dict[str, torch.Tensor] = {}
-        source: dict[str, MutableMapping[str, torch.Tensor]] = {}
-        for mapping in tensors:
-            merged.update(mapping)
-            source.update(dict.fromkeys(mapping, mapping))
-        saved = [slot.table[slot.leaf] for slot in self._slots]
+        return _Bound(self._slots, tensors)
+
+
+class _Bound:
+    """`Slots.bound`'s block: a class rather than a generator, as it runs twice per micro-batch
+    (forward, and a backward's recompute)."""
+
+    def __init__(
+        self, slots: tuple[_Slot, ...], tensors: tuple[MutableMapping[str, torch.Tensor], ...]
+    ) -> None:
+        self.slots, self.tensors = slots, tensors
+        self.merged: dict[str, torch.Tensor] = {}
+        self.saved: list[torch.Tensor | None] = []
+
+    def __enter__(self) -> None:
+        for mapping in self.tensors:
+            self.merged.update(mapping)
+        self.saved = [slot.table[slot.leaf] for slot in self.slots]
         try:
-            for slot in self._slots:
-                slot.table[slot.leaf] = merged[slot.name]
-            yield
-        finally:
-            for slot, tensor in zip(self._slots, saved, strict=True):
-                now = slot.table[slot.leaf]
-                if slot.buffer and now is not None and now is not merged[slot.name]:
-                    source[slot.name][slot.name] = now
+            for slot in self.slots:
+                slot.table[slot.leaf] = self.merged[slot.name]
+        except BaseException:  # a name missing from every mapping: leave the module as it was
+            for slot, tensor in zip(self.slots, self.saved, strict=True):
                 slot.table[slot.leaf] = tensor
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        for slot, tensor in zip(self.slots, self.saved, strict=True):
+            if slot.buffer:
+                self._keep_replaced(slot)
+            slot.table[slot.leaf] = tensor
+
+    def _keep_replaced(self, slot: _Slot) -> None:
+        """A buffer the block replaced goes to the last mapping that holds its name."""
+        now = slot.table[slot.leaf]
+        if now is not None and now is not self.merged[slot.name]:
+            source = next(m for m in reversed(self.tensors) if slot.name in m)
+            source[slot.name] = now

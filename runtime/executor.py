@@ -98,28 +98,31 @@ class StageExecutor:
         # a non-finite loss or gradient stops the run unless `runtime.launch` sets one that skips
         self.per_step = 1 if schedule == "asp" else pipeline.microbatches
         self.guard = NonFiniteGuard(len(pipeline.stages), self.per_step, device)
+        self._fixed = _Fixed.of(pipeline, index, schedule, device)
 
     def run(self, actions: Iterable[Action]) -> None:
+        links, clock, cpu_clock = self.links, time.perf_counter, time.process_time
+        self._count_versions()
         for action in actions:
-            start, waited, cpu = time.perf_counter(), self.links.waited_s(), time.process_time()
+            start, waited, cpu = clock(), links.waited_s(), cpu_clock()
             if action.kind == FORWARD:
                 self.forward(action.microbatch)
             else:
                 self.backward(action.microbatch)
+                self._count_versions()  # only an update makes a version; a forward uses one
+            end, cpu_s = clock(), cpu_clock() - cpu
             self.on_event(
                 ActionEvent(
-                    action.kind,
-                    action.microbatch,
-                    start,
-                    time.perf_counter(),
-                    self.links.waited_s() - waited,
-                    time.process_time() - cpu,
+                    action.kind, action.microbatch, start, end, links.waited_s() - waited, cpu_s
                 )
             )
-            alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
-            self.peak_versions = max(self.peak_versions, len(alive))
         self.weights = _trainable(self.tied.finish(_detached(self.weights)))  # asp's last copies
         self.links.flush()
+
+    def _count_versions(self) -> None:
+        """Keep `peak_versions`: the versions micro-batches in flight hold, and the newest."""
+        alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
+        self.peak_versions = max(self.peak_versions, len(alive))
 
     def snapshot(self) -> StageState:
         """What a checkpoint holds of this stage beside the optimizer: the newest weights, the
@@ -166,8 +169,8 @@ class StageExecutor:
     def forward(self, i: int, weights: Weights | None = None) -> None:
         """Micro-batch i's forward on `weights` (default: the newest version)."""
         state = rng.get_state()
-        batch = self._batch(i) if self.spec.batch_inputs or self.last else None
-        own = [batch.input(key).to(self.device) for key in self.spec.batch_inputs] if batch else []
+        batch = self._batch(i) if self._fixed.needs_batch else None
+        own = self._own_inputs(batch) if batch else []
         received = self.links.recv_activations()
         for tensor in received:
             if tensor.is_floating_point():
@@ -199,25 +202,21 @@ class StageExecutor:
     def _gradients(self, pending: _InFlight) -> tuple[Weights, list[torch.Tensor]]:
         """Micro-batch `pending`'s gradients: for its weight version, and for its received
         inputs (to send back)."""
-        if self.last:
-            scale = 1.0 if self.schedule == "asp" else 1.0 / self.pipeline.microbatches
-            roots, seeds = pending.outputs, [torch.tensor(scale, device=self.device)]
+        if self._fixed.seed is not None:  # the last stage
+            roots, seeds = pending.outputs, [self._fixed.seed]
         else:
-            floats = [
-                o
-                for o, s in zip(pending.outputs, self.spec.outputs, strict=True)
-                if carries_gradient(s)
-            ]
+            floats = [o for o, c in zip(pending.outputs, self._fixed.carries, strict=True) if c]
             incoming = self.links.recv_gradients()
             pairs = [(o, g) for o, g in zip(floats, incoming, strict=True) if o.requires_grad]
             roots, seeds = [o for o, _ in pairs], [g for _, g in pairs]
         names = list(pending.weights)
         wrt = [pending.weights[n] for n in names]
         leaves = [t for t in pending.received if t.is_floating_point()]
-        found: tuple[torch.Tensor | None, ...] = (None,) * len(wrt + leaves)
-        if roots and wrt + leaves:  # a stage may hold no weights and take no float inputs
+        inputs = wrt + leaves
+        found: tuple[torch.Tensor | None, ...] = (None,) * len(inputs)
+        if roots and inputs:  # a stage may hold no weights and take no float inputs
             with self._recomputing_on(pending.weights):
-                found = torch.autograd.grad(roots, wrt + leaves, seeds, allow_unused=True)
+                found = torch.autograd.grad(roots, inputs, seeds, allow_unused=True)
         sent = [
             g if g is not None else torch.zeros_like(t)
             for g, t in zip(found[len(wrt) :], leaves, strict=True)
@@ -260,8 +259,10 @@ class StageExecutor:
 
     def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:
         """The stage returns what pipeline.yaml says: catches stage files edited by hand."""
-        for spec, tensor in zip(self.spec.outputs, outputs, strict=False):
-            if tuple(tensor.shape) != spec.shape or str(tensor.dtype) != f"torch.{spec.dtype}":
+        for spec, (shape, dtype), tensor in zip(
+            self.spec.outputs, self._fixed.outputs, outputs, strict=False
+        ):
+            if tensor.shape != shape or str(tensor.dtype) != dtype:
                 raise VpipeError(
                     f"stage {self.index} returns {spec.name} as {tuple(tensor.shape)} "
                     f"{str(tensor.dtype).removeprefix('torch.')}; pipeline.yaml expects "
@@ -276,9 +277,15 @@ class StageExecutor:
     def model_output(self, outputs: tuple[torch.Tensor, ...]) -> Any:
         """The last stage's tensors in the model's own output structure (a tensor, a tuple, a
         dict, a Hugging Face ModelOutput), as loss_fn expects it."""
-        by_name = dict(zip((s.name for s in self.spec.outputs), outputs, strict=True))
-        leaves = [by_name[name] for name in self.pipeline.output_leaves]
+        leaves = [outputs[k] for k in self._fixed.leaves]
+        if self.output_spec.is_leaf():  # one tensor: what tree_unflatten would give back
+            return leaves[0]
         return pytree.tree_unflatten(leaves, self.output_spec)
+
+    def _own_inputs(self, batch: Batch) -> list[torch.Tensor]:
+        """This stage's inputs from the batch, in pipeline.yaml's order, on its device."""
+        by_key = dict(batch.inputs)
+        return [by_key[key].to(self.device) for key in self.spec.batch_inputs]
 
     def _batch(self, i: int) -> Batch:
         return self.model_file.batch(self.pipeline.batch_size, i)
@@ -286,6 +293,33 @@ class StageExecutor:
     def final_state(self) -> Weights:
         """The trained weights and buffers (running statistics), by their model names."""
         return {n: t.detach().clone() for n, t in {**self.weights, **self.buffers}.items()}
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """What a stage's actions would otherwise work out again each time from pipeline.yaml: it
+    never changes during a run, and on a small stage the per-action lookups and allocations
+    cost as much as the compute."""
+
+    needs_batch: bool  # it takes batch inputs, or it is the last stage (the target)
+    outputs: tuple[tuple[tuple[int, ...], str], ...]  # each output's shape and str(dtype)
+    carries: tuple[bool, ...]  # per output: whether a gradient comes back for it
+    leaves: tuple[int, ...]  # last stage: the outputs the model's output is made of, in order
+    seed: torch.Tensor | None  # last stage: the loss's gradient (backward only reads it)
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, index: int, schedule: str, device: torch.device) -> _Fixed:
+        spec = pipeline.stages[index]
+        last = index == len(pipeline.stages) - 1
+        position = {s.name: k for k, s in enumerate(spec.outputs)}
+        scale = 1.0 if schedule == "asp" else 1.0 / pipeline.microbatches
+        return cls(
+            needs_batch=bool(spec.batch_inputs) or last,
+            outputs=tuple((tuple(s.shape), f"torch.{s.dtype}") for s in spec.outputs),
+            carries=tuple(carries_gradient(s) for s in spec.outputs),
+            leaves=tuple(position[n] for n in pipeline.output_leaves) if last else (),
+            seed=torch.tensor(scale, device=device) if last else None,
+        )
 
 
 def _detached(weights: Weights) -> Weights:

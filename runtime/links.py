@@ -35,6 +35,7 @@ class _Inbox:
 
     def __init__(self, specs: Sequence[TensorSpec], peer: int, tag: int, total: int, device):
         self.specs, self.peer, self.tag, self.device = specs, peer, tag, device
+        self.layouts = [(tuple(s.shape), getattr(torch, s.dtype)) for s in specs]
         self.left = total if specs else 0  # not yet posted
         self.posted: deque[tuple[list[dist.Work | None], list[torch.Tensor]]] = deque()
         self.waited_s = 0.0  # blocked in receives, for the run's event log
@@ -51,8 +52,7 @@ class _Inbox:
     def _post_ahead(self, depth: int) -> None:
         while len(self.posted) < depth and self.left > 0:
             buffers = [
-                torch.empty(s.shape, dtype=getattr(torch, s.dtype), device=self.device)
-                for s in self.specs
+                torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in self.layouts
             ]
             works = [dist.irecv(b, src=self.peer, tag=self.tag) for b in buffers]
             self.posted.append((works, buffers))

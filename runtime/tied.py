@@ -119,6 +119,9 @@ class Staggered:
         """The stage's update after one backward: its own weights on `grads`, each owned tied
         parameter on the holders' sum (sent on to them first), each held copy on the update the
         owner made `delay` updates ago (its own gradient goes to the owner)."""
+        if not self.copies:  # most stages: the plain update, without the copies' bookkeeping
+            self.updates += 1
+            return self.updater.step(weights, grads, in_place=in_place)
         grads, copies = dict(grads), {}
         for copy in self.copies:
             if copy.owner is None:
