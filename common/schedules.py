@@ -118,11 +118,26 @@ def resumed(actions: Iterable[Action], done: int) -> Iterator[Action]:
 
 def in_flight_limit(name: str, stages: int, microbatches: int, stage: int) -> int:
     """Micro-batches stage `stage` may hold at once: what the planner's memory model counts."""
+    return replica_in_flight(name, microbatches, 1, stages - stage)
+
+
+def replica_in_flight(name: str, microbatches: int, replicas: int, workers_from_here: int) -> int:
+    """Micro-batches one replica of a stage holds at once, when the stage has `replicas` and
+    it and the stages after it have `workers_from_here` processes in all.
+
+    The replicas take the micro-batches round-robin. In 1F1B's steady state every process from
+    this stage to the last holds one micro-batch between its forward and backward, so a stage's
+    replicas together hold `workers_from_here`, each 1/replicas of them (rounded up); PipeDream's
+    hybrid pipeline admits as many into its input stage. A straight pipeline's stage s of S has
+    one replica and S - s processes from it on. A synchronous step's M micro-batches are shared
+    too: each replica runs ceil(M / replicas) of them."""
+    depth = -(-workers_from_here // replicas)
+    share = -(-microbatches // replicas)
     if name == "asp":
-        return stages - stage
+        return depth
     if name == "1f1b":
-        return min(stages - stage, microbatches)
-    return microbatches
+        return min(depth, share)
+    return share
 
 
 def updates_per_microbatch(name: str, microbatches: int) -> float:
@@ -135,7 +150,13 @@ def weight_versions(name: str, stages: int, stage: int) -> int:
     """Weight versions stage `stage` keeps: under asp, weight stashing keeps the version each
     in-flight mini-batch's forward used (S - s of them); the synchronous schedules update only
     at the flush, so every micro-batch of a step uses the one version."""
-    return stages - stage if name == "asp" else 1
+    return replica_weight_versions(name, 1, stages - stage)
+
+
+def replica_weight_versions(name: str, replicas: int, workers_from_here: int) -> int:
+    """Weight versions one replica keeps (see `replica_in_flight`): one per micro-batch in
+    flight under asp (its replicas update together, so each holds the same versions)."""
+    return replica_in_flight(name, 1, replicas, workers_from_here) if name == "asp" else 1
 
 
 def tied_delay(owner: int, holder: int) -> int:

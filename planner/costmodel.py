@@ -41,7 +41,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vpipe.common.buffering import RECEIVES_AHEAD, SENDS_AHEAD, gradient_copies
-from vpipe.common.schedules import in_flight_limit, weight_versions
+from vpipe.common.schedules import (
+    in_flight_limit,
+    replica_in_flight,
+    replica_weight_versions,
+    weight_versions,
+)
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import MemoryBreakdown, PlanSettings, StagePrediction
 
@@ -79,6 +84,49 @@ def schedule_shape(settings: PlanSettings, stage: int) -> ScheduleShape:
         versions=weight_versions(settings.schedule, settings.gpus, stage),
         in_flight=in_flight_limit(settings.schedule, settings.gpus, settings.microbatches, stage),
     )
+
+
+def replica_shape(settings: PlanSettings, replicas: int, workers_from_here: int) -> ScheduleShape:
+    """The shape of one replica of a stage that has `replicas`, when it and the stages after it
+    have `workers_from_here` processes in all (common/schedules.replica_in_flight)."""
+    return ScheduleShape(
+        versions=replica_weight_versions(settings.schedule, replicas, workers_from_here),
+        in_flight=replica_in_flight(
+            settings.schedule, settings.microbatches, replicas, workers_from_here
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class AllReduce:
+    """How long a replicated stage's gradient all-reduce takes: `factor` x (r - 1) / r x the
+    gradient's bytes over the link's bandwidth."""
+
+    name: str
+    factor: float
+
+
+# a ring all-reduce (NCCL's, gloo's ring): each replica sends 2 (r - 1) / r of the bytes and
+# receives as many at the same time, over a full-duplex link
+RING = AllReduce("ring", 2.0)
+# PipeDream's optimizer's term, 4 (r - 1) / r: sending and receiving counted one after the other
+PIPEDREAM_ALLREDUCE = AllReduce("pipedream", 4.0)
+
+
+def allreduce_ms(
+    trainable: Any, replicas: int, settings: PlanSettings, model: AllReduce = RING
+) -> Any:
+    """Milliseconds of one all-reduce of a stage's gradients among its `replicas`."""
+    return model.factor * (replicas - 1) / replicas * wire_ms(trainable, settings)
+
+
+def replicated_time_ms(
+    compute: Any, allreduce: Any, comm_in: Any, comm_out: Any, replicas: int, larger: Larger = max
+) -> Any:
+    """A stage's time per micro-batch of the pipeline when `replicas` share its micro-batches
+    round-robin: each replica computes one in r, then all-reduces its gradients (as long as
+    compute: the update waits for it), and its links carry one micro-batch in r."""
+    return stage_time_ms(compute + allreduce, comm_in, comm_out, larger) / replicas
 
 
 def wire_ms(nbytes: Any, settings: PlanSettings) -> Any:
@@ -136,11 +184,16 @@ def stage_memory(
     optimizer_factor: int,
     sums: StageBytes,
     larger: Larger = max,
+    shape: ScheduleShape | None = None,
+    last: bool | None = None,
 ) -> MemoryBreakdown:
     """Stage `index`'s bytes by kind, from its sums: the one memory formula every solver uses
-    (fields are of the sums' type)."""
-    shape = schedule_shape(settings, index)
-    first, last = index == 0, index == settings.gpus - 1
+    (fields are of the sums' type). A straight pipeline's stage `index` of `settings.gpus` by
+    default; a replica's `shape` (`replica_shape`) and whether its stage is the `last`
+    otherwise."""
+    shape = schedule_shape(settings, index) if shape is None else shape
+    first = index == 0
+    last = index == settings.gpus - 1 if last is None else last
     return MemoryBreakdown(
         params=sums.params,
         stash=sums.trainable * (shape.versions - 1),
@@ -299,4 +352,42 @@ def evaluate_stage(
         time_ms=stage_time_ms(compute, comm_in, comm_out),
         memory=stage_memory(settings, index, graph.optimizer_factor, sums),
         transfer_ms=link_before + link_after,
+    )
+
+
+@dataclass(frozen=True)
+class ReplicatedPrediction:
+    """What the cost model predicts for a stage with data-parallel replicas."""
+
+    replicas: int
+    time_ms: float  # per micro-batch of the pipeline, the replicas sharing them
+    allreduce_ms: float  # one all-reduce of its gradients among the replicas
+    memory: MemoryBreakdown  # of one replica
+
+
+def evaluate_replicated_stage(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    position: tuple[int, bool],
+    before: Collection[int],
+    stage: Sequence[int],
+    replicas: int,
+    workers_from_here: int,
+    model: AllReduce = RING,
+) -> ReplicatedPrediction:
+    """Predicted time and memory of a stage at `position` (its index, whether it is the last)
+    with `replicas`, whose earlier stages hold `before`, when it and the stages after it have
+    `workers_from_here` processes. Without recompute: hybrid plans do not recompute yet."""
+    index, last = position
+    one = evaluate_stage(graph, settings, index, before, stage, ())
+    sums = stage_bytes(graph, before, stage, ())
+    allreduce = allreduce_ms(sums.trainable, replicas, settings, model)
+    shape = replica_shape(settings, replicas, workers_from_here)
+    return ReplicatedPrediction(
+        replicas=replicas,
+        time_ms=replicated_time_ms(
+            one.compute_ms, allreduce, one.comm_in_ms, one.comm_out_ms, replicas
+        ),
+        allreduce_ms=allreduce,
+        memory=stage_memory(settings, index, graph.optimizer_factor, sums, shape=shape, last=last),
     )

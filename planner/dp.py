@@ -43,7 +43,7 @@ IDEAL_LIMIT = 3000  # beyond this many cuts, use a restricted family and say so
 THRESHOLDS = 32  # transient levels the vectorised memory floor tries
 
 
-class _Tables:
+class PairTables:
     """Per-ideal sums and per-pair costs, shared by every stage index."""
 
     def __init__(self, graph: PlanGraph, ideals: list[int]) -> None:
@@ -107,13 +107,13 @@ class _Tables:
             self.tied_params += tie.param_bytes * copy
             self.tied_trainable += tie.trainable_bytes * copy
 
-    def backward_floor(self) -> np.ndarray:
+    def backward_floor(self, most: int = THRESHOLDS) -> np.ndarray:
         """[J, I]: a lower bound on the backward peak of stage I \\ J (exact when the nodes'
-        `backward_bytes` take at most THRESHOLDS values; else rounded down to one of
-        THRESHOLDS levels, and `_run` checks the stages a chain uses exactly)."""
+        `backward_bytes` take at most `most` values; else rounded down to one of `most`
+        levels, and `_run` checks the stages a chain uses exactly)."""
         levels = np.unique(self.backward[self.backward > 0])
-        if len(levels) > THRESHOLDS:
-            levels = levels[np.linspace(0, len(levels) - 1, THRESHOLDS).astype(int)]
+        if len(levels) > most:
+            levels = levels[np.linspace(0, len(levels) - 1, most).astype(int)]
         floor = np.zeros((len(self.ideals), len(self.ideals)))
         for level in levels:  # ascending: the last level a stage reaches is its floor
             count = self.member @ (self.backward >= level)
@@ -137,7 +137,7 @@ Step = tuple[int, int, int]  # (stage index k, ideal J before it, ideal I up to 
 
 
 @dataclass(frozen=True)
-class _Times:
+class PairTimes:
     """Every pair's time without recompute, the same at each stage index."""
 
     compute: np.ndarray  # [J, I]: stage I \\ J's compute, with its two cuts' transfers
@@ -145,7 +145,7 @@ class _Times:
     stage: np.ndarray  # [J, I]: stage I \\ J's time
 
     @staticmethod
-    def of(tables: _Tables, settings: PlanSettings) -> _Times:
+    def of(tables: PairTables, settings: PlanSettings) -> PairTimes:
         compute = stage_compute_ms(
             tables.compute[None, :] - tables.compute[:, None],
             0.0,
@@ -153,7 +153,7 @@ class _Times:
             tables.link[None, :],
         )
         comm = comm_ms(tables.crossing, settings)
-        return _Times(
+        return PairTimes(
             compute, comm, stage_time_ms(compute, comm[:, None], comm[None, :], np.maximum)
         )
 
@@ -187,8 +187,8 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
     if ideals is None:
         ideals = prefix_ideals(graph)
         cuts = "prefixes of two topological orders (too many cuts to enumerate)"
-    tables = _Tables(graph, ideals)
-    times = _Times.of(tables, settings)
+    tables = PairTables(graph, ideals)
+    times = PairTimes.of(tables, settings)
     positions = [_position(graph, settings, tables, times, k) for k in range(settings.gpus)]
     search = _run(graph, settings, tables, times, positions)
     found = bool(search.path)
@@ -221,7 +221,7 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
 
 
 def _position(
-    graph: PlanGraph, settings: PlanSettings, tables: _Tables, times: _Times, k: int
+    graph: PlanGraph, settings: PlanSettings, tables: PairTables, times: PairTimes, k: int
 ) -> _Position:
     """Every pair's time and memory at stage index k, without recompute; a pair that does not
     fit so is `needy` (costed at its time without recompute: a lower bound) unless no recompute
@@ -277,8 +277,8 @@ def _memory(
 def _run(
     graph: PlanGraph,
     settings: PlanSettings,
-    tables: _Tables,
-    times: _Times,
+    tables: PairTables,
+    times: PairTimes,
     positions: list[_Position],
 ) -> _Search:
     """Lazy exact search: a stage that needs recompute first counts at its time without
@@ -314,7 +314,7 @@ class _Lazy:
     of the stages the best chains have used."""
 
     def __init__(
-        self, graph: PlanGraph, tables: _Tables, times: _Times, positions: list[_Position]
+        self, graph: PlanGraph, tables: PairTables, times: PairTimes, positions: list[_Position]
     ) -> None:
         self.graph, self.tables, self.times, self.positions = graph, tables, times, positions
         self.chain = _Chain([position.cost for position in positions], len(tables.ideals))
