@@ -1,6 +1,8 @@
 # The two commands of the README, and the steps they share.
 #   make demo   profile a bundled model, plan 2 stages, generate them, train them (2 processes)
 #   make test   install vpipe (a normal, non-editable install), lint it (ruff, mypy), run the tests
+#   make gpu-check  on a machine with a GPU: tests/gpu and a profile -> train -> report on it
+#               (scripts/gpu_check.sh; installs nothing, downloads nothing; exit 2 without a GPU)
 # Both build .venv on first use. PyTorch is installed first, pinned, so that the project's
 # `torch>=...` requirement installs nothing more: on a machine without a GPU that must be a
 # CPU build. Where `pip install torch==2.13.0` would fetch a CUDA build, pass PyTorch's CPU
@@ -18,7 +20,7 @@ DEMO := demo
 MYPY_TREE := build/mypy
 PARTS := $(filter-out tests,$(patsubst %/__init__.py,%,$(wildcard */__init__.py)))
 
-.PHONY: demo test install dev lint clean
+.PHONY: demo test install dev lint clean gpu-check
 
 $(BIN)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +53,10 @@ demo: install
 	$(BIN)/vpipe-gen $(DEMO)/plan.yaml -o $(DEMO)/out
 	$(BIN)/vpipe-train $(DEMO)/out/pipeline.yaml --steps 300 --lr 0.05 --optimizer momentum \
 		--print-every 50
+
+# no dependency on $(BIN)/.deps: that would pip install, and the GPU machine has no network
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

@@ -102,6 +102,11 @@ class StageExecutor:
 
     def run(self, actions: Iterable[Action]) -> None:
         links, clock, cpu_clock = self.links, time.perf_counter, time.process_time
+        # on a GPU an action's kernels run after the call that launched them returns: its end
+        # is when its stream is done, or the events would time the launches (runtime/report.py)
+        settle = None
+        if self.device.type == "cuda":
+            settle = torch.cuda.current_stream(self.device).synchronize
         self._count_versions()
         for action in actions:
             start, waited, cpu = clock(), links.waited_s(), cpu_clock()
@@ -110,6 +115,8 @@ class StageExecutor:
             else:
                 self.backward(action.microbatch)
                 self._count_versions()  # only an update makes a version; a forward uses one
+            if settle:
+                settle()
             end, cpu_s = clock(), cpu_clock() - cpu
             self.on_event(
                 ActionEvent(

@@ -268,13 +268,20 @@ def run_stage(settings: RunSettings) -> None:
 
 
 def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torch.device:
-    """This process's device, threads and seed, then the process group (NCCL on a GPU)."""
+    """This process's device, threads and seed, then the process group: gloo on CPU; on GPUs,
+    NCCL when this machine has one GPU per process (process i on GPU i), else gloo with the
+    processes sharing its GPUs in turn (i on GPU i mod count): NCCL refuses two ranks on one
+    GPU ("Duplicate GPU detected"), and gloo's send and receive take CPU tensors only, so
+    `runtime.links` moves the stages' messages through host memory then. Every machine must
+    make the same choice: give each one as many GPUs as processes, or fewer on all of them."""
     device = torch.device("cpu")
     backend = "gloo"
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        gpus = torch.cuda.device_count()
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % gpus)
         torch.cuda.set_device(device)
-        backend = "nccl"
+        backend = "nccl" if local_processes <= gpus else "gloo"
     torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(seed + rank)  # dropout masks: the same in every run of this plan
     dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))

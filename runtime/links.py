@@ -6,13 +6,19 @@ messages pair up in order. Sends are asynchronous (overlapped with compute), and
 receive is posted one micro-batch ahead, so a message's latency overlaps the compute before it
 is needed (gloo's small-message latency is a millisecond or more). Only floating-point tensors
 carry gradients back.
+
+On a GPU the messages travel over NCCL from GPU memory; where stages share a GPU (gloo, see
+`runtime.launch._join_group`) through host memory, since gloo sends and receives CPU tensors
+only. NCCL's waits order the GPU's stream but do not block the process: a stage on NCCL
+synchronizes its stream after each wait, so that time blocked on a neighbour is counted as
+waiting, not as compute (`runtime.events`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -30,11 +36,30 @@ def carries_gradient(spec: TensorSpec) -> bool:
     return getattr(torch, spec.dtype).is_floating_point
 
 
+def wire_device(device: torch.device) -> torch.device:
+    """Where a message to or from a stage on `device` lies while it travels: that device, but
+    host memory for a GPU under gloo (stages sharing a GPU), whose send and receive read and
+    write a tensor's bytes as CPU memory."""
+    if device.type != "cpu" and dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    return device
+
+
+def settler(device: torch.device) -> Callable[[], None] | None:
+    """What to call after waiting on a message so that the process has waited for it too:
+    under NCCL, wait() only makes the GPU's current stream wait; under gloo it blocks."""
+    if device.type == "cuda" and dist.get_backend() == "nccl":
+        return torch.cuda.current_stream(device).synchronize
+    return None
+
+
 class _Inbox:
     """Receives of one kind from one peer, posted ahead of use, `total` in all."""
 
     def __init__(self, specs: Sequence[TensorSpec], peer: int, tag: int, total: int, device):
         self.specs, self.peer, self.tag, self.device = specs, peer, tag, device
+        self.wire = wire_device(device)  # where the receive buffers are
+        self.settle = settler(device)
         self.layouts = [(tuple(s.shape), getattr(torch, s.dtype)) for s in specs]
         self.left = total if specs else 0  # not yet posted
         self.posted: deque[tuple[list[dist.Work | None], list[torch.Tensor]]] = deque()
@@ -45,14 +70,18 @@ class _Inbox:
         works, buffers = self.posted.popleft()
         start = time.perf_counter()
         wait_for(works, self.peer)
+        if self.settle:
+            self.settle()
         self.waited_s += time.perf_counter() - start
         self._post_ahead(RECEIVES_AHEAD)
+        if self.wire != self.device:  # received in host memory: onto the stage's GPU
+            return [b.to(self.device) for b in buffers]
         return buffers
 
     def _post_ahead(self, depth: int) -> None:
         while len(self.posted) < depth and self.left > 0:
             buffers = [
-                torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in self.layouts
+                torch.empty(shape, dtype=dtype, device=self.wire) for shape, dtype in self.layouts
             ]
             works = [dist.irecv(b, src=self.peer, tag=self.tag) for b in buffers]
             self.posted.append((works, buffers))
@@ -74,6 +103,8 @@ class Links:
         )
         self.pending: deque[tuple[list[dist.Work | None], int]] = deque()  # sends, and to whom
         self.send_waited_s = 0.0  # blocked until a neighbour took what was sent
+        self.wire, self.settle = wire_device(device), settler(device)
+        self.staged = self.wire != device  # sent from a copy in host memory
 
     def recv_activations(self) -> list[torch.Tensor]:
         return self.activations.take() if self.activations.specs else []
@@ -96,6 +127,8 @@ class Links:
         """Wait for every send to finish (before exit)."""
         while self.pending:
             wait_for(*self.pending.popleft())
+        if self.settle:
+            self.settle()
 
     def _send(self, tensors: Sequence[torch.Tensor], peer: int, tag: int) -> None:
         """One micro-batch's tensors, asynchronously; first wait on the sends SENDS_AHEAD
@@ -104,9 +137,14 @@ class Links:
         taking the activations before it; nothing stage s + 1 needs for that is still to come
         from this stage (and the same holds for gradients to s - 1)."""
         start = time.perf_counter()
+        waits = len(self.pending) >= SENDS_AHEAD
         while len(self.pending) >= SENDS_AHEAD:
             wait_for(*self.pending.popleft())
+        if waits and self.settle:
+            self.settle()
         self.send_waited_s += time.perf_counter() - start
+        if self.staged:  # a copy in host memory, made before the send starts
+            tensors = [t.detach().contiguous().to(self.wire) for t in tensors]
         works = [dist.isend(t.detach().contiguous(), dst=peer, tag=tag) for t in tensors]
         self.pending.append((works, peer))
 

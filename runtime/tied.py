@@ -31,7 +31,7 @@ import torch.distributed as dist
 from vpipe.codegen.schema import Pipeline, TiedParameter
 from vpipe.common.optim import Updater
 from vpipe.common.schedules import tied_delay
-from vpipe.runtime.links import wait_for
+from vpipe.runtime.links import wait_for, wire_device
 
 Weights = dict[str, torch.Tensor]
 # the links use tags 0 and 1; tied parameter t sends gradients to its owner on FIRST_TAG + 2t
@@ -153,9 +153,9 @@ class Staggered:
         updates."""
         total = grad
         for peer in copy.holders:
-            theirs = torch.empty_like(grad)
+            theirs = torch.empty_like(grad, device=wire_device(grad.device))
             wait_for([dist.irecv(theirs, src=peer.rank, tag=peer.tag)], peer.rank)
-            total = total + theirs
+            total = total + theirs.to(grad.device)
         for peer in copy.holders:
             _send(peer, total, peer.tag + 1)
         return total
@@ -173,8 +173,9 @@ class Staggered:
     def _next_update(self, copy: _Copy, weight: torch.Tensor, in_place: bool) -> torch.Tensor:
         """A held copy after the owner's next update: its sum received, then applied."""
         assert copy.owner is not None and copy.updater is not None
-        total = torch.empty_like(weight)
+        total = torch.empty_like(weight, device=wire_device(weight.device))
         wait_for([dist.irecv(total, src=copy.owner.rank, tag=copy.owner.tag + 1)], copy.owner.rank)
+        total = total.to(weight.device)
         # the owner summed our gradient of that micro-batch before sending: that send is done
         wait_for(copy.owner.sends.popleft(), copy.owner.rank)
         return copy.updater.step({copy.name: weight}, {copy.name: total}, in_place)[copy.name]
@@ -188,7 +189,8 @@ def _send(peer: _Peer, tensor: torch.Tensor, tag: int) -> None:
     (`_next_update`), which keeps it at `delay` without waiting here."""
     while len(peer.sends) >= peer.delay:
         wait_for(peer.sends.popleft(), peer.rank)
-    peer.sends.append([dist.isend(tensor.detach().contiguous(), dst=peer.rank, tag=tag)])
+    sent = tensor.detach().contiguous().to(wire_device(tensor.device))  # gloo: host memory
+    peer.sends.append([dist.isend(sent, dst=peer.rank, tag=tag)])
 
 
 def _held_name(pipeline: Pipeline, stage: int, tied: TiedParameter) -> str:

@@ -18,9 +18,9 @@ from vpipe.profiler.cli import main as profile_main
 MODELS = ("gpt", "bert", "resnet", "vgg", "mlp")
 
 
-def profile(model: str, directory: Path, batch_size: int = 4) -> Path:
+def profile(model: str, directory: Path, batch_size: int = 4, device: str = "cpu") -> Path:
     path = directory / f"{model}.profile.yaml"
-    argv = [f"vpipe.models.{model}", "-o", str(path), "-q", "--device", "cpu"]
+    argv = [f"vpipe.models.{model}", "-o", str(path), "-q", "--device", device]
     argv += ["--batch-size", str(batch_size), "--repeats", "1", "--warmup", "0"]
     assert profile_main(argv) == 0
     return path

@@ -17,16 +17,22 @@ def momentum_sgd(params):
 
 
 def single_process(
-    pipeline, steps, make_optimizer=momentum_sgd, lr_lambda=None, clip=None, norms=None
+    pipeline,
+    steps,
+    make_optimizer=momentum_sgd,
+    lr_lambda=None,
+    clip=None,
+    norms=None,
+    device="cpu",
 ):
     """The reference: one model, M micro-batches' gradients summed (loss / M), one optimizer
     step per step (SGD with momentum unless told), its rate scaled by torch's LambdaLR with
     `lr_lambda`, its gradients clipped by clip_grad_norm_ to `clip` (each step's norm before
-    clipping appended to `norms`); micro-batch i is make_batch(batch_size, i). Returns the
-    parameters and each step's loss."""
+    clipping appended to `norms`); micro-batch i is make_batch(batch_size, i), on `device`, as
+    the model. Returns the parameters and each step's loss."""
     model_file = load_model_file(pipeline.model)
     torch.manual_seed(pipeline.seed)
-    model = model_file.build_model()
+    model = model_file.build_model().to(device)
     optimizer = make_optimizer(model.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
     losses = []
@@ -35,6 +41,7 @@ def single_process(
         total = 0.0
         for j in range(pipeline.microbatches):
             batch = model_file.batch(pipeline.batch_size, step * pipeline.microbatches + j)
+            batch = batch.to(device)
             loss = model_file.loss_fn(batch.call(model), batch.target)
             (loss / pipeline.microbatches).backward()
             total += loss.item()
