@@ -227,7 +227,7 @@ def _write(sources: Sources, flows: tuple[StageFlow, ...], staging: Path, out: P
                 module_sha256=hashlib.sha256(source.encode()).hexdigest(),
                 weights=f"weights/stage_{flow.index}.pt",
                 nodes=flow.nodes,
-                ranks=(flow.index,),
+                ranks=stage_ranks(plan)[flow.index],
                 batch_inputs=tuple(
                     sources.captured.input_keys[placeholders.index(n)] for n in flow.batch_inputs
                 ),
@@ -288,3 +288,14 @@ def _tensor_specs(graph: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> di
 def _relative(path: Path, out: Path) -> str:
     """`path` as seen from inside `out` (where pipeline.yaml lives)."""
     return os.path.relpath(path.resolve(), out.resolve())
+
+
+def stage_ranks(plan: Plan) -> tuple[tuple[int, ...], ...]:
+    """Each stage's ranks: its replicas', consecutive, stages in order. torchrun numbers a
+    node's processes consecutively, so a stage's replicas share a node where they fit, and its
+    gradient all-reduce stays inside it."""
+    ranks, first = [], 0
+    for stage in plan.stages:
+        ranks.append(tuple(range(first, first + stage.replicas)))
+        first += stage.replicas
+    return tuple(ranks)

@@ -146,6 +146,13 @@ def updates_per_microbatch(name: str, microbatches: int) -> float:
     return 1.0 if name == "asp" else 1.0 / microbatches
 
 
+def allreduces_per_microbatch(name: str, microbatches: int, replicas: int) -> float:
+    """All-reduces of a replicated stage's gradients per micro-batch one replica runs: asp
+    all-reduces after every backward (PipeDream's rule: the replicas' k-th backwards make one
+    update), the synchronous schedules once per step, after each replica's M / r."""
+    return 1.0 if name == "asp" else min(1.0, replicas / microbatches)
+
+
 def weight_versions(name: str, stages: int, stage: int) -> int:
     """Weight versions stage `stage` keeps: under asp, weight stashing keeps the version each
     in-flight mini-batch's forward used (S - s of them); the synchronous schedules update only

@@ -18,7 +18,7 @@ from vpipe.common.paths import refuse_overwriting
 from vpipe.common.plotting import check_plot_path
 from vpipe.common.schedules import SCHEDULES
 from vpipe.planner.baselines import BASELINE_SPLITS
-from vpipe.planner.planning import GIB, SOLVERS, make_plan
+from vpipe.planner.planning import GIB, SOLVERS, make_hybrid_plan, make_plan
 from vpipe.planner.report import plot_plan, print_plan
 from vpipe.planner.schema import RECOMPUTE, PlanSettings, save_plan
 from vpipe.profiler.schema import load_profile
@@ -67,6 +67,22 @@ def _memory(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{err}; or give a unit: 12MiB, 1.5GiB") from None
 
 
+AUTO = 0  # --stages auto: the planner chooses the count
+
+
+def _stage_count(text: str) -> int:
+    """A number of stages, at least 1, or auto (AUTO)."""
+    if text == "auto":
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="vpipe-plan",
@@ -75,7 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("profile", help="profile.yaml written by vpipe-profile")
     parser.add_argument(
-        "--gpus", type=WholeNumber(1), required=True, help="pipeline stages, one device each"
+        "--gpus",
+        type=WholeNumber(1),
+        required=True,
+        help="devices (processes); with the default --stages, one pipeline stage each",
+    )
+    parser.add_argument(
+        "--stages",
+        type=_stage_count,
+        metavar="S|auto",
+        help="pipeline stages (default: --gpus, a straight pipeline); fewer than --gpus gives "
+        "stages data-parallel replicas (counts may differ per stage), auto chooses the count "
+        "too: the fastest of all on --gpus, the straight pipeline included. Replicated stages "
+        "do not recompute",
     )
     parser.add_argument(
         "--memory",
@@ -169,7 +197,15 @@ def run(argv: Sequence[str] | None) -> int:
         headroom=args.headroom,
         recompute=args.recompute,
     )
-    plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver, args.split)
+    if args.stages in (None, args.gpus):
+        plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver, args.split)
+    else:
+        if args.split != "optimal" or args.recompute == "all":
+            raise VpipeError(
+                "--split and --recompute all plan straight pipelines: leave out --stages"
+            )
+        stages = None if args.stages == AUTO else args.stages
+        plan, seconds = make_hybrid_plan(profile, args.profile, sha, settings, stages, args.solver)
     save_plan(plan, args.output)
     if args.plot:
         plot_plan(plan, args.plot)

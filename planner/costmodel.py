@@ -42,6 +42,7 @@ from typing import Any
 
 from vpipe.common.buffering import RECEIVES_AHEAD, SENDS_AHEAD, gradient_copies
 from vpipe.common.schedules import (
+    allreduces_per_microbatch,
     in_flight_limit,
     replica_in_flight,
     replica_weight_versions,
@@ -114,18 +115,40 @@ PIPEDREAM_ALLREDUCE = AllReduce("pipedream", 4.0)
 
 
 def allreduce_ms(
-    trainable: Any, replicas: int, settings: PlanSettings, model: AllReduce = RING
+    trainable: Any,
+    replicas: int,
+    settings: PlanSettings,
+    model: AllReduce = RING,
+    cpu_ms_per_byte: float = 0.0,
 ) -> Any:
-    """Milliseconds of one all-reduce of a stage's gradients among its `replicas`."""
-    return model.factor * (replicas - 1) / replicas * wire_ms(trainable, settings)
+    """Milliseconds of one all-reduce of a stage's gradients among its `replicas`: the wire
+    time, and the CPU each replica spends sending and receiving 2 (r - 1) / r of the bytes
+    each way (`cpu_ms_per_byte`, the profile's link cost: on a CPU, gloo copies on the cores
+    that compute)."""
+    wire = model.factor * (replicas - 1) / replicas * wire_ms(trainable, settings)
+    return wire + 4 * (replicas - 1) / replicas * trainable * cpu_ms_per_byte
+
+
+def allreduce_share_ms(
+    trainable: Any,
+    replicas: int,
+    settings: PlanSettings,
+    model: AllReduce = RING,
+    cpu_ms_per_byte: float = 0.0,
+) -> Any:
+    """A replica's all-reduce time per micro-batch it runs (once per backward under asp, once
+    per step under the synchronous schedules: common/schedules.allreduces_per_microbatch)."""
+    share = allreduces_per_microbatch(settings.schedule, settings.microbatches, replicas)
+    return share * allreduce_ms(trainable, replicas, settings, model, cpu_ms_per_byte)
 
 
 def replicated_time_ms(
     compute: Any, allreduce: Any, comm_in: Any, comm_out: Any, replicas: int, larger: Larger = max
 ) -> Any:
     """A stage's time per micro-batch of the pipeline when `replicas` share its micro-batches
-    round-robin: each replica computes one in r, then all-reduces its gradients (as long as
-    compute: the update waits for it), and its links carry one micro-batch in r."""
+    round-robin: each replica computes one in r and all-reduces its gradients (`allreduce`:
+    its share per micro-batch, `allreduce_share_ms`; as long as compute: the update waits for
+    it), and its links carry one micro-batch in r."""
     return stage_time_ms(compute + allreduce, comm_in, comm_out, larger) / replicas
 
 
@@ -352,6 +375,7 @@ def evaluate_stage(
         time_ms=stage_time_ms(compute, comm_in, comm_out),
         memory=stage_memory(settings, index, graph.optimizer_factor, sums),
         transfer_ms=link_before + link_after,
+        allreduce_ms=0.0,
     )
 
 
@@ -381,13 +405,14 @@ def evaluate_replicated_stage(
     index, last = position
     one = evaluate_stage(graph, settings, index, before, stage, ())
     sums = stage_bytes(graph, before, stage, ())
-    allreduce = allreduce_ms(sums.trainable, replicas, settings, model)
+    cpu = graph.link_ms_per_byte
+    share = allreduce_share_ms(sums.trainable, replicas, settings, model, cpu)
     shape = replica_shape(settings, replicas, workers_from_here)
     return ReplicatedPrediction(
         replicas=replicas,
         time_ms=replicated_time_ms(
-            one.compute_ms, allreduce, one.comm_in_ms, one.comm_out_ms, replicas
+            one.compute_ms, share, one.comm_in_ms, one.comm_out_ms, replicas
         ),
-        allreduce_ms=allreduce,
+        allreduce_ms=allreduce_ms(sums.trainable, replicas, settings, model, cpu),
         memory=stage_memory(settings, index, graph.optimizer_factor, sums, shape=shape, last=last),
     )

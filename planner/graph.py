@@ -66,6 +66,8 @@ class PlanGraph:
     # tuple) cannot be sent between stages, so its producer stays with its readers
     together: tuple[tuple[int, ...], ...] = ()
     ties: tuple[GraphTie, ...] = ()
+    # CPU each end of a transfer spends per byte it sends or receives (the profile's link cost)
+    link_ms_per_byte: float = 0.0
 
     def splits_a_group(self, mask: int) -> bool:
         """Whether the node set `mask` holds part of a `together` group but not all of it."""
@@ -148,6 +150,7 @@ def plan_graph(
         backward_bytes=tuple(_backward_bytes(n) for n in nodes),
         copied_bytes=tuple(_copied_bytes(n) for n in nodes),
         link_ms=tuple(_link_ms(profile, n) for n in nodes),
+        link_ms_per_byte=profile.link.ms_per_mib / 2**20 if profile.link else 0.0,
         owner=tuple(owner),
         holders=tuple(tuple(h) for h in holders),
         keeps=tuple(keeps),

@@ -24,7 +24,7 @@ from vpipe.planner.costmodel import (
     ReplicatedPrediction,
     ScheduleShape,
     StageBytes,
-    allreduce_ms,
+    allreduce_share_ms,
     evaluate_replicated_stage,
     replica_shape,
     replicated_time_ms,
@@ -150,7 +150,9 @@ class _Search:
         self.best[0][0][full] = 0.0
         for m in range(1, n + 1):  # ascending: best[.][m - r] is final when best[.][m] reads it
             for r in range(1, m + 1 if replicate else 2):
-                allreduce = allreduce_ms(trainable, r, settings, model)
+                allreduce = allreduce_share_ms(
+                    trainable, r, settings, model, graph.link_ms_per_byte
+                )
                 comm_in, comm_out = times.comm[:, None], times.comm[None, :]
                 time_r = replicated_time_ms(
                     times.compute, allreduce, comm_in, comm_out, r, np.maximum

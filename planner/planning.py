@@ -9,19 +9,38 @@ from collections.abc import Sequence
 from vpipe.common.errors import VpipeError
 from vpipe.common.units import human_bytes
 from vpipe.planner.baselines import BASELINE_RULE, baseline_split, baselines
-from vpipe.planner.costmodel import recompute_free_bytes, schedule_shape, sent_nodes
+from vpipe.planner.costmodel import (
+    evaluate_stage,
+    recompute_free_bytes,
+    schedule_shape,
+    sent_nodes,
+)
 from vpipe.planner.cuts import all_ideals
 from vpipe.planner.diagnose import explain_infeasible
 from vpipe.planner.dp import IDEAL_LIMIT, solve_dp
 from vpipe.planner.exact import PROOF_GAP, solve_exact
 from vpipe.planner.graph import PlanGraph, plan_graph
-from vpipe.planner.predict import predict_pipeline, predict_stages
+from vpipe.planner.hybrid import HybridSplit, solve_hybrid
+from vpipe.planner.predict import (
+    predict_pipeline,
+    predict_replicated_pipeline,
+    predict_stages,
+)
 from vpipe.planner.recompute import MemoryRoom, cheapest_recompute
-from vpipe.planner.schema import Plan, PlannedTie, PlanSettings, SolverInfo, Stage
+from vpipe.planner.schema import (
+    Baseline,
+    Plan,
+    PlannedTie,
+    PlanSettings,
+    SolverInfo,
+    Stage,
+    StagePrediction,
+)
 from vpipe.planner.split import Split
 from vpipe.profiler.schema import Profile
 
 GIB = 2**30
+TIE = 1e-9  # relative: plans this close are equally fast (sums in another order)
 
 SOLVERS = ("auto", "dp", "ilp")
 ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to prove a dp answer
@@ -213,6 +232,7 @@ def make_plan(
             index=k,
             nodes=tuple(names[n] for n in stage if n != graph.loss),  # the model's nodes
             recompute=tuple(names[n] for n in chosen),
+            replicas=1,
             predicted=prediction,
         )
         for k, (stage, chosen, prediction) in enumerate(
@@ -244,4 +264,129 @@ def planned_ties(graph: PlanGraph, stages: Sequence[Sequence[int]]) -> tuple[Pla
     stage_of = {n: k for k, stage in enumerate(stages) for n in stage}
     return tuple(
         PlannedTie(tie.names, tuple(sorted({stage_of[u] for u in tie.users}))) for tie in graph.ties
+    )
+
+
+def make_hybrid_plan(
+    profile: Profile,
+    profile_path: str,
+    profile_sha256: str,
+    settings: PlanSettings,
+    stages: int | None,
+    solver: str = "auto",
+) -> tuple[Plan, float]:
+    """The fastest plan on at most `settings.gpus` processes with data-parallel replicas
+    (`planner/hybrid.py`), `stages` stages if given, else as many as is fastest. Choosing
+    freely, the straight pipeline on every GPU (`make_plan`: exact, with recompute) wins
+    where it is no slower, and is the answer when no replicated plan fits without recompute."""
+    graph = graph_for(profile, settings)
+    if stages is not None and stages > graph.size - (graph.loss is not None):
+        raise VpipeError(f"--stages {stages} is more than the profile's nodes; use fewer")
+    if stages is not None and stages > settings.gpus:
+        raise VpipeError(
+            f"--stages {stages} is more than --gpus {settings.gpus}: a stage needs a process"
+        )
+    found = solve_hybrid(graph, settings, stages=stages)
+    straight = solve_hybrid(graph, settings, replicate=False)
+    if stages is None and settings.gpus <= graph.size:
+        try:
+            plan, seconds = make_plan(profile, profile_path, profile_sha256, settings, solver)
+        except VpipeError:
+            if not found.feasible:
+                raise
+        else:
+            if not found.feasible or _slowest(plan) <= found.bottleneck_ms * (1 + TIE):
+                return plan, seconds + found.seconds
+    if not found.feasible:
+        raise VpipeError(
+            "no plan with data-parallel replicas fits --memory without recompute (replicated "
+            "stages do not recompute yet); raise --memory, or plan a straight pipeline "
+            "(--stages equal to --gpus), which recomputes where it must"
+        )
+    return _hybrid_plan(profile, profile_path, profile_sha256, settings, graph, found, straight), (
+        found.seconds + straight.seconds
+    )
+
+
+def _slowest(plan: Plan) -> float:
+    return max(stage.predicted.time_ms for stage in plan.stages)
+
+
+def _hybrid_plan(
+    profile: Profile,
+    profile_path: str,
+    profile_sha256: str,
+    settings: PlanSettings,
+    graph: PlanGraph,
+    found: HybridSplit,
+    straight: HybridSplit,
+) -> Plan:
+    predictions: list[StagePrediction] = []
+    before: list[int] = []
+    for index, (stage, replicated) in enumerate(zip(found.stages, found.predicted, strict=True)):
+        one = evaluate_stage(graph, settings, index, before, stage, ())
+        predictions.append(
+            dataclasses.replace(
+                one,
+                time_ms=replicated.time_ms,
+                memory=replicated.memory,
+                allreduce_ms=replicated.allreduce_ms,
+            )
+        )
+        before += stage
+    names = graph.names
+    batch_size = profile.batch_size
+    predicted = predict_replicated_pipeline(
+        graph, settings, batch_size, found.stages, found.replicas, predictions
+    )
+    straight_baselines = []
+    if straight.feasible:
+        straight_predictions = predict_stages(
+            graph,
+            dataclasses.replace(settings, gpus=len(straight.stages)),
+            straight.stages,
+            [() for _ in straight.stages],
+        )
+        straight_baselines.append(
+            Baseline(
+                name=f"best straight ({len(straight.stages)} stages, no replicas)",
+                stage_sizes=tuple(sum(n != graph.loss for n in s) for s in straight.stages),
+                time_per_minibatch_ms=predict_replicated_pipeline(
+                    graph,
+                    settings,
+                    batch_size,
+                    straight.stages,
+                    straight.replicas,
+                    straight_predictions,
+                ).time_per_minibatch_ms,
+                fits=True,
+            )
+        )
+    return Plan(
+        profile=profile_path,
+        profile_sha256=profile_sha256,
+        batch_size=batch_size,
+        settings=settings,
+        stages=tuple(
+            Stage(
+                index=k,
+                nodes=tuple(names[n] for n in stage if n != graph.loss),
+                recompute=(),
+                replicas=r,
+                predicted=prediction,
+            )
+            for k, (stage, r, prediction) in enumerate(
+                zip(found.stages, found.replicas, predictions, strict=True)
+            )
+        ),
+        predicted=predicted,
+        baselines=tuple(straight_baselines),
+        solver=SolverInfo(
+            name="hybrid",
+            optimal=found.optimal,
+            lower_bound_ms=found.bottleneck_ms if found.optimal else 0.0,
+            cuts=found.cuts + ", without recompute",
+        ),
+        notes=graph.notes,
+        ties=planned_ties(graph, found.stages),
     )

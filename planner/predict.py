@@ -93,3 +93,42 @@ def split_stage_times(
     ]
     backward = [p.compute_ms - f for p, f in zip(predictions, forward, strict=True)]
     return forward, backward
+
+
+def predict_replicated_pipeline(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    batch_size: int | None,
+    stages: Sequence[Sequence[int]],
+    replicas: Sequence[int],
+    predictions: Sequence[StagePrediction],
+) -> Prediction:
+    """Time per mini-batch of a plan with data-parallel replicas. A replicated stage counts as
+    one stage r times as fast (its replicas run its micro-batches side by side; `time_ms` is
+    already their shared time): under asp the slowest stage sets the pace (the messages'
+    delays on the dependency chain are not modelled with replicas yet), under the synchronous
+    schedules the simulated step with each stage's forward a share of that time."""
+    bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
+    if settings.schedule == "asp":
+        minibatch_ms, bubble = predictions[bottleneck].time_ms, 0.0
+    else:
+        forward, _ = split_stage_times(graph, stages, predictions)
+        forward = [f / r for f, r in zip(forward, replicas, strict=True)]
+        backward = [p.time_ms - f for p, f in zip(predictions, forward, strict=True)]
+        delays = cut_delays(predictions)
+        timeline = simulate(
+            settings.schedule,
+            settings.microbatches,
+            forward,
+            backward,
+            [d.activations_ms for d in delays],
+            [d.gradients_ms for d in delays],
+        )
+        minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
+    samples = (batch_size or 1) * (1 if settings.schedule == "asp" else settings.microbatches)
+    return Prediction(
+        time_per_minibatch_ms=minibatch_ms,
+        throughput_samples_per_s=samples / (minibatch_ms / 1e3) if minibatch_ms else 0.0,
+        bottleneck_stage=bottleneck,
+        bubble_fraction=bubble,
+    )

@@ -24,8 +24,11 @@ def stage_table(plan: Plan) -> Table:
         if math.isinf(s.memory_bytes)
         else f"{human_bytes(s.memory_bytes)} usable per device"
     )
+    processes = sum(stage.replicas for stage in plan.stages)
+    replicated = processes > len(plan.stages)
+    on = f" on {processes} processes" if replicated else ""
     table = Table(
-        title=f"{s.gpus} stages, {s.schedule}"
+        title=f"{len(plan.stages)} stages{on}, {s.schedule}"
         + (f", {s.microbatches} micro-batches" if s.schedule != "asp" else "")
         + f", {limit}"
     )
@@ -43,10 +46,14 @@ def stage_table(plan: Plan) -> Table:
         "total",
     ):
         table.add_column(column, justify="right")
+    if replicated:  # time ms is then the replicas' shared time, memory one replica's
+        table.add_column("replicas", justify="right")
+        table.add_column("all-reduce ms", justify="right")
     for stage in plan.stages:
         p = stage.predicted
         m = p.memory
         mark = " *" if stage.index == plan.predicted.bottleneck_stage else ""
+        extra = (str(stage.replicas), f"{p.allreduce_ms:.3f}") if replicated else ()
         table.add_row(
             f"{stage.index}{mark}",
             str(len(stage.nodes)),
@@ -59,6 +66,7 @@ def stage_table(plan: Plan) -> Table:
             human_bytes(m.buffers),
             human_bytes(m.transient),
             human_bytes(m.total),
+            *extra,
         )
     return table
 

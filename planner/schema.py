@@ -19,7 +19,7 @@ from vpipe.common.records import Bytes, Count, Limit, Millis, NonNegative, Posit
 from vpipe.common.schedules import SCHEDULES
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-SCHEMA_VERSION = 2  # 2: ties
+SCHEMA_VERSION = 3  # 2: ties; 3: replicas per stage, all-reduce time
 RECOMPUTE = ("auto", "never", "all")
 
 
@@ -60,7 +60,10 @@ class StagePrediction:
     memory: MemoryBreakdown
     # the part of compute_ms the stage's process spends moving its tensors (on a CPU, gloo
     # copies on the cores that compute: the profile's link cost)
-    transfer_ms: Millis = 0.0
+    transfer_ms: Millis
+    # with data-parallel replicas: one all-reduce of the stage's gradients among them (0 with
+    # one); time_ms is then the replicas' shared time, (max(compute + this, comm)) / replicas
+    allreduce_ms: Millis
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class Stage:
     index: Count
     nodes: tuple[str, ...]  # profile node names, in the profile's (topological) order
     recompute: tuple[str, ...]  # nodes recomputed in backward; each run becomes one segment
-    predicted: StagePrediction
+    replicas: Positive  # data-parallel processes running it, sharing its micro-batches
+    predicted: StagePrediction  # memory: of one replica
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,9 @@ class Plan:
 
 
 def _validate(plan: Plan, where: str) -> None:
-    if len(plan.stages) != plan.settings.gpus:
-        raise VpipeError(f"{where}: {len(plan.stages)} stages for {plan.settings.gpus} gpus")
+    processes = sum(stage.replicas for stage in plan.stages)
+    if processes > plan.settings.gpus:
+        raise VpipeError(f"{where}: {processes} processes for {plan.settings.gpus} gpus")
     seen: set[str] = set()
     for position, stage in enumerate(plan.stages):
         if stage.index != position:

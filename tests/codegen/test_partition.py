@@ -39,6 +39,8 @@ NOTHING = StagePrediction(
     comm_out_ms=0.0,
     time_ms=0.0,
     memory=MemoryBreakdown(params=0, stash=0, grads=0, optimizer=0, activations=0, transient=0),
+    transfer_ms=0.0,
+    allreduce_ms=0.0,
 )
 
 
@@ -50,7 +52,7 @@ def split(*stages: tuple[tuple[str, ...], tuple[str, ...]]) -> Plan:
         batch_size=1,
         settings=PlanSettings(gpus=len(stages), memory_bytes=math.inf, bandwidth_gbps=math.inf),
         stages=tuple(
-            Stage(index=k, nodes=nodes, recompute=recompute, predicted=NOTHING)
+            Stage(index=k, nodes=nodes, recompute=recompute, replicas=1, predicted=NOTHING)
             for k, (nodes, recompute) in enumerate(stages)
         ),
         predicted=Prediction(

@@ -9,10 +9,11 @@ import pytest
 
 from vpipe.common.schedules import in_flight_limit, replica_in_flight, weight_versions
 from vpipe.planner.bruteforce import solve_brute_force
-from vpipe.planner.costmodel import PIPEDREAM_ALLREDUCE, RING
+from vpipe.planner.costmodel import PIPEDREAM_ALLREDUCE, RING, evaluate_replicated_stage
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.hybrid import solve_hybrid
 from vpipe.planner.schema import PlanSettings
+from vpipe.profiler.schema import LinkCost
 
 from .bruteforce_hybrid import solve_hybrid_brute_force
 from .handmade import node
@@ -106,3 +107,28 @@ def test_replicas_share_what_is_in_flight():
     assert replica_in_flight("asp", 1, 1, 1) == 1
     assert replica_in_flight("1f1b", 4, 2, 3) == 2
     assert replica_in_flight("gpipe", 5, 2, 3) == 3
+
+
+def test_the_synchronous_schedules_all_reduce_once_per_step():
+    """1f1b, 8 micro-batches a step, 4 replicas: each runs 2 and all-reduces once (1.5 ms, as
+    above), so half an all-reduce per micro-batch it runs: (3 + 0.75) / 4 ms."""
+    layer = node("n1", ("n0",), 4, params=1_000_000, fwd=1.0)
+    graph = plan_graph(handmade_profile(("n1",), (node("n0", (), 4), layer)), schedule="1f1b")
+    settings = PlanSettings(
+        gpus=4, memory_bytes=math.inf, bandwidth_gbps=1.0, schedule="1f1b", microbatches=8
+    )
+    found = evaluate_replicated_stage(graph, settings, (0, True), [], [0, 1], 4, 4)
+    assert found.allreduce_ms == pytest.approx(1.5)
+    assert found.time_ms == pytest.approx((3 + 0.75) / 4)
+
+
+def test_on_a_cpu_the_all_reduce_costs_the_links_copies():
+    """gloo copies on the cores that compute: 1 MiB of gradients, 1 ms per MiB each way, 2
+    replicas: each sends and receives 2 (2 - 1) / 2 MiB, 2 ms of CPU, at infinite bandwidth."""
+    layer = node("n1", ("n0",), 4, params=2**20, fwd=1.0)
+    profile = handmade_profile(("n1",), (node("n0", (), 4), layer))
+    graph = plan_graph(dataclasses.replace(profile, link=LinkCost("gloo", 0.0, 1.0)))
+    settings = PlanSettings(gpus=2, memory_bytes=math.inf, bandwidth_gbps=math.inf)
+    found = evaluate_replicated_stage(graph, settings, (0, True), [], [0, 1], 2, 2)
+    assert found.allreduce_ms == pytest.approx(2.0)
+    assert found.time_ms == pytest.approx((3 + 2) / 2)

@@ -8,7 +8,7 @@ from vpipe.planner.waiting import cut_delays, round_trip_ms
 
 def _stage(transfer_ms: float, comm_out_ms: float) -> StagePrediction:
     nothing = MemoryBreakdown(0, 0, 0, 0, 0, 0)
-    return StagePrediction(10.0, 0.0, 0.0, comm_out_ms, 10.0, nothing, transfer_ms)
+    return StagePrediction(10.0, 0.0, 0.0, comm_out_ms, 10.0, nothing, transfer_ms, 0.0)
 
 
 def test_each_cut_gets_its_own_link_work_and_wire_time():
