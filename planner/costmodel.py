@@ -129,17 +129,11 @@ def allreduce_ms(
     return wire + 4 * (replicas - 1) / replicas * trainable * cpu_ms_per_byte
 
 
-def allreduce_share_ms(
-    trainable: Any,
-    replicas: int,
-    settings: PlanSettings,
-    model: AllReduce = RING,
-    cpu_ms_per_byte: float = 0.0,
-) -> Any:
-    """A replica's all-reduce time per micro-batch it runs (once per backward under asp, once
-    per step under the synchronous schedules: common/schedules.allreduces_per_microbatch)."""
-    share = allreduces_per_microbatch(settings.schedule, settings.microbatches, replicas)
-    return share * allreduce_ms(trainable, replicas, settings, model, cpu_ms_per_byte)
+def allreduce_share_ms(one_ms: Any, replicas: int, settings: PlanSettings) -> Any:
+    """A replica's share of all-reduce time (`one_ms` each) per micro-batch it runs: once per
+    backward under asp, once per step under the synchronous schedules
+    (common/schedules.allreduces_per_microbatch)."""
+    return allreduces_per_microbatch(settings.schedule, settings.microbatches, replicas) * one_ms
 
 
 def replicated_time_ms(
@@ -405,14 +399,17 @@ def evaluate_replicated_stage(
     index, last = position
     one = evaluate_stage(graph, settings, index, before, stage, ())
     sums = stage_bytes(graph, before, stage, ())
-    cpu = graph.link_ms_per_byte
-    share = allreduce_share_ms(sums.trainable, replicas, settings, model, cpu)
+    one_ms = allreduce_ms(sums.trainable, replicas, settings, model, graph.link_ms_per_byte)
     shape = replica_shape(settings, replicas, workers_from_here)
     return ReplicatedPrediction(
         replicas=replicas,
         time_ms=replicated_time_ms(
-            one.compute_ms, share, one.comm_in_ms, one.comm_out_ms, replicas
+            one.compute_ms,
+            allreduce_share_ms(one_ms, replicas, settings),
+            one.comm_in_ms,
+            one.comm_out_ms,
+            replicas,
         ),
-        allreduce_ms=allreduce_ms(sums.trainable, replicas, settings, model, cpu),
+        allreduce_ms=one_ms,
         memory=stage_memory(settings, index, graph.optimizer_factor, sums, shape=shape, last=last),
     )

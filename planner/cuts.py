@@ -13,6 +13,8 @@ from collections.abc import Collection, Sequence
 
 from vpipe.planner.graph import PlanGraph
 
+RESTRICTED = "prefixes of two topological orders (too many cuts to enumerate)"
+
 
 def bits(nodes: Sequence[int]) -> int:
     mask = 0
@@ -102,6 +104,15 @@ def _with_glued(mask: int, sinks: dict[int, int], source_mask: int) -> int:
         if mask >> producer & 1:
             mask |= 1 << sink
     return mask
+
+
+def cut_family(graph: PlanGraph, limit: int) -> tuple[list[int], str]:
+    """Every ideal (`all_ideals`) when there are at most `limit`, else `prefix_ideals`'s few;
+    and how the cuts were restricted, as a plan states it ("all" when they were not)."""
+    ideals = all_ideals(graph, limit)
+    if ideals is None:
+        return prefix_ideals(graph), RESTRICTED
+    return ideals, "all"
 
 
 def prefix_ideals(graph: PlanGraph) -> list[int]:

@@ -27,7 +27,7 @@ from vpipe.planner.costmodel import (
     stage_memory,
     stage_time_ms,
 )
-from vpipe.planner.cuts import all_ideals, members, prefix_ideals
+from vpipe.planner.cuts import cut_family, members
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.recompute import (
     MemoryRoom,
@@ -182,11 +182,7 @@ class _Search:
 
 def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
     start = time.perf_counter()
-    ideals = all_ideals(graph, IDEAL_LIMIT)
-    cuts = "all"
-    if ideals is None:
-        ideals = prefix_ideals(graph)
-        cuts = "prefixes of two topological orders (too many cuts to enumerate)"
+    ideals, cuts = cut_family(graph, IDEAL_LIMIT)
     tables = PairTables(graph, ideals)
     times = PairTimes.of(tables, settings)
     positions = [_position(graph, settings, tables, times, k) for k in range(settings.gpus)]

@@ -24,13 +24,14 @@ from vpipe.planner.costmodel import (
     ReplicatedPrediction,
     ScheduleShape,
     StageBytes,
+    allreduce_ms,
     allreduce_share_ms,
     evaluate_replicated_stage,
     replica_shape,
     replicated_time_ms,
     stage_memory,
 )
-from vpipe.planner.cuts import all_ideals, members, prefix_ideals
+from vpipe.planner.cuts import cut_family, members
 from vpipe.planner.dp import PairTables, PairTimes
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings
@@ -66,11 +67,7 @@ def solve_hybrid(
     """The fastest plan on at most `settings.gpus` processes, with `stages` stages if given;
     without `replicate`, the fastest straight pipeline (one process per stage)."""
     start = time.perf_counter()
-    ideals = all_ideals(graph, IDEAL_LIMIT)
-    cuts = "all"
-    if ideals is None:
-        ideals = prefix_ideals(graph)
-        cuts = "prefixes of two topological orders (too many cuts to enumerate)"
+    ideals, cuts = cut_family(graph, IDEAL_LIMIT)
     search = _Search(graph, settings, PairTables(graph, ideals), model, replicate)
     counts = [stages] if stages is not None else range(1, settings.gpus + 1)
     best = min(
@@ -150,9 +147,8 @@ class _Search:
         self.best[0][0][full] = 0.0
         for m in range(1, n + 1):  # ascending: best[.][m - r] is final when best[.][m] reads it
             for r in range(1, m + 1 if replicate else 2):
-                allreduce = allreduce_share_ms(
-                    trainable, r, settings, model, graph.link_ms_per_byte
-                )
+                one_ms = allreduce_ms(trainable, r, settings, model, graph.link_ms_per_byte)
+                allreduce = allreduce_share_ms(one_ms, r, settings)
                 comm_in, comm_out = times.comm[:, None], times.comm[None, :]
                 time_r = replicated_time_ms(
                     times.compute, allreduce, comm_in, comm_out, r, np.maximum

@@ -52,13 +52,7 @@ def predict_pipeline(
     else:
         timeline = simulate_plan(graph, settings, stages, predictions)
         minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
-    samples = (batch_size or 1) * (1 if settings.schedule == "asp" else settings.microbatches)
-    return Prediction(
-        time_per_minibatch_ms=minibatch_ms,
-        throughput_samples_per_s=samples / (minibatch_ms / 1e3) if minibatch_ms else 0.0,
-        bottleneck_stage=bottleneck,
-        bubble_fraction=bubble,
-    )
+    return _prediction(settings, batch_size, bottleneck, minibatch_ms, bubble)
 
 
 def simulate_plan(
@@ -70,6 +64,17 @@ def simulate_plan(
     """The synchronous schedule's timeline for these stages, one micro-batch per action, each
     message delayed as `planner.waiting` says."""
     forward, backward = split_stage_times(graph, stages, predictions)
+    return _simulate(settings, forward, backward, predictions)
+
+
+def _simulate(
+    settings: PlanSettings,
+    forward: Sequence[float],
+    backward: Sequence[float],
+    predictions: Sequence[StagePrediction],
+) -> Timeline:
+    """The synchronous schedule's timeline with the stages' forward and backward times, each
+    message delayed as `planner.waiting` says."""
     delays = cut_delays(predictions)
     return simulate(
         settings.schedule,
@@ -115,16 +120,20 @@ def predict_replicated_pipeline(
         forward, _ = split_stage_times(graph, stages, predictions)
         forward = [f / r for f, r in zip(forward, replicas, strict=True)]
         backward = [p.time_ms - f for p, f in zip(predictions, forward, strict=True)]
-        delays = cut_delays(predictions)
-        timeline = simulate(
-            settings.schedule,
-            settings.microbatches,
-            forward,
-            backward,
-            [d.activations_ms for d in delays],
-            [d.gradients_ms for d in delays],
-        )
+        timeline = _simulate(settings, forward, backward, predictions)
         minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
+    return _prediction(settings, batch_size, bottleneck, minibatch_ms, bubble)
+
+
+def _prediction(
+    settings: PlanSettings,
+    batch_size: int | None,
+    bottleneck: int,
+    minibatch_ms: float,
+    bubble: float,
+) -> Prediction:
+    """The figures a plan states from its time per mini-batch: a step's samples (the profiled
+    batch, or 1 if unknown, times M under 1f1b and gpipe) over that time."""
     samples = (batch_size or 1) * (1 if settings.schedule == "asp" else settings.microbatches)
     return Prediction(
         time_per_minibatch_ms=minibatch_ms,
