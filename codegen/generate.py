@@ -1,4 +1,5 @@
-"""Plan → out/: stage files, initial weights per stage, pipeline.yaml; all or nothing.
+"""Plan → out/: stage files, initial weights per stage, pipeline.yaml, a slurm script; all or
+nothing.
 
 The generator re-traces the model the profile names and refuses to go on if anything changed
 since: the profile (its sha256 in the plan), the model file (its sha256 in the profile) or the
@@ -23,6 +24,7 @@ from vpipe.codegen.ownership import owned_names
 from vpipe.codegen.partition import StageFlow, partition
 from vpipe.codegen.render import render_stage, stage_text
 from vpipe.codegen.schema import Pipeline, StageSpec, TensorSpec, TiedParameter, save_pipeline
+from vpipe.codegen.slurm import SCRIPT, write_sbatch
 from vpipe.common.capture import Captured, capture
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import ModelFile, load_model_file
@@ -49,10 +51,11 @@ class Sources:
         return self.captured.graph
 
 
-def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
+def generate(plan_path: str | Path, out: str | Path, gpus_per_node: int | None = None) -> Pipeline:
     """Write the pipeline for `plan_path` into `out` and return its config. Of an `out` that
     exists, only what vpipe-gen writes is replaced: a run's results, a copy of the plan or
-    anything else in it stays."""
+    anything else in it stays. `gpus_per_node` (processes per node; None: all on one) shapes
+    the slurm script written beside the stages."""
     out = Path(out)
     _check_output_dir(out)
     sources = load_sources(Path(plan_path))
@@ -65,6 +68,7 @@ def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
         raise VpipeError(f"cannot write {out}: {err.strerror}; choose another -o") from None
     try:
         pipeline = _write(sources, flows, staging, out)
+        write_sbatch(pipeline, staging, out, str(sources.plan_path), gpus_per_node)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -74,7 +78,7 @@ def generate(plan_path: str | Path, out: str | Path) -> Pipeline:
 def _generated(entry: Path) -> bool:
     """What vpipe-gen writes into out/ (and Python's cache of the stage files): replaced."""
     name = entry.name
-    return name in ("pipeline.yaml", "weights", "__pycache__") or (
+    return name in ("pipeline.yaml", SCRIPT, "weights", "__pycache__") or (
         name.startswith("stage_") and name.endswith(".py")
     )
 

@@ -98,6 +98,7 @@ def test_generating_again_replaces_only_what_vpipe_gen_writes(mlp_plan, tmp_path
         "run",
         "stage_0.py",
         "stage_1.py",
+        "vpipe.sbatch",
         "weights",
     ]
     assert not list(tmp_path.glob(".out*"))  # nothing left aside
