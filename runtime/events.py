@@ -1,4 +1,6 @@
-"""Per-stage action timings: out/run/events_stage<k>.csv, written by each stage, read by the report.
+"""Per-stage action timings: out/run/events_stage<k>.csv (a replica of a replicated stage:
+events_stage<k>_replica<i>.csv, `runtime.placement`), written by each process, read by the
+report.
 
 One row per action (forward or backward of a micro-batch): start and end on the machine's
 monotonic clock (comparable across the stages of one machine), the seconds spent blocked waiting

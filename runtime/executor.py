@@ -7,10 +7,12 @@ writes into a new version while a micro-batch in flight still holds the current 
 the current one otherwise (`common.optim`), so a version a pending backward needs is never
 modified; it is freed when no micro-batch in flight uses it. Under `asp` every backward is
 followed by an update (PipeDream's weight stashing); under `1f1b` and `gpipe` gradients add up
-over the step's M micro-batches and one update follows the last. Each update's gradients pass
-the tied copies' sum (`runtime.tied`), the non-finite guard and the clipping first; the loop
-reports each action (`runtime.events`), loss and update through callbacks, and gives its state
-to checkpoints (`snapshot`, `restore`).
+over the step's M micro-batches and one update follows the last. A replicated stage's process
+runs only its own micro-batches and sums its gradients with its stage's other replicas before
+each update (`runtime.replicas`, `common.replicas`). Each update's gradients pass the tied
+copies' sum (`runtime.tied`), the non-finite guard and the clipping first; the loop reports each
+action (`runtime.events`), loss (in micro-batch order, at the update) and update through
+callbacks, and gives its state to checkpoints (`snapshot`, `restore`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vpipe.common.buffering import sums_gradients
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import Batch, ModelFile
 from vpipe.common.optim import Updater
+from vpipe.common.replicas import closes_update, update_microbatches
 from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage, to_empty_tied
 from vpipe.runtime import rng
@@ -38,6 +41,8 @@ from vpipe.runtime.checkpoint import StageState
 from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.nonfinite import NonFiniteGuard
+from vpipe.runtime.placement import Placement
+from vpipe.runtime.replicas import ReplicaGroup
 from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import Summed, tied_parameters
 
@@ -57,13 +62,14 @@ class StageExecutor:
         self,
         pipeline: Pipeline,
         directory: Path,
-        index: int,
+        placement: Placement,
         model_file: ModelFile,
         updater: Updater,
         links: Links,
         schedule: str,
         device: torch.device,
     ) -> None:
+        index = placement.stage
         self.pipeline, self.index, self.links = pipeline, index, links
         self.model_file, self.updater, self.schedule = model_file, updater, schedule
         self.last = index == len(pipeline.stages) - 1
@@ -84,11 +90,12 @@ class StageExecutor:
         self.slots = Slots(self.module)
         self.in_flight: dict[int, _InFlight] = {}
         self.accumulated: Weights = {}
-        self.backwards = 0
+        self.losses: dict[int, float] = {}  # last stage: its micro-batches' not yet reported
+        self.replicas = ReplicaGroup(pipeline, placement, device)  # before any other group
         self.tied = tied_parameters(pipeline, index, schedule, updater)
         self.peak_versions = 0  # the most weight versions alive at once
-        # the last stage reports each micro-batch's loss, in order; every stage, each update
-        # and each action's timing
+        # the last stage reports each micro-batch's loss, in order, at its update; every stage,
+        # each update and each action's timing
         self.on_loss: Callable[[float], None] = lambda loss: None
         self.on_update: Callable[[int], None] = lambda updates: None
         self.on_event: Callable[[ActionEvent], None] = lambda event: None
@@ -193,16 +200,16 @@ class StageExecutor:
             loss = self.model_file.loss_fn(output, batch.target.to(self.device))
             value = loss.item()
             self.guard.loss(value, i)
-            self.on_loss(value)
+            self.losses[i] = value
             outputs = (loss,)
         else:
-            self.links.send_activations(outputs)
+            self.links.send_activations(outputs, i)
         self.in_flight[i] = _InFlight(weights, received, list(outputs), state)
 
     def backward(self, i: int) -> None:
         grads, sent = self._gradients(self.in_flight.pop(i))
         if self.index > 0:
-            self.links.send_gradients(sent)
+            self.links.send_gradients(sent, i)
         # the micro-batch's weight version is let go before the update makes the next one
         self._apply(grads, i)
 
@@ -243,7 +250,7 @@ class StageExecutor:
         return self.slots.bound(weights, self.buffers)
 
     def _apply(self, grads: Weights, i: int) -> None:
-        self.backwards += 1
+        microbatches, replicas = self.pipeline.microbatches, self.replicas.count
         if sums_gradients(self.schedule):
             for name, grad in grads.items():  # in place: one running sum beside the new grads
                 total = self.accumulated.get(name)
@@ -251,11 +258,13 @@ class StageExecutor:
                     self.accumulated[name] = grad.clone(memory_format=torch.contiguous_format)
                 else:
                     total.add_(grad)
-            if self.backwards % self.pipeline.microbatches:
+            if not closes_update(self.schedule, microbatches, replicas, i):
                 return
-            grads, self.accumulated = self.accumulated, {}
+            grads, self.accumulated = self._summed(self.accumulated, i), {}
             assert isinstance(self.tied, Summed)  # tied_parameters' choice for 1f1b and gpipe
             self.tied.sum(grads)
+        else:
+            grads = self._summed(grads, i)
         if self.guard.allows(grads, i):  # else a skipped step: no update, on any stage
             grads = self.clip(grads, self.schedule != "asp")  # the step's running sum is owned
             # in place unless a micro-batch in flight (asp) still needs this version
@@ -263,6 +272,18 @@ class StageExecutor:
             weights = self.tied.step(_detached(self.weights), grads, in_place=not held)
             self.weights = _trainable(weights)
         self.on_update(i // self.per_step + 1)  # steps done, skipped ones included
+
+    def _summed(self, grads: Weights, i: int) -> Weights:
+        """The gradients of the update micro-batch i takes part in: this process's summed with
+        its stage's other replicas'. The last stage reports that update's micro-batches' losses
+        here, in order: a replica holds only its own."""
+        microbatches, replicas = self.pipeline.microbatches, self.replicas.count
+        span = update_microbatches(self.schedule, microbatches, replicas, i)
+        losses = [self.losses.pop(m, 0.0) for m in span] if self.last else []
+        grads, losses = self.replicas.sum(grads, losses)
+        for loss in losses:
+            self.on_loss(loss)
+        return grads
 
     def _check(self, outputs: tuple[torch.Tensor, ...]) -> None:
         """The stage returns what pipeline.yaml says: catches stage files edited by hand."""

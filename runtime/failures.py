@@ -64,9 +64,12 @@ class Failure:
         """The command's exit status: 2 for bad input, 1 for a bug."""
         return 1 if self.kind in ("bug", "died") else 2
 
-    def error(self) -> Failed:
+    def error(self, name: str | None = None) -> Failed:
+        """The one line: `name` says which process failed (default `stage <rank>`, as in a
+        straight pipeline, where they are the same)."""
         what = "its output" if self.kind == "died" else "full traceback"
-        return Failed(f"stage {self.rank}: {self.message} ({what}: {self.log})", self.status)
+        who = name or f"stage {self.rank}"
+        return Failed(f"{who}: {self.message} ({what}: {self.log})", self.status)
 
 
 def log_path(run_dir: Path, rank: int) -> Path:

@@ -1,5 +1,5 @@
-"""Start one process per stage (PyTorch's elastic launcher, the machinery behind torchrun), or,
-when already started by torchrun, run this process's stage."""
+"""Start one process per stage replica (PyTorch's elastic launcher, the machinery behind
+torchrun), or, when already started by torchrun, run this process's stage."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.optim import Updater
+from vpipe.common.replicas import replica_actions, run_lengths, validate_replicas
 from vpipe.common.runlock import run_lock
 from vpipe.common.schedules import (
     Action,
     refilled,
     resumed,
     run_actions,
-    stage_actions,
     validate,
 )
 from vpipe.common.stages import edits_blamed
@@ -40,6 +40,14 @@ from vpipe.runtime.links import Links
 from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.metrics import Metrics, read_rows
 from vpipe.runtime.nonfinite import NonFiniteGuard, check_supported
+from vpipe.runtime.placement import (
+    Placement,
+    check_ranks,
+    placement,
+    replicated,
+    world_size,
+)
+from vpipe.runtime.replicas import check_replicated, weights_digest
 from vpipe.runtime.settings import RunSettings, save_settings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
 
@@ -49,22 +57,30 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
     `notes` (`vpipe-train: note: ...` lines) are printed once every check before the start has
     passed: a refused run says one line, its error."""
     pipeline = load_pipeline(settings.pipeline)
-    stages = len(pipeline.stages)
+    stages, world = len(pipeline.stages), world_size(pipeline)
+    check_ranks(pipeline)
+    check_replicated(settings, pipeline)
+    replicas = [len(s.ranks) for s in pipeline.stages]
     # the schedules repeat themselves after a few steps: checking a short run checks a long one
-    checked = min(settings.steps, 2 * stages + 2)
-    validate(
-        settings.schedule,
-        run_actions(settings.schedule, stages, pipeline.microbatches, checked),
-        pipeline.microbatches,
-        [t.stages for t in pipeline.tied],
-    )
+    # (of a length that gives every replica the same updates, as --steps must)
+    every = run_lengths(settings.schedule, replicas)
+    checked = min(settings.steps, -(-(2 * world + 2) // every) * every)
+    if replicated(pipeline):
+        validate_replicas(settings.schedule, replicas, pipeline.microbatches, checked)
+    else:
+        validate(
+            settings.schedule,
+            run_actions(settings.schedule, stages, pipeline.microbatches, checked),
+            pipeline.microbatches,
+            [t.stages for t in pipeline.tied],
+        )
     _check_tied_checkpoints(settings, pipeline)
     _check_checkpoints(settings, pipeline)
     check_supported(settings.schedule, settings.skip_nonfinite)
     for note in notes:
         _note(note)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
-        rank = _check_world(stages)
+        rank = _check_world(stages, world)
         # each machine's first process holds the run directory for that machine's stages
         first = os.environ.get("LOCAL_RANK", "0") == "0"
         with run_lock(settings.run_dir, _note) if first else contextlib.nullcontext():
@@ -73,7 +89,7 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
                 lambda: run_stage(settings), settings.run_dir, rank, capture_stderr=False
             )
         if failure:
-            raise failure.error()
+            raise failure.error(placement(pipeline, failure.rank).name)
         return
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -83,9 +99,10 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
     try:
         with run_lock(settings.run_dir, _note):
             failures.clear(settings.run_dir)
-            on_this_machine(stages, stage_main, settings)
+            on_this_machine(world, stage_main, settings)
     except ChildFailedError as err:
-        raise failures.cause(settings.run_dir, err.failures).error() from None
+        failure = failures.cause(settings.run_dir, err.failures)
+        raise failure.error(placement(pipeline, failure.rank).name) from None
 
 
 def _note(message: str) -> None:
@@ -175,9 +192,10 @@ def _per_step(settings: RunSettings, microbatches: int) -> int:
     return 1 if settings.schedule == "asp" else microbatches
 
 
-def _check_world(stages: int) -> int:
-    """Under torchrun, before any stage starts: one process per stage, this one's rank among
-    them (variables left over in a shell would otherwise wait forever for peers). Its rank."""
+def _check_world(stages: int, processes: int) -> int:
+    """Under torchrun, before any stage starts: one process per stage replica, this one's rank
+    among them (variables left over in a shell would otherwise wait forever for peers). Its
+    rank."""
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except ValueError:
@@ -190,11 +208,12 @@ def _check_world(stages: int) -> int:
             f"RANK {rank} is not below WORLD_SIZE {world}: torchrun or slurm variables left in "
             "the environment? unset RANK and WORLD_SIZE to let vpipe-train start the stages"
         )
-    if world != stages:
+    if world != processes:
+        each = "stage" if processes == stages else "stage replica (pipeline.yaml's ranks)"
         raise VpipeError(
-            f"this pipeline has {stages} stages and runs as {stages} processes, one per stage; "
-            f"{world} {'was' if world == 1 else 'were'} started (torchrun --nproc-per-node "
-            f"{stages}, or --nnodes x --nproc-per-node making {stages})"
+            f"this pipeline has {stages} stages and runs as {processes} processes, one per "
+            f"{each}; {world} {'was' if world == 1 else 'were'} started (torchrun "
+            f"--nproc-per-node {processes}, or --nnodes x --nproc-per-node making {processes})"
         )
     return rank
 
@@ -215,8 +234,9 @@ def run_stage(settings: RunSettings) -> None:
     pipeline = load_pipeline(settings.pipeline)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = _join_group(settings, pipeline.seed, rank, world)
-    stage = next(s for s in pipeline.stages if rank in s.ranks)
-    _print_whole(f"[Rank {rank}] Stage: {stage.index}, Rank in stage: {stage.ranks.index(rank)}")
+    place = placement(pipeline, rank)
+    stage = pipeline.stages[place.stage]
+    _print_whole(f"[Rank {rank}] Stage: {place.stage}, Rank in stage: {place.replica}")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     per_step = _per_step(settings, pipeline.microbatches)
     stages = len(pipeline.stages)
@@ -224,27 +244,27 @@ def run_stage(settings: RunSettings) -> None:
     if first_step is None:
         raise VpipeError(f"--resume: {settings.checkpoints} holds no complete checkpoint")
     total, done = settings.steps * per_step, first_step * per_step
-    updater = _updater(settings)
+    updater = _updater(settings, place)
     directory = Path(settings.pipeline).parent
     executor = StageExecutor(
         pipeline,
         directory,
-        rank,
+        place,
         load_model_file(pipeline.model),
         updater,
-        Links(pipeline, rank, device, total - done),
+        Links(pipeline, place, device, place.own(done, total)),
         settings.schedule,
         device,
     )
-    _add_options(settings, pipeline, executor, updater, rank, device)
-    actions = _actions(settings, pipeline, executor, updater, rank, first_step)
+    _add_options(settings, pipeline, executor, updater, place.stage, device)
+    actions = _actions(settings, pipeline, executor, updater, place, first_step)
     _wait_for_every_stage()
     metrics = None
-    if rank == stages - 1:  # the stage that computes the loss reports it
+    if place.last and place.replica == 0:  # the stage that computes the loss reports it
         metrics = _metrics(settings, pipeline, per_step, first_step)
         executor.on_loss = metrics.add
         save_settings(settings, settings.run_dir / "settings.yaml")
-    events = EventLog(settings.run_dir / f"events_stage{rank}.csv")
+    events = EventLog(settings.run_dir / place.events_file)
     executor.on_event = events.add
     meter = _memory_meter(settings, executor, device)
     start = time.perf_counter()
@@ -262,7 +282,7 @@ def run_stage(settings: RunSettings) -> None:
                 "gradient (--skip-nonfinite)",
                 flush=True,
             )
-    _write_results(settings, executor, rank, world, device, meter, seconds)
+    _write_results(settings, executor, place, world, device, meter, seconds)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -292,16 +312,20 @@ def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torc
     return device
 
 
-def _updater(settings: RunSettings) -> Updater:
+def _updater(settings: RunSettings, place: Placement) -> Updater:
+    """The stage's optimizer. Its update n takes the rate of step n; under asp a stage with r
+    replicas makes one update per r micro-batches, and its update n takes the rate of the first
+    of them (micro-batch n r), so every stage's part of a micro-batch sees about one rate."""
     lr_schedule = LrSchedule(
         settings.lr_schedule, settings.warmup_steps, settings.steps, settings.min_lr / settings.lr
     )
+    per_update = place.replicas if settings.schedule == "asp" else 1
     return Updater(
         settings.optimizer,
         settings.lr,
         settings.momentum,
         settings.weight_decay,
-        lr_factor=lr_schedule.factor,
+        lr_factor=lambda n: lr_schedule.factor(n * per_update),
     )
 
 
@@ -310,30 +334,38 @@ def _actions(
     pipeline: Pipeline,
     executor: StageExecutor,
     updater: Updater,
-    rank: int,
+    place: Placement,
     first_step: int,
 ) -> Iterator[Action]:
-    """The actions this stage still has to run: all of them, or, resuming, what follows the
-    checkpoint after `first_step`, whose state the executor is restored to."""
+    """The actions this process still has to run: all of them, or, resuming, what follows the
+    checkpoint after `first_step`, whose state the executor is restored to (a replicated stage
+    does not resume yet: `runtime.replicas.check_replicated`)."""
     stages, per_step = len(pipeline.stages), _per_step(settings, pipeline.microbatches)
     total, done = settings.steps * per_step, first_step * per_step
+    planned = replica_actions(
+        settings.schedule,
+        pipeline.microbatches,
+        settings.steps,
+        place.replicas,
+        place.workers_from_here,
+        place.replica,
+    )
     if not settings.resume:
-        return stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank)
+        return planned
     identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
     tensors = checkpoint.StageTensors(executor.weights, executor.buffers)
     saved, written_by = checkpoint.load(
-        settings.checkpoints, first_step, rank, updater, identity, tensors
+        settings.checkpoints, first_step, place.stage, updater, identity, tensors
     )
     # an asp checkpoint from a run that was draining (its last S - 1 steps) holds none of what
     # a longer run would have in flight: the pipeline fills again from there, as a new run
     refill = settings.schedule == "asp" and done + stages - 1 > written_by
     executor.restore(saved, done if refill else total)  # a refill replays nothing
-    if rank == 0:
+    if place.stage == 0:
         how = ", the pipeline filling again (the run that wrote it had drained)" if refill else ""
         print(f"resuming after step {first_step} from {settings.checkpoints}{how}", flush=True)
     if refill:
-        return refilled(stages, done, total, rank)
-    planned = stage_actions(settings.schedule, stages, pipeline.microbatches, settings.steps, rank)
+        return refilled(stages, done, total, place.stage)
     return resumed(planned, done)
 
 
@@ -342,14 +374,15 @@ def _add_options(
     pipeline: Pipeline,
     executor: StageExecutor,
     updater: Updater,
-    rank: int,
+    stage: int,
     device: torch.device,
 ) -> None:
-    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked."""
+    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked (none of
+    them with replicated stages yet: `runtime.replicas.check_replicated`)."""
     stages = len(pipeline.stages)
     if settings.clip_grad_norm is not None:
         clipper = GlobalNormClipper(
-            pipeline, rank, settings.schedule, settings.clip_grad_norm, device
+            pipeline, stage, settings.schedule, settings.clip_grad_norm, device
         )
         executor.clip = clipper.clip
     if settings.skip_nonfinite:
@@ -364,7 +397,7 @@ def _add_options(
                 checkpoint.save(
                     settings.checkpoints,
                     updates,
-                    rank,
+                    stage,
                     stages,
                     executor.snapshot(),
                     updater,
@@ -394,23 +427,28 @@ def _metrics(settings: RunSettings, pipeline: Pipeline, per_step: int, first_ste
         settings.steps,
         settings.steps_per_epoch,
         first_step,
-        # throughput leaves out the fill: under asp the S - 1 micro-batches stage 0 runs
-        # before its first backward and the first step; else the first step's first calls
-        uncounted=len(pipeline.stages) if settings.schedule == "asp" else 1,
+        # throughput leaves out the fill: under asp the micro-batches the pipeline holds when
+        # full, one per process (S - 1 before stage 0's first backward, and the step in which it
+        # completes, in a straight pipeline); else the first step's first calls
+        uncounted=world_size(pipeline) if settings.schedule == "asp" else 1,
     )
 
 
 def _write_results(
     settings: RunSettings,
     executor: StageExecutor,
-    rank: int,
+    place: Placement,
     world: int,
     device: torch.device,
     meter: LiveBytes | None,
     seconds: float,
 ) -> None:
-    """The stage's final weights and its log: what it held at most, how long it took."""
-    torch.save(executor.final_state(), settings.run_dir / f"final_stage_{rank}.pt")
+    """The stage's final weights (its replica 0 writes them) and this process's log: what it
+    held at most, how long it took, and, replicated, a digest of its final weights (the
+    replicas' agree)."""
+    final = executor.final_state()
+    if place.replica == 0:
+        torch.save(final, settings.run_dir / f"final_stage_{place.stage}.pt")
     peak = meter.peak if meter else None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -424,8 +462,9 @@ def _write_results(
             cpu_count=os.cpu_count(),
             threads=torch.get_num_threads(),
             device=device.type,
+            weights_sha256=weights_digest(final) if place.replicas > 1 else None,
         ),
-        settings.run_dir / f"stage_{rank}.yaml",
+        settings.run_dir / place.log_file,
     )
 
 

@@ -2,10 +2,12 @@
 
 Activations go from stage k to k+1, gradients back from k+1 to k; each travels as one message
 per tensor in the order pipeline.yaml lists them, and both ends walk the same schedule, so
-messages pair up in order. Sends are asynchronous (overlapped with compute), and each
-receive is posted one micro-batch ahead, so a message's latency overlaps the compute before it
-is needed (gloo's small-message latency is a millisecond or more). Only floating-point tensors
-carry gradients back.
+messages pair up in order. Where a stage has replicas, micro-batch m's messages go between
+stage k's replica m mod r_k and stage k+1's replica m mod r_(k+1) (`runtime.placement`): each
+pair of processes still exchanges its micro-batches in increasing order. Sends are
+asynchronous (overlapped with compute), and each receive is posted one micro-batch ahead, so a
+message's latency overlaps the compute before it is needed (gloo's small-message latency is a
+millisecond or more). Only floating-point tensors carry gradients back.
 
 On a GPU the messages travel over NCCL from GPU memory; where stages share a GPU (gloo, see
 `runtime.launch._join_group`) through host memory, since gloo sends and receives CPU tensors
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,7 @@ import torch.distributed as dist
 from vpipe.codegen.schema import Pipeline, TensorSpec
 from vpipe.common.buffering import RECEIVES_AHEAD, SENDS_AHEAD
 from vpipe.runtime.failures import LostPeer
+from vpipe.runtime.placement import Placement, placements
 
 ACTIVATION, GRADIENT = 0, 1
 # SENDS_AHEAD: older sends are waited for; they finished long ago (the peer posts receives
@@ -54,22 +57,30 @@ def settler(device: torch.device) -> Callable[[], None] | None:
 
 
 class _Inbox:
-    """Receives of one kind from one peer, posted ahead of use, `total` in all."""
+    """Receives of one kind, posted ahead of use: one micro-batch's from each of `peers` (its
+    sender's rank, in the order they are taken)."""
 
-    def __init__(self, specs: Sequence[TensorSpec], peer: int, tag: int, total: int, device):
-        self.specs, self.peer, self.tag, self.device = specs, peer, tag, device
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        peers: Iterator[int],
+        tag: int,
+        names: Mapping[int, str],
+        device: torch.device,
+    ) -> None:
+        self.specs, self.tag, self.names, self.device = specs, tag, names, device
+        self.peers = peers if specs else iter(())  # not yet posted
         self.wire = wire_device(device)  # where the receive buffers are
         self.settle = settler(device)
         self.layouts = [(tuple(s.shape), getattr(torch, s.dtype)) for s in specs]
-        self.left = total if specs else 0  # not yet posted
-        self.posted: deque[tuple[list[dist.Work | None], list[torch.Tensor]]] = deque()
+        self.posted: deque[tuple[list[dist.Work | None], list[torch.Tensor], int]] = deque()
         self.waited_s = 0.0  # blocked in receives, for the run's event log
 
     def take(self) -> list[torch.Tensor]:
         self._post_ahead(1 + RECEIVES_AHEAD)
-        works, buffers = self.posted.popleft()
+        works, buffers, peer = self.posted.popleft()
         start = time.perf_counter()
-        wait_for(works, self.peer)
+        wait_for(works, peer, self.names[peer])
         if self.settle:
             self.settle()
         self.waited_s += time.perf_counter() - start
@@ -79,27 +90,32 @@ class _Inbox:
         return buffers
 
     def _post_ahead(self, depth: int) -> None:
-        while len(self.posted) < depth and self.left > 0:
+        while len(self.posted) < depth:
+            peer = next(self.peers, None)
+            if peer is None:
+                return
             buffers = [
                 torch.empty(shape, dtype=dtype, device=self.wire) for shape, dtype in self.layouts
             ]
-            works = [dist.irecv(b, src=self.peer, tag=self.tag) for b in buffers]
-            self.posted.append((works, buffers))
-            self.left -= 1
+            works = [dist.irecv(b, src=peer, tag=self.tag) for b in buffers]
+            self.posted.append((works, buffers, peer))
 
 
 class Links:
     def __init__(
-        self, pipeline: Pipeline, stage: int, device: torch.device, microbatches: int
+        self, pipeline: Pipeline, placement: Placement, device: torch.device, microbatches: range
     ) -> None:
-        """`microbatches`: how many this run sends through (every receive is posted ahead)."""
-        spec = pipeline.stages[stage]
-        self.stage, self.last = stage, len(pipeline.stages) - 1
-        received = spec.inputs[len(spec.batch_inputs) :] if stage > 0 else ()
-        sent = spec.outputs if stage < self.last else ()
-        self.activations = _Inbox(received, stage - 1, ACTIVATION, microbatches, device)
+        """`microbatches`: the ones this process runs (every receive is posted ahead)."""
+        spec = pipeline.stages[placement.stage]
+        self.placement = placement
+        self.names = {p.rank: p.name for p in placements(pipeline)}  # for a lost peer's error
+        received = spec.inputs[len(spec.batch_inputs) :] if placement.before else ()
+        sent = spec.outputs if placement.after else ()
+        senders = (placement.sender(m) for m in microbatches) if received else iter(())
+        self.activations = _Inbox(received, senders, ACTIVATION, self.names, device)
+        receivers = (placement.receiver(m) for m in microbatches) if sent else iter(())
         self.gradients = _Inbox(
-            [s for s in sent if carries_gradient(s)], stage + 1, GRADIENT, microbatches, device
+            [s for s in sent if carries_gradient(s)], receivers, GRADIENT, self.names, device
         )
         self.pending: deque[tuple[list[dist.Work | None], int]] = deque()  # sends, and to whom
         self.send_waited_s = 0.0  # blocked until a neighbour took what was sent
@@ -109,14 +125,14 @@ class Links:
     def recv_activations(self) -> list[torch.Tensor]:
         return self.activations.take() if self.activations.specs else []
 
-    def send_activations(self, tensors: Sequence[torch.Tensor]) -> None:
-        self._send(tensors, self.stage + 1, ACTIVATION)
+    def send_activations(self, tensors: Sequence[torch.Tensor], microbatch: int) -> None:
+        self._send(tensors, self.placement.receiver(microbatch), ACTIVATION)
 
     def recv_gradients(self) -> list[torch.Tensor]:
         return self.gradients.take() if self.gradients.specs else []
 
-    def send_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
-        self._send(tensors, self.stage - 1, GRADIENT)
+    def send_gradients(self, tensors: Sequence[torch.Tensor], microbatch: int) -> None:
+        self._send(tensors, self.placement.sender(microbatch), GRADIENT)
 
     def waited_s(self) -> float:
         """Seconds spent blocked on a neighbour so far: in receives, and until a send was
@@ -126,7 +142,8 @@ class Links:
     def flush(self) -> None:
         """Wait for every send to finish (before exit)."""
         while self.pending:
-            wait_for(*self.pending.popleft())
+            works, peer = self.pending.popleft()
+            wait_for(works, peer, self.names[peer])
         if self.settle:
             self.settle()
 
@@ -135,11 +152,15 @@ class Links:
         micro-batches back, so that finished sends (and the tensors they hold) are let go.
         Such a send to stage s + 1 finished once s + 1 posted its receive, which it does on
         taking the activations before it; nothing stage s + 1 needs for that is still to come
-        from this stage (and the same holds for gradients to s - 1)."""
+        from this stage (and the same holds for gradients to s - 1). With replicas the peer is
+        the replica that runs the micro-batch, and the receive it posts first waits only on
+        earlier micro-batches: forwards go in increasing order, and the updates a replica
+        joins before a forward of m sum micro-batches before m (`common.replicas`)."""
         start = time.perf_counter()
         waits = len(self.pending) >= SENDS_AHEAD
         while len(self.pending) >= SENDS_AHEAD:
-            wait_for(*self.pending.popleft())
+            works, waited = self.pending.popleft()
+            wait_for(works, waited, self.names[waited])
         if waits and self.settle:
             self.settle()
         self.send_waited_s += time.perf_counter() - start
@@ -149,13 +170,14 @@ class Links:
         self.pending.append((works, peer))
 
 
-def wait_for(works: Sequence[dist.Work | None], peer: int) -> None:
-    """Wait for `works` (sends or receives with `peer`): a lost peer is a one-line error.
-    torch gives None for a rank outside the group, which has nothing to wait for."""
+def wait_for(works: Sequence[dist.Work | None], peer: int, name: str | None = None) -> None:
+    """Wait for `works` (sends or receives with rank `peer`, `name` in messages: by default
+    `stage <peer>`, as in a straight pipeline): a lost peer is a one-line error. torch gives
+    None for a rank outside the group, which has nothing to wait for."""
     try:
         for work in works:
             if work is not None:
                 work.wait()
     except RuntimeError as err:  # the peer died, or the group's timeout passed
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
-        raise LostPeer(f"lost stage {peer}: {reason}") from None
+        raise LostPeer(f"lost {name or f'stage {peer}'}: {reason}") from None

@@ -1,7 +1,8 @@
 """What a run did against what the plan predicted: per-stage time and memory, waiting, the
 bubble, a timeline, and run/report.md to keep beside it.
 
-Read from out/run/events_stage<k>.csv and stage_<k>.yaml. A stage's measured time per micro-batch
+Read from out/run/events_stage<k>.csv and stage_<k>.yaml (a replicated stage: one of each per
+replica, `..._replica<i>`, and a row per replica, `k.i`). A stage's measured time per micro-batch
 is its busy time (actions, less the time blocked waiting for a neighbour) over its micro-batches,
 the figure the planner predicts as the stage's `time_ms`, on the stage's CPU time when it
 computed on one torch thread or its machine ran more processes than it has cores: wall time also
@@ -30,6 +31,7 @@ from vpipe.common.schedules import FORWARD
 from vpipe.planner.schema import StagePrediction
 from vpipe.runtime.events import ActionEvent, read_events
 from vpipe.runtime.metrics import last_rate
+from vpipe.runtime.placement import Placement, placements
 from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.stagelog import StageLog, load_stage_log
 
@@ -81,11 +83,16 @@ def stage_ms(
 
 @dataclass(frozen=True)
 class StageReport:
+    """One process: a stage, or one replica of a replicated stage."""
+
     index: int
+    replica: int  # its place among the stage's replicas
+    replicas: int  # the stage's processes, which share its micro-batches
     predicted: StagePrediction  # the plan's figures for the stage, as pipeline.yaml has them
     nodes: int  # graph nodes the plan gave it
     recomputed: int  # of those, the ones recomputed in backward
-    measured_ms: float  # busy time per micro-batch, waiting excluded (CPU time if `by_cpu`)
+    # busy time per micro-batch it ran, waiting excluded (CPU time if `by_cpu`)
+    measured_ms: float
     waiting_ms: float  # blocked on a neighbour, per micro-batch
     idle: float  # share of the run's span this stage did nothing (wall clock)
     processes: int  # processes its machine ran in the run, this one included
@@ -95,12 +102,19 @@ class StageReport:
     measured_bytes: int | None  # peak memory; None: not measured (CPU without --measure-memory)
 
     @property
+    def label(self) -> str:
+        """`1`, or `1.0` for a replicated stage's replica 0."""
+        return str(self.index) if self.replicas == 1 else f"{self.index}.{self.replica}"
+
+    @property
     def by_cpu(self) -> bool:
         return timed_by_cpu(self.processes, self.cores, self.threads, self.on_cpu)
 
     @property
     def predicted_ms(self) -> float:
-        return self.predicted.time_ms
+        """Per micro-batch it runs: the plan's time_ms is a replicated stage's replicas' shared
+        time per micro-batch of the pipeline, each replica running one in r."""
+        return self.predicted.time_ms * self.replicas
 
     @property
     def predicted_bytes(self) -> int:
@@ -115,10 +129,10 @@ class RunReport:
     started: datetime  # when the run's settings were written, as its stages began
     plan_path: Path  # where pipeline.yaml says its plan is
     memory_note: str | None  # why some stage's memory is missing, if it is
-    stages: tuple[StageReport, ...]
+    stages: tuple[StageReport, ...]  # one per process, in rank order
     bubble_fraction: float  # idle share of all stage-time over the run
     predicted_bubble: float  # the plan's simulated bubble (0 under asp)
-    events: tuple[tuple[ActionEvent, ...], ...]
+    events: tuple[tuple[ActionEvent, ...], ...]  # per process, as `stages`
     batch_size: int  # samples per micro-batch
     predicted_samples_per_s: float
     measured_samples_per_s: float | None  # over the run, by wall clock (run/metrics.csv)
@@ -130,39 +144,41 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
     run_dir = directory / "run"
     metrics = run_dir / "metrics.csv"
     schedule = used.schedule
-    events = tuple(
-        tuple(read_events(run_dir / f"events_stage{k}.csv")) for k in range(len(pipeline.stages))
-    )
+    processes = placements(pipeline)
+    events = tuple(tuple(read_events(run_dir / p.events_file)) for p in processes)
     start = min(e.start_s for stage in events for e in stage)
     span = max(e.end_s for stage in events for e in stage) - start
     stages, busy_total, unlogged = [], 0.0, []
-    for spec, stage_events in zip(pipeline.stages, events, strict=True):
+    for place, stage_events in zip(processes, events, strict=True):
+        spec = pipeline.stages[place.stage]
         count = max(1, sum(e.action == FORWARD for e in stage_events))
         busy = sum(busy_s(e, by_cpu=False) for e in stage_events)
         busy_total += busy
-        log = _stage_log(run_dir, spec.index)
-        unlogged += [] if log else [str(spec.index)]
-        # a stage that stopped before logging: assume this machine, all stages on it
-        processes = log.local_processes if log else len(pipeline.stages)
+        log = _stage_log(run_dir, place)
+        # a process that stopped before logging: assume this machine, every process on it
+        local = log.local_processes if log else len(processes)
         cores = log.cpu_count if log else os.cpu_count()
         threads = log.threads if log else None
         on_cpu = log.device == "cpu" if log else True
         stages.append(
             StageReport(
                 index=spec.index,
+                replica=place.replica,
+                replicas=place.replicas,
                 predicted=spec.predicted,
                 nodes=len(spec.nodes),
                 recomputed=sum(len(segment) for segment in spec.recompute),
-                measured_ms=stage_ms(stage_events, processes, cores, threads, on_cpu),
+                measured_ms=stage_ms(stage_events, local, cores, threads, on_cpu),
                 waiting_ms=sum(e.wait_s for e in stage_events) / count * 1e3,
                 idle=1 - busy / span if span else 0.0,
-                processes=processes,
+                processes=local,
                 cores=cores,
                 threads=threads,
                 on_cpu=on_cpu,
                 measured_bytes=log.peak_memory_bytes if log else None,
             )
         )
+        unlogged += [] if log else [stages[-1].label]
     return RunReport(
         schedule=schedule,
         steps=used.steps,
@@ -180,11 +196,11 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
     )
 
 
-def _stage_log(run_dir: Path, index: int) -> StageLog | None:
-    """stage_<k>.yaml of this run; None if the run stopped before writing it, or if the one
-    there is older than the stage's events (an earlier run's)."""
-    path = run_dir / f"stage_{index}.yaml"
-    events = run_dir / f"events_stage{index}.csv"
+def _stage_log(run_dir: Path, place: Placement) -> StageLog | None:
+    """The process's stage_<k>.yaml of this run; None if the run stopped before writing it, or
+    if the one there is older than its events (an earlier run's)."""
+    path = run_dir / place.log_file
+    events = run_dir / place.events_file
     if not path.is_file() or path.stat().st_mtime < events.stat().st_mtime:
         return None
     return load_stage_log(path)
@@ -218,7 +234,7 @@ def table_rows(report: RunReport) -> list[list[str]]:
             )
         rows.append(
             [
-                str(s.index),
+                s.label,
                 f"{s.predicted_ms:.3f}",
                 f"{s.measured_ms:.3f}",
                 f"{time_ratio:.2f}",
@@ -244,7 +260,7 @@ def timing_note(report: RunReport) -> str:
         why = "; ".join(dict.fromkeys(_why_cpu(s) for s in cpu))
         note = f"measured ms: CPU time per micro-batch ({why})"
         if len(cpu) < len(report.stages):
-            names = ", ".join(str(s.index) for s in cpu)
+            names = ", ".join(s.label for s in cpu)
             note = (
                 f"measured ms: CPU time per micro-batch for stages {names} ({why}); "
                 f"{wall} for the rest"
@@ -281,7 +297,7 @@ def throughput_line(report: RunReport) -> str:
     """The run's samples/s by wall clock against the plan's, and what the slowest stage's
     measured time allows: a gap between the last two is time the stages did not compute
     (waiting, or the machine busy with others), which the per-stage ratios do not show."""
-    slowest = max(s.measured_ms for s in report.stages)
+    slowest = max(s.measured_ms / s.replicas for s in report.stages)  # a stage's replicas share
     allowed = report.batch_size / (slowest / 1e3) if slowest else 0.0
     measured = report.measured_samples_per_s
     line = (
@@ -325,7 +341,7 @@ def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
     lines = [
         f"# vpipe run report: {report.schedule}, {report.started:%Y-%m-%d %H:%M}",
         "",
-        f"{len(report.stages)} stages, {report.steps} steps.",
+        f"{_shape(report.stages)}, {report.steps} steps.",
         "",
         "## Predicted vs measured",
         "",
@@ -351,8 +367,9 @@ def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
 
 
 def _plan_tables(stages: Sequence[StageReport]) -> list[str]:
-    """Nodes and predicted time per stage, then the predicted memory by kind: whatever fields
-    the plan's prediction records carry."""
+    """Nodes and predicted time per stage (once for its replicas), then the predicted memory by
+    kind: whatever fields the plan's prediction records carry."""
+    stages = [s for s in stages if s.replica == 0]
     time_fields = _figures(stages[0].predicted)
     memory_fields = _figures(stages[0].predicted.memory)
     time_rows = [
@@ -379,6 +396,13 @@ def _plan_tables(stages: Sequence[StageReport]) -> list[str]:
         "",
         *_markdown_table(["stage", *memory_fields, "total"], memory_rows),
     ]
+
+
+def _shape(stages: Sequence[StageReport]) -> str:
+    """`2 stages`, or `2 stages on 3 processes` when replicated."""
+    count = len({s.index for s in stages})
+    on = f" on {len(stages)} processes" if len(stages) > count else ""
+    return f"{count} stage{'s' * (count != 1)}{on}"
 
 
 def _figures(record: Any) -> list[str]:

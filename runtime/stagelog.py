@@ -26,6 +26,9 @@ class StageLog:
     cpu_count: Positive | None
     threads: Positive
     device: str  # "cpu" or "cuda"
+    # a replicated stage's process: sha256 of its final weights and buffers, the same on every
+    # replica of the stage (`runtime.replicas.weights_digest`); None on an unreplicated stage
+    weights_sha256: str | None = None
 
 
 def save_stage_log(log: StageLog, path: Path) -> None:

@@ -1,5 +1,6 @@
-"""run/timeline.png: one row per stage, each action a bar on the run's clock, so the fill, the
-steady pattern and the waiting show at a glance (`vpipe-train --report`)."""
+"""run/timeline.png: one row per stage (per replica of a replicated one), each action a bar on
+the run's clock, so the fill, the steady pattern and the waiting show at a glance
+(`vpipe-train --report`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ MICROBATCHES_PER_STAGE = 8
 
 
 def draw_timeline(report: RunReport, recomputes: list[bool], path: Path) -> None:
-    """One row per stage: forwards and backwards as bars on the run's clock, gaps where the
-    stage waited; the backwards of a stage that recomputes are hatched (they include the
-    recomputed forwards)."""
+    """One row per process (a stage, or a replica of one): forwards and backwards as bars on the
+    run's clock, gaps where it waited; the backwards of a stage that recomputes are hatched
+    (they include the recomputed forwards). `recomputes`: per stage."""
     plt = pyplot()
     start = min(e.start_s for stage in report.events for e in stage)
     first = min(e.microbatch for stage in report.events for e in stage)  # resumed: not 0
@@ -35,10 +36,10 @@ def draw_timeline(report: RunReport, recomputes: list[bool], path: Path) -> None
                 bars,
                 (k - 0.4, 0.8),
                 facecolors=colour,
-                hatch="//" if kind != FORWARD and recomputes[k] else None,
+                hatch="//" if kind != FORWARD and recomputes[report.stages[k].index] else None,
                 label=("forward" if kind == FORWARD else "backward") if k == 0 else None,
             )
-    ax.set_yticks(range(len(report.events)), [f"stage {k}" for k in range(len(report.events))])
+    ax.set_yticks(range(len(report.events)), [f"stage {s.label}" for s in report.stages])
     ax.invert_yaxis()
     ax.set_xlabel("ms since the first action")
     window = f", the first {shown} of {total} micro-batches" if shown < total else ""

@@ -167,3 +167,45 @@ def replay(out, steps, stash=True, update=None):
             for i in range(max(0, steps - tied_delay(holders[0], k)), steps):
                 weights[k][names[k]] = weights[k][names[k]] - LR * sums[t, i]
     return weights
+
+
+def replicated_replay(out, steps, replicas):
+    """asp with data-parallel replicas (common/replicas.py) in one process, in micro-batch
+    order: stage s, with r replicas and w processes from it to the last, runs micro-batch m on
+    replica m mod r, whose forward follows that replica's backward of m - d r (d = ceil(w / r),
+    the micro-batches a replica holds in flight) and so the update that backward joined: m's
+    forward uses the version after max(0, m // r - d + 1) updates. Update k of stage s is plain
+    SGD on the SUM of micro-batches k r .. k r + r - 1's gradients, each for the version its
+    forward used (weight stashing, the replicas holding the same versions). With every r = 1 it
+    is `replay`'s straight asp. Returns each stage's final weights and each micro-batch's loss."""
+    pipeline, stages = load_all(out)
+    model_file = load_model_file(pipeline.model)
+    depth = [-(-sum(replicas[s:]) // r) for s, r in enumerate(replicas)]
+    versions = [[{n: p.detach() for n, p in stage.named_parameters()}] for stage in stages]
+    pending = [{} for _ in stages]  # per stage: the summed gradients of its next update
+    losses = []
+    for m in range(steps):
+        batch = model_file.batch(pipeline.batch_size, m)
+        used = [
+            {n: t.clone().requires_grad_() for n, t in versions[s][max(0, m // r - d + 1)].items()}
+            for s, (r, d) in enumerate(zip(replicas, depth, strict=True))
+        ]
+        sent = ()
+        for spec, stage, weights in zip(pipeline.stages, stages, used, strict=True):
+            own = [batch.input(key) for key in spec.batch_inputs]
+            sent = functional_call(stage, weights, (*own, *sent))
+            sent = sent if isinstance(sent, tuple) else (sent,)
+        loss = model_file.loss_fn(sent[0], batch.target)
+        losses.append(loss.item())
+        found = torch.autograd.grad(loss, [t for w in used for t in w.values()], allow_unused=True)
+        found = iter(found)
+        for s, weights in enumerate(used):
+            for name, weight in weights.items():
+                grad = next(found)
+                grad = torch.zeros_like(weight) if grad is None else grad
+                pending[s][name] = pending[s].get(name, 0) + grad
+            if (m + 1) % replicas[s] == 0:  # the stage's replicas have all joined the update
+                newest = versions[s][-1]
+                versions[s].append({n: newest[n] - LR * g for n, g in pending[s].items()})
+                pending[s] = {}
+    return [v[-1] for v in versions], losses

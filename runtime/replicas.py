@@ -1,0 +1,131 @@
+"""A stage's data-parallel replicas summing their gradients before each update, so that each
+applies the same update and they stay identical (`common.replicas` says when they update).
+
+One all-reduce per update, over a process group of just the stage's ranks, of every gradient
+laid end to end (one flat buffer per dtype: a collective per tensor would pay gloo's latency
+dozens of times). The buffer is a new tensor, so autograd's own gradients, which may be the very
+tensors sent to the previous stage, are never written. On the last stage the update's
+micro-batches' losses travel in the same all-reduce, each replica giving its own and zeros for
+the others', so every replica, and its first, which writes the metrics, has them all in order:
+no message of their own, nothing to wait for beyond the update itself.
+
+What replicated stages do not support yet is refused before any process starts
+(`check_replicated`), never left to hang or to train something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+from vpipe.codegen.schema import Pipeline
+from vpipe.common.errors import VpipeError
+from vpipe.common.replicas import run_lengths
+from vpipe.runtime.links import wire_device
+from vpipe.runtime.placement import Placement
+from vpipe.runtime.settings import RunSettings
+
+Weights = dict[str, torch.Tensor]
+
+
+class ReplicaGroup:
+    def __init__(self, pipeline: Pipeline, placement: Placement, device: torch.device) -> None:
+        """Every rank constructs it, before any other group (new_group is collective: every
+        rank creates every replicated stage's group, in stage order)."""
+        self.count, self.device = placement.replicas, device
+        self.group = None
+        for spec in pipeline.stages:
+            if len(spec.ranks) > 1:
+                group = dist.new_group(list(spec.ranks))
+                if spec.index == placement.stage:
+                    self.group = group
+
+    def sum(self, grads: Weights, losses: Sequence[float]) -> tuple[Weights, list[float]]:
+        """`grads` and `losses` (this replica's, zeros for the others' micro-batches) summed over
+        the stage's replicas; as given on a stage with one process."""
+        if self.group is None:
+            return grads, list(losses)
+        names = list(grads)
+        tensors = [grads[n] for n in names]
+        if losses:
+            tensors.append(torch.tensor(losses, dtype=torch.float64, device=self.device))
+        summed = _all_reduced(tensors, self.group)
+        totals = summed.pop().tolist() if losses else []
+        return dict(zip(names, summed, strict=True)), totals
+
+
+def _all_reduced(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> list[torch.Tensor]:
+    """`tensors` summed over `group`, as new tensors: one all-reduce per dtype of a buffer that
+    holds them end to end (in host memory under gloo on a GPU, as the links send)."""
+    out: list[torch.Tensor] = list(tensors)
+    for dtype in dict.fromkeys(t.dtype for t in tensors):
+        chosen = [k for k, t in enumerate(tensors) if t.dtype == dtype]
+        flat = torch.cat([tensors[k].detach().reshape(-1) for k in chosen])
+        wire = wire_device(flat.device)
+        flat = flat.to(wire)
+        dist.all_reduce(flat, group=group)
+        flat = flat.to(tensors[chosen[0]].device)
+        parts = flat.split([tensors[k].numel() for k in chosen])
+        for k, part in zip(chosen, parts, strict=True):
+            out[k] = part.view_as(tensors[k])
+    return out
+
+
+def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
+    """Before any process starts, for a pipeline with a stage on several ranks: the options
+    replicas do not support yet are refused, and so are the runs that would leave a stage's
+    replicas without the same updates (an all-reduce that one of them never joins would wait
+    for ever)."""
+    replicas = [len(s.ranks) for s in pipeline.stages]
+    if max(replicas) == 1:
+        return
+    shape = " + ".join(f"stage {k} x {r}" for k, r in enumerate(replicas))
+    unsupported = [
+        option
+        for option, used in (
+            ("--clip-grad-norm", settings.clip_grad_norm is not None),
+            ("--skip-nonfinite", settings.skip_nonfinite),
+            ("--checkpoint-every", bool(settings.checkpoint_every)),
+            ("--resume", settings.resume),
+        )
+        if used
+    ]
+    if pipeline.tied:
+        names = ", ".join("/".join(t.names) for t in pipeline.tied)
+        unsupported.append(f"parameters tied across stages ({names})")
+    if unsupported:
+        raise VpipeError(
+            f"{', '.join(unsupported)}: not supported with replicated stages yet ({shape} in "
+            f"{settings.pipeline}); train without {'them' if len(unsupported) > 1 else 'it'}, "
+            "or plan a straight pipeline (vpipe-plan without --stages) and regenerate"
+        )
+    if settings.schedule != "asp" and pipeline.microbatches < max(replicas):
+        raise VpipeError(
+            f"{pipeline.microbatches} micro-batches per step leave a replica of a stage with "
+            f"{max(replicas)} replicas ({shape}) without work in a step: re-plan with "
+            f"--microbatches {max(replicas)} or more"
+        )
+    every = run_lengths(settings.schedule, replicas)
+    if settings.steps % every:
+        lower = settings.steps // every * every
+        choices = f"{lower} or {lower + every}" if lower else str(every)
+        raise VpipeError(
+            f"--steps {settings.steps}: under asp a stage with r replicas updates once every r "
+            f"micro-batches ({shape}), so its replicas update alike only over a multiple of "
+            f"{every} steps: use --steps {choices}"
+        )
+
+
+def weights_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of named tensors' names, dtypes, shapes and bytes: the replicas of a stage log
+    their final weights' digest, which agree when the replicas stayed identical."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)};".encode())
+        flat = tensor.reshape(-1).contiguous().cpu()
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
