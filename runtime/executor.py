@@ -41,7 +41,6 @@ from vpipe.runtime.checkpoint import StageState
 from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.nonfinite import NonFiniteGuard
-from vpipe.runtime.placement import Placement
 from vpipe.runtime.replicas import ReplicaGroup
 from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import Summed, tied_parameters
@@ -62,14 +61,16 @@ class StageExecutor:
         self,
         pipeline: Pipeline,
         directory: Path,
-        placement: Placement,
+        index: int,
         model_file: ModelFile,
         updater: Updater,
         links: Links,
+        replicas: ReplicaGroup,
         schedule: str,
         device: torch.device,
     ) -> None:
-        index = placement.stage
+        """`index`: the stage; `replicas`: its replicas' all-reduce (made before the tied
+        copies' groups, which this makes: every rank makes the groups in one order)."""
         self.pipeline, self.index, self.links = pipeline, index, links
         self.model_file, self.updater, self.schedule = model_file, updater, schedule
         self.last = index == len(pipeline.stages) - 1
@@ -91,7 +92,7 @@ class StageExecutor:
         self.in_flight: dict[int, _InFlight] = {}
         self.accumulated: Weights = {}
         self.losses: dict[int, float] = {}  # last stage: its micro-batches' not yet reported
-        self.replicas = ReplicaGroup(pipeline, placement, device)  # before any other group
+        self.replicas = replicas
         self.tied = tied_parameters(pipeline, index, schedule, updater)
         self.peak_versions = 0  # the most weight versions alive at once
         # the last stage reports each micro-batch's loss, in order, at its update; every stage,

@@ -72,6 +72,12 @@ class Failure:
         return Failed(f"{who}: {self.message} ({what}: {self.log})", self.status)
 
 
+def first_line(err: BaseException) -> str:
+    """What a lost peer's error says, in one line, for the message that names the peer."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no reason given"
+
+
 def log_path(run_dir: Path, rank: int) -> Path:
     return run_dir / LOGS / f"stage_{rank}.log"
 

@@ -47,7 +47,7 @@ from vpipe.runtime.placement import (
     replicated,
     world_size,
 )
-from vpipe.runtime.replicas import check_replicated, weights_digest
+from vpipe.runtime.replicas import ReplicaGroup, check_replicated, weights_digest
 from vpipe.runtime.settings import RunSettings, save_settings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
 
@@ -246,13 +246,15 @@ def run_stage(settings: RunSettings) -> None:
     total, done = settings.steps * per_step, first_step * per_step
     updater = _updater(settings, place)
     directory = Path(settings.pipeline).parent
+    timeout = timedelta(seconds=settings.timeout_s)
     executor = StageExecutor(
         pipeline,
         directory,
-        place,
+        place.stage,
         load_model_file(pipeline.model),
         updater,
         Links(pipeline, place, device, place.own(done, total)),
+        ReplicaGroup(pipeline, place, device, timeout),  # the first group every rank makes
         settings.schedule,
         device,
     )
@@ -414,8 +416,9 @@ def _wait_for_every_stage() -> None:
     try:
         dist.barrier()
     except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
-        raise failures.LostPeer(f"lost a stage before training began: {reason}") from None
+        raise failures.LostPeer(
+            f"lost a stage before training began: {failures.first_line(err)}"
+        ) from None
 
 
 def _metrics(settings: RunSettings, pipeline: Pipeline, per_step: int, first_step: int) -> Metrics:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from vpipe.codegen.schema import Pipeline, TensorSpec
 from vpipe.common.buffering import RECEIVES_AHEAD, SENDS_AHEAD
-from vpipe.runtime.failures import LostPeer
+from vpipe.runtime.failures import LostPeer, first_line
 from vpipe.runtime.placement import Placement, placements
 
 ACTIVATION, GRADIENT = 0, 1
@@ -179,5 +179,4 @@ def wait_for(works: Sequence[dist.Work | None], peer: int, name: str | None = No
             if work is not None:
                 work.wait()
     except RuntimeError as err:  # the peer died, or the group's timeout passed
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
-        raise LostPeer(f"lost {name or f'stage {peer}'}: {reason}") from None
+        raise LostPeer(f"lost {name or f'stage {peer}'}: {first_line(err)}") from None

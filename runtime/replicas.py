@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.replicas import run_lengths
+from vpipe.runtime.failures import LostPeer, first_line
 from vpipe.runtime.links import wire_device
 from vpipe.runtime.placement import Placement
 from vpipe.runtime.settings import RunSettings
@@ -32,14 +34,18 @@ Weights = dict[str, torch.Tensor]
 
 
 class ReplicaGroup:
-    def __init__(self, pipeline: Pipeline, placement: Placement, device: torch.device) -> None:
+    def __init__(
+        self, pipeline: Pipeline, placement: Placement, device: torch.device, timeout: timedelta
+    ) -> None:
         """Every rank constructs it, before any other group (new_group is collective: every
-        rank creates every replicated stage's group, in stage order)."""
+        rank creates every replicated stage's group, in stage order). `timeout`: the run's
+        (a new group's default is torch's, not the one the process group was started with)."""
         self.count, self.device = placement.replicas, device
+        self.stage, self.ranks = placement.stage, list(placement.ranks)
         self.group = None
         for spec in pipeline.stages:
             if len(spec.ranks) > 1:
-                group = dist.new_group(list(spec.ranks))
+                group = dist.new_group(list(spec.ranks), timeout=timeout)
                 if spec.index == placement.stage:
                     self.group = group
 
@@ -52,7 +58,13 @@ class ReplicaGroup:
         tensors = [grads[n] for n in names]
         if losses:
             tensors.append(torch.tensor(losses, dtype=torch.float64, device=self.device))
-        summed = _all_reduced(tensors, self.group)
+        try:
+            summed = _all_reduced(tensors, self.group)
+        except RuntimeError as err:  # a replica died, or the run's timeout passed
+            raise LostPeer(
+                f"lost a replica of stage {self.stage} (ranks {self.ranks}) in the all-reduce "
+                f"before an update: {first_line(err)}"
+            ) from None
         totals = summed.pop().tolist() if losses else []
         return dict(zip(names, summed, strict=True)), totals
 

@@ -20,13 +20,16 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def test_killing_one_rank_stops_the_other(tmp_path):
-    """Two ranks started the way torchrun starts them (one per machine, say); rank 0 is killed
-    mid-run; rank 1 must exit non-zero well within --timeout-s, saying which stage it lost, in
-    one line naming its log."""
-    out = generate(plan(profile("mlp", tmp_path), 2, tmp_path, False), tmp_path / "out")
+def start_ranks(out: Path, world: int) -> list[subprocess.Popen]:
+    """`world` ranks of `out`'s pipeline started the way torchrun starts them (one per machine,
+    say), on a run too long to end; returned once training is under way."""
     train = shutil.which("vpipe-train", path=str(Path(sys.executable).parent))
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port())}
+    env = {
+        **os.environ,
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_port()),
+    }
     argv = [
         train,
         str(out / "pipeline.yaml"),
@@ -38,7 +41,7 @@ def test_killing_one_rank_stops_the_other(tmp_path):
         str(TIMEOUT_S),
     ]
     ranks = []
-    for r in range(2):  # rank 0 hosts the rendezvous store: give it a head start
+    for r in range(world):  # rank 0 hosts the rendezvous store: give it a head start
         ranks.append(
             subprocess.Popen(
                 argv,
@@ -54,6 +57,14 @@ def test_killing_one_rank_stops_the_other(tmp_path):
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 5):
         assert time.monotonic() < deadline, "training never started"
         time.sleep(0.2)
+    return ranks
+
+
+def test_killing_one_rank_stops_the_other(tmp_path):
+    """Rank 0 of two is killed mid-run; rank 1 must exit non-zero well within --timeout-s,
+    saying which stage it lost, in one line naming its log."""
+    out = generate(plan(profile("mlp", tmp_path), 2, tmp_path, False), tmp_path / "out")
+    ranks = start_ranks(out, 2)
     ranks[0].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     _, err = ranks[1].communicate(timeout=TIMEOUT_S + 30)

@@ -6,6 +6,8 @@ import csv
 import dataclasses
 import re
 import shutil
+import signal
+import time
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from vpipe.runtime.stagelog import load_stage_log
 
 from ..codegen.pipelines import generate, plan, profile
 from .references import LR, replay, replicated_replay, single_process
+from .test_faults import TIMEOUT_S, start_ranks
 
 MICROBATCHES = 4
 STEPS = 3
@@ -204,3 +207,26 @@ def test_unsupported_pipelines_are_refused(two_by_two, tmp_path, capsys, change,
     assert train_main([str(path), "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert message in err, err
+
+
+def test_a_killed_replica_stops_the_others(mlp_profile, tmp_path):
+    """Stage 0 x 2, stage 1 x 1 under torchrun-like ranks; stage 0's replica 1 (rank 1) is
+    killed mid-run: its sibling, stuck in their all-reduce or on stage 1, and stage 1 exit
+    non-zero well within --timeout-s, each saying in one line which process it lost."""
+    out = replicated(mlp_profile, tmp_path, (2, 1))
+    ranks = start_ranks(out, 3)
+    try:
+        ranks[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        errors = [ranks[r].communicate(timeout=TIMEOUT_S + 30)[1] for r in (0, 2)]
+        assert time.monotonic() - killed_at < TIMEOUT_S
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    assert ranks[0].returncode != 0 and ranks[2].returncode != 0
+    sibling, stage_1 = (err.splitlines()[-1] for err in errors)
+    assert sibling.startswith("vpipe-train: error: stage 0 replica 0 (rank 0): lost "), sibling
+    assert re.match(r"vpipe-train: error: stage 1: lost (stage 0 replica|a replica)", stage_1), (
+        stage_1
+    )
