@@ -18,6 +18,7 @@ waiting, not as compute (`runtime.events`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -97,7 +98,8 @@ class _Inbox:
             buffers = [
                 torch.empty(shape, dtype=dtype, device=self.wire) for shape, dtype in self.layouts
             ]
-            works = [dist.irecv(b, src=peer, tag=self.tag) for b in buffers]
+            with losing(peer, self.names[peer]):
+                works = [dist.irecv(b, src=peer, tag=self.tag) for b in buffers]
             self.posted.append((works, buffers, peer))
 
 
@@ -166,7 +168,8 @@ class Links:
         self.send_waited_s += time.perf_counter() - start
         if self.staged:  # a copy in host memory, made before the send starts
             tensors = [t.detach().contiguous().to(self.wire) for t in tensors]
-        works = [dist.isend(t.detach().contiguous(), dst=peer, tag=tag) for t in tensors]
+        with losing(peer, self.names[peer]):
+            works = [dist.isend(t.detach().contiguous(), dst=peer, tag=tag) for t in tensors]
         self.pending.append((works, peer))
 
 
@@ -174,9 +177,18 @@ def wait_for(works: Sequence[dist.Work | None], peer: int, name: str | None = No
     """Wait for `works` (sends or receives with rank `peer`, `name` in messages: by default
     `stage <peer>`, as in a straight pipeline): a lost peer is a one-line error. torch gives
     None for a rank outside the group, which has nothing to wait for."""
-    try:
+    with losing(peer, name):
         for work in works:
             if work is not None:
                 work.wait()
-    except RuntimeError as err:  # the peer died, or the group's timeout passed
+
+
+@contextlib.contextmanager
+def losing(peer: int, name: str | None = None) -> Iterator[None]:
+    """Turn the error of an exchange with rank `peer` (the peer died, or the group's timeout
+    passed) into LostPeer naming it: also where posting a send or receive fails at once, as it
+    does to a peer already gone."""
+    try:
+        yield
+    except RuntimeError as err:
         raise LostPeer(f"lost {name or f'stage {peer}'}: {first_line(err)}") from None
