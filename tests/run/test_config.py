@@ -57,7 +57,7 @@ def test_a_good_config_makes_the_four_commands(tmp_path):
         (("leaf: [Linear]", "leaf: Linear"), "profile.leaf 'Linear': must be a list of names"),
         (("batch_size: 4", "batch_sise: 4"), "profile.batch_sise: unknown option; profile takes"),
         (("batch_size: 4", "output: x.yaml"), "profile.output: unknown option"),
-        (("gpus: 2, ", ""), "plan.gpus is missing (--gpus: pipeline stages"),
+        (("gpus: 2, ", ""), "plan.gpus is missing (--gpus: devices (processes)"),
         (("memory: 12MiB", "memory: lots"), "plan: argument --memory: "),
         (("optimizer: adam", "optimizer: lion"), "train.optimizer 'lion': use one of sgd"),
         (("lr: 0.01", "lr: fast"), "train.lr 'fast': must be a number"),
