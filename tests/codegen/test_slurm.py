@@ -19,6 +19,7 @@ from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import Pipeline, load_pipeline
 from vpipe.codegen.slurm import SCRIPT, sbatch_text
 from vpipe.common.errors import VpipeError
+from vpipe.planner.schema import load_plan, save_plan
 from vpipe.runtime.cli import main as train_main
 
 from ..runtime.test_faults import _port
@@ -144,16 +145,37 @@ def test_vpipe_gen_writes_and_replaces_the_script(mlp_two, tmp_path, capsys):
     assert not list(tmp_path.glob(".out*"))  # nothing left aside
 
 
-def test_the_script_trains_as_one_machine_does(mlp_two, tmp_path, monkeypatch):
-    """`bash out/vpipe.sbatch` as sbatch would run it on 2 nodes of 1 process: srun starts a
-    torchrun agent per node, the agents meet at the first host, and the run's losses and final
-    weights equal `vpipe-train` on one machine. Each node has its own copy of out/: on one out/
-    shared by the nodes, each node's first process takes out/run/.lock and the second is
-    refused (runtime/launch.py; docs/runtime.md, On slurm)."""
+@pytest.fixture(scope="module")
+def mlp_replicated(tmp_path_factory) -> Path:
+    """The bundled MLP's 2 stages under 1f1b (4 micro-batches a step), each given 2
+    data-parallel replicas: 4 processes, ranks (0, 1) and (2, 3) as vpipe-gen assigns them."""
+    directory = tmp_path_factory.mktemp("mlp_replicated")
+    path = plan(profile("mlp", directory), 2, directory, False, "--schedule", "1f1b")
+    planned = load_plan(path)
+    stages = tuple(dataclasses.replace(stage, replicas=2) for stage in planned.stages)
+    settings = dataclasses.replace(planned.settings, gpus=4, microbatches=4)
+    save_plan(dataclasses.replace(planned, stages=stages, settings=settings), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("layout", "per_node"),
+    [("mlp_two", 1), ("mlp_replicated", 2)],
+    ids=["2 stages on 2 nodes", "2 stages x 2 replicas on 2 nodes"],
+)
+def test_the_script_trains_as_one_machine_does(request, layout, per_node, tmp_path, monkeypatch):
+    """`bash out/vpipe.sbatch` as sbatch would run it on 2 nodes of `per_node` processes: srun
+    starts a torchrun agent per node, the agents meet at the first host, and the run's losses
+    and final weights equal `vpipe-train` on one machine. With replicas, a stage's two sit on
+    one node (consecutive ranks) and all-reduce there. Each node has its own copy of out/: on
+    one out/ shared by the nodes, each node's first process takes out/run/.lock and the second
+    is refused (runtime/launch.py; docs/runtime.md, On slurm)."""
+    planned = request.getfixturevalue(layout)
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     nodes[0].mkdir()
     monkeypatch.chdir(nodes[0])  # the script's paths are relative to where vpipe-gen ran
-    assert generate_main([str(mlp_two), "-o", "out", "--gpus-per-node", "1", "-q"]) == 0
+    argv = [str(planned), "-o", "out", "--gpus-per-node", str(per_node), "-q"]
+    assert generate_main(argv) == 0
     monkeypatch.chdir(tmp_path)
     for copy in (nodes[1], tmp_path / "one"):
         shutil.copytree(nodes[0] / "out", copy / "out")
@@ -175,7 +197,7 @@ def test_the_script_trains_as_one_machine_does(mlp_two, tmp_path, monkeypatch):
     }
     status, stdout, stderr = _run_job(["bash", str(nodes[0] / "out" / SCRIPT), *STEPS], env)
     assert status == 0, stderr[-3000:]
-    assert "world_size: 2" in stdout
+    assert f"world_size: {2 * per_node}" in stdout
 
     assert train_main([str(tmp_path / "one" / "out" / "pipeline.yaml"), *STEPS]) == 0
     one = tmp_path / "one" / "out" / "run"
