@@ -81,9 +81,9 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
         _note(note)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         rank = _check_world(stages, world)
-        # each machine's first process holds the run directory for that machine's stages
-        first = os.environ.get("LOCAL_RANK", "0") == "0"
-        with run_lock(settings.run_dir, _note) if first else contextlib.nullcontext():
+        # the run's rank 0 holds the run directory: on a file system the machines share, the
+        # one every rank writes into (each rank's files have names of their own)
+        with run_lock(settings.run_dir, _note) if rank == 0 else contextlib.nullcontext():
             # no launcher of ours: each process says in one line why it stopped
             failure = failures.run_logged(
                 lambda: run_stage(settings), settings.run_dir, rank, capture_stderr=False

@@ -159,17 +159,18 @@ def mlp_replicated(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("layout", "per_node"),
-    [("mlp_two", 1), ("mlp_replicated", 2)],
-    ids=["2 stages on 2 nodes", "2 stages x 2 replicas on 2 nodes"],
+    ("layout", "per_node", "shared"),
+    [("mlp_two", 1, False), ("mlp_replicated", 2, False), ("mlp_two", 1, True)],
+    ids=["2 stages on 2 nodes", "2 stages x 2 replicas on 2 nodes", "2 nodes sharing out/"],
 )
-def test_the_script_trains_as_one_machine_does(request, layout, per_node, tmp_path, monkeypatch):
+def test_the_script_trains_as_one_machine_does(
+    request, layout, per_node, shared, tmp_path, monkeypatch
+):
     """`bash out/vpipe.sbatch` as sbatch would run it on 2 nodes of `per_node` processes: srun
     starts a torchrun agent per node, the agents meet at the first host, and the run's losses
     and final weights equal `vpipe-train` on one machine. With replicas, a stage's two sit on
-    one node (consecutive ranks) and all-reduce there. Each node has its own copy of out/: on
-    one out/ shared by the nodes, each node's first process takes out/run/.lock and the second
-    is refused (runtime/launch.py; docs/runtime.md, On slurm)."""
+    one node (consecutive ranks) and all-reduce there. The nodes have a copy of out/ each, or
+    share one (a shared file system: only the run's rank 0 takes out/run/.lock)."""
     planned = request.getfixturevalue(layout)
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     nodes[0].mkdir()
@@ -177,8 +178,11 @@ def test_the_script_trains_as_one_machine_does(request, layout, per_node, tmp_pa
     argv = [str(planned), "-o", "out", "--gpus-per-node", str(per_node), "-q"]
     assert generate_main(argv) == 0
     monkeypatch.chdir(tmp_path)
-    for copy in (nodes[1], tmp_path / "one"):
-        shutil.copytree(nodes[0] / "out", copy / "out")
+    if shared:
+        nodes[1].symlink_to(nodes[0], target_is_directory=True)
+    else:
+        shutil.copytree(nodes[0] / "out", nodes[1] / "out")
+    shutil.copytree(nodes[0] / "out", tmp_path / "one" / "out")
     stand_ins = tmp_path / "bin"
     stand_ins.mkdir()
     for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
