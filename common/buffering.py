@@ -24,3 +24,10 @@ def sums_gradients(schedule: str) -> bool:
 def gradient_copies(schedule: str) -> int:
     """Gradient-sized tensors a stage holds at its peak (see `sums_gradients`)."""
     return 2 if sums_gradients(schedule) else 1
+
+
+def allreduce_copies(replicas: int) -> int:
+    """Gradient-sized buffers a replicated stage adds at each update: runtime/replicas.py lays
+    its gradients end to end in one new buffer for the all-reduce (one collective, not one per
+    tensor), whose parts are then the summed gradients."""
+    return 1 if replicas > 1 else 0

@@ -40,7 +40,12 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vpipe.common.buffering import RECEIVES_AHEAD, SENDS_AHEAD, gradient_copies
+from vpipe.common.buffering import (
+    RECEIVES_AHEAD,
+    SENDS_AHEAD,
+    allreduce_copies,
+    gradient_copies,
+)
 from vpipe.common.schedules import (
     allreduces_per_microbatch,
     in_flight_limit,
@@ -203,18 +208,19 @@ def stage_memory(
     larger: Larger = max,
     shape: ScheduleShape | None = None,
     last: bool | None = None,
+    replicas: int = 1,
 ) -> MemoryBreakdown:
     """Stage `index`'s bytes by kind, from its sums: the one memory formula every solver uses
     (fields are of the sums' type). A straight pipeline's stage `index` of `settings.gpus` by
-    default; a replica's `shape` (`replica_shape`) and whether its stage is the `last`
-    otherwise."""
+    default; a replica's `shape` (`replica_shape`), whether its stage is the `last` and its
+    stage's `replicas` otherwise."""
     shape = schedule_shape(settings, index) if shape is None else shape
     first = index == 0
     last = index == settings.gpus - 1 if last is None else last
     return MemoryBreakdown(
         params=sums.params,
         stash=sums.trainable * (shape.versions - 1),
-        grads=sums.trainable * gradient_copies(settings.schedule),
+        grads=sums.trainable * (gradient_copies(settings.schedule) + allreduce_copies(replicas)),
         optimizer=sums.trainable * optimizer_factor,
         activations=shape.in_flight * (sums.kept + sums.received),
         buffers=link_buffer_bytes(sums.received, sums.sent, sums.copied, first, last, larger),
@@ -411,5 +417,7 @@ def evaluate_replicated_stage(
             replicas,
         ),
         allreduce_ms=one_ms,
-        memory=stage_memory(settings, index, graph.optimizer_factor, sums, shape=shape, last=last),
+        memory=stage_memory(
+            settings, index, graph.optimizer_factor, sums, shape=shape, last=last, replicas=replicas
+        ),
     )

@@ -154,7 +154,7 @@ class _Search:
                     times.compute, allreduce, comm_in, comm_out, r, np.maximum
                 )
                 shape = replica_shape(settings, r, m)
-                fits = tables.inside & _fits(graph, settings, sums, shape, last)
+                fits = tables.inside & _fits(graph, settings, sums, shape, last, r)
                 cost = np.where(fits, time_r, math.inf)
                 for c in range(1, m - r + 2):
                     self._extend(c, m, r, cost)
@@ -197,8 +197,9 @@ def _fits(
     sums: StageBytes,
     shape: ScheduleShape,
     last: np.ndarray,
+    replicas: int,
 ) -> np.ndarray:
-    """[J, I]: whether one replica of stage I \\ J with `shape` fits its device's memory. The
+    """[J, I]: whether one of `replicas` of stage I \\ J with `shape` fits its device's memory. The
     links' buffers depend on whether the stage is the first (J empty) or the last (I whole)."""
     if not math.isfinite(settings.memory_bytes):
         return np.ones(sums.kept.shape, dtype=bool)
@@ -206,7 +207,14 @@ def _fits(
 
     def total(index: int, is_last: bool) -> np.ndarray:
         memory = stage_memory(
-            settings, index, graph.optimizer_factor, sums, np.maximum, shape=shape, last=is_last
+            settings,
+            index,
+            graph.optimizer_factor,
+            sums,
+            np.maximum,
+            shape=shape,
+            last=is_last,
+            replicas=replicas,
         )
         return np.broadcast_to(np.asarray(memory.total, dtype=np.float64), (count, count))
 

@@ -85,6 +85,8 @@ def test_a_replicated_stage_by_hand():
     assert ring.replicas == (4,)
     assert ring.bottleneck_ms == pytest.approx((3 + 2 * 3 / 4) / 4)
     assert ring.predicted[0].allreduce_ms == pytest.approx(1.5)
+    # its gradient, and the buffer the all-reduce lays the gradients out in
+    assert ring.predicted[0].memory.grads == 2 * 1_000_000
     theirs = solve_hybrid(graph, settings, stages=1, model=PIPEDREAM_ALLREDUCE)
     assert theirs.bottleneck_ms == pytest.approx((3 + 4 * 3 / 4) / 4)
 
