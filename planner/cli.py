@@ -102,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S|auto",
         help="pipeline stages (default: --gpus, a straight pipeline); fewer than --gpus gives "
         "stages data-parallel replicas (counts may differ per stage), auto chooses the count "
-        "too: the fastest of all on --gpus, the straight pipeline included. Replicated stages "
-        "do not recompute",
+        "too: the fastest of all on --gpus, the straight pipeline included",
     )
     parser.add_argument(
         "--memory",

@@ -398,13 +398,14 @@ def evaluate_replicated_stage(
     replicas: int,
     workers_from_here: int,
     model: AllReduce = RING,
+    recompute: Collection[int] = (),
 ) -> ReplicatedPrediction:
     """Predicted time and memory of a stage at `position` (its index, whether it is the last)
     with `replicas`, whose earlier stages hold `before`, when it and the stages after it have
-    `workers_from_here` processes. Without recompute: hybrid plans do not recompute yet."""
+    `workers_from_here` processes, recomputing `recompute`."""
     index, last = position
-    one = evaluate_stage(graph, settings, index, before, stage, ())
-    sums = stage_bytes(graph, before, stage, ())
+    one = evaluate_stage(graph, settings, index, before, stage, recompute)
+    sums = stage_bytes(graph, before, stage, recompute)
     one_ms = allreduce_ms(sums.trainable, replicas, settings, model, graph.link_ms_per_byte)
     shape = replica_shape(settings, replicas, workers_from_here)
     return ReplicatedPrediction(

@@ -1,20 +1,26 @@
 """Hybrid plans: how many stages, where to cut, and how many data-parallel replicas each stage
-gets, for N processes (PipeDream's hybrid parallelism, over every cut of the DAG).
+gets, for N processes (PipeDream's hybrid parallelism, over every cut of the DAG), with each
+stage's recompute chosen under the memory cap.
 
 best[c][m][J] is the smallest bottleneck time of running the nodes after ideal J as c stages
 on m processes. The first of those stages, I \\ J, gets r of the m processes; it holds
 ceil(m / r) micro-batches per replica under asp (common/schedules.replica_in_flight), which is
 why the search runs from the last stage back: m is then known. Every term comes from the one
 cost model (costmodel.replicated_time_ms, allreduce_ms, stage_memory with `replica_shape`), on
-the same per-pair tables as the straight DP. Replicated stages do not recompute yet: a stage
-that does not fit in memory as it is is not a candidate.
+the same per-pair tables as the straight DP.
+
+Recompute is costed lazily, as the straight DP does: a stage that does not fit as it is counts
+at its time without recompute (a lower bound: recompute only adds time) unless no recompute
+can fit it; whenever the best chain uses such a stage, its cheapest recompute
+(`recompute.cheapest_recompute`) sets its true time and the chain is searched again. When the
+best chain's stages all have their true times, it is optimal.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,14 +35,19 @@ from vpipe.planner.costmodel import (
     evaluate_replicated_stage,
     replica_shape,
     replicated_time_ms,
+    sent_nodes,
+    stage_bytes,
     stage_memory,
 )
 from vpipe.planner.cuts import cut_family, members
 from vpipe.planner.dp import PairTables, PairTimes
 from vpipe.planner.graph import PlanGraph
+from vpipe.planner.recompute import MemoryRoom, cheapest_recompute
 from vpipe.planner.schema import PlanSettings
 
 IDEAL_LIMIT = 1000  # beyond this many cuts, use a restricted family and say so
+
+Pair = tuple[int, int, int, int]  # (processes from the stage on m, its replicas r, J, I)
 
 
 @dataclass(frozen=True)
@@ -46,15 +57,28 @@ class HybridSplit:
     feasible: bool
     stages: tuple[tuple[int, ...], ...] = ()
     replicas: tuple[int, ...] = ()
+    recompute: tuple[tuple[int, ...], ...] = ()
     predicted: tuple[ReplicatedPrediction, ...] = ()
     bottleneck_ms: float = math.inf  # the slowest stage's time per micro-batch
-    optimal: bool = False  # over every cut and replica count (without recompute)
+    optimal: bool = False  # over every cut, replica count and recompute choice
+    lower_bound_ms: float = 0.0  # on the bottleneck over these cuts; equals it when optimal
     cuts: str = "all"
     seconds: float = 0.0
 
     @property
     def processes(self) -> int:
         return sum(self.replicas)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One stage of a chain the search found."""
+
+    pair: Pair
+
+    @property
+    def replicas(self) -> int:
+        return self.pair[1]
 
 
 def solve_hybrid(
@@ -70,23 +94,34 @@ def solve_hybrid(
     ideals, cuts = cut_family(graph, IDEAL_LIMIT)
     search = _Search(graph, settings, PairTables(graph, ideals), model, replicate)
     counts = [stages] if stages is not None else range(1, settings.gpus + 1)
-    best = min(
-        ((search.best[c][m][0], c, m) for c in counts for m in range(c, settings.gpus + 1)),
-        default=(math.inf, 0, 0),
-    )
-    if not math.isfinite(best[0]):
-        return HybridSplit(feasible=False, optimal=cuts == "all", cuts=cuts)
-    steps = search.path(best[1], best[2])
-    split = tuple(tuple(members(ideals[i] & ~ideals[j])) for j, i, _ in steps)
-    replicas = tuple(r for _, _, r in steps)
-    predicted = _predict(graph, settings, split, replicas, model)
+    floor = None  # the first search's bottleneck: every needy stage at its lower bound
+    while True:
+        search.run()
+        best = min(
+            ((search.best[c][m][0], c, m) for c in counts for m in range(c, settings.gpus + 1)),
+            default=(math.inf, 0, 0),
+        )
+        floor = best[0] if floor is None else floor
+        if not math.isfinite(best[0]):
+            return HybridSplit(feasible=False, optimal=cuts == "all" and search.proven, cuts=cuts)
+        steps = search.path(best[1], best[2])
+        todo = [step.pair for step in steps if search.needs_recompute(step.pair)]
+        if not todo:
+            break
+        for pair in todo:
+            search.resolve(pair)
+    split = tuple(tuple(members(ideals[i] & ~ideals[j])) for _, _, j, i in (s.pair for s in steps))
+    replicas = tuple(step.replicas for step in steps)
+    recompute = tuple(search.chosen(step.pair) for step in steps)
     return HybridSplit(
         feasible=True,
         stages=split,
         replicas=replicas,
-        predicted=predicted,
+        recompute=recompute,
+        predicted=_predict(graph, settings, split, replicas, recompute, model),
         bottleneck_ms=float(best[0]),  # the tables' figure: tests check it is the model's
-        optimal=cuts == "all",
+        optimal=cuts == "all" and search.proven,
+        lower_bound_ms=float(best[0] if search.proven else floor),
         cuts=cuts,
         seconds=time.perf_counter() - start,
     )
@@ -97,24 +132,28 @@ def _predict(
     settings: PlanSettings,
     split: tuple[tuple[int, ...], ...],
     replicas: tuple[int, ...],
+    recompute: tuple[tuple[int, ...], ...],
     model: AllReduce,
 ) -> tuple[ReplicatedPrediction, ...]:
     """Each chosen stage as the cost model evaluates it (the tables' figures are checked
     against these by tests/planner/test_hybrid.py)."""
     found = []
     before: list[int] = []
-    for index, (stage, r) in enumerate(zip(split, replicas, strict=True)):
+    for index, (stage, r, chosen) in enumerate(zip(split, replicas, recompute, strict=True)):
         position = (index, index == len(split) - 1)
         workers = sum(replicas[index:])
         found.append(
-            evaluate_replicated_stage(graph, settings, position, before, stage, r, workers, model)
+            evaluate_replicated_stage(
+                graph, settings, position, before, stage, r, workers, model, chosen
+            )
         )
         before.extend(stage)
     return tuple(found)
 
 
 class _Search:
-    """The tables best[c][m] (per ideal J) and the choices that reach them."""
+    """The tables best[c][m] (per ideal J), the choices that reach them, and the true times
+    of the stages that recompute (`exact`)."""
 
     def __init__(
         self,
@@ -124,12 +163,15 @@ class _Search:
         model: AllReduce,
         replicate: bool,
     ) -> None:
-        n, count = settings.gpus, len(tables.ideals)
-        times = PairTimes.of(tables, settings)
-        trainable = tables.trainable[None, :] - tables.trainable[:, None] + tables.tied_trainable
-        sums = StageBytes(
+        self.graph, self.settings, self.tables = graph, settings, tables
+        self.model, self.replicate = model, replicate
+        self.times = PairTimes.of(tables, settings)
+        self.trainable = (
+            tables.trainable[None, :] - tables.trainable[:, None] + tables.tied_trainable
+        )
+        self.sums = StageBytes(
             params=tables.params[None, :] - tables.params[:, None] + tables.tied_params,
-            trainable=trainable,
+            trainable=self.trainable,
             kept=tables.kept,
             received=tables.crossing[:, None],
             sent=tables.crossing[None, :],
@@ -137,27 +179,80 @@ class _Search:
             segment=0.0,
             backward=_backward_peaks(graph, tables, settings),
         )
-        last = np.zeros(count, dtype=bool)
-        last[-1] = True  # stage I \ J is the last when I is the whole graph
-        full = count - 1
-        inf = np.full(count, math.inf)
-        # best[c][m][J]; choice[c][m][J] = (I, r)
-        self.best = [[inf.copy() for _ in range(n + 1)] for _ in range(n + 1)]
+        count = len(tables.ideals)
+        self.last = np.zeros(count, dtype=bool)
+        self.last[-1] = True  # stage I \ J is the last when I is the whole graph
+        self.exact: dict[Pair, float] = {}
+        self.recomputed: dict[Pair, tuple[int, ...]] = {}
+        self.proven = True  # no recompute search was thinned
+        self.best: list[list[np.ndarray]] = []
         self.choice: dict[tuple[int, int, int], tuple[int, int]] = {}
-        self.best[0][0][full] = 0.0
+
+    def run(self) -> None:
+        """Fill best[c][m] with the current costs (each needy stage at its lower bound until
+        `resolve` sets its true time)."""
+        n, count = self.settings.gpus, len(self.tables.ideals)
+        self.best = [[np.full(count, math.inf) for _ in range(n + 1)] for _ in range(n + 1)]
+        self.choice = {}
+        self.best[0][0][-1] = 0.0
         for m in range(1, n + 1):  # ascending: best[.][m - r] is final when best[.][m] reads it
-            for r in range(1, m + 1 if replicate else 2):
-                one_ms = allreduce_ms(trainable, r, settings, model, graph.link_ms_per_byte)
-                allreduce = allreduce_share_ms(one_ms, r, settings)
-                comm_in, comm_out = times.comm[:, None], times.comm[None, :]
-                time_r = replicated_time_ms(
-                    times.compute, allreduce, comm_in, comm_out, r, np.maximum
-                )
-                shape = replica_shape(settings, r, m)
-                fits = tables.inside & _fits(graph, settings, sums, shape, last, r)
-                cost = np.where(fits, time_r, math.inf)
+            for r in range(1, m + 1 if self.replicate else 2):
+                cost = self._costs(m, r)
                 for c in range(1, m - r + 2):
                     self._extend(c, m, r, cost)
+
+    def _time(self, r: int) -> np.ndarray:
+        """[J, I]: stage I \\ J's time with r replicas, without recompute."""
+        one_ms = allreduce_ms(
+            self.trainable, r, self.settings, self.model, self.graph.link_ms_per_byte
+        )
+        share = allreduce_share_ms(one_ms, r, self.settings)
+        comm_in, comm_out = self.times.comm[:, None], self.times.comm[None, :]
+        return replicated_time_ms(self.times.compute, share, comm_in, comm_out, r, np.maximum)
+
+    def _costs(self, m: int, r: int) -> np.ndarray:
+        """[J, I]: the cost of stage I \\ J with r of m processes: its time where it fits as it
+        is, or once `resolve`d; a lower bound where recompute may fit it; else infinite."""
+        time_r = self._time(r)
+        shape = replica_shape(self.settings, r, m)
+        memory = self._memory(self.sums, shape, r)
+        cap = self.settings.memory_bytes
+        cost = np.where(self.tables.inside & (memory <= cap), time_r, math.inf)
+        if math.isfinite(cap) and self.settings.recompute != "never":
+            js, is_ = np.nonzero(self.tables.inside & (memory > cap))
+            fixed = self._memory(replace(self.sums, kept=0.0), shape, r)
+            possible = self.tables.floor(js, is_, shape.in_flight) <= cap - fixed[js, is_]
+            cost[js[possible], is_[possible]] = time_r[js[possible], is_[possible]]
+        for (pm, pr, j, i), value in self.exact.items():
+            if (pm, pr) == (m, r):
+                cost[j, i] = value
+        return cost
+
+    def _memory(self, sums: StageBytes, shape: ScheduleShape, replicas: int) -> np.ndarray:
+        """[J, I]: one replica's bytes; the links' buffers depend on whether the stage is the
+        first (J empty) or the last (I whole)."""
+        count = len(self.tables.ideals)
+        if not math.isfinite(self.settings.memory_bytes):
+            return np.zeros((count, count))
+
+        def total(index: int, is_last: bool) -> np.ndarray:
+            memory = stage_memory(
+                self.settings,
+                index,
+                self.graph.optimizer_factor,
+                sums,
+                np.maximum,
+                shape=shape,
+                last=is_last,
+                replicas=replicas,
+            )
+            return np.broadcast_to(np.asarray(memory.total, dtype=np.float64), (count, count))
+
+        memory = total(1, False).copy()
+        memory[:, self.last] = total(1, True)[:, self.last]
+        memory[0, :] = total(0, False)[0, :]
+        memory[0, self.last] = total(0, True)[0, self.last]
+        return memory
 
     def _extend(self, c: int, m: int, r: int, cost: np.ndarray) -> None:
         """Try stage I \\ J with r replicas in front of c - 1 stages on m - r processes."""
@@ -174,14 +269,63 @@ class _Search:
         for j in np.nonzero(better)[0]:
             self.choice[c, m, int(j)] = (int(at[j]), r)
 
-    def path(self, stages: int, processes: int) -> list[tuple[int, int, int]]:
-        """(J, I, r) of each stage, first stage first."""
+    def path(self, stages: int, processes: int) -> list[_Step]:
+        """The chain's stages, first stage first."""
         steps, j, c, m = [], 0, stages, processes
         while c:
             i, r = self.choice[c, m, j]
-            steps.append((j, i, r))
+            steps.append(_Step((m, r, j, i)))
             j, c, m = i, c - 1, m - r
         return steps
+
+    def _stage(self, pair: Pair) -> tuple[list[int], list[int], tuple[int, bool]]:
+        """(nodes before it, its nodes, its position) of a pair's stage."""
+        _, _, j, i = pair
+        ideals = self.tables.ideals
+        position = (0 if j == 0 else 1, i == len(ideals) - 1)  # all the memory reads of it
+        return members(ideals[j]), members(ideals[i] & ~ideals[j]), position
+
+    def needs_recompute(self, pair: Pair) -> bool:
+        """Whether a stage of the chain counts at a lower bound: it does not fit as it is and
+        its recompute has not been costed yet."""
+        if pair in self.exact or not math.isfinite(self.settings.memory_bytes):
+            return False
+        m, r, _, _ = pair
+        before, stage, position = self._stage(pair)
+        found = evaluate_replicated_stage(
+            self.graph, self.settings, position, before, stage, r, m, self.model
+        )
+        return found.memory.total > self.settings.memory_bytes
+
+    def resolve(self, pair: Pair) -> None:
+        """Cost a needy stage for real: its cheapest recompute that fits, or infinite."""
+        m, r, _, _ = pair
+        before, stage, position = self._stage(pair)
+        shape = replica_shape(self.settings, r, m)
+        free = replace(stage_bytes(self.graph, before, stage, ()), kept=0, segment=0)
+        fixed = stage_memory(
+            self.settings,
+            position[0],
+            self.graph.optimizer_factor,
+            free,
+            shape=shape,
+            last=position[1],
+            replicas=r,
+        ).total
+        room = MemoryRoom(self.settings.memory_bytes - fixed, shape.in_flight)
+        sent = sent_nodes(self.graph, before, stage)
+        found = cheapest_recompute(self.graph, stage, room, sent=sent)
+        self.proven = self.proven and found.exact
+        if found.chosen is None:
+            self.exact[pair] = math.inf
+            return
+        self.recomputed[pair] = found.chosen
+        self.exact[pair] = evaluate_replicated_stage(
+            self.graph, self.settings, position, before, stage, r, m, self.model, found.chosen
+        ).time_ms
+
+    def chosen(self, pair: Pair) -> tuple[int, ...]:
+        return self.recomputed.get(pair, ())
 
 
 def _backward_peaks(graph: PlanGraph, tables: PairTables, settings: PlanSettings) -> np.ndarray:
@@ -189,37 +333,3 @@ def _backward_peaks(graph: PlanGraph, tables: PairTables, settings: PlanSettings
     if not math.isfinite(settings.memory_bytes):
         return np.zeros((len(tables.ideals), len(tables.ideals)))
     return tables.backward_floor(most=graph.size)
-
-
-def _fits(
-    graph: PlanGraph,
-    settings: PlanSettings,
-    sums: StageBytes,
-    shape: ScheduleShape,
-    last: np.ndarray,
-    replicas: int,
-) -> np.ndarray:
-    """[J, I]: whether one of `replicas` of stage I \\ J with `shape` fits its device's memory. The
-    links' buffers depend on whether the stage is the first (J empty) or the last (I whole)."""
-    if not math.isfinite(settings.memory_bytes):
-        return np.ones(sums.kept.shape, dtype=bool)
-    count = sums.kept.shape[0]
-
-    def total(index: int, is_last: bool) -> np.ndarray:
-        memory = stage_memory(
-            settings,
-            index,
-            graph.optimizer_factor,
-            sums,
-            np.maximum,
-            shape=shape,
-            last=is_last,
-            replicas=replicas,
-        )
-        return np.broadcast_to(np.asarray(memory.total, dtype=np.float64), (count, count))
-
-    memory = total(1, False).copy()
-    memory[:, last] = total(1, True)[:, last]
-    memory[0, :] = total(0, False)[0, :]
-    memory[0, last] = total(0, True)[0, last]
-    return memory <= settings.memory_bytes

@@ -277,8 +277,7 @@ def make_hybrid_plan(
 ) -> tuple[Plan, float]:
     """The fastest plan on at most `settings.gpus` processes with data-parallel replicas
     (`planner/hybrid.py`), `stages` stages if given, else as many as is fastest. Choosing
-    freely, the straight pipeline on every GPU (`make_plan`: exact, with recompute) wins
-    where it is no slower, and is the answer when no replicated plan fits without recompute."""
+    freely, the straight pipeline on every GPU (`make_plan`) wins where it is no slower."""
     graph = graph_for(profile, settings)
     if stages is not None and stages > graph.size - (graph.loss is not None):
         raise VpipeError(f"--stages {stages} is more than the profile's nodes; use fewer")
@@ -299,9 +298,8 @@ def make_hybrid_plan(
                 return plan, seconds + found.seconds
     if not found.feasible:
         raise VpipeError(
-            "no plan with data-parallel replicas fits --memory without recompute (replicated "
-            "stages do not recompute yet); raise --memory, or plan a straight pipeline "
-            "(--stages equal to --gpus), which recomputes where it must"
+            f"no plan of {stages or 'any number of'} stages on {settings.gpus} processes fits "
+            "--memory, even recomputing; raise --memory, or give more --gpus or --stages"
         )
     return _hybrid_plan(profile, profile_path, profile_sha256, settings, graph, found, straight), (
         found.seconds + straight.seconds
@@ -323,8 +321,9 @@ def _hybrid_plan(
 ) -> Plan:
     predictions: list[StagePrediction] = []
     before: list[int] = []
-    for index, (stage, replicated) in enumerate(zip(found.stages, found.predicted, strict=True)):
-        one = evaluate_stage(graph, settings, index, before, stage, ())
+    chosen = zip(found.stages, found.recompute, found.predicted, strict=True)
+    for index, (stage, recompute, replicated) in enumerate(chosen):
+        one = evaluate_stage(graph, settings, index, before, stage, recompute)
         predictions.append(
             dataclasses.replace(
                 one,
@@ -371,12 +370,12 @@ def _hybrid_plan(
             Stage(
                 index=k,
                 nodes=tuple(names[n] for n in stage if n != graph.loss),
-                recompute=(),
+                recompute=tuple(names[n] for n in recompute),
                 replicas=r,
                 predicted=prediction,
             )
-            for k, (stage, r, prediction) in enumerate(
-                zip(found.stages, found.replicas, predictions, strict=True)
+            for k, (stage, recompute, r, prediction) in enumerate(
+                zip(found.stages, found.recompute, found.replicas, predictions, strict=True)
             )
         ),
         predicted=predicted,
@@ -384,8 +383,8 @@ def _hybrid_plan(
         solver=SolverInfo(
             name="hybrid",
             optimal=found.optimal,
-            lower_bound_ms=found.bottleneck_ms if found.optimal else 0.0,
-            cuts=found.cuts + ", without recompute",
+            lower_bound_ms=found.lower_bound_ms if found.cuts == "all" else 0.0,
+            cuts=found.cuts,
         ),
         notes=graph.notes,
         ties=planned_ties(graph, found.stages),

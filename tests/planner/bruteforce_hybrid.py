@@ -1,8 +1,9 @@
-"""Brute force over every cut chain and every replica count per stage: the hybrid search's
-oracle on small graphs (exponential on purpose)."""
+"""Brute force over every cut chain, every replica count per stage and every recompute set: the
+hybrid search's oracle on small graphs (exponential on purpose)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -61,18 +62,38 @@ def _bottleneck(
 ) -> float:
     worst, before = 0.0, []
     for index, (stage, r) in enumerate(zip(split, replicas, strict=True)):
-        found = evaluate_replicated_stage(
-            graph,
-            settings,
-            (index, index == len(split) - 1),
-            before,
-            stage,
-            r,
-            sum(replicas[index:]),
-            model,
+        position = (index, index == len(split) - 1)
+        worst = max(
+            worst,
+            _fastest(
+                graph, settings, position, tuple(before), stage, r, sum(replicas[index:]), model
+            ),
         )
-        if found.memory.total > settings.memory_bytes:
-            return math.inf
-        worst = max(worst, found.time_ms)
         before.extend(stage)
     return worst
+
+
+@functools.cache
+def _fastest(
+    graph: PlanGraph,
+    settings: PlanSettings,
+    position: tuple[int, bool],
+    before: tuple[int, ...],
+    stage: tuple[int, ...],
+    replicas: int,
+    workers: int,
+    model: AllReduce,
+) -> float:
+    """The stage's least time over every recompute set that fits (inf: none does)."""
+    candidates = [n for n in stage if n not in graph.never_recomputed]
+    if settings.recompute == "never":
+        candidates = []
+    best = math.inf
+    for size in range(len(candidates) + 1):
+        for chosen in itertools.combinations(candidates, size):
+            found = evaluate_replicated_stage(
+                graph, settings, position, before, stage, replicas, workers, model, chosen
+            )
+            if found.memory.total <= settings.memory_bytes:
+                best = min(best, found.time_ms)
+    return best

@@ -38,7 +38,7 @@ def test_the_hybrid_search_reaches_brute_force_and_states_the_models_figures(see
     assert found.feasible == math.isfinite(expected.bottleneck_ms)
     if not found.feasible:
         return
-    assert found.optimal
+    assert found.optimal and found.lower_bound_ms == found.bottleneck_ms
     assert found.bottleneck_ms == pytest.approx(expected.bottleneck_ms, rel=1e-9)
     # the tables' bottleneck is the cost model's for the split they chose, which fits
     assert max(p.time_ms for p in found.predicted) == pytest.approx(found.bottleneck_ms, rel=1e-9)
