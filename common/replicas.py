@@ -26,7 +26,7 @@ k r .. k r + r - 1.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from vpipe.common.schedules import (
     BACKWARD,
@@ -35,6 +35,7 @@ from vpipe.common.schedules import (
     _one_f_one_b,
     peak_in_flight,
     replica_in_flight,
+    resumed,
 )
 
 
@@ -44,11 +45,10 @@ def replica_actions(
     """One replica's actions for a whole run, made as they are needed: 1F1B over its own
     micro-batches (every r-th from `replica`) with `replica_in_flight` of them at most (asp: one
     stream; 1f1b: per step, flushed; gpipe: per step, every forward first)."""
-    depth = replica_in_flight("asp", 1, replicas, workers_from_here)
     if name == "asp":
-        own = range(replica, steps, replicas)
-        yield from (Action(a.kind, own[a.microbatch]) for a in _one_f_one_b(depth, len(own), 0))
+        yield from refilled(steps, replicas, workers_from_here, replica, 0)
         return
+    depth = replica_in_flight("asp", 1, replicas, workers_from_here)
     for step in range(steps):
         first = step * microbatches
         own = range(first + (replica - first) % replicas, first + microbatches, replicas)
@@ -58,6 +58,39 @@ def replica_actions(
         else:
             plan = _one_f_one_b(depth, len(own), 0)
             yield from (Action(a.kind, own[a.microbatch]) for a in plan)
+
+
+def refilled(
+    steps: int, replicas: int, workers_from_here: int, replica: int, first: int
+) -> Iterator[Action]:
+    """One replica's asp stream from micro-batch `first` (a multiple of `replicas`) on, with an
+    empty pipeline there: warm-up, 1F1B, drain, as if the run began at `first`. From 0 it is
+    the whole run; from later, the resume of a checkpoint taken while an earlier run drained,
+    which holds none of the micro-batches an unbroken longer run would have in flight."""
+    depth = replica_in_flight("asp", 1, replicas, workers_from_here)
+    own = range(first + replica, steps, replicas)
+    yield from (Action(a.kind, own[a.microbatch]) for a in _one_f_one_b(depth, len(own), 0))
+
+
+def replica_resumed(
+    actions: Iterable[Action], done: int, replicas: int, replica: int
+) -> Iterator[Action]:
+    """The replica's actions left once micro-batches 0 .. done - 1 have had their backward:
+    everything after its backward of the last of them it runs (`schedules.resumed`, which the
+    other replicas' last micro-batch would never match)."""
+    own = range(replica, done, replicas)
+    return resumed(actions, own[-1] + 1 if own else 0)
+
+
+def asp_reach(replicas: Sequence[int]) -> int:
+    """Under asp, how far past micro-batch n - 1 the forwards in flight reach once every stage
+    has made the update that completes it: stage s's replicas then hold micro-batches
+    n .. n + r_s (d_s - 1) - 1, d_s = `replica_in_flight` (S - 1 of them on stage 0 of a
+    straight pipeline). A checkpoint after n from a run shorter than n + this was taken while
+    that run drained."""
+    return max(
+        r * (replica_in_flight("asp", 1, r, sum(replicas[s:])) - 1) for s, r in enumerate(replicas)
+    )
 
 
 def closes_update(name: str, microbatches: int, replicas: int, microbatch: int) -> bool:

@@ -92,14 +92,6 @@ def stage_actions(
         yield from (Action(a.kind, step * microbatches + a.microbatch) for a in plan)
 
 
-def refilled(stages: int, first: int, steps: int, stage: int) -> Iterator[Action]:
-    """asp from micro-batch `first` on with an empty pipeline: warm-up, 1F1B, drain, as if the
-    run began there. For a checkpoint taken while an earlier run drained, which holds none of
-    the micro-batches an unbroken longer run would have in flight."""
-    for action in _one_f_one_b(stages, steps - first, stage):
-        yield Action(action.kind, action.microbatch + first)
-
-
 def run_actions(name: str, stages: int, microbatches: int, steps: int) -> list[list[Action]]:
     """Every stage's actions for a whole run (see `stage_actions`), as lists."""
     return [list(stage_actions(name, stages, microbatches, steps, s)) for s in range(stages)]

@@ -7,6 +7,12 @@ counts only when every stage's file for it exists; resume takes the newest such 
 flight, the weight version its forward used (`StageExecutor.snapshot`), and resume rebuilds
 those micro-batches from them (`StageExecutor.restore`).
 
+A stage with data-parallel replicas still writes one file, its replica 0's: the replicas hold
+the same weights, stashed versions and optimizer state (they apply the same updates), so those
+are saved once; what is each replica's own (its random state, its buffers' running statistics,
+its micro-batches in flight) is gathered into the file as one `ReplicaState` per replica, and
+each replica restores its own.
+
 A file is one `torch.save` of a dict (`torch.load(..., weights_only=True)` reads it anywhere):
 `Checkpoint`'s fields and `schema_version`. A file of another version, or with a field missing,
 unknown or of the wrong kind, is refused before any process starts.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,7 @@ from vpipe.common.optim import Updater
 from vpipe.common.records import Count, decode
 from vpipe.common.stages import check_tensors
 
-SCHEMA_VERSION = 1  # of step_<n>/stage_<k>.pt
+SCHEMA_VERSION = 2  # of step_<n>/stage_<k>.pt (2: the replicas' own parts)
 KEEP = 2  # newest complete steps kept; older ones are removed
 
 
@@ -41,18 +47,28 @@ class StageTensors:
 
 
 @dataclass(frozen=True)
+class ReplicaState:
+    """What one process of a stage holds that its replicas do not share (one per stage on a
+    straight pipeline)."""
+
+    # running statistics: each replica's forwards see only its own micro-batches
+    buffers: dict[str, torch.Tensor]
+    # under asp, per micro-batch in flight on this replica: its number, its version's index in
+    # the stage's `versions`, and the random state its forward started from
+    in_flight: tuple[tuple[Count, Count, dict[str, torch.Tensor]], ...]
+    rng: dict[str, torch.Tensor]  # this process's random state (runtime/rng.py)
+
+
+@dataclass(frozen=True)
 class StageState:
     """What a checkpoint holds of its stage (`StageExecutor.snapshot`). Its tensors are checked
     against the stage's own by name, shape and dtype when it is loaded."""
 
     weights: dict[str, torch.Tensor]  # the newest version
-    buffers: dict[str, torch.Tensor]
-    # under asp, the older versions that micro-batches in flight still need, each once
+    # under asp, the older versions that micro-batches in flight still need, each once (the
+    # replicas' k-th micro-batches in flight use the same version)
     versions: tuple[dict[str, torch.Tensor], ...]
-    # under asp, per micro-batch in flight: its number, its version's index in `versions`, and
-    # the random state its forward started from
-    in_flight: tuple[tuple[Count, Count, dict[str, torch.Tensor]], ...]
-    rng: dict[str, torch.Tensor]  # the stage's random state (runtime/rng.py)
+    replicas: tuple[ReplicaState, ...]  # by replica
     skipped: Count  # steps skipped so far under --skip-nonfinite
 
 
@@ -107,7 +123,8 @@ def save(
         optimizer=updater.state,
         optimizer_steps=updater.steps,
     )
-    state = {"schema_version": SCHEMA_VERSION, **_fields(record), "stage": _fields(snapshot)}
+    stage_fields = {**_fields(snapshot), "replicas": [_fields(r) for r in snapshot.replicas]}
+    state = {"schema_version": SCHEMA_VERSION, **_fields(record), "stage": stage_fields}
     torch.save(state, tmp)
     os.replace(tmp, folder / f"stage_{stage}.pt")
     complete = _complete(directory, stages)
@@ -132,12 +149,20 @@ def identity(plan_sha256: str, schedule: str, optimizer: str) -> Identity:
     return Identity(plan_sha256=plan_sha256, schedule=schedule, optimizer_kind=optimizer)
 
 
-def check_resumable(directory: Path, step: int, stages: int, wanted: Identity) -> None:
+def check_resumable(directory: Path, step: int, replicas: Sequence[int], wanted: Identity) -> None:
     """Before any process starts: every stage's checkpoint at `step` is a whole vpipe
-    checkpoint of this run's plan, schedule and optimizer (read lazily: its tensors stay on
-    disk), so a refused resume touches nothing in the run directory."""
-    for stage in range(stages):
-        _read(directory / f"step_{step}" / f"stage_{stage}.pt", wanted, mmap=True)
+    checkpoint of this run's plan, schedule, optimizer and replicas (`replicas[k]`: stage k's
+    count), read lazily (its tensors stay on disk), so a refused resume touches nothing in the
+    run directory."""
+    for stage, count in enumerate(replicas):
+        path = directory / f"step_{step}" / f"stage_{stage}.pt"
+        saved = len(_read(path, wanted, None).stage.replicas)
+        if saved != count:
+            raise VpipeError(
+                f"{path} was written by {saved} replica{'s' * (saved != 1)} of stage {stage}, "
+                f"and pipeline.yaml gives it {count}: resume with the pipeline that wrote it, "
+                "or choose another --checkpoint-dir"
+            )
 
 
 def load(
@@ -147,21 +172,27 @@ def load(
     updater: Updater,
     wanted: Identity,
     expected: StageTensors,
+    device: torch.device,
 ) -> tuple[StageState, int]:
-    """The stage's record at `step` (see `StageExecutor.snapshot`) and the length of the run
-    that wrote it; `updater` takes its state. Every tensor in it is checked against the stage's
-    own (`expected`) before anything is taken."""
+    """The stage's record at `step` (see `StageExecutor.snapshot`), its tensors on `device`
+    (each replica's own, not the writer's), and the length of the run that wrote it; `updater`
+    takes its state. Every tensor in it is checked against the stage's own (`expected`) before
+    anything is taken."""
     path = directory / f"step_{step}" / f"stage_{stage}.pt"
-    state = _read(path, wanted, mmap=False)
+    state = _read(path, wanted, device)
     _check_tensors(state, expected, path)
     updater.state, updater.steps = state.optimizer, state.optimizer_steps
     return state.stage, state.run_steps
 
 
-def _read(path: Path, wanted: Identity, mmap: bool) -> Checkpoint:
-    """A checkpoint file that loads, of this version and of the run `wanted` describes."""
+def _read(path: Path, wanted: Identity, device: torch.device | None) -> Checkpoint:
+    """A checkpoint file that loads, of this version and of the run `wanted` describes: its
+    tensors on `device`, or left on disk (memory-mapped) for None."""
     try:
-        state = torch.load(path, weights_only=True, mmap=mmap)
+        if device is None:
+            state = torch.load(path, weights_only=True, mmap=True)
+        else:
+            state = torch.load(path, weights_only=True, map_location=device)
     except Exception as err:  # truncated, overwritten, not a checkpoint
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise VpipeError(
@@ -193,7 +224,8 @@ def _check_tensors(state: Checkpoint, expected: StageTensors, path: Path) -> Non
     check_tensors(record.weights, expected.weights, f"{path} (weights)", remedy)
     for k, version in enumerate(record.versions):
         check_tensors(version, expected.weights, f"{path} (stashed version {k})", remedy)
-    check_tensors(record.buffers, expected.buffers, f"{path} (buffers)", remedy)
+    for k, replica in enumerate(record.replicas):
+        check_tensors(replica.buffers, expected.buffers, f"{path} (buffers of replica {k})", remedy)
     optimizer = state.optimizer
     if not isinstance(optimizer, dict) or not set(optimizer) <= set(expected.weights):
         raise VpipeError(f"{path}: its optimizer state is not for this stage's weights; {remedy}")

@@ -37,7 +37,7 @@ from vpipe.common.schedules import FORWARD, Action
 from vpipe.common.stages import load_stage, to_empty_tied
 from vpipe.runtime import rng
 from vpipe.runtime.binding import Slots
-from vpipe.runtime.checkpoint import StageState
+from vpipe.runtime.checkpoint import ReplicaState, StageState
 from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.nonfinite import NonFiniteGuard
@@ -139,11 +139,14 @@ class StageExecutor:
         alive = {id(f.weights) for f in self.in_flight.values()} | {id(self.weights)}
         self.peak_versions = max(self.peak_versions, len(alive))
 
-    def snapshot(self) -> StageState:
-        """What a checkpoint holds of this stage beside the optimizer: the newest weights, the
-        buffers, the random state, and per micro-batch in flight (asp) the stashed version its
-        forward used and the random state it started from. A version several share is saved
-        once."""
+    def snapshot(self) -> StageState | None:
+        """What a checkpoint holds of this stage beside the optimizer, on its replica 0 (None on
+        the others, which give it their part): the newest weights, and per micro-batch in
+        flight (asp) the stashed version its forward used, a version several share saved once;
+        and each replica's buffers, random state and micro-batches in flight, each with its
+        version's index and the random state its forward started from. A stage's replicas
+        hold the same versions in the same order (they apply the same updates, and the k-th
+        micro-batch in flight on each follows the same update), so one list serves them all."""
         versions: list[Weights] = []
         index: dict[int, int] = {}
         in_flight = []
@@ -152,34 +155,44 @@ class StageExecutor:
                 index[id(pending.weights)] = len(versions)
                 versions.append(_detached(pending.weights))
             in_flight.append((i, index[id(pending.weights)], pending.rng))
-        return StageState(
-            weights=_detached(self.weights),
+        own = ReplicaState(
             buffers={n: b.detach().clone() for n, b in self.buffers.items()},
-            versions=tuple(versions),
             in_flight=tuple(in_flight),
             rng=rng.get_state(),
+        )
+        parts = self.replicas.gather(own)
+        if parts is None:
+            return None
+        for part in parts:  # the invariant above
+            assert [v for _, v, _ in part.in_flight] == [v for _, v, _ in in_flight]
+        return StageState(
+            weights=_detached(self.weights),
+            versions=tuple(versions),
+            replicas=parts,
             skipped=self.guard.skipped,
         )
 
-    def restore(self, saved: StageState, microbatches: int) -> None:
-        """Continue from `snapshot()`'s record: take its weights, then rebuild the micro-batches
-        that were in flight by running their forwards again on their stashed versions and
-        random states (receiving and sending as they did), skipping any at or past
-        `microbatches`, the run's end. Every stage does this, so the messages that were in
-        transit when the checkpoint was taken are sent again. Buffers (running statistics)
-        are taken after the replay: the replayed forwards' updates are in them already."""
+    def restore(self, saved: StageState, replica: int, microbatches: int) -> None:
+        """Continue from `snapshot()`'s record as its replica `replica`: take its weights, then
+        rebuild this replica's micro-batches that were in flight by running their forwards
+        again on their stashed versions and random states (receiving and sending as they did),
+        skipping any at or past `microbatches`, the run's end. Every process does this, so the
+        messages that were in transit when the checkpoint was taken are sent again. Buffers
+        (running statistics) are taken after the replay: the replayed forwards' updates are in
+        them already."""
         if set(saved.weights) != set(self.weights):
             raise VpipeError(f"the checkpoint's weights for stage {self.index} are not its own")
+        own = saved.replicas[replica]
         self.weights = _trainable(saved.weights)
         self.guard.skipped = saved.skipped
         versions = [_trainable(v) for v in saved.versions]
-        for i, version, state in saved.in_flight:
+        for i, version, state in own.in_flight:
             if i < microbatches:
                 rng.set_state(state)
                 self.forward(i, versions[version])
-        rng.set_state(saved.rng)
+        rng.set_state(own.rng)
         # new tensors, not copies into the old: the replayed forwards' graphs hold the old ones
-        self.buffers = {name: saved.buffers[name] for name in self.buffers}
+        self.buffers = {name: own.buffers[name] for name in self.buffers}
 
     def forward(self, i: int, weights: Weights | None = None) -> None:
         """Micro-batch i's forward on `weights` (default: the newest version)."""
@@ -252,6 +265,8 @@ class StageExecutor:
 
     def _apply(self, grads: Weights, i: int) -> None:
         microbatches, replicas = self.pipeline.microbatches, self.replicas.count
+        # the micro-batches this update completes on the stage, its replicas' included
+        span = update_microbatches(self.schedule, microbatches, replicas, i)
         if sums_gradients(self.schedule):
             for name, grad in grads.items():  # in place: one running sum beside the new grads
                 total = self.accumulated.get(name)
@@ -261,25 +276,23 @@ class StageExecutor:
                     total.add_(grad)
             if not closes_update(self.schedule, microbatches, replicas, i):
                 return
-            grads, self.accumulated = self._summed(self.accumulated, i), {}
+            grads, self.accumulated = self._summed(self.accumulated, span), {}
             assert isinstance(self.tied, Summed)  # tied_parameters' choice for 1f1b and gpipe
             self.tied.sum(grads)
         else:
-            grads = self._summed(grads, i)
+            grads = self._summed(grads, span)
         if self.guard.allows(grads, i):  # else a skipped step: no update, on any stage
             grads = self.clip(grads, self.schedule != "asp")  # the step's running sum is owned
             # in place unless a micro-batch in flight (asp) still needs this version
             held = any(pending.weights is self.weights for pending in self.in_flight.values())
             weights = self.tied.step(_detached(self.weights), grads, in_place=not held)
             self.weights = _trainable(weights)
-        self.on_update(i // self.per_step + 1)  # steps done, skipped ones included
+        self.on_update(span.stop // self.per_step)  # steps done, skipped ones included
 
-    def _summed(self, grads: Weights, i: int) -> Weights:
-        """The gradients of the update micro-batch i takes part in: this process's summed with
-        its stage's other replicas'. The last stage reports that update's micro-batches' losses
-        here, in order: a replica holds only its own."""
-        microbatches, replicas = self.pipeline.microbatches, self.replicas.count
-        span = update_microbatches(self.schedule, microbatches, replicas, i)
+    def _summed(self, grads: Weights, span: range) -> Weights:
+        """The gradients of the update that sums micro-batches `span`: this process's summed
+        with its stage's other replicas'. The last stage reports their losses here, in order:
+        a replica holds only its own."""
         losses = [self.losses.pop(m, 0.0) for m in span] if self.last else []
         grads, losses = self.replicas.sum(grads, losses)
         for loss in losses:

@@ -22,15 +22,16 @@ from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
 from vpipe.common.modelfile import load_model_file
 from vpipe.common.optim import Updater
-from vpipe.common.replicas import replica_actions, run_lengths, validate_replicas
-from vpipe.common.runlock import run_lock
-from vpipe.common.schedules import (
-    Action,
+from vpipe.common.replicas import (
+    asp_reach,
     refilled,
-    resumed,
-    run_actions,
-    validate,
+    replica_actions,
+    replica_resumed,
+    run_lengths,
+    validate_replicas,
 )
+from vpipe.common.runlock import run_lock
+from vpipe.common.schedules import Action, run_actions, validate
 from vpipe.common.stages import edits_blamed
 from vpipe.runtime import checkpoint, failures
 from vpipe.runtime.clipping import GlobalNormClipper
@@ -164,7 +165,8 @@ def _check_checkpoints(settings: RunSettings, pipeline: Pipeline) -> None:
                 f"{settings.steps}: nothing is left to run; raise --steps"
             )
         wanted = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
-        checkpoint.check_resumable(settings.checkpoints, step, stages, wanted)
+        replicas = [len(s.ranks) for s in pipeline.stages]
+        checkpoint.check_resumable(settings.checkpoints, step, replicas, wanted)
         if (settings.run_dir / "metrics.csv").is_file():  # the resumed run keeps its rows
             read_rows(settings.run_dir / "metrics.csv")
     elif settings.checkpoint_every and checkpoint.holds_any(settings.checkpoints):
@@ -340,9 +342,9 @@ def _actions(
     first_step: int,
 ) -> Iterator[Action]:
     """The actions this process still has to run: all of them, or, resuming, what follows the
-    checkpoint after `first_step`, whose state the executor is restored to (a replicated stage
-    does not resume yet: `runtime.replicas.check_replicated`)."""
-    stages, per_step = len(pipeline.stages), _per_step(settings, pipeline.microbatches)
+    checkpoint after `first_step`, whose state the executor is restored to (each replica of a
+    stage its own part of the stage's file)."""
+    per_step = _per_step(settings, pipeline.microbatches)
     total, done = settings.steps * per_step, first_step * per_step
     planned = replica_actions(
         settings.schedule,
@@ -357,18 +359,20 @@ def _actions(
     identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
     tensors = checkpoint.StageTensors(executor.weights, executor.buffers)
     saved, written_by = checkpoint.load(
-        settings.checkpoints, first_step, place.stage, updater, identity, tensors
+        settings.checkpoints, first_step, place.stage, updater, identity, tensors, executor.device
     )
-    # an asp checkpoint from a run that was draining (its last S - 1 steps) holds none of what
-    # a longer run would have in flight: the pipeline fills again from there, as a new run
-    refill = settings.schedule == "asp" and done + stages - 1 > written_by
-    executor.restore(saved, done if refill else total)  # a refill replays nothing
-    if place.stage == 0:
+    # an asp checkpoint from a run that was draining (its last S - 1 steps, straight) holds
+    # none of what a longer run would have in flight: the pipeline fills again from there, as
+    # a new run
+    reach = asp_reach([len(s.ranks) for s in pipeline.stages])
+    refill = settings.schedule == "asp" and done + reach > written_by
+    executor.restore(saved, place.replica, done if refill else total)  # a refill replays nothing
+    if place.rank == 0:
         how = ", the pipeline filling again (the run that wrote it had drained)" if refill else ""
         print(f"resuming after step {first_step} from {settings.checkpoints}{how}", flush=True)
     if refill:
-        return refilled(stages, done, total, place.stage)
-    return resumed(planned, done)
+        return refilled(total, place.replicas, place.workers_from_here, place.replica, done)
+    return replica_resumed(planned, done, place.replicas, place.replica)
 
 
 def _add_options(
@@ -379,8 +383,8 @@ def _add_options(
     stage: int,
     device: torch.device,
 ) -> None:
-    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked (none of
-    them with replicated stages yet: `runtime.replicas.check_replicated`)."""
+    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked (the
+    first two not with replicated stages yet: `runtime.replicas.check_replicated`)."""
     stages = len(pipeline.stages)
     if settings.clip_grad_norm is not None:
         clipper = GlobalNormClipper(
@@ -394,14 +398,17 @@ def _add_options(
         every = settings.checkpoint_every
         identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
 
-        def checkpoint_after(updates: int) -> None:
-            if updates % every == 0:
+        def checkpoint_after(steps: int) -> None:
+            if steps % every:
+                return
+            snapshot = executor.snapshot()  # every replica takes part; its first writes
+            if snapshot is not None:
                 checkpoint.save(
                     settings.checkpoints,
-                    updates,
+                    steps,
                     stage,
                     stages,
-                    executor.snapshot(),
+                    snapshot,
                     updater,
                     identity,
                     settings.steps,

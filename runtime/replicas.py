@@ -9,6 +9,9 @@ micro-batches' losses travel in the same all-reduce, each replica giving its own
 the others', so every replica, and its first, which writes the metrics, has them all in order:
 no message of their own, nothing to wait for beyond the update itself.
 
+A checkpoint is one file per stage: its replica 0 gathers what each replica holds of its own
+over the same group (`gather`) and writes it with the shared rest (`runtime.checkpoint`).
+
 What replicated stages do not support yet is refused before any process starts
 (`check_replicated`), never left to hang or to train something else.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +29,7 @@ import torch.distributed as dist
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.replicas import run_lengths
+from vpipe.runtime.checkpoint import ReplicaState
 from vpipe.runtime.failures import LostPeer, first_line
 from vpipe.runtime.links import wire_device
 from vpipe.runtime.placement import Placement
@@ -41,7 +46,11 @@ class ReplicaGroup:
         rank creates every replicated stage's group, in stage order). `timeout`: the run's
         (a new group's default is torch's, not the one the process group was started with)."""
         self.count, self.device = placement.replicas, device
-        self.stage, self.ranks = placement.stage, list(placement.ranks)
+        self.stage, self.ranks, self.replica = (
+            placement.stage,
+            list(placement.ranks),
+            placement.replica,
+        )
         self.group = None
         for spec in pipeline.stages:
             if len(spec.ranks) > 1:
@@ -67,6 +76,32 @@ class ReplicaGroup:
             ) from None
         totals = summed.pop().tolist() if losses else []
         return dict(zip(names, summed, strict=True)), totals
+
+    def gather(self, part: ReplicaState) -> tuple[ReplicaState, ...] | None:
+        """Every replica's `part` of a checkpoint, in replica order, on replica 0, which writes
+        the stage's file; None on the others. Each part travels in host memory (a replica's
+        GPU is not its first's), and each replica loads the file onto its own device."""
+        if self.group is None:
+            return (part,)
+        first = self.replica == 0
+        parts: list[Any] = [None] * self.count
+        try:
+            sent = _in_host_memory(part)
+            dist.gather_object(sent, parts if first else None, group=self.group, group_dst=0)
+        except RuntimeError as err:  # a replica died, or the run's timeout passed
+            raise LostPeer(
+                f"lost a replica of stage {self.stage} (ranks {self.ranks}) while gathering a "
+                f"checkpoint: {first_line(err)}"
+            ) from None
+        return tuple(parts) if first else None
+
+
+def _in_host_memory(part: ReplicaState) -> ReplicaState:
+    def moved(tensors: Weights) -> Weights:
+        return {name: t.cpu() for name, t in tensors.items()}
+
+    in_flight = tuple((i, version, moved(state)) for i, version, state in part.in_flight)
+    return ReplicaState(moved(part.buffers), in_flight, moved(part.rng))
 
 
 def _all_reduced(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> list[torch.Tensor]:
@@ -100,8 +135,6 @@ def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
         for option, used in (
             ("--clip-grad-norm", settings.clip_grad_norm is not None),
             ("--skip-nonfinite", settings.skip_nonfinite),
-            ("--checkpoint-every", bool(settings.checkpoint_every)),
-            ("--resume", settings.resume),
         )
         if used
     ]
@@ -121,14 +154,19 @@ def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
             f"--microbatches {max(replicas)} or more"
         )
     every = run_lengths(settings.schedule, replicas)
-    if settings.steps % every:
-        lower = settings.steps // every * every
-        choices = f"{lower} or {lower + every}" if lower else str(every)
-        raise VpipeError(
-            f"--steps {settings.steps}: under asp a stage with r replicas updates once every r "
-            f"micro-batches ({shape}), so its replicas update alike only over a multiple of "
-            f"{every} steps: use --steps {choices}"
-        )
+    # a checkpoint is taken after an update of every stage: a multiple of `every` steps too
+    for option, steps in (
+        ("--steps", settings.steps),
+        ("--checkpoint-every", settings.checkpoint_every),
+    ):
+        if steps % every:
+            lower = steps // every * every
+            choices = f"{lower} or {lower + every}" if lower else str(every)
+            raise VpipeError(
+                f"{option} {steps}: under asp a stage with r replicas updates once every r "
+                f"micro-batches ({shape}), so its replicas update alike only over a multiple of "
+                f"{every} steps: use {option} {choices}"
+            )
 
 
 def weights_digest(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -17,6 +17,8 @@ def get_state() -> RngState:
 
 
 def set_state(state: RngState) -> None:
-    torch.set_rng_state(state["cpu"])
+    """`state` may have been loaded onto a GPU with the rest of a checkpoint: the generators
+    take their state from host memory."""
+    torch.set_rng_state(state["cpu"].cpu())
     if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu())

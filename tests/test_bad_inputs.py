@@ -164,10 +164,8 @@ def checkpoints(step: int, plan_sha256: str | None = None) -> Build:
         for stage in (0, 1):
             record = checkpoint.StageState(  # the stage's initial weights, nothing in flight
                 weights=torch.load(f"out/weights/stage_{stage}.pt"),
-                buffers={},
                 versions=(),
-                in_flight=(),
-                rng=rng.get_state(),
+                replicas=(checkpoint.ReplicaState(buffers={}, in_flight=(), rng=rng.get_state()),),
                 skipped=0,
             )
             checkpoint.save(CHECKPOINTS, step, stage, 2, record, Updater("sgd", 0.1), identity, 2)
@@ -698,6 +696,13 @@ TRAIN = [
                 0, lambda saved: {k: v for k, v in saved.items() if k != "schema_version"}
             ),
         ),
+    ),
+    case(
+        "--resume from a checkpoint written before replicas had parts of their own",
+        [PIPELINE, "--resume", "--steps", "2", "--threads", "1"],
+        "step_1/stage_1.pt was written by an older vpipe (schema_version 1, this vpipe's is "
+        f"{checkpoint.SCHEMA_VERSION}); start again without --resume",
+        both(checkpoints(1), recheckpoint(1, lambda saved: {**saved, "schema_version": 1})),
     ),
     case(
         "--resume from a checkpoint of a newer vpipe",

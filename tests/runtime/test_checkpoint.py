@@ -115,12 +115,13 @@ def test_resume_needs_what_asp_saves(tmp_path):
     path = out / "run" / "checkpoints" / "step_2" / "stage_0.pt"
     saved = torch.load(path, weights_only=True)
     stage = saved["stage"]
-    assert stage["in_flight"], "stage 0 of 2 keeps a micro-batch in flight under asp"
+    (own,) = stage["replicas"]
+    assert own["in_flight"], "stage 0 of 2 keeps a micro-batch in flight under asp"
     newest = [stage["weights"]] * len(stage["versions"])
     torch.save({**saved, "stage": {**stage, "versions": newest}}, path)
     assert not resumes_unbroken()
-    rng = [(i, v, stage["rng"]) for i, v, _ in stage["in_flight"]]
-    torch.save({**saved, "stage": {**stage, "in_flight": rng}}, path)
+    rng = [(i, v, own["rng"]) for i, v, _ in own["in_flight"]]
+    torch.save({**saved, "stage": {**stage, "replicas": [{**own, "in_flight": rng}]}}, path)
     assert not resumes_unbroken()
 
 
@@ -134,8 +135,9 @@ WRITER = textwrap.dedent(
     from vpipe.common.optim import Updater
 
     folder, identity = Path(sys.argv[1]), checkpoint.identity("p", "1f1b", "sgd")
+    alone = checkpoint.ReplicaState(buffers={}, in_flight=(), rng={})
     small = checkpoint.StageState(
-        weights={"w": torch.ones(4)}, buffers={}, versions=(), in_flight=(), rng={}, skipped=0
+        weights={"w": torch.ones(4)}, versions=(), replicas=(alone,), skipped=0
     )
     checkpoint.save(folder, 1, 0, 1, small, Updater("sgd", 0.1), identity, 2)
     # 512 MiB: a long write
@@ -159,7 +161,8 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert checkpoint.newest_complete(folder, 1) == 1
     identity = checkpoint.identity("p", "1f1b", "sgd")
     expected = checkpoint.StageTensors(weights={"w": torch.empty(4)}, buffers={})
-    saved, _ = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity, expected)
+    cpu = torch.device("cpu")
+    saved, _ = checkpoint.load(folder, 1, 0, Updater("sgd", 0.1), identity, expected, cpu)
     assert torch.equal(saved.weights["w"], torch.ones(4))
 
 

@@ -20,9 +20,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(out: Path, world: int) -> list[subprocess.Popen]:
+def start_ranks(out: Path, world: int, *extra: str) -> list[subprocess.Popen]:
     """`world` ranks of `out`'s pipeline started the way torchrun starts them (one per machine,
-    say), on a run too long to end; returned once training is under way."""
+    say), on a run too long to end, with vpipe-train's options `extra`; returned once training
+    is under way."""
     train = shutil.which("vpipe-train", path=str(Path(sys.executable).parent))
     env = {
         **os.environ,
@@ -39,6 +40,7 @@ def start_ranks(out: Path, world: int) -> list[subprocess.Popen]:
         "1",
         "--timeout-s",
         str(TIMEOUT_S),
+        *extra,
     ]
     ranks = []
     for r in range(world):  # rank 0 hosts the rendezvous store: give it a head start
