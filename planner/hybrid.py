@@ -33,6 +33,7 @@ from vpipe.planner.costmodel import (
     allreduce_ms,
     allreduce_share_ms,
     evaluate_replicated_stage,
+    evaluate_stage,
     replica_shape,
     replicated_time_ms,
     sent_nodes,
@@ -42,7 +43,7 @@ from vpipe.planner.costmodel import (
 from vpipe.planner.cuts import cut_family, members
 from vpipe.planner.dp import PairTables, PairTimes
 from vpipe.planner.graph import PlanGraph
-from vpipe.planner.recompute import MemoryRoom, cheapest_recompute
+from vpipe.planner.recompute import MemoryRoom, added_lower_bound, cheapest_recompute
 from vpipe.planner.schema import PlanSettings
 
 IDEAL_LIMIT = 1000  # beyond this many cuts, use a restricted family and say so
@@ -95,6 +96,7 @@ def solve_hybrid(
     search = _Search(graph, settings, PairTables(graph, ideals), model, replicate)
     counts = [stages] if stages is not None else range(1, settings.gpus + 1)
     floor = None  # the first search's bottleneck: every needy stage at its lower bound
+    upper = math.inf  # the best chain costed for real so far: a plan
     while True:
         search.run()
         best = min(
@@ -105,11 +107,13 @@ def solve_hybrid(
         if not math.isfinite(best[0]):
             return HybridSplit(feasible=False, optimal=cuts == "all" and search.proven, cuts=cuts)
         steps = search.path(best[1], best[2])
-        todo = [step.pair for step in steps if search.needs_recompute(step.pair)]
+        todo = [step.pair for step in steps if not search.settled(step.pair)]
         if not todo:
             break
         for pair in todo:
-            search.resolve(pair)
+            search.settle(pair, upper)
+        if all(search.settled(step.pair) for step in steps):
+            upper = min(upper, max(search.true_cost(step.pair) for step in steps))
     split = tuple(tuple(members(ideals[i] & ~ideals[j])) for _, _, j, i in (s.pair for s in steps))
     replicas = tuple(step.replicas for step in steps)
     recompute = tuple(search.chosen(step.pair) for step in steps)
@@ -182,6 +186,7 @@ class _Search:
         count = len(tables.ideals)
         self.last = np.zeros(count, dtype=bool)
         self.last[-1] = True  # stage I \ J is the last when I is the whole graph
+        self.bounds: dict[Pair, float] = {}  # needy pairs' cheap lower bounds
         self.exact: dict[Pair, float] = {}
         self.recomputed: dict[Pair, tuple[int, ...]] = {}
         self.proven = True  # no recompute search was thinned
@@ -223,9 +228,10 @@ class _Search:
             fixed = self._memory(replace(self.sums, kept=0.0), shape, r)
             possible = self.tables.floor(js, is_, shape.in_flight) <= cap - fixed[js, is_]
             cost[js[possible], is_[possible]] = time_r[js[possible], is_[possible]]
-        for (pm, pr, j, i), value in self.exact.items():
-            if (pm, pr) == (m, r):
-                cost[j, i] = value
+        for overrides in (self.bounds, self.exact):  # the true time where known
+            for (pm, pr, j, i), value in overrides.items():
+                if (pm, pr) == (m, r):
+                    cost[j, i] = value
         return cost
 
     def _memory(self, sums: StageBytes, shape: ScheduleShape, replicas: int) -> np.ndarray:
@@ -285,10 +291,9 @@ class _Search:
         position = (0 if j == 0 else 1, i == len(ideals) - 1)  # all the memory reads of it
         return members(ideals[j]), members(ideals[i] & ~ideals[j]), position
 
-    def needs_recompute(self, pair: Pair) -> bool:
-        """Whether a stage of the chain counts at a lower bound: it does not fit as it is and
-        its recompute has not been costed yet."""
-        if pair in self.exact or not math.isfinite(self.settings.memory_bytes):
+    def _needy(self, pair: Pair) -> bool:
+        """Whether the pair's stage does not fit as it is."""
+        if not math.isfinite(self.settings.memory_bytes):
             return False
         m, r, _, _ = pair
         before, stage, position = self._stage(pair)
@@ -297,26 +302,58 @@ class _Search:
         )
         return found.memory.total > self.settings.memory_bytes
 
-    def resolve(self, pair: Pair) -> None:
-        """Cost a needy stage for real: its cheapest recompute that fits, or infinite."""
+    def settled(self, pair: Pair) -> bool:
+        """Whether the pair's cost is its true time: it fits as it is, or its recompute was
+        searched."""
+        return pair in self.exact or not self._needy(pair)
+
+    def true_cost(self, pair: Pair) -> float:
+        """A settled pair's time."""
+        if pair in self.exact:
+            return self.exact[pair]
+        m, r, _, _ = pair
+        before, stage, position = self._stage(pair)
+        return evaluate_replicated_stage(
+            self.graph, self.settings, position, before, stage, r, m, self.model
+        ).time_ms
+
+    def settle(self, pair: Pair, upper: float) -> None:
+        """Raise a needy pair's cost: first to a cheap lower bound on its recompute
+        (`added_lower_bound`), the next time the chain uses it to its true time, searching
+        only recompute sets that keep it within `upper` (a plan that fast exists, so one
+        slower cannot be optimal)."""
         m, r, _, _ = pair
         before, stage, position = self._stage(pair)
         shape = replica_shape(self.settings, r, m)
-        free = replace(stage_bytes(self.graph, before, stage, ()), kept=0, segment=0)
+        sums = stage_bytes(self.graph, before, stage, ())
         fixed = stage_memory(
             self.settings,
             position[0],
             self.graph.optimizer_factor,
-            free,
+            replace(sums, kept=0, segment=0),
             shape=shape,
             last=position[1],
             replicas=r,
         ).total
         room = MemoryRoom(self.settings.memory_bytes - fixed, shape.in_flight)
+        base = evaluate_replicated_stage(
+            self.graph, self.settings, position, before, stage, r, m, self.model
+        )
+        one = evaluate_stage(self.graph, self.settings, position[0], before, stage, ())
+        share = allreduce_share_ms(base.allreduce_ms, r, self.settings)
+        if pair not in self.bounds:
+            added = added_lower_bound(self.graph, stage, room, sums.kept)
+            self.bounds[pair] = replicated_time_ms(
+                one.compute_ms + added, share, one.comm_in_ms, one.comm_out_ms, r
+            )
+            if math.isinf(added):
+                self.exact[pair] = math.inf
+            return
+        budget = upper * r - one.compute_ms - share  # recompute beyond it: slower than `upper`
         sent = sent_nodes(self.graph, before, stage)
-        found = cheapest_recompute(self.graph, stage, room, sent=sent)
+        found = cheapest_recompute(self.graph, stage, room, max(budget, 0.0), sent)
         self.proven = self.proven and found.exact
-        if found.chosen is None:
+        if found.chosen is None:  # none fits, or none within `upper`
             self.exact[pair] = math.inf
             return
         self.recomputed[pair] = found.chosen
