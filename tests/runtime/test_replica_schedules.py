@@ -1,6 +1,7 @@
 """The replicas' schedules (common/replicas.py), without processes: a straight stage runs its old
-actions, every small shape of replicas can run to the end holding what the planner counts, and
-the check finds a schedule that cannot."""
+actions, every small shape of replicas can run to the end holding what the planner counts, the
+check finds a schedule that cannot, and a resume from a checkpoint continues each replica where
+it stood."""
 
 import itertools
 
@@ -8,7 +9,10 @@ import pytest
 
 from vpipe.common.replicas import (
     _simulate,
+    asp_reach,
+    refilled,
     replica_actions,
+    replica_resumed,
     run_lengths,
     update_microbatches,
     validate_replicas,
@@ -78,3 +82,56 @@ def test_a_replica_waiting_out_of_order_is_found():
     }
     with pytest.raises(ValueError, match="cannot proceed: stage 0 replica 0 at F2 .in its update"):
         _simulate("asp", [2], 1, plans)
+
+
+def _at_checkpoint(plan, done, replicas, replica):
+    """A replica's actions up to a checkpoint after micro-batches 0 .. done - 1, and what it
+    resumes with; checked: the first part has the backwards of exactly its micro-batches below
+    `done`. The micro-batches it holds in flight there."""
+    left = list(replica_resumed(plan, done, replicas, replica))
+    ran = plan[: len(plan) - len(left)]
+    assert ran + left == plan
+    backwards = [a.microbatch for a in ran if a.kind == BACKWARD]
+    assert sorted(backwards) == list(range(replica, done, replicas))
+    return {a.microbatch for a in ran if a.kind == FORWARD} - set(backwards)
+
+
+@pytest.mark.parametrize("name", ["1f1b", "gpipe"])
+def test_a_sync_replica_resumes_after_its_steps_with_nothing_in_flight(name):
+    for replicas in itertools.product(range(1, 4), repeat=2):
+        for microbatches in range(max(replicas), 6):
+            for s, r in enumerate(replicas):
+                for i in range(r):
+                    plan = list(replica_actions(name, microbatches, 4, r, sum(replicas[s:]), i))
+                    for step in range(4):
+                        assert not _at_checkpoint(plan, step * microbatches, r, i)
+
+
+def test_an_asp_replica_resumes_where_it_stood():
+    """Every shape of up to 3 stages of 1-3 replicas, at every checkpoint a run of 6 lcm steps
+    can take: a stage's replicas hold micro-batches n .. n + r (d - 1) - 1 in flight (which
+    `restore` replays), a run shorter than n + `asp_reach` is the one whose checkpoint holds
+    fewer than a longer run's (it drained), and `refilled` from n is a run from 0 moved by n."""
+    for stages in range(1, 4):
+        for replicas in itertools.product(range(1, 4), repeat=stages):
+            every = run_lengths("asp", replicas)
+            steps = 6 * every
+            reach = asp_reach(replicas)
+            for done in range(every, steps, every):
+                drained = False
+                for s, r in enumerate(replicas):
+                    workers = sum(replicas[s:])
+                    held, unbroken = set(), set()
+                    for i in range(r):
+                        plan = list(replica_actions("asp", 1, steps, r, workers, i))
+                        held |= _at_checkpoint(plan, done, r, i)
+                        longer = list(replica_actions("asp", 1, 10 * steps, r, workers, i))
+                        unbroken |= _at_checkpoint(longer, done, r, i)
+                        shifted = replica_actions("asp", 1, steps - done, r, workers, i)
+                        moved = [Action(a.kind, a.microbatch + done) for a in shifted]
+                        assert list(refilled(steps, r, workers, i, done)) == moved
+                    depth = replica_in_flight("asp", 1, r, workers)
+                    assert unbroken == set(range(done, done + r * (depth - 1)))
+                    assert held == {m for m in unbroken if m < steps}
+                    drained |= held != unbroken
+                assert drained == (done + reach > steps), (replicas, done)
