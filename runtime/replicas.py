@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,29 +78,59 @@ class ReplicaGroup:
 
     def gather(self, part: ReplicaState) -> tuple[ReplicaState, ...] | None:
         """Every replica's `part` of a checkpoint, in replica order, on replica 0, which writes
-        the stage's file; None on the others. Each part travels in host memory (a replica's
-        GPU is not its first's), and each replica loads the file onto its own device."""
+        the stage's file; None on the others. The parts are alike in layout (the same buffers,
+        random states and count of micro-batches in flight: `StageExecutor.snapshot`), so each
+        replica lays its own part's bytes in its row of a zeroed buffer and one all-reduce,
+        like the update's, sums the rows: every byte arrives exact, in host memory (a replica's
+        GPU is not its first's; each loads the file onto its own device). An all-reduce, not
+        gloo's gather, which after a replica's death sometimes aborted the process on exit."""
         if self.group is None:
             return (part,)
-        first = self.replica == 0
-        parts: list[Any] = [None] * self.count
+        own = torch.cat([_bytes(t) for t in _tensors(part)])
+        rows = torch.zeros(self.count, own.numel(), dtype=torch.uint8)
+        rows[self.replica] = own
+        rows = rows.to(wire_device(self.device))
         try:
-            sent = _in_host_memory(part)
-            dist.gather_object(sent, parts if first else None, group=self.group, group_dst=0)
+            dist.all_reduce(rows, group=self.group)
         except RuntimeError as err:  # a replica died, or the run's timeout passed
             raise LostPeer(
                 f"lost a replica of stage {self.stage} (ranks {self.ranks}) while gathering a "
                 f"checkpoint: {first_line(err)}"
             ) from None
-        return tuple(parts) if first else None
+        return tuple(_rebuilt(part, row) for row in rows.cpu()) if self.replica == 0 else None
 
 
-def _in_host_memory(part: ReplicaState) -> ReplicaState:
-    def moved(tensors: Weights) -> Weights:
-        return {name: t.cpu() for name, t in tensors.items()}
+def _tensors(part: ReplicaState) -> list[torch.Tensor]:
+    """A part's contents as tensors, in the order `_rebuilt` takes them back."""
+    numbers = torch.tensor([i for i, _, _ in part.in_flight], dtype=torch.int64)
+    states = [t for _, _, state in part.in_flight for t in state.values()]
+    return [numbers, *part.buffers.values(), *part.rng.values(), *states]
 
-    in_flight = tuple((i, version, moved(state)) for i, version, state in part.in_flight)
-    return ReplicaState(moved(part.buffers), in_flight, moved(part.rng))
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _rebuilt(like: ReplicaState, row: torch.Tensor) -> ReplicaState:
+    """The part whose bytes `row` holds, laid out as `like`."""
+    layout = _tensors(like)
+    sizes = [t.numel() * t.element_size() for t in layout]
+    chunks = row.split(sizes)
+    tensors = iter(
+        chunk.clone().view(t.dtype).reshape(t.shape)
+        for chunk, t in zip(chunks, layout, strict=True)
+    )
+
+    def taken(names: Mapping[str, torch.Tensor]) -> Weights:
+        return {name: next(tensors) for name in names}
+
+    numbers = next(tensors).tolist()
+    buffers, rng = taken(like.buffers), taken(like.rng)
+    in_flight = tuple(
+        (m, version, taken(state))
+        for m, (_, version, state) in zip(numbers, like.in_flight, strict=True)
+    )
+    return ReplicaState(buffers, in_flight, rng)
 
 
 def _all_reduced(tensors: list[torch.Tensor], group: dist.ProcessGroup) -> list[torch.Tensor]:
