@@ -168,6 +168,12 @@ def _freed(statement: ast.stmt) -> list[str]:
 
 
 def render_stage(text: StageText, header: dict[str, str]) -> str:
+    return template("stage.py.j2").render(stage=text, **header)
+
+
+def template(name: str) -> jinja2.Template:
+    """One of codegen/templates/: a name it does not know is an error, not an empty string, and
+    the text comes out as written (block tags' own lines dropped, the final newline kept)."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
@@ -175,4 +181,4 @@ def render_stage(text: StageText, header: dict[str, str]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return environment.get_template("stage.py.j2").render(stage=text, **header)
+    return environment.get_template(name)

@@ -14,13 +14,11 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
+from vpipe.codegen.render import template
 from vpipe.codegen.schema import Pipeline
 from vpipe.common.errors import VpipeError
 
 SCRIPT = "vpipe.sbatch"
-TEMPLATES = Path(__file__).parent / "templates"
 # torchrun's default; a job whose head node has it taken sets VPIPE_RDZV_PORT when submitting
 RDZV_PORT = 29500
 # what torchrun runs in each process: vpipe-train's module (`python -m` of the venv torchrun is
@@ -93,14 +91,7 @@ def sbatch_text(
     """The batch script for `pipeline`, which lives at `pipeline_path` as seen from where the
     job is submitted; `plan` is the plan as vpipe-gen was given it (for the header)."""
     where = placement(world_size(pipeline), gpus_per_node)
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return environment.get_template("slurm.sbatch.j2").render(
+    return template("slurm.sbatch.j2").render(
         plan=plan,
         gpus_per_node=gpus_per_node,
         placement=where,
