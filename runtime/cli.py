@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -288,7 +289,16 @@ def run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("vpipe-train", run, argv)
+    code = run_command("vpipe-train", run, argv)
+    dist = sys.modules.get("torch.distributed")
+    if code and dist is not None and dist.is_initialized():
+        # a stage that stopped mid-run (a peer lost) leaves gloo's threads waiting on it, and
+        # tearing its process group down at exit can abort ("terminate called without an
+        # active exception") after the one line that says why: leave as a failed worker does
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
