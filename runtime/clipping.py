@@ -5,7 +5,9 @@ Under 1f1b and gpipe every stage updates once per step, on the gradients of the 
 micro-batches: each stage takes the squared norm of its own gradients, an all-reduce over the
 stages (a group of its own, beside the pipeline's messages) sums them, and every stage scales
 by the same max_norm / (norm + 1e-6), at most 1. A tied parameter's copies hold one summed
-gradient, counted once, on the first stage that holds it.
+gradient, counted once, on the first stage that holds it. A stage's data-parallel replicas hold
+one summed gradient too (runtime/replicas.py sums them first): every process is in the group,
+and each replica counts 1/r of its stage's squared norm.
 
 Under asp a stage's n-th update comes S - 1 - s micro-batches after the last stage's: the
 gradients of one micro-batch never exist on all stages at once. Waiting for every stage's part
@@ -39,10 +41,11 @@ class GlobalNormClipper:
         """Every rank constructs it, in the same order relative to other groups (new_group is
         collective)."""
         self.max_norm, self.device = max_norm, device
-        stages = len(pipeline.stages)
+        ranks = sorted(rank for spec in pipeline.stages for rank in spec.ranks)
         self.group = None
-        if schedule != "asp" and stages > 1:
-            self.group = dist.new_group(list(range(stages)))
+        if schedule != "asp" and len(ranks) > 1:
+            self.group = dist.new_group(ranks)
+        self.share = 1 / len(pipeline.stages[stage].ranks)  # of the stage's squared norm
         held = set(pipeline.stages[stage].parameters)
         # a tied parameter's later copies hold the same summed gradient as its owner under the
         # synchronous schedules: counted once, there; under asp each copy's gradient is its
@@ -64,6 +67,7 @@ class GlobalNormClipper:
         if counted:
             squared = torch.nn.utils.get_total_norm(counted) ** 2
         if self.group is not None:
+            squared = squared * self.share
             dist.all_reduce(squared, group=self.group)
         scale = torch.clamp(self.max_norm / (squared.sqrt() + 1e-6), max=1.0)
         if owned:

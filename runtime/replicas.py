@@ -159,10 +159,11 @@ def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
     if max(replicas) == 1:
         return
     shape = " + ".join(f"stage {k} x {r}" for k, r in enumerate(replicas))
+    asp = settings.schedule == "asp"
     unsupported = [
         option
         for option, used in (
-            ("--clip-grad-norm", settings.clip_grad_norm is not None),
+            ("--clip-grad-norm under asp", asp and settings.clip_grad_norm is not None),
             ("--skip-nonfinite", settings.skip_nonfinite),
         )
         if used

@@ -121,8 +121,8 @@ def test_asp_clips_a_tied_copy_with_its_stage():
 
     pipeline = SimpleNamespace(
         stages=[
-            SimpleNamespace(parameters=("wte.weight",)),
-            SimpleNamespace(parameters=("ln.weight", "lm_head.weight")),
+            SimpleNamespace(parameters=("wte.weight",), ranks=(0,)),
+            SimpleNamespace(parameters=("ln.weight", "lm_head.weight"), ranks=(1,)),
         ],
         tied=(TiedParameter(("wte.weight", "lm_head.weight"), (0, 1)),),
     )
