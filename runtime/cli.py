@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(a Python call per op: slower; on GPU the peak is always taken from CUDA's allocator)",
     )
     parser.add_argument(
+        "--switch-plan",
+        action="append",
+        metavar="STEP:PLAN",
+        help="after step STEP, move the running pipeline to PLAN (a vpipe-plan file of the "
+        "same profile, stages and processes): the nodes that change stage move between the "
+        "live processes, with their weights and optimizer state; repeat for more switches",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="train nothing: report the last run (predicted vs measured time and memory per "
@@ -282,6 +290,7 @@ def run(argv: Sequence[str] | None) -> int:
         chosen["steps_per_epoch"] = max(1, samples // per_step)
         chosen["steps"] = epochs * chosen["steps_per_epoch"]
     chosen["lr"] = learning_rate(chosen["lr"], chosen["optimizer"])
+    chosen["switch_plan"] = tuple(chosen["switch_plan"] or ())
     settings = RunSettings(pipeline=args.pipeline, **chosen)
     check_lr_schedule(settings.steps, settings.warmup_steps, settings.lr, settings.min_lr)
     launch(settings, notes)

@@ -194,6 +194,22 @@ class StageExecutor:
         # new tensors, not copies into the old: the replayed forwards' graphs hold the old ones
         self.buffers = {name: own.buffers[name] for name in self.buffers}
 
+    def adopt(self, weights: Weights, buffers: Weights, previous: StageExecutor) -> None:
+        """Go on where `previous` (this stage under the plan before a switch, drained) left
+        off: `weights` and `buffers` are what this stage holds now, kept or received
+        (`runtime.switching`); the callbacks and counts carry over."""
+        if set(weights) != set(self.weights) or set(buffers) != set(self.buffers):
+            missing = sorted((set(self.weights) | set(self.buffers)) - set(weights) - set(buffers))
+            raise VpipeError(
+                f"stage {self.index} holds other tensors after the switch than its new plan's "
+                f"module (missing: {', '.join(missing) or 'none'}); regenerate the plan"
+            )
+        self.weights = _trainable({n: weights[n].detach() for n in self.weights})
+        self.buffers = {n: buffers[n] for n in self.buffers}
+        self.guard.skipped = previous.guard.skipped
+        self.peak_versions = previous.peak_versions
+        self.on_loss, self.on_event = previous.on_loss, previous.on_event
+
     def forward(self, i: int, weights: Weights | None = None) -> None:
         """Micro-batch i's forward on `weights` (default: the newest version)."""
         state = rng.get_state()

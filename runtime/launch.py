@@ -20,7 +20,7 @@ import torch.distributed as dist
 from vpipe.codegen.schema import Pipeline, load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
-from vpipe.common.modelfile import load_model_file
+from vpipe.common.modelfile import ModelFile, load_model_file
 from vpipe.common.optim import Updater
 from vpipe.common.replicas import (
     asp_reach,
@@ -52,6 +52,15 @@ from vpipe.runtime.preflight import check_checkpoints, check_tied_checkpoints, c
 from vpipe.runtime.replicas import ReplicaGroup, check_replicated, weights_digest
 from vpipe.runtime.settings import RunSettings, save_settings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
+from vpipe.runtime.switching import (
+    PlanSwitch,
+    Segment,
+    SwitchReport,
+    moves,
+    plan_segments,
+    segment_resumed,
+    transfer,
+)
 
 
 def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
@@ -77,7 +86,8 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
             [t.stages for t in pipeline.tied],
         )
     check_tied_checkpoints(settings, pipeline)
-    check_checkpoints(settings, pipeline)
+    segments = _segments(settings, pipeline)
+    check_checkpoints(settings, segment_resumed(segments, settings).pipeline)
     check_supported(settings.schedule, settings.skip_nonfinite)
     for note in notes:
         _note(note)
@@ -160,12 +170,13 @@ def stage_main(settings: RunSettings) -> None:
 
 
 def run_stage(settings: RunSettings) -> None:
-    """One process: join the group, build this stage, walk its actions, write results."""
+    """One process: join the group, build this stage, walk its actions segment by segment
+    (one per plan in force, `runtime.switching`), write results."""
     pipeline = load_pipeline(settings.pipeline)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = _join_group(settings, pipeline.seed, rank, world)
-    place = placement(pipeline, rank)
-    stage = pipeline.stages[place.stage]
+    segments = _segments(settings, pipeline)
+    place = placement(pipeline, rank)  # every segment's: a switch keeps the processes
     _print_whole(f"[Rank {rank}] Stage: {place.stage}, Rank in stage: {place.replica}")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     per_step = _per_step(settings, pipeline.microbatches)
@@ -173,23 +184,15 @@ def run_stage(settings: RunSettings) -> None:
     first_step = checkpoint.newest_complete(settings.checkpoints, stages) if settings.resume else 0
     if first_step is None:
         raise VpipeError(f"--resume: {settings.checkpoints} holds no complete checkpoint")
-    total, done = settings.steps * per_step, first_step * per_step
+    segment = segment_resumed(segments, settings)
     updater = _updater(settings, place)
-    directory = Path(settings.pipeline).parent
+    model_file = load_model_file(pipeline.model)
     timeout = timedelta(seconds=settings.timeout_s)
-    executor = StageExecutor(
-        pipeline,
-        directory,
-        place.stage,
-        load_model_file(pipeline.model),
-        updater,
-        Links(pipeline, place, device, place.own(done, total)),
-        ReplicaGroup(pipeline, place, device, timeout),  # the first group every rank makes
-        settings.schedule,
-        device,
+    replicas = ReplicaGroup(pipeline, place, device, timeout)  # the first group every rank makes
+    executor = _executor(
+        settings, segment, place, model_file, updater, replicas, device, first_step
     )
-    _add_options(settings, pipeline, executor, updater, place.stage, device)
-    actions = _actions(settings, pipeline, executor, updater, place, first_step)
+    actions = _actions(settings, segment, executor, updater, place, first_step)
     _wait_for_every_stage()
     metrics = None
     if place.last and place.replica == 0:  # the stage that computes the loss reports it
@@ -200,9 +203,17 @@ def run_stage(settings: RunSettings) -> None:
     executor.on_event = events.add
     meter = _memory_meter(settings, executor, device)
     start = time.perf_counter()
-    stage_file = directory / stage.module.partition(":")[0]
-    with meter or contextlib.nullcontext(), edits_blamed(stage_file, stage.module_sha256):
-        executor.run(actions)
+    while True:
+        spec = segment.pipeline.stages[place.stage]
+        stage_file = segment.path.parent / spec.module.partition(":")[0]
+        with meter or contextlib.nullcontext(), edits_blamed(stage_file, spec.module_sha256):
+            executor.run(actions)
+        if segment is segments[-1]:
+            break
+        following = segments[segments.index(segment) + 1]
+        executor = _switched(settings, segment, following, executor, place, model_file, device)
+        segment = following
+        actions = _segment_actions(settings, segment, place)
     seconds = time.perf_counter() - start
     events.close()
     if metrics:
@@ -217,6 +228,85 @@ def run_stage(settings: RunSettings) -> None:
     _write_results(settings, executor, place, world, device, meter, seconds)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _segments(settings: RunSettings, pipeline: Pipeline) -> tuple[Segment, ...]:
+    """The run's plans in force and their steps (one segment without --switch-plan)."""
+    switches = [PlanSwitch.parse(text) for text in settings.switch_plan]
+    return plan_segments(
+        switches,
+        Path(settings.pipeline),
+        pipeline,
+        settings.steps,
+        settings.schedule,
+        settings.run_dir,
+    )
+
+
+def _executor(
+    settings: RunSettings,
+    segment: Segment,
+    place: Placement,
+    model_file: ModelFile,
+    updater: Updater,
+    replicas: ReplicaGroup,
+    device: torch.device,
+    first_step: int,
+) -> StageExecutor:
+    """This process's stage in `segment`'s pipeline, with the options asked for. Its links
+    expect the micro-batches it runs from `first_step` (or the segment's start) to the
+    segment's end."""
+    per_step = _per_step(settings, segment.pipeline.microbatches)
+    first = max(segment.start, first_step) * per_step
+    executor = StageExecutor(
+        segment.pipeline,
+        segment.path.parent,
+        place.stage,
+        model_file,
+        updater,
+        Links(segment.pipeline, place, device, place.own(first, segment.end * per_step)),
+        replicas,
+        settings.schedule,
+        device,
+    )
+    _add_options(settings, segment, executor, updater, place.stage, device)
+    return executor
+
+
+def _switched(
+    settings: RunSettings,
+    old: Segment,
+    new: Segment,
+    executor: StageExecutor,
+    place: Placement,
+    model_file: ModelFile,
+    device: torch.device,
+) -> StageExecutor:
+    """The drained `executor` handed over to `new`'s plan: what leaves this stage goes to its
+    new holder, what joins it arrives, and the stage is built from the new plan's module."""
+    dist.barrier()  # every stage drained: the switch starts now
+    start = time.perf_counter()
+    all_moves = moves(old, new)
+    weights, buffers, sent = transfer(
+        all_moves,
+        old.pipeline,
+        new.pipeline,
+        place.rank,
+        executor.weights,
+        executor.buffers,
+        executor.updater,
+        device,
+    )
+    built = _executor(
+        settings, new, place, model_file, executor.updater, executor.replicas, device, new.start
+    )
+    built.adopt(weights, buffers, executor)
+    totals = [0] * dist.get_world_size()
+    dist.all_gather_object(totals, sent)
+    if place.rank == 0:
+        report = SwitchReport(new.start, tuple(all_moves), sum(totals), time.perf_counter() - start)
+        _print_whole(report.line())
+    return built
 
 
 def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torch.device:
@@ -261,27 +351,41 @@ def _updater(settings: RunSettings, place: Placement) -> Updater:
     )
 
 
+def _segment_actions(settings: RunSettings, segment: Segment, place: Placement) -> Iterator[Action]:
+    """This process's actions over `segment`'s steps, from an empty pipeline: under asp it
+    fills again at the segment's start and drains at its end, as separate runs would."""
+    per_step = _per_step(settings, segment.pipeline.microbatches)
+    if settings.schedule == "asp":
+        first, end = segment.start * per_step, segment.end * per_step
+        return refilled(end, place.replicas, place.workers_from_here, place.replica, first)
+    planned = replica_actions(
+        settings.schedule,
+        segment.pipeline.microbatches,
+        segment.end,
+        place.replicas,
+        place.workers_from_here,
+        place.replica,
+    )
+    if not segment.start:
+        return planned
+    return replica_resumed(planned, segment.start * per_step, place.replicas, place.replica)
+
+
 def _actions(
     settings: RunSettings,
-    pipeline: Pipeline,
+    segment: Segment,
     executor: StageExecutor,
     updater: Updater,
     place: Placement,
     first_step: int,
 ) -> Iterator[Action]:
-    """The actions this process still has to run: all of them, or, resuming, what follows the
-    checkpoint after `first_step`, whose state the executor is restored to (each replica of a
-    stage its own part of the stage's file)."""
+    """The actions this process still has to run in `segment`: all of them, or, resuming, what
+    follows the checkpoint after `first_step`, whose state the executor is restored to (each
+    replica of a stage its own part of the stage's file)."""
+    pipeline = segment.pipeline
     per_step = _per_step(settings, pipeline.microbatches)
-    total, done = settings.steps * per_step, first_step * per_step
-    planned = replica_actions(
-        settings.schedule,
-        pipeline.microbatches,
-        settings.steps,
-        place.replicas,
-        place.workers_from_here,
-        place.replica,
-    )
+    total, done = segment.end * per_step, first_step * per_step
+    planned = _segment_actions(settings, segment, place)
     if not settings.resume:
         return planned
     identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
@@ -305,14 +409,17 @@ def _actions(
 
 def _add_options(
     settings: RunSettings,
-    pipeline: Pipeline,
+    segment: Segment,
     executor: StageExecutor,
     updater: Updater,
     stage: int,
     device: torch.device,
 ) -> None:
     """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked (the
-    first two not with replicated stages yet: `runtime.replicas.check_replicated`)."""
+    first two not with replicated stages yet: `runtime.replicas.check_replicated`). A
+    checkpoint records the plan in force and the end of its segment (under asp, whether the
+    pipeline was draining)."""
+    pipeline = segment.pipeline
     stages = len(pipeline.stages)
     if settings.clip_grad_norm is not None:
         clipper = GlobalNormClipper(
@@ -339,7 +446,7 @@ def _add_options(
                     snapshot,
                     updater,
                     identity,
-                    settings.steps,
+                    segment.end,
                 )
 
         executor.on_update = checkpoint_after

@@ -11,7 +11,7 @@ from vpipe.common.paths import recorded_path, resolved_path
 from vpipe.common.records import Count, NonNegative, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, save_yaml
 
-SCHEMA_VERSION = 1  # of run/settings.yaml
+SCHEMA_VERSION = 2  # of run/settings.yaml (2: switch_plan)
 LR_SCHEDULES = ("constant", "linear", "cosine")
 WHAT = "run settings file"
 
@@ -38,6 +38,7 @@ class RunSettings:
     resume: bool = False  # continue from the newest checkpoint every stage finished
     timeout_s: float = 300.0
     measure_memory: bool = False  # count live tensor bytes on CPU (slow; CUDA always measures)
+    switch_plan: tuple[str, ...] = ()  # "STEP:PLAN": after step STEP, run plan file PLAN
 
     @property
     def run_dir(self) -> Path:
