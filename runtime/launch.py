@@ -284,7 +284,7 @@ def _switched(
 ) -> StageExecutor:
     """The drained `executor` handed over to `new`'s plan: what leaves this stage goes to its
     new holder, what joins it arrives, and the stage is built from the new plan's module."""
-    dist.barrier()  # every stage drained: the switch starts now
+    _wait_for_every_stage(f"during the switch at step {new.start}")  # every stage drained
     start = time.perf_counter()
     all_moves = moves(old, new)
     weights, buffers, sent = transfer(
@@ -302,7 +302,12 @@ def _switched(
     )
     built.adopt(weights, buffers, executor)
     totals = [0] * dist.get_world_size()
-    dist.all_gather_object(totals, sent)
+    try:
+        dist.all_gather_object(totals, sent)
+    except RuntimeError as err:
+        raise failures.LostPeer(
+            f"lost a stage during the switch at step {new.start}: {failures.first_line(err)}"
+        ) from None
     if place.rank == 0:
         report = SwitchReport(new.start, tuple(all_moves), sum(totals), time.perf_counter() - start)
         _print_whole(report.line())
@@ -452,15 +457,13 @@ def _add_options(
         executor.on_update = checkpoint_after
 
 
-def _wait_for_every_stage() -> None:
-    """Every stage built: the clock starts now. A stage that failed while being built has a
-    record saying why; this one only lost it."""
+def _wait_for_every_stage(when: str = "before training began") -> None:
+    """Every stage built (or drained, at a switch): the clock starts now. A stage that failed
+    meanwhile has a record saying why; this one only lost it."""
     try:
         dist.barrier()
     except RuntimeError as err:
-        raise failures.LostPeer(
-            f"lost a stage before training began: {failures.first_line(err)}"
-        ) from None
+        raise failures.LostPeer(f"lost a stage {when}: {failures.first_line(err)}") from None
 
 
 def _metrics(settings: RunSettings, pipeline: Pipeline, per_step: int, first_step: int) -> Metrics:

@@ -31,9 +31,10 @@ from vpipe.codegen.schema import Pipeline, load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.optim import Updater
 from vpipe.common.replicas import run_lengths
+from vpipe.common.units import human_bytes
 from vpipe.runtime import checkpoint
-from vpipe.runtime.links import wire_device
-from vpipe.runtime.placement import world_size
+from vpipe.runtime.links import losing, wire_device
+from vpipe.runtime.placement import placements, world_size
 from vpipe.runtime.settings import RunSettings
 
 SWITCH_TAG = 2  # the links use 0 (activations) and 1 (gradients)
@@ -234,7 +235,7 @@ class SwitchReport:
             for m in self.moves
         ]
         return (
-            f"step {self.step}: moved {', '.join(parts)} ({self.bytes / 2**20:.1f} MiB) in "
+            f"step {self.step}: moved {', '.join(parts)} ({human_bytes(self.bytes)}) in "
             f"{self.seconds * 1e3:.0f} ms"
         )
 
@@ -253,6 +254,7 @@ def transfer(
     rank holds afterwards (the ones kept are the same tensors), with `updater.state` re-keyed to
     them, and the bytes this rank sent."""
     sent = 0
+    names = {p.rank: p.name for p in placements(old)}  # for a lost peer's error
     for move in all_moves:
         sources, targets = old.stages[move.source].ranks, new.stages[move.target].ranks
         for src, dst in zip(sources, targets, strict=True):
@@ -263,13 +265,15 @@ def transfer(
                     {n: updater.state[n] for n in move.tensors if n in updater.state},
                 )
                 sent += state.bytes
-                _send(state, dst, device)
+                with losing(dst, f"{names[dst]} during the switch"):
+                    _send(state, dst, device)
                 weights = {n: t for n, t in weights.items() if n not in move.tensors}
                 buffers = {n: t for n, t in buffers.items() if n not in move.tensors}
                 for name in move.tensors:
                     updater.state.pop(name, None)
             elif rank == dst:
-                state = _recv(src, device)
+                with losing(src, f"{names[src]} during the switch"):
+                    state = _recv(src, device)
                 weights = {**weights, **state.weights}
                 buffers = {**buffers, **state.buffers}
                 updater.state.update(state.optimizer)

@@ -4,6 +4,8 @@ and trains on as if the split had never changed (sync) or as asp with the new st
 import csv
 import dataclasses
 import math
+import signal
+import time
 
 import pytest
 import torch
@@ -13,10 +15,12 @@ from vpipe.codegen.schema import load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import load_model_file
 from vpipe.planner.schema import load_plan, save_plan
+from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate, plan, profile
 from .references import LR, single_process
+from .test_faults import TIMEOUT_S, start_ranks
 
 STEPS = 4
 SWITCH = 2
@@ -211,3 +215,40 @@ def test_a_switch_outside_the_run_is_refused(sync_plans, tmp_path, capsys):
         from vpipe.runtime.switching import PlanSwitch
 
         PlanSwitch.parse("soon:plan.yaml")
+
+
+def test_a_rank_killed_at_the_switch_stops_the_job_and_the_checkpoint_resumes(tmp_path):
+    """Torchrun-like ranks switch plans after step 6 with a checkpoint there; rank 1 is killed
+    as soon as that checkpoint is complete (the moment the stages drain for the switch): rank 0
+    stops within the timeout, in one line naming what it lost, and the checkpoint resumes,
+    switching on the way, to the end single-process training reaches."""
+    mlp = profile("mlp", tmp_path)
+    base = plan(mlp, 2, tmp_path, False, "--schedule", "1f1b", "--microbatches", "2")
+    nodes = sum(len(s.nodes) for s in load_plan(base).stages)
+    first = resplit(base, tmp_path / "a.yaml", nodes // 2)
+    second = resplit(base, tmp_path / "b.yaml", nodes // 2 + 2)
+    out = generate(first, tmp_path / "out")
+    switch = ["--switch-plan", f"6:{second}", "--optimizer", "momentum", "--lr", str(LR)]
+    ranks = start_ranks(out, 2, *switch, "--checkpoint-every", "6")
+    folder = out / "run" / "checkpoints"
+    try:
+        deadline = time.monotonic() + 60
+        while (checkpoint.newest_complete(folder, 2) or 0) < 6:
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.005)
+        ranks[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = ranks[0].communicate(timeout=TIMEOUT_S + 30)
+        assert time.monotonic() - killed_at < TIMEOUT_S
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    assert ranks[0].returncode != 0
+    assert err.splitlines()[-1].startswith("vpipe-train: error: stage 0: lost "), err
+    resumed = checkpoint.newest_complete(folder, 2)
+    argv = [str(out / "pipeline.yaml"), "--resume", "--steps", str(resumed + 2), *switch]
+    assert train_main([*argv, "--threads", "1"]) == 0
+    expected, _ = single_process(load_pipeline(out / "pipeline.yaml"), resumed + 2)
+    for name, tensor in final_weights(out).items():
+        torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
