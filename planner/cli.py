@@ -165,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         "parameter-balanced (DeepSpeed's `parameters`): write the split that rule makes, with "
         "no recompute, to run it against vpipe's",
     )
+    parser.add_argument(
+        "--stage-speeds",
+        type=float,
+        nargs="+",
+        metavar="X",
+        help="per stage, how many times as long its device takes as the profiled one (e.g. "
+        "1 2: the second device at half speed; what vpipe-train --adapt measures); plans a "
+        "straight pipeline with the dp solver",
+    )
     parser.add_argument("-o", "--output", default="plan.yaml", help="plan file to write")
     parser.add_argument("--plot", metavar="PNG", help="also draw per-stage time and memory")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table")
@@ -195,7 +204,10 @@ def run(argv: Sequence[str] | None) -> int:
         optimizer=args.optimizer or profile.optimizer,
         headroom=args.headroom,
         recompute=args.recompute,
+        stage_speeds=tuple(args.stage_speeds or ()),
     )
+    if args.stage_speeds and args.stages not in (None, args.gpus):
+        raise VpipeError("--stage-speeds plans straight pipelines: leave out --stages")
     if args.stages in (None, args.gpus):
         plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver, args.split)
     else:

@@ -162,10 +162,13 @@ def comm_ms(nbytes: Any, settings: PlanSettings) -> Any:
     return 2 * wire_ms(nbytes, settings)
 
 
-def stage_compute_ms(work: Any, recompute: Any, link_before: Any, link_after: Any) -> Any:
+def stage_compute_ms(
+    work: Any, recompute: Any, link_before: Any, link_after: Any, speed: float = 1.0
+) -> Any:
     """A stage's busy time per micro-batch: its nodes' forward and backward, the forwards it
-    recomputes, and the CPU each of its two cuts' transfers take from it."""
-    return work + recompute + link_before + link_after
+    recomputes, and the CPU each of its two cuts' transfers take from it, on a device that
+    takes `speed` times as long as the profiled one (`PlanSettings.stage_speeds`)."""
+    return (work + recompute + link_before + link_after) * speed
 
 
 def stage_time_ms(compute: Any, comm_in: Any, comm_out: Any, larger: Larger = max) -> Any:
@@ -364,17 +367,18 @@ def evaluate_stage(
         crossing_link_ms(graph, [*before, *stage]),
     )
     work = sum(graph.compute_ms(n) for n in stage)
-    compute = stage_compute_ms(work, recompute_ms, link_before, link_after)
+    speed = settings.speed(index)
+    compute = stage_compute_ms(work, recompute_ms, link_before, link_after, speed)
     sums = stage_bytes(graph, before, stage, recompute)
     comm_in, comm_out = comm_ms(sums.received, settings), comm_ms(sums.sent, settings)
     return StagePrediction(
         compute_ms=compute,
-        recompute_ms=recompute_ms,
+        recompute_ms=recompute_ms * speed,
         comm_in_ms=comm_in,
         comm_out_ms=comm_out,
         time_ms=stage_time_ms(compute, comm_in, comm_out),
         memory=stage_memory(settings, index, graph.optimizer_factor, sums),
-        transfer_ms=link_before + link_after,
+        transfer_ms=(link_before + link_after) * speed,
         allreduce_ms=0.0,
     )
 

@@ -157,6 +157,13 @@ class PairTimes:
             compute, comm, stage_time_ms(compute, comm[:, None], comm[None, :], np.maximum)
         )
 
+    def stage_at(self, speed: float) -> np.ndarray:
+        """Every pair's time on a device `speed` times as slow as the profiled one."""
+        if speed == 1.0:
+            return self.stage
+        compute = self.compute * speed
+        return stage_time_ms(compute, self.comm[:, None], self.comm[None, :], np.maximum)
+
 
 @dataclass(frozen=True)
 class _Position:
@@ -167,6 +174,7 @@ class _Position:
     room: np.ndarray  # [J, I]: bytes left for in-flight x kept + segment (MemoryRoom.room)
     sums: StageBytes  # [J, I] tables without recompute (kept as is, segment 0)
     in_flight: int
+    speed: float  # PlanSettings.speed(k)
 
 
 @dataclass(frozen=True)
@@ -188,9 +196,7 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
     positions = [_position(graph, settings, tables, times, k) for k in range(settings.gpus)]
     search = _run(graph, settings, tables, times, positions)
     found = bool(search.path)
-    bound = float(
-        max(tables.compute[-1] / settings.gpus, max(map(graph.compute_ms, range(graph.size))))
-    )
+    bound = _work_bound(graph, settings, float(tables.compute[-1]))
     if cuts == "all":
         bound = max(bound, search.lower_bound_ms)
     exact = cuts == "all" and (search.proven or (found and search.bottleneck_ms <= bound))
@@ -216,6 +222,14 @@ def solve_dp(graph: PlanGraph, settings: PlanSettings) -> Split:
     )
 
 
+def _work_bound(graph: PlanGraph, settings: PlanSettings, work: float) -> float:
+    """No split beats the whole work shared so that every stage finishes at once (stage k
+    doing T / speed_k of it in time T), nor the largest node on the fastest device."""
+    speeds = [settings.speed(k) for k in range(settings.gpus)]
+    largest = max(map(graph.compute_ms, range(graph.size)))
+    return max(work / sum(1 / s for s in speeds), largest * min(speeds))
+
+
 def _position(
     graph: PlanGraph, settings: PlanSettings, tables: PairTables, times: PairTimes, k: int
 ) -> _Position:
@@ -239,13 +253,13 @@ def _position(
     # what no recompute choice changes (costmodel.recompute_free_bytes)
     fixed = stage_memory(settings, k, graph.optimizer_factor, replace(sums, kept=0.0), np.maximum)
     room = settings.memory_bytes - np.asarray(fixed.total)  # fields are arrays here
-    cost = np.where(tables.inside, times.stage, math.inf)
+    cost = np.where(tables.inside, times.stage_at(settings.speed(k)), math.inf)
     over = tables.inside & (memory > settings.memory_bytes)
     js, is_ = np.nonzero(over)
     hopeless = tables.floor(js, is_, shape.in_flight) > room[js, is_]  # nothing can fit
     cost[js[hopeless], is_[hopeless]] = math.inf
     over[js[hopeless], is_[hopeless]] = False
-    return _Position(cost, over, room, sums, shape.in_flight)
+    return _Position(cost, over, room, sums, shape.in_flight, settings.speed(k))
 
 
 def _memory(
@@ -356,14 +370,16 @@ class _Lazy:
             self.bounded.add(step)
             least = added_lower_bound(graph, stage, budget, self.tables.kept[j, i])
             if least > 0:
-                self.chain.raise_cost(k, j, i, stage_time_ms(compute + least, comm[j], comm[i]))
+                slower = stage_time_ms((compute + least) * at.speed, comm[j], comm[i])
+                self.chain.raise_cost(k, j, i, slower)
                 return
         sending = sent_nodes(graph, members(self.tables.ideals[j]), stage)
-        found = cheapest_recompute(graph, stage, budget, self.upper - compute, sending)
+        cap = self.upper / at.speed - compute  # recompute ms beyond which it cannot win
+        found = cheapest_recompute(graph, stage, budget, cap, sending)
         if not found.exact:
             self.unproven[step] = at.cost[j, i]
         self.recomputed[step] = found
-        added = stage_time_ms(compute + found.added_ms, comm[j], comm[i])
+        added = stage_time_ms((compute + found.added_ms) * at.speed, comm[j], comm[i])
         self.chain.raise_cost(k, j, i, math.inf if found.chosen is None else added)
 
     def relaxed_bound(self) -> float:

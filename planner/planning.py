@@ -63,6 +63,10 @@ def solve(profile: Profile, settings: PlanSettings, solver: str = "auto") -> Spl
             f"--gpus {settings.gpus} is more than the profile's {len(profile.nodes)} nodes; "
             "use fewer GPUs or a finer profile (fewer --leaf classes)"
         )
+    if settings.stage_speeds and solver != "dp":
+        if solver == "ilp":
+            raise VpipeError("--stage-speeds: the ilp solver plans devices of one speed; use dp")
+        solver = "dp"  # the only solver that weighs each stage index's device on its own
     if solver == "ilp":
         return least_recompute(graph, settings, _solve_ilp(graph, settings))
     if solver == "dp":

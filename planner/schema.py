@@ -7,6 +7,7 @@ predicted figures.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from vpipe.common.records import Bytes, Count, Limit, Millis, NonNegative, Posit
 from vpipe.common.schedules import SCHEDULES
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-SCHEMA_VERSION = 3  # 2: ties; 3: replicas per stage, all-reduce time
+SCHEMA_VERSION = 4  # 2: ties; 3: replicas per stage, all-reduce time; 4: stage speeds
 RECOMPUTE = ("auto", "never", "all")
 
 
@@ -121,6 +122,12 @@ class PlanSettings:
     optimizer: str = "sgd"
     headroom: NonNegative = 0.1  # share of --memory kept free for the allocator and the framework
     recompute: str = "auto"  # auto: chosen per stage; never; all: every stage, whole forward
+    # per stage index, how much longer its device computes than the profile's (1.0: as
+    # profiled; () all 1.0): measured speeds when a running pipeline re-plans (`--adapt`)
+    stage_speeds: tuple[float, ...] = ()
+
+    def speed(self, stage: int) -> float:
+        return self.stage_speeds[stage] if self.stage_speeds else 1.0
 
     def __post_init__(self) -> None:
         if self.recompute not in RECOMPUTE:
@@ -138,6 +145,14 @@ class PlanSettings:
             raise VpipeError(f"--microbatches must be at least 1 (got {self.microbatches})")
         if not self.memory_bytes > 0 or not self.bandwidth_gbps > 0:
             raise VpipeError("--memory and --bandwidth must be positive (or inf)")
+        if self.stage_speeds and (
+            len(self.stage_speeds) != self.gpus
+            or not all(0 < x < math.inf for x in self.stage_speeds)
+        ):
+            raise VpipeError(
+                f"--stage-speeds: give one positive factor per stage ({self.gpus}), got "
+                f"{' '.join(map(str, self.stage_speeds))}"
+            )
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,20 @@ def test_the_exact_search_agrees_without_a_memory_cap(seed):
         found.bottleneck_ms, solve_brute_force(graph, unlimited).bottleneck_ms, rel_tol=1e-6
     )
     assert_figures_agree(graph, unlimited, found)
+
+
+@pytest.mark.parametrize("seed", SEEDS[::4])
+def test_the_dp_weighs_each_device_by_its_speed(seed):
+    """With a measured speed per stage index (`--stage-speeds`, `vpipe-train --adapt`), the dp
+    reaches brute force's optimum, with memory caps and recompute, and its figures are the cost
+    model's."""
+    graph, settings = random_case(seed)
+    speeds = tuple(1.0 + (seed * 7 + 3 * k) % 5 / 2 for k in range(settings.gpus))
+    slowed = dataclasses.replace(settings, stage_speeds=speeds)
+    expected = solve_brute_force(graph, slowed)
+    found = solve_dp(graph, slowed)
+    assert found.feasible == expected.feasible
+    if expected.feasible:
+        assert found.optimal
+        assert math.isclose(found.bottleneck_ms, expected.bottleneck_ms, rel_tol=1e-6)
+        assert_figures_agree(graph, slowed, found)
