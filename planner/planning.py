@@ -393,3 +393,31 @@ def _hybrid_plan(
         notes=graph.notes,
         ties=planned_ties(graph, found.stages),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Replanned:
+    """A running plan against the best plan for its devices' measured speeds."""
+
+    current_ms: float  # the running plan's slowest stage at those speeds
+    plan: Plan  # the best plan for them (its prediction is `planned_ms`)
+
+    @property
+    def planned_ms(self) -> float:
+        return max(stage.predicted.time_ms for stage in self.plan.stages)
+
+
+def replan_for_speeds(
+    plan: Plan, profile: Profile, profile_path: str, profile_sha256: str, speeds: Sequence[float]
+) -> Replanned:
+    """`plan` re-costed with stage index k's device `speeds[k]` times as slow as the profiled
+    one, and the plan the dp finds for those speeds, under `plan`'s other settings (the same
+    stages, memory and schedule): what `vpipe-train --adapt` weighs before it switches."""
+    settings = dataclasses.replace(plan.settings, stage_speeds=tuple(speeds))
+    graph = graph_for(profile, settings)
+    index = {name: n for n, name in enumerate(graph.names)}
+    stages = [[index[name] for name in stage.nodes] for stage in plan.stages]
+    recompute = [[index[name] for name in stage.recompute] for stage in plan.stages]
+    current = max(p.time_ms for p in predict_stages(graph, settings, stages, recompute))
+    best, _ = make_plan(profile, profile_path, profile_sha256, settings, "dp")
+    return Replanned(current, best)

@@ -20,6 +20,7 @@ NUMBERS = {  # setting: (whole number, smallest value, whether the smallest itse
     "print_every": (True, 1, True),
     "threads": (True, 0, True),
     "checkpoint_every": (True, 0, True),
+    "adapt_every": (True, 1, True),
     "lr": (False, 0, False),
     "timeout_s": (False, 0, False),
     "momentum": (False, 0, True),
@@ -132,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="after step STEP, move the running pipeline to PLAN (a vpipe-plan file of the "
         "same profile, stages and processes): the nodes that change stage move between the "
         "live processes, with their weights and optimizer state; repeat for more switches",
+    )
+    parser.add_argument(
+        "--adapt",
+        action="store_true",
+        default=None,
+        help="watch each stage's time per micro-batch against the plan's prediction; when "
+        "their proportions drift (a slowed device), re-plan for the measured speeds and "
+        "switch while training if that is predicted to pay (decisions in run/adapt.csv)",
+    )
+    parser.add_argument(
+        "--adapt-every", type=int, help="steps between --adapt's checks (default 20)"
     )
     parser.add_argument(
         "--report",

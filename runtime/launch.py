@@ -34,8 +34,9 @@ from vpipe.common.runlock import run_lock
 from vpipe.common.schedules import Action, run_actions, validate
 from vpipe.common.stages import edits_blamed
 from vpipe.runtime import checkpoint, failures
+from vpipe.runtime.adapt import Adapter, BusyWatch, check_adaptable
 from vpipe.runtime.clipping import GlobalNormClipper
-from vpipe.runtime.events import EventLog
+from vpipe.runtime.events import ActionEvent, EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.links import Links
 from vpipe.runtime.lr_schedule import LrSchedule
@@ -87,6 +88,7 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
         )
     check_tied_checkpoints(settings, pipeline)
     segments = _segments(settings, pipeline)
+    check_adaptable(settings, segments)
     check_checkpoints(settings, segment_resumed(segments, settings).pipeline)
     check_supported(settings.schedule, settings.skip_nonfinite)
     for note in notes:
@@ -201,17 +203,33 @@ def run_stage(settings: RunSettings) -> None:
         save_settings(settings, settings.run_dir / "settings.yaml")
     events = EventLog(settings.run_dir / place.events_file)
     executor.on_event = events.add
+    adapter = None
+    if settings.adapt:
+        watch = BusyWatch()
+
+        def logged_and_watched(event: ActionEvent) -> None:
+            events.add(event)
+            watch.add(event)
+
+        executor.on_event = logged_and_watched
+        adapter = Adapter(settings, place, watch, pipeline.microbatches)
     meter = _memory_meter(settings, executor, device)
     start = time.perf_counter()
+    retired: list[Links] = []  # the links of the plans switched from, in order
     while True:
         spec = segment.pipeline.stages[place.stage]
         stage_file = segment.path.parent / spec.module.partition(":")[0]
+        if adapter:
+            actions = adapter.actions(segment, iter(actions))
         with meter or contextlib.nullcontext(), edits_blamed(stage_file, spec.module_sha256):
             executor.run(actions)
-        if segment is segments[-1]:
+        following = _following(segments, segment, adapter)
+        if following is None:
             break
-        following = segments[segments.index(segment) + 1]
-        executor = _switched(settings, segment, following, executor, place, model_file, device)
+        retired.append(executor.links)  # receives it posted ahead stay pending, unused
+        executor = _switched(
+            settings, segment, following, executor, place, model_file, device, len(retired)
+        )
         segment = following
         actions = _segment_actions(settings, segment, place)
     seconds = time.perf_counter() - start
@@ -228,6 +246,19 @@ def run_stage(settings: RunSettings) -> None:
     _write_results(settings, executor, place, world, device, meter, seconds)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _following(
+    segments: tuple[Segment, ...], segment: Segment, adapter: Adapter | None
+) -> Segment | None:
+    """The segment after `segment`: the one --adapt switched to, else the next
+    --switch-plan's, else none (the run is done)."""
+    if adapter and adapter.following:
+        following, adapter.following = adapter.following, None
+        return following
+    if segment in segments and segment is not segments[-1]:
+        return segments[segments.index(segment) + 1]
+    return None
 
 
 def _segments(settings: RunSettings, pipeline: Pipeline) -> tuple[Segment, ...]:
@@ -252,10 +283,11 @@ def _executor(
     replicas: ReplicaGroup,
     device: torch.device,
     first_step: int,
+    generation: int = 0,
 ) -> StageExecutor:
     """This process's stage in `segment`'s pipeline, with the options asked for. Its links
     expect the micro-batches it runs from `first_step` (or the segment's start) to the
-    segment's end."""
+    segment's end, on the tags of the run's `generation`-th switched-to plan."""
     per_step = _per_step(settings, segment.pipeline.microbatches)
     first = max(segment.start, first_step) * per_step
     executor = StageExecutor(
@@ -264,7 +296,9 @@ def _executor(
         place.stage,
         model_file,
         updater,
-        Links(segment.pipeline, place, device, place.own(first, segment.end * per_step)),
+        Links(
+            segment.pipeline, place, device, place.own(first, segment.end * per_step), generation
+        ),
         replicas,
         settings.schedule,
         device,
@@ -281,9 +315,11 @@ def _switched(
     place: Placement,
     model_file: ModelFile,
     device: torch.device,
+    generation: int,
 ) -> StageExecutor:
-    """The drained `executor` handed over to `new`'s plan: what leaves this stage goes to its
-    new holder, what joins it arrives, and the stage is built from the new plan's module."""
+    """The drained `executor` handed over to `new`'s plan (the run's `generation`-th switch):
+    what leaves this stage goes to its new holder, what joins it arrives, and the stage is
+    built from the new plan's module."""
     _wait_for_every_stage(f"during the switch at step {new.start}")  # every stage drained
     start = time.perf_counter()
     all_moves = moves(old, new)
@@ -298,7 +334,15 @@ def _switched(
         device,
     )
     built = _executor(
-        settings, new, place, model_file, executor.updater, executor.replicas, device, new.start
+        settings,
+        new,
+        place,
+        model_file,
+        executor.updater,
+        executor.replicas,
+        device,
+        new.start,
+        generation,
     )
     built.adopt(weights, buffers, executor)
     totals = [0] * dist.get_world_size()

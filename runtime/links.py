@@ -32,6 +32,10 @@ from vpipe.runtime.failures import LostPeer, first_line
 from vpipe.runtime.placement import Placement, placements
 
 ACTIVATION, GRADIENT = 0, 1
+# each plan a run switches to (`runtime.switching`) gets tags of its own: a receive the links of
+# the plan before posted ahead can then never take the next plan's messages (gloo cannot cancel
+# a posted receive, and one of another size aborts the process); tag 2 carries the switch itself
+TAGS_PER_PLAN = 3
 # SENDS_AHEAD: older sends are waited for; they finished long ago (the peer posts receives
 # ahead), and waiting two micro-batches behind can never wait on the peer's future (Links._send)
 
@@ -105,19 +109,30 @@ class _Inbox:
 
 class Links:
     def __init__(
-        self, pipeline: Pipeline, placement: Placement, device: torch.device, microbatches: range
+        self,
+        pipeline: Pipeline,
+        placement: Placement,
+        device: torch.device,
+        microbatches: range,
+        generation: int = 0,
     ) -> None:
-        """`microbatches`: the ones this process runs (every receive is posted ahead)."""
+        """`microbatches`: the ones this process runs (every receive is posted ahead);
+        `generation`: how many plans the run has switched to before this one."""
         spec = pipeline.stages[placement.stage]
         self.placement = placement
         self.names = {p.rank: p.name for p in placements(pipeline)}  # for a lost peer's error
         received = spec.inputs[len(spec.batch_inputs) :] if placement.before else ()
         sent = spec.outputs if placement.after else ()
         senders = (placement.sender(m) for m in microbatches) if received else iter(())
-        self.activations = _Inbox(received, senders, ACTIVATION, self.names, device)
+        self.tags = (ACTIVATION + TAGS_PER_PLAN * generation, GRADIENT + TAGS_PER_PLAN * generation)
+        self.activations = _Inbox(received, senders, self.tags[ACTIVATION], self.names, device)
         receivers = (placement.receiver(m) for m in microbatches) if sent else iter(())
         self.gradients = _Inbox(
-            [s for s in sent if carries_gradient(s)], receivers, GRADIENT, self.names, device
+            [s for s in sent if carries_gradient(s)],
+            receivers,
+            self.tags[GRADIENT],
+            self.names,
+            device,
         )
         self.pending: deque[tuple[list[dist.Work | None], int]] = deque()  # sends, and to whom
         self.send_waited_s = 0.0  # blocked until a neighbour took what was sent
@@ -128,13 +143,13 @@ class Links:
         return self.activations.take() if self.activations.specs else []
 
     def send_activations(self, tensors: Sequence[torch.Tensor], microbatch: int) -> None:
-        self._send(tensors, self.placement.receiver(microbatch), ACTIVATION)
+        self._send(tensors, self.placement.receiver(microbatch), self.tags[ACTIVATION])
 
     def recv_gradients(self) -> list[torch.Tensor]:
         return self.gradients.take() if self.gradients.specs else []
 
     def send_gradients(self, tensors: Sequence[torch.Tensor], microbatch: int) -> None:
-        self._send(tensors, self.placement.sender(microbatch), GRADIENT)
+        self._send(tensors, self.placement.sender(microbatch), self.tags[GRADIENT])
 
     def waited_s(self) -> float:
         """Seconds spent blocked on a neighbour so far: in receives, and until a send was

@@ -11,7 +11,7 @@ from vpipe.common.paths import recorded_path, resolved_path
 from vpipe.common.records import Count, NonNegative, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, save_yaml
 
-SCHEMA_VERSION = 2  # of run/settings.yaml (2: switch_plan)
+SCHEMA_VERSION = 2  # of run/settings.yaml (2: switch_plan, adapt, adapt_every)
 LR_SCHEDULES = ("constant", "linear", "cosine")
 WHAT = "run settings file"
 
@@ -39,6 +39,8 @@ class RunSettings:
     timeout_s: float = 300.0
     measure_memory: bool = False  # count live tensor bytes on CPU (slow; CUDA always measures)
     switch_plan: tuple[str, ...] = ()  # "STEP:PLAN": after step STEP, run plan file PLAN
+    adapt: bool = False  # re-plan from the stages' measured speeds and switch while training
+    adapt_every: Positive = 20  # steps between --adapt's checks
 
     @property
     def run_dir(self) -> Path:

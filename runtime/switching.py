@@ -118,7 +118,7 @@ def plan_segments(
                 f"{where}: the step must fall inside the run, after step {previous.start} and "
                 f"before its last ({steps})"
             )
-        new_path = _generated(switch.plan, run_dir / "plans" / f"step_{switch.step}")
+        new_path = generated(switch.plan, run_dir / "plans" / f"step_{switch.step}")
         new = load_pipeline(new_path)
         check_switchable(pipeline, new, where)
         every = run_lengths(schedule, [len(s.ranks) for s in new.stages])
@@ -132,7 +132,7 @@ def plan_segments(
     return tuple(segments)
 
 
-def _generated(plan: Path, out: Path) -> Path:
+def generated(plan: Path, out: Path) -> Path:
     """vpipe-gen's files for `plan` in `out`, made by the first process that gets there (the
     others, on this machine, wait on a lock and find them made)."""
     from vpipe.codegen.generate import generate

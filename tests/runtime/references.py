@@ -209,3 +209,36 @@ def replicated_replay(out, steps, replicas):
                 versions[s].append({n: newest[n] - LR * g for n, g in pending[s].items()})
                 pending[s] = {}
     return [v[-1] for v in versions], losses
+
+
+def asp_switched_replay(pipeline, segments, steps):
+    """Plain-SGD asp over the original model in one process, by parameter name: in a segment
+    starting at micro-batch `start` on a pipeline of S stages, micro-batch m's forward on stage
+    s uses the version after start + max(0, m - start - (S - s) + 1) updates (the pipeline
+    drains at a switch and fills again; each stage updates after each backward, on the
+    gradient for the version its forward used). `segments`: (start, {parameter: stage})."""
+    model_file = load_model_file(pipeline.model)
+    torch.manual_seed(pipeline.seed)
+    model = model_file.build_model()
+    versions = {n: [p.detach()] for n, p in model.named_parameters()}
+    bounds = [start for start, _ in segments[1:]] + [steps]
+    for (start, stage_of), end in zip(segments, bounds, strict=True):
+        depth = max(stage_of.values()) + 1
+        for m in range(start, end):
+            used = {
+                n: versions[n][start + max(0, m - start - (depth - stage_of[n]) + 1)]
+                .clone()
+                .requires_grad_()
+                for n in versions
+            }
+            batch = model_file.batch(pipeline.batch_size, m)
+            loss = model_file.loss_fn(functional_call(model, used, batch.args), batch.target)
+            grads = torch.autograd.grad(loss, list(used.values()), allow_unused=True)
+            for (name, weight), grad in zip(used.items(), grads, strict=True):
+                step = torch.zeros_like(weight) if grad is None else grad
+                versions[name].append(versions[name][-1] - LR * step)
+    return {n: v[-1] for n, v in versions.items()}
+
+
+def stage_of(pipeline):
+    return {name: s.index for s in pipeline.stages for name in s.parameters}

@@ -9,17 +9,15 @@ import time
 
 import pytest
 import torch
-from torch.func import functional_call
 
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.errors import VpipeError
-from vpipe.common.modelfile import load_model_file
 from vpipe.planner.schema import load_plan, save_plan
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate, plan, profile
-from .references import LR, single_process
+from .references import LR, asp_switched_replay, single_process, stage_of
 from .test_faults import TIMEOUT_S, start_ranks
 
 STEPS = 4
@@ -94,39 +92,6 @@ def test_1f1b_switch_equals_single_process(sync_plans, tmp_path, before, after, 
     held = set(torch.load(out / "run" / "final_stage_0.pt"))
     assert held >= set(switched.stages[0].parameters)
     assert held != set(load_pipeline(out / "pipeline.yaml").stages[0].parameters)
-
-
-def asp_switched_replay(pipeline, segments, steps):
-    """Plain-SGD asp over the original model in one process, by parameter name: in a segment
-    starting at micro-batch `start` on a pipeline of S stages, micro-batch m's forward on stage
-    s uses the version after start + max(0, m - start - (S - s) + 1) updates (the pipeline
-    drains at a switch and fills again; each stage updates after each backward, on the
-    gradient for the version its forward used). `segments`: (start, {parameter: stage})."""
-    model_file = load_model_file(pipeline.model)
-    torch.manual_seed(pipeline.seed)
-    model = model_file.build_model()
-    versions = {n: [p.detach()] for n, p in model.named_parameters()}
-    bounds = [start for start, _ in segments[1:]] + [steps]
-    for (start, stage_of), end in zip(segments, bounds, strict=True):
-        depth = max(stage_of.values()) + 1
-        for m in range(start, end):
-            used = {
-                n: versions[n][start + max(0, m - start - (depth - stage_of[n]) + 1)]
-                .clone()
-                .requires_grad_()
-                for n in versions
-            }
-            batch = model_file.batch(pipeline.batch_size, m)
-            loss = model_file.loss_fn(functional_call(model, used, batch.args), batch.target)
-            grads = torch.autograd.grad(loss, list(used.values()), allow_unused=True)
-            for (name, weight), grad in zip(used.items(), grads, strict=True):
-                step = torch.zeros_like(weight) if grad is None else grad
-                versions[name].append(versions[name][-1] - LR * step)
-    return {n: v[-1] for n, v in versions.items()}
-
-
-def stage_of(pipeline):
-    return {name: s.index for s in pipeline.stages for name in s.parameters}
 
 
 def test_asp_switch_keeps_weight_stashing(gpt_profile, tmp_path):

@@ -1,0 +1,267 @@
+"""`vpipe-train --adapt`: re-plan from what the stages measure, and switch while training.
+
+Every `--adapt-every` steps each stage reports its busy milliseconds per micro-batch over the
+last window (wall time less what it waited on its neighbours: a core another job shares makes
+it longer, which CPU time would not show). Rank 0 divides each by the plan's predicted compute
+for that stage; when the stages' ratios differ by more than THRESHOLD, their devices no longer
+run as the plan assumed, so it re-plans in-process (`planner.planning.replan_for_speeds`)
+with each stage index's device as slow, relative to the fastest, as measured (a speed belongs
+to the device, not to its nodes). It switches (`runtime.switching`) when the new plan's
+predicted bottleneck is MIN_GAIN faster than the running plan's at the same speeds and the
+time saved over the rest of the run beats what a switch costs. The speeds a plan was made for
+are in it, so after a switch the stages measure against the new plan's predictions: the
+ratios even out and no switch follows unless the machine changes again (no flapping).
+
+Every check is a record in run/adapt.csv (`AdaptDecision`); a switch is also one line.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch.distributed as dist
+
+from vpipe.codegen.schema import load_pipeline
+from vpipe.common.errors import VpipeError
+from vpipe.common.replicas import asp_reach, refilled, replica_resumed
+from vpipe.common.schedules import FORWARD, Action
+from vpipe.planner.schema import Plan, load_plan, save_plan
+from vpipe.profiler.schema import load_profile
+from vpipe.runtime import failures
+from vpipe.runtime.events import ActionEvent
+from vpipe.runtime.placement import Placement
+from vpipe.runtime.settings import RunSettings
+from vpipe.runtime.switching import Segment, generated
+
+THRESHOLD = 0.2  # stages' measured/predicted ratios this far apart: re-plan
+MIN_GAIN = 0.1  # a new plan must be predicted this much faster (hysteresis)
+SWITCH_MS = 100.0  # a switch's transfer and rebuild: the tests' took 30-90 ms on 2 cores
+DECISIONS = "adapt.csv"
+
+
+@dataclass(frozen=True)
+class AdaptDecision:
+    """One check of `--adapt`, as run/adapt.csv records it."""
+
+    step: int  # steps done when it was made
+    measured_ms: str  # per stage, busy ms per micro-batch over the window ("a b ...")
+    ratios: str  # per stage, measured over the plan's predicted compute
+    speeds: str  # per stage index, the device speeds a re-plan assumed ("" if none)
+    current_ms: float  # the running plan's slowest stage at those speeds
+    planned_ms: float  # the new plan's (= current_ms when not re-planned)
+    switched: bool
+    reason: str
+
+
+class BusyWatch:
+    """A stage's busy wall time per micro-batch since it was last read."""
+
+    def __init__(self) -> None:
+        self.busy_s = 0.0
+        self.backwards = 0
+
+    def add(self, event: ActionEvent) -> None:
+        self.busy_s += event.end_s - event.start_s - event.wait_s
+        self.backwards += event.action != FORWARD
+
+    def take(self) -> float:
+        ms = self.busy_s * 1e3 / max(1, self.backwards)
+        self.busy_s, self.backwards = 0.0, 0
+        return ms
+
+
+def check_adaptable(settings: RunSettings, segments: Sequence[Segment]) -> None:
+    """Before any process starts: what --adapt does not support yet is refused."""
+    if not settings.adapt:
+        return
+    pipeline = segments[0].pipeline
+    unsupported = [
+        option
+        for option, used in (
+            ("--switch-plan", len(segments) > 1),
+            ("--resume", settings.resume),
+            ("replicated stages", any(len(s.ranks) > 1 for s in pipeline.stages)),
+            ("parameters tied across stages", bool(pipeline.tied)),
+            ("--checkpoint-every under asp", bool(settings.checkpoint_every) and _asp(settings)),
+        )
+        if used
+    ]
+    if unsupported:
+        raise VpipeError(
+            f"--adapt: not supported with {', '.join(unsupported)} yet; train without "
+            f"{'them' if len(unsupported) > 1 else 'it'}, or without --adapt"
+        )
+    if len(pipeline.stages) < 2:
+        raise VpipeError("--adapt: a pipeline of one stage has no split to change")
+
+
+def _asp(settings: RunSettings) -> bool:
+    return settings.schedule == "asp"
+
+
+class Adapter:
+    """Walks a segment's actions and, at each check, decides with the other ranks whether to
+    switch; after a switch the segment's actions end with a drain and `following` holds the
+    segment to go on with."""
+
+    def __init__(
+        self, settings: RunSettings, place: Placement, watch: BusyWatch, microbatches: int
+    ) -> None:
+        self.settings, self.place, self.watch = settings, place, watch
+        self.per_step = 1 if _asp(settings) else microbatches
+        self.following: Segment | None = None
+        if place.rank == 0:  # a new run's decisions only (--adapt does not resume)
+            (settings.run_dir / DECISIONS).unlink(missing_ok=True)
+
+    def actions(self, segment: Segment, planned: Iterator[Action]) -> Iterator[Action]:
+        for action in planned:
+            yield action  # resumed once the executor has run it
+            step = self._check_after(action, segment)
+            if step is None:
+                continue
+            following = self._check(segment, step)
+            if following is not None:
+                self.following = following
+                yield from self._drain(segment, planned, action, following.start)
+                return
+
+    def _check_after(self, action: Action, segment: Segment) -> int | None:
+        """The steps done, if a check follows this action: the backward that completes a step
+        that ends a window, with room left in the run for the next window and a switch's
+        drain (every stage reaches it: under asp after the same backward, each stage's
+        dependencies on its neighbours all point to earlier actions)."""
+        if action.kind == FORWARD or (action.microbatch + 1) % self.per_step:
+            return None
+        step = (action.microbatch + 1) // self.per_step
+        every = self.settings.adapt_every
+        room = max(every, len(segment.pipeline.stages))
+        if (step - segment.start) % every or step - segment.start < every:
+            return None
+        return step if step + room <= segment.end else None
+
+    def _drain(
+        self, segment: Segment, planned: Iterator[Action], last: Action, end: int
+    ) -> Iterator[Action]:
+        """The actions that finish what is in flight and start nothing new: none at a step's
+        end under 1f1b and gpipe; under asp the rest of a run that ends at `end`."""
+        if not _asp(self.settings):
+            return
+        place = self.place
+        stream = refilled(end, 1, place.workers_from_here, 0, segment.start)
+        yield from replica_resumed(stream, last.microbatch + 1, 1, 0)
+
+    def _check(self, segment: Segment, step: int) -> Segment | None:
+        """One check, on every rank at once: the segment to switch to, or None."""
+        measured = self.watch.take()
+        stages = len(segment.pipeline.stages)
+        start = step + asp_reach([1] * stages) if _asp(self.settings) else step  # after a drain
+        plan_path = self.settings.run_dir / "plans" / f"adapt_step_{start}.yaml"
+        everyone: list[float] = [0.0] * dist.get_world_size()
+        shared: list[tuple[AdaptDecision, str] | None] = [None]
+        try:
+            dist.all_gather_object(everyone, measured)
+            if self.place.rank == 0:
+                left = (self.settings.steps - step) * self.per_step
+                shared[0] = decide(segment, step, everyone, left, plan_path)
+            dist.broadcast_object_list(shared, src=0)
+        except RuntimeError as err:
+            raise failures.LostPeer(
+                f"lost a stage at --adapt's check after step {step}: {failures.first_line(err)}"
+            ) from None
+        assert shared[0] is not None
+        decision, plan_text = shared[0]
+        if self.place.rank == 0:
+            record(self.settings.run_dir / DECISIONS, decision)
+        if not decision.switched:
+            return None
+        if not plan_path.is_file() or plan_path.read_text() != plan_text:  # another machine
+            plan_path.parent.mkdir(parents=True, exist_ok=True)
+            plan_path.write_text(plan_text)
+        pipeline_path = generated(plan_path, plan_path.with_suffix(""))
+        return Segment(start, segment.end, pipeline_path, load_pipeline(pipeline_path))
+
+
+def decide(
+    segment: Segment,
+    step: int,
+    measured: Sequence[float],
+    microbatches_left: int,
+    plan_path: Path,
+) -> tuple[AdaptDecision, str]:
+    """Rank 0's choice after `step`: keep the running plan, or switch to the plan for the
+    measured speeds, written to `plan_path` (its YAML text; "" when kept)."""
+    from vpipe.planner.planning import replan_for_speeds
+
+    plan = running_plan(segment)
+    predicted = [s.predicted.compute_ms for s in plan.stages]
+    ratios = [m / p if p > 0 else 1.0 for m, p in zip(measured, predicted, strict=True)]
+    slowest = max(s.predicted.time_ms for s in plan.stages)
+    kept = AdaptDecision(
+        step=step,
+        measured_ms=" ".join(f"{m:.3f}" for m in measured),
+        ratios=" ".join(f"{r:.3f}" for r in ratios),
+        speeds="",
+        current_ms=slowest,
+        planned_ms=slowest,
+        switched=False,
+        reason="",
+    )
+    fastest = min(ratios)
+    if max(ratios) <= fastest * (1 + THRESHOLD):
+        reason = f"stages within {THRESHOLD:.0%} of their predictions' proportions"
+        return replace(kept, reason=reason), ""
+    before = plan.settings.stage_speeds or (1.0,) * len(plan.stages)
+    speeds = [b * r / fastest for b, r in zip(before, ratios, strict=True)]
+    profile = load_profile(plan.profile)
+    replanned = replan_for_speeds(plan, profile, plan.profile, plan.profile_sha256, speeds)
+    current, planned = replanned.current_ms, replanned.planned_ms
+    # in the profile's milliseconds on the fastest device: `fastest` of them per measured one.
+    # A switch costs a drain and a fill under asp (about 2 (S - 1) micro-batches at the
+    # running pace) and the transfer and rebuild (SWITCH_MS)
+    stages, schedule = len(plan.stages), segment.pipeline.schedule
+    cost_ms = SWITCH_MS + (2 * (stages - 1) * current * fastest if schedule == "asp" else 0)
+    saved_ms = (current - planned) * fastest * microbatches_left
+    switched = planned * (1 + MIN_GAIN) <= current and saved_ms > cost_ms
+    if switched:
+        reason = f"predicted {current / planned:.2f}x faster; saves {saved_ms:.0f} ms"
+    elif planned * (1 + MIN_GAIN) > current:
+        reason = f"the best plan for these speeds is not {MIN_GAIN:.0%} faster"
+    else:
+        reason = f"saves {saved_ms:.0f} ms, less than a switch costs ({cost_ms:.0f} ms)"
+    decision = replace(
+        kept,
+        speeds=" ".join(f"{s:.3f}" for s in speeds),
+        current_ms=current,
+        planned_ms=planned,
+        switched=switched,
+        reason=reason,
+    )
+    if not switched:
+        return decision, ""
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    save_plan(replanned.plan, plan_path)  # its profile recorded relative to where it lies
+    return decision, plan_path.read_text()
+
+
+def running_plan(segment: Segment) -> Plan:
+    """The plan file `segment`'s pipeline was generated from."""
+    path = segment.path.parent / segment.pipeline.plan
+    if not path.is_file():
+        raise VpipeError(
+            f"--adapt re-plans from {path}, the plan {segment.path} was generated from, which "
+            "is not there; regenerate the pipeline with vpipe-gen from its plan"
+        )
+    return load_plan(path)
+
+
+def record(path: Path, decision: AdaptDecision) -> None:
+    """Append one check to run/adapt.csv (its header first)."""
+    new = not path.is_file()
+    with open(path, "a", newline="") as file:
+        writer = csv.DictWriter(file, [f.name for f in fields(AdaptDecision)])
+        if new:
+            writer.writeheader()
+        writer.writerow(asdict(decision))

@@ -1,0 +1,123 @@
+"""--adapt: with one device slowed (tests/runtime/fixtures/slow_rank.py: RANK 1 computes
+everything six times), the run re-plans for the measured speeds, switches once, and trains on
+exactly as a switch at that step would."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from vpipe.codegen.schema import load_pipeline
+from vpipe.planner.cli import main as plan_main
+from vpipe.profiler.cli import main as profile_main
+from vpipe.runtime.adapt import THRESHOLD, decide, running_plan
+from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.switching import Segment
+
+from ..codegen.pipelines import generate
+from .references import LR, asp_switched_replay, single_process, stage_of
+
+SLOW = str(Path(__file__).parent / "fixtures" / "slow_rank.py")
+
+
+@pytest.fixture(scope="module")
+def slow_profile(tmp_path_factory):
+    path = tmp_path_factory.mktemp("slow") / "profile.yaml"
+    argv = [SLOW, "-o", str(path), "-q", "--device", "cpu", "--batch-size", "16", "--threads"]
+    assert profile_main([*argv, "1", "--leaf", "Layer", "--repeats", "3"]) == 0
+    return path
+
+
+def planned(profile, directory, *options):
+    path = directory / "plan.yaml"
+    assert plan_main([str(profile), "--gpus", "2", "-o", str(path), "-q", *options]) == 0
+    return generate(path, directory / "out")
+
+
+def decisions(out):
+    with open(out / "run" / "adapt.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def final_weights(out):
+    return {
+        **torch.load(out / "run" / "final_stage_0.pt"),
+        **torch.load(out / "run" / "final_stage_1.pt"),
+    }
+
+
+def test_asp_adapts_once_and_keeps_weight_stashing(slow_profile, tmp_path, capfd):
+    out = planned(slow_profile, tmp_path, "--schedule", "asp")
+    steps = 60
+    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--lr", str(LR), "--threads"]
+    argv += ["1", "--optimizer", "sgd", "--adapt", "--adapt-every", "15"]
+    assert train_main(argv) == 0
+    made = decisions(out)
+    assert [row["step"] for row in made] == ["15", "31"]  # every window that leaves room
+    assert [row["switched"] for row in made] == ["True", "False"]  # once, not back
+    ratios = [float(r) for r in made[0]["ratios"].split()]
+    assert ratios[1] > ratios[0] * (1 + THRESHOLD)  # the slowed stage was seen as such
+    switched = load_pipeline(out / "run" / "plans" / "adapt_step_16" / "pipeline.yaml")
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    assert len(switched.stages[0].nodes) > len(pipeline.stages[0].nodes)  # off the slow device
+    assert "step 16: moved" in capfd.readouterr().out
+    # the drain at step 15, then the new split filling again from 16: as a replay by name
+    segments = [(0, stage_of(pipeline)), (16, stage_of(switched))]
+    expected = asp_switched_replay(pipeline, segments, steps)
+    for name, tensor in final_weights(out).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_1f1b_adapts_and_equals_single_process(slow_profile, tmp_path):
+    out = planned(slow_profile, tmp_path, "--schedule", "1f1b", "--microbatches", "2")
+    steps = 24
+    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--lr", str(LR), "--threads"]
+    argv += ["1", "--optimizer", "momentum", "--adapt", "--adapt-every", "4"]
+    assert train_main(argv) == 0
+    assert decisions(out)[0]["switched"] == "True"
+    expected, losses = single_process(load_pipeline(out / "pipeline.yaml"), steps)
+    for name, tensor in final_weights(out).items():
+        torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
+    with open(out / "run" / "metrics.csv") as file:
+        logged = [float(row["loss"]) for row in csv.DictReader(file)]
+    assert logged == pytest.approx(losses, rel=1e-5)
+
+
+def test_a_decision_keeps_even_stages_and_switches_off_a_slow_one(slow_profile, tmp_path):
+    """`decide` alone: measured times in the predictions' proportions keep the plan; stage 1
+    at a third of its speed re-plans onto stage 0; measured against that new plan in ITS
+    proportions, nothing moves again (the speeds are in the new plan's predictions)."""
+    out = planned(slow_profile, tmp_path, "--schedule", "asp")
+    segment = Segment(0, 1000, out / "pipeline.yaml", load_pipeline(out / "pipeline.yaml"))
+    predicted = [s.predicted.compute_ms for s in running_plan(segment).stages]
+    kept, text = decide(segment, 10, [2 * p for p in predicted], 990, tmp_path / "p1.yaml")
+    assert not kept.switched and text == "" and not (tmp_path / "p1.yaml").exists()
+    slow = [2 * predicted[0], 6 * predicted[1]]
+    moved, text = decide(segment, 10, slow, 990, tmp_path / "p2.yaml")
+    assert moved.switched and moved.planned_ms * (1 + 0.1) <= moved.current_ms
+    assert [float(s) for s in moved.speeds.split()] == pytest.approx([1.0, 3.0])
+    new_out = generate(tmp_path / "p2.yaml", tmp_path / "new")
+    new = Segment(11, 1000, new_out / "pipeline.yaml", load_pipeline(new_out / "pipeline.yaml"))
+    again = [2 * s.predicted.compute_ms for s in running_plan(new).stages]
+    settled, _ = decide(new, 21, again, 979, tmp_path / "p3.yaml")
+    assert not settled.switched
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--resume"], "--resume"),
+        (["--switch-plan", "2:{plan}"], "--switch-plan"),
+        (["--checkpoint-every", "2"], "--checkpoint-every under asp"),
+    ],
+)
+def test_what_adapt_does_not_support_is_refused_up_front(
+    slow_profile, tmp_path, capsys, options, said
+):
+    out = planned(slow_profile, tmp_path, "--schedule", "asp")
+    options = [o.format(plan=tmp_path / "plan.yaml") for o in options]
+    argv = [str(out / "pipeline.yaml"), "--steps", "8", "--adapt", *options]
+    assert train_main(argv) != 0
+    assert said in capsys.readouterr().err
+    assert not (out / "run" / "metrics.csv").exists()
