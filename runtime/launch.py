@@ -428,7 +428,12 @@ def _add_options(
     stages = len(pipeline.stages)
     if settings.clip_grad_norm is not None:
         clipper = GlobalNormClipper(
-            pipeline, stage, settings.schedule, settings.clip_grad_norm, device
+            pipeline,
+            stage,
+            settings.schedule,
+            settings.clip_grad_norm,
+            device,
+            executor.replicas.group,
         )
         executor.clip = clipper.clip
     if settings.skip_nonfinite:

@@ -159,15 +159,7 @@ def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
     if max(replicas) == 1:
         return
     shape = " + ".join(f"stage {k} x {r}" for k, r in enumerate(replicas))
-    asp = settings.schedule == "asp"
-    unsupported = [
-        option
-        for option, used in (
-            ("--clip-grad-norm under asp", asp and settings.clip_grad_norm is not None),
-            ("--skip-nonfinite", settings.skip_nonfinite),
-        )
-        if used
-    ]
+    unsupported = ["--skip-nonfinite"] if settings.skip_nonfinite else []
     if pipeline.tied:
         names = ", ".join("/".join(t.names) for t in pipeline.tied)
         unsupported.append(f"parameters tied across stages ({names})")
