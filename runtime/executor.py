@@ -41,6 +41,7 @@ from vpipe.runtime.checkpoint import ReplicaState, StageState
 from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.nonfinite import NonFiniteGuard
+from vpipe.runtime.placement import world_size
 from vpipe.runtime.replicas import ReplicaGroup
 from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import Summed, tied_parameters
@@ -105,7 +106,7 @@ class StageExecutor:
         self.clip: Callable[[Weights, bool], Weights] = lambda grads, owned: grads
         # a non-finite loss or gradient stops the run unless `runtime.launch` sets one that skips
         self.per_step = 1 if schedule == "asp" else pipeline.microbatches
-        self.guard = NonFiniteGuard(len(pipeline.stages), self.per_step, device)
+        self.guard = NonFiniteGuard(world_size(pipeline), self.per_step, device)
         self._fixed = _Fixed.of(pipeline, index, schedule, device)
 
     def run(self, actions: Iterable[Action]) -> None:

@@ -159,15 +159,12 @@ def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
     if max(replicas) == 1:
         return
     shape = " + ".join(f"stage {k} x {r}" for k, r in enumerate(replicas))
-    unsupported = ["--skip-nonfinite"] if settings.skip_nonfinite else []
     if pipeline.tied:
         names = ", ".join("/".join(t.names) for t in pipeline.tied)
-        unsupported.append(f"parameters tied across stages ({names})")
-    if unsupported:
         raise VpipeError(
-            f"{', '.join(unsupported)}: not supported with replicated stages yet ({shape} in "
-            f"{settings.pipeline}); train without {'them' if len(unsupported) > 1 else 'it'}, "
-            "or plan a straight pipeline (vpipe-plan without --stages) and regenerate"
+            f"parameters tied across stages ({names}): not supported with replicated stages "
+            f"yet ({shape} in {settings.pipeline}); train without them, or plan a straight "
+            "pipeline (vpipe-plan without --stages) and regenerate"
         )
     if settings.schedule != "asp" and pipeline.microbatches < max(replicas):
         raise VpipeError(

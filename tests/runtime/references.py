@@ -24,12 +24,14 @@ def single_process(
     clip=None,
     norms=None,
     device="cpu",
+    skip=None,
 ):
     """The reference: one model, M micro-batches' gradients summed (loss / M), one optimizer
     step per step (SGD with momentum unless told), its rate scaled by torch's LambdaLR with
     `lr_lambda`, its gradients clipped by clip_grad_norm_ to `clip` (each step's norm before
-    clipping appended to `norms`); micro-batch i is make_batch(batch_size, i), on `device`, as
-    the model. Returns the parameters and each step's loss."""
+    clipping appended to `norms`); step `skip` computes its gradients and applies nothing, as
+    --skip-nonfinite skips one; micro-batch i is make_batch(batch_size, i), on `device`, as the
+    model. Returns the parameters and each step's loss."""
     model_file = load_model_file(pipeline.model)
     torch.manual_seed(pipeline.seed)
     model = model_file.build_model().to(device)
@@ -46,6 +48,8 @@ def single_process(
             (loss / pipeline.microbatches).backward()
             total += loss.item()
         losses.append(total / pipeline.microbatches)
+        if step == skip:
+            continue
         if clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             if norms is not None:

@@ -201,7 +201,6 @@ def two_by_two(mlp_profile, tmp_path_factory):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--skip-nonfinite"], "--skip-nonfinite: not supported with replicated stages yet"),
         (["--schedule", "asp", "--steps", "5"], "--steps 5: under asp a stage with r replicas"),
         (
             ["--schedule", "asp", "--checkpoint-every", "3"],
