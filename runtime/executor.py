@@ -94,7 +94,7 @@ class StageExecutor:
         self.accumulated: Weights = {}
         self.losses: dict[int, float] = {}  # last stage: its micro-batches' not yet reported
         self.replicas = replicas
-        self.tied = tied_parameters(pipeline, index, schedule, updater)
+        self.tied = tied_parameters(pipeline, index, replicas.replica, schedule, updater)
         self.peak_versions = 0  # the most weight versions alive at once
         # the last stage reports each micro-batch's loss, in order, at its update; every stage,
         # each update and each action's timing

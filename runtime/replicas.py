@@ -159,12 +159,12 @@ def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
     if max(replicas) == 1:
         return
     shape = " + ".join(f"stage {k} x {r}" for k, r in enumerate(replicas))
-    if pipeline.tied:
+    if pipeline.tied and settings.schedule == "asp":
         names = ", ".join("/".join(t.names) for t in pipeline.tied)
         raise VpipeError(
-            f"parameters tied across stages ({names}): not supported with replicated stages "
-            f"yet ({shape} in {settings.pipeline}); train without them, or plan a straight "
-            "pipeline (vpipe-plan without --stages) and regenerate"
+            f"parameters tied across stages ({names}) under asp: not supported with replicated "
+            f"stages yet ({shape} in {settings.pipeline}); train with --schedule 1f1b or "
+            "gpipe, or plan a straight pipeline (vpipe-plan without --stages) and regenerate"
         )
     if settings.schedule != "asp" and pipeline.microbatches < max(replicas):
         raise VpipeError(

@@ -28,9 +28,15 @@ def mlp_profile(tmp_path_factory):
 
 
 def replicated(profiled, directory, replicas, *plan_args):
-    """A straight pipeline of len(replicas) stages, its pipeline.yaml then given replicas[s]
-    consecutive ranks for stage s (the rule the planner and vpipe-gen follow)."""
+    """A straight pipeline of len(replicas) stages, then `with_replicas`."""
     out = generate(plan(profiled, len(replicas), directory, False, *plan_args), directory / "out")
+    with_replicas(out, replicas)
+    return out
+
+
+def with_replicas(out, replicas):
+    """The straight pipeline in `out`, its pipeline.yaml given replicas[s] consecutive ranks for
+    stage s (the rule the planner and vpipe-gen follow)."""
     pipeline = load_pipeline(out / "pipeline.yaml")
     firsts = [sum(replicas[:s]) for s in range(len(replicas))]
     stages = tuple(
@@ -38,7 +44,6 @@ def replicated(profiled, directory, replicas, *plan_args):
         for spec, first, r in zip(pipeline.stages, firsts, replicas, strict=True)
     )
     save_pipeline(dataclasses.replace(pipeline, stages=stages), out / "pipeline.yaml")
-    return out
 
 
 def logged_losses(out):
@@ -221,8 +226,8 @@ def test_unsupported_options_are_refused(two_by_two, capsys, extra, message):
     ("change", "message"),
     [
         (
-            lambda p: dataclasses.replace(p, tied=(TiedParameter(("w",), (0, 1)),)),
-            "parameters tied across stages (w): not supported with replicated stages yet",
+            lambda p: dataclasses.replace(p, schedule="asp", tied=(TiedParameter(("w",), (0, 1)),)),
+            "parameters tied across stages (w) under asp: not supported with replicated stages",
         ),
         (
             lambda p: dataclasses.replace(p, microbatches=1),
