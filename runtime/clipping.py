@@ -15,8 +15,15 @@ of micro-batch n would make the last stage wait for the first at every update (a
 micro-batch), and using the norm of an older, complete micro-batch would let the gradient of
 this one through unclipped however large it is. So under asp each stage clips its own gradients
 by their own norm: every update a stage makes is bounded by max_norm (the whole model's
-gradient by sqrt(S) x max_norm), at once and with no communication; on one stage it is
-clip_grad_norm_ exactly.
+gradient by sqrt(S) x max_norm), at once; on one stage it is clip_grad_norm_ exactly.
+
+Under asp a stage's replicas update together on one summed gradient (the update's r
+micro-batches: runtime/replicas.py), which they clip by its norm, the stage's rule: each counts
+1/r of its squared norm in an all-reduce over the stage's replicas (the group of their
+gradients' sum; a stage on one process communicates nothing). Each replica could take the norm
+of the same tensors alone, but a norm is a reduction whose rounding depends on the thread
+count, which may differ between machines: the all-reduce hands every replica the same number,
+so they stay bit-identical by construction, for one number's latency beside the gradients'.
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ class GlobalNormClipper:
         schedule: str,
         max_norm: float,
         device: torch.device,
+        replicas: dist.ProcessGroup | None,
     ) -> None:
         """Every rank constructs it, in the same order relative to other groups (new_group is
-        collective)."""
+        collective). `replicas`: the group of the stage's replicas (None on one process), whose
+        norm asp shares."""
         self.max_norm, self.device = max_norm, device
         ranks = sorted(rank for spec in pipeline.stages for rank in spec.ranks)
-        self.group = None
+        self.group = replicas
         if schedule != "asp" and len(ranks) > 1:
             self.group = dist.new_group(ranks)
         self.share = 1 / len(pipeline.stages[stage].ranks)  # of the stage's squared norm

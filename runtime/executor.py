@@ -41,6 +41,7 @@ from vpipe.runtime.checkpoint import ReplicaState, StageState
 from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.links import Links, carries_gradient
 from vpipe.runtime.nonfinite import NonFiniteGuard
+from vpipe.runtime.placement import world_size
 from vpipe.runtime.replicas import ReplicaGroup
 from vpipe.runtime.rng import RngState
 from vpipe.runtime.tied import Summed, tied_parameters
@@ -93,7 +94,7 @@ class StageExecutor:
         self.accumulated: Weights = {}
         self.losses: dict[int, float] = {}  # last stage: its micro-batches' not yet reported
         self.replicas = replicas
-        self.tied = tied_parameters(pipeline, index, schedule, updater)
+        self.tied = tied_parameters(pipeline, index, replicas.replica, schedule, updater)
         self.peak_versions = 0  # the most weight versions alive at once
         # the last stage reports each micro-batch's loss, in order, at its update; every stage,
         # each update and each action's timing
@@ -105,7 +106,7 @@ class StageExecutor:
         self.clip: Callable[[Weights, bool], Weights] = lambda grads, owned: grads
         # a non-finite loss or gradient stops the run unless `runtime.launch` sets one that skips
         self.per_step = 1 if schedule == "asp" else pipeline.microbatches
-        self.guard = NonFiniteGuard(len(pipeline.stages), self.per_step, device)
+        self.guard = NonFiniteGuard(world_size(pipeline), self.per_step, device)
         self._fixed = _Fixed.of(pipeline, index, schedule, device)
 
     def run(self, actions: Iterable[Action]) -> None:

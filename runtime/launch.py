@@ -464,20 +464,24 @@ def _add_options(
     stage: int,
     device: torch.device,
 ) -> None:
-    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked (the
-    first two not with replicated stages yet: `runtime.replicas.check_replicated`). A
+    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked. A
     checkpoint records the plan in force and the end of its segment (under asp, whether the
     pipeline was draining)."""
     pipeline = segment.pipeline
     stages = len(pipeline.stages)
     if settings.clip_grad_norm is not None:
         clipper = GlobalNormClipper(
-            pipeline, stage, settings.schedule, settings.clip_grad_norm, device
+            pipeline,
+            stage,
+            settings.schedule,
+            settings.clip_grad_norm,
+            device,
+            executor.replicas.group,
         )
         executor.clip = clipper.clip
     if settings.skip_nonfinite:
         per_step = _per_step(settings, pipeline.microbatches)
-        executor.guard = NonFiniteGuard(stages, per_step, device, skip=True)
+        executor.guard = NonFiniteGuard(world_size(pipeline), per_step, device, skip=True)
     if settings.checkpoint_every:
         every = settings.checkpoint_every
         identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)

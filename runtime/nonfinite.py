@@ -8,9 +8,13 @@ largest value, which are nan or inf exactly when one of its values is).
 - By default the stage that finds one raises `VpipeError`, naming the step and micro-batch, before
   any update or checkpoint of that step: `runtime.launch` prints it as the stage's one error
   line and the launcher stops the other stages.
-- With `skip` (1f1b and gpipe only) a step whose loss or gradients are non-finite on any stage is
-  skipped by every stage: an all-reduce of one flag over the stages, in a group of its own,
-  before the update, so the stages never disagree about which steps they applied. The
+- With `skip` (1f1b and gpipe only) a step whose loss or gradients are non-finite on any process
+  is skipped by every process: an all-reduce of one flag over them all (every replica of every
+  stage), in a group of its own, before the update, so no two disagree about which steps they
+  applied. A stage's replicas check the same summed gradients, but a loss is seen only by the
+  last stage's replica that ran its micro-batch, and a loss can be nan while every gradient is
+  finite (cross_entropy over a micro-batch whose labels are all ignored: 0 / 0, gradients 0): a
+  replica deciding alone would skip a step its siblings apply, and the replicas would part. The
   optimizer does not step (its state and update count, and so the learning-rate schedule and
   Adam's bias correction, stay where they were).
 - asp with `skip` is refused: each stage updates on its own after each backward, so skipping
@@ -46,15 +50,16 @@ def check_supported(schedule: str, skip: bool) -> None:
 class NonFiniteGuard:
     def __init__(
         self,
-        stages: int,
+        processes: int,
         per_step: int,
         device: torch.device,
         skip: bool = False,
     ) -> None:
-        """`per_step`: micro-batches per update. With `skip` every rank constructs it, in the
-        same order relative to other groups (new_group is collective)."""
+        """`processes`: the run's, every replica of every stage; `per_step`: micro-batches per
+        update. With `skip` every rank constructs it, in the same order relative to other
+        groups (new_group is collective)."""
         self.per_step, self.device, self.skip = per_step, device, skip
-        self.group = dist.new_group(list(range(stages))) if skip and stages > 1 else None
+        self.group = dist.new_group(list(range(processes))) if skip and processes > 1 else None
         self.bad_loss: int | None = None  # this step's first micro-batch with a non-finite loss
         self.skipped = 0  # steps skipped so far, a checkpoint's included
 

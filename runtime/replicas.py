@@ -159,23 +159,12 @@ def check_replicated(settings: RunSettings, pipeline: Pipeline) -> None:
     if max(replicas) == 1:
         return
     shape = " + ".join(f"stage {k} x {r}" for k, r in enumerate(replicas))
-    asp = settings.schedule == "asp"
-    unsupported = [
-        option
-        for option, used in (
-            ("--clip-grad-norm under asp", asp and settings.clip_grad_norm is not None),
-            ("--skip-nonfinite", settings.skip_nonfinite),
-        )
-        if used
-    ]
-    if pipeline.tied:
+    if pipeline.tied and settings.schedule == "asp":
         names = ", ".join("/".join(t.names) for t in pipeline.tied)
-        unsupported.append(f"parameters tied across stages ({names})")
-    if unsupported:
         raise VpipeError(
-            f"{', '.join(unsupported)}: not supported with replicated stages yet ({shape} in "
-            f"{settings.pipeline}); train without {'them' if len(unsupported) > 1 else 'it'}, "
-            "or plan a straight pipeline (vpipe-plan without --stages) and regenerate"
+            f"parameters tied across stages ({names}) under asp: not supported with replicated "
+            f"stages yet ({shape} in {settings.pipeline}); train with --schedule 1f1b or "
+            "gpipe, or plan a straight pipeline (vpipe-plan without --stages) and regenerate"
         )
     if settings.schedule != "asp" and pipeline.microbatches < max(replicas):
         raise VpipeError(

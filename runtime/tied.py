@@ -7,7 +7,14 @@ through identical versions.
 
 - 1f1b, gpipe (`Summed`): the holders update together, once per step, so an all-reduce in a
   group of just those ranks sums the gradients before the update, as Megatron does for tied
-  embeddings.
+  embeddings. With data-parallel replicas the group holds every replica of every holding stage,
+  and the exchange follows the replicas' own sum (`runtime.replicas`), after which each replica
+  of a stage holds the stage's whole gradient: replica 0 of each holder gives it, the others
+  zeros. Each copy then receives the same sum, bit for bit, as a straight pipeline's holders
+  compute (adding zeros is exact): the replicas stay identical and the run equals one process.
+  Pairing replica i of one holder with replica i of another before the replicas' sum would need
+  equal replica counts (a 2 x 1 pipeline has none to pair), and every replica giving 1/r of its
+  stage's gradient would round differently from one process for r = 3.
 - asp (`Staggered`): every stage updates after each of its backwards, and backward runs from
   the last stage to the first, so a later holder has its gradient of micro-batch i before the
   owner (the first stage holding the parameter) has its own. At its update i the owner receives
@@ -40,28 +47,34 @@ FIRST_TAG = 2
 
 
 def tied_parameters(
-    pipeline: Pipeline, stage: int, schedule: str, updater: Updater
+    pipeline: Pipeline, stage: int, replica: int, schedule: str, updater: Updater
 ) -> Summed | Staggered:
-    """What keeps this stage's tied copies equal under `schedule` (every rank makes one)."""
+    """What keeps this stage's tied copies equal under `schedule` (every rank makes one);
+    `replica`: this process's place among the stage's replicas (asp has none: refused)."""
     if schedule == "asp":
         return Staggered(pipeline, stage, updater)
-    return Summed(pipeline, stage, updater)
+    return Summed(pipeline, stage, replica, updater)
 
 
 class Summed:
-    """1f1b and gpipe: an all-reduce of the holders' gradients before each update."""
+    """1f1b and gpipe: an all-reduce of the holders' gradients before each update, every
+    replica of each holder in it, replica 0 giving the stage's (see the module docstring)."""
 
-    def __init__(self, pipeline: Pipeline, stage: int, updater: Updater) -> None:
-        self.updater = updater
+    def __init__(self, pipeline: Pipeline, stage: int, replica: int, updater: Updater) -> None:
+        self.updater, self.gives = updater, replica == 0
         self.mine: list[tuple[str, dist.ProcessGroup]] = []
         for tied in pipeline.tied:  # every rank creates every group, in the same order
-            group = dist.new_group(list(tied.stages))
+            ranks = sorted(rank for s in tied.stages for rank in pipeline.stages[s].ranks)
+            group = dist.new_group(ranks)
             if stage in tied.stages:
                 self.mine.append((_held_name(pipeline, stage, tied), group))
 
     def sum(self, grads: Weights) -> None:
-        """Add the other holders' gradients into `grads`, in place."""
+        """Add the other holders' gradients into `grads` (the step's, summed over the stage's
+        replicas: this process's own), in place."""
         for name, group in self.mine:
+            if not self.gives:
+                grads[name].zero_()
             dist.all_reduce(grads[name], group=group)
 
     def step(self, weights: Weights, grads: Weights, in_place: bool) -> Weights:

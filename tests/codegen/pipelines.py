@@ -19,8 +19,10 @@ MODELS = ("gpt", "bert", "resnet", "vgg", "mlp")
 
 
 def profile(model: str, directory: Path, batch_size: int = 4, device: str = "cpu") -> Path:
-    path = directory / f"{model}.profile.yaml"
-    argv = [f"vpipe.models.{model}", "-o", str(path), "-q", "--device", device]
+    """`model`: a bundled model's name, or a model file's path."""
+    source = model if model.endswith(".py") else f"vpipe.models.{model}"
+    path = directory / f"{Path(model).stem}.profile.yaml"
+    argv = [source, "-o", str(path), "-q", "--device", device]
     argv += ["--batch-size", str(batch_size), "--repeats", "1", "--warmup", "0"]
     assert profile_main(argv) == 0
     return path

@@ -24,12 +24,14 @@ def single_process(
     clip=None,
     norms=None,
     device="cpu",
+    skip=None,
 ):
     """The reference: one model, M micro-batches' gradients summed (loss / M), one optimizer
     step per step (SGD with momentum unless told), its rate scaled by torch's LambdaLR with
     `lr_lambda`, its gradients clipped by clip_grad_norm_ to `clip` (each step's norm before
-    clipping appended to `norms`); micro-batch i is make_batch(batch_size, i), on `device`, as
-    the model. Returns the parameters and each step's loss."""
+    clipping appended to `norms`); step `skip` computes its gradients and applies nothing, as
+    --skip-nonfinite skips one; micro-batch i is make_batch(batch_size, i), on `device`, as the
+    model. Returns the parameters and each step's loss."""
     model_file = load_model_file(pipeline.model)
     torch.manual_seed(pipeline.seed)
     model = model_file.build_model().to(device)
@@ -46,6 +48,8 @@ def single_process(
             (loss / pipeline.microbatches).backward()
             total += loss.item()
         losses.append(total / pipeline.microbatches)
+        if step == skip:
+            continue
         if clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             if norms is not None:
@@ -54,6 +58,25 @@ def single_process(
         if schedule is not None:
             schedule.step()
     return dict(model.named_parameters()), losses
+
+
+def clipped_optimizers(make_optimizer, max_norm, norms):
+    """A replay `update`: per stage a torch.optim optimizer of `make_optimizer`'s, after
+    clip_grad_norm_ on the stage's own gradients (asp's clipping rule; each norm before clipping
+    appended to `norms`); a weight no path reached steps on a zero gradient, as in the runtime."""
+    params, optimizers = {}, {}
+
+    def update(k, weights, grads):
+        if k not in params:  # the stage's first update: its weights are the initial ones
+            params[k] = {n: t.detach().clone().requires_grad_() for n, t in weights.items()}
+            optimizers[k] = make_optimizer(params[k].values())
+        for name, param in params[k].items():
+            param.grad = grads[name] if grads[name] is not None else torch.zeros_like(param)
+        norms.append(torch.nn.utils.clip_grad_norm_(params[k].values(), max_norm).item())
+        optimizers[k].step()
+        return {n: p.detach().clone() for n, p in params[k].items()}  # stashed versions stay
+
+    return update
 
 
 def replay(out, steps, stash=True, update=None):
@@ -169,15 +192,16 @@ def replay(out, steps, stash=True, update=None):
     return weights
 
 
-def replicated_replay(out, steps, replicas):
+def replicated_replay(out, steps, replicas, update=None):
     """asp with data-parallel replicas (common/replicas.py) in one process, in micro-batch
     order: stage s, with r replicas and w processes from it to the last, runs micro-batch m on
     replica m mod r, whose forward follows that replica's backward of m - d r (d = ceil(w / r),
     the micro-batches a replica holds in flight) and so the update that backward joined: m's
     forward uses the version after max(0, m // r - d + 1) updates. Update k of stage s is plain
-    SGD on the SUM of micro-batches k r .. k r + r - 1's gradients, each for the version its
-    forward used (weight stashing, the replicas holding the same versions). With every r = 1 it
-    is `replay`'s straight asp. Returns each stage's final weights and each micro-batch's loss."""
+    SGD (or `update(stage, weights, grads)`, as `replay`'s) on the SUM of micro-batches
+    k r .. k r + r - 1's gradients, each for the version its forward used (weight stashing, the
+    replicas holding the same versions). With every r = 1 it is `replay`'s straight asp.
+    Returns each stage's final weights and each micro-batch's loss."""
     pipeline, stages = load_all(out)
     model_file = load_model_file(pipeline.model)
     depth = [-(-sum(replicas[s:]) // r) for s, r in enumerate(replicas)]
@@ -206,7 +230,11 @@ def replicated_replay(out, steps, replicas):
                 pending[s][name] = pending[s].get(name, 0) + grad
             if (m + 1) % replicas[s] == 0:  # the stage's replicas have all joined the update
                 newest = versions[s][-1]
-                versions[s].append({n: newest[n] - LR * g for n, g in pending[s].items()})
+                versions[s].append(
+                    update(s, newest, pending[s])
+                    if update
+                    else {n: newest[n] - LR * g for n, g in pending[s].items()}
+                )
                 pending[s] = {}
     return [v[-1] for v in versions], losses
 

@@ -11,7 +11,7 @@ from vpipe.planner.schema import load_plan, save_plan
 from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate, plan, profile
-from .references import LR, replay
+from .references import LR, clipped_optimizers, replay
 
 STEPS = 8
 
@@ -54,25 +54,6 @@ def test_asp_equals_stashed_replay(gpt_profile, tmp_path, stages):
     assert differs  # without stashing, the same schedule computes something else
 
 
-def torch_adamw(lr, max_norm, norms):
-    """A replay `update`: per stage a torch.optim.AdamW, after clip_grad_norm_ on the stage's
-    own gradients (asp's clipping rule; each norm before clipping appended to `norms`); a
-    weight no path reached steps on a zero gradient, as in the runtime."""
-    params, optimizers = {}, {}
-
-    def update(k, weights, grads):
-        if k not in params:  # the stage's first update: its weights are the initial ones
-            params[k] = {n: t.detach().clone().requires_grad_() for n, t in weights.items()}
-            optimizers[k] = torch.optim.AdamW(params[k].values(), lr=lr, weight_decay=0.1)
-        for name, param in params[k].items():
-            param.grad = grads[name] if grads[name] is not None else torch.zeros_like(param)
-        norms.append(torch.nn.utils.clip_grad_norm_(params[k].values(), max_norm).item())
-        optimizers[k].step()
-        return {n: p.detach().clone() for n, p in params[k].items()}  # stashed versions stay
-
-    return update
-
-
 def test_asp_adamw_with_clipping_equals_stashed_replay(gpt_profile, tmp_path, one_thread):
     """AdamW and per-stage clipping under asp: the run equals the stashed replay with
     torch.optim.AdamW and clip_grad_norm_ per stage, and its loss falls."""
@@ -82,7 +63,10 @@ def test_asp_adamw_with_clipping_equals_stashed_replay(gpt_profile, tmp_path, on
     argv += ["--optimizer", "adamw", "--lr", str(lr), "--weight-decay", "0.1", "--threads", "1"]
     assert train_main([*argv, "--clip-grad-norm", str(max_norm)]) == 0
     norms = []
-    stashed = replay(out, steps, update=torch_adamw(lr, max_norm, norms))
+    adamw = clipped_optimizers(
+        lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.1), max_norm, norms
+    )
+    stashed = replay(out, steps, update=adamw)
     assert sum(n > max_norm for n in norms) > len(norms) / 2  # most updates were clipped
     for k in range(2):
         trained = torch.load(out / "run" / f"final_stage_{k}.pt")

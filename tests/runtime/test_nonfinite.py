@@ -1,22 +1,21 @@
 """Never train silently wrong, on real gloo processes: a NaN in the data stops the run with one
 line naming the stage, step and micro-batch, keeping the checkpoints before it and writing
-nothing after; with --skip-nonfinite the step is skipped by every stage, as a single process
-that skips it."""
+nothing after; with --skip-nonfinite the step is skipped by every stage, and every replica of a
+replicated stage, as a single process that skips it."""
 
 import pytest
 import torch
 import yaml
 
 from vpipe.codegen.schema import load_pipeline
-from vpipe.common.modelfile import load_model_file
 from vpipe.planner.cli import main as plan_main
-from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate
-from .fixtures import nan_batch
-from .references import LR, momentum_sgd
+from ..codegen.pipelines import generate, profile
+from .fixtures import ignored_labels, nan_batch
+from .references import LR, single_process
+from .test_replicas import assert_replicas_agree, final_weights, replica_logs, replicated
 
 MODEL = nan_batch.__file__
 MICROBATCHES = 2
@@ -26,10 +25,7 @@ COMMON = ["--optimizer", "momentum", "--lr", str(LR), "--threads", "1"]
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
-    path = tmp_path_factory.mktemp("nan") / "profile.yaml"
-    argv = [MODEL, "-o", str(path), "-q", "--device", "cpu", "--batch-size", "4"]
-    assert profile_main([*argv, "--repeats", "1", "--warmup", "0"]) == 0
-    return path
+    return profile(MODEL, tmp_path_factory.mktemp("nan"))
 
 
 def _pipeline(profiled, tmp_path, schedule):
@@ -72,24 +68,6 @@ def test_nan_stops_the_run(profiled, tmp_path, capfd, schedule):
         assert all(torch.isfinite(w).all() for w in saved["stage"]["weights"].values())
 
 
-def _skipping_reference(pipeline, steps, skip):
-    """test_sync's single process (M micro-batches' gradients summed, SGD with momentum), except
-    that step `skip` computes its gradients and applies nothing."""
-    model_file = load_model_file(pipeline.model)
-    torch.manual_seed(pipeline.seed)
-    model = model_file.build_model()
-    optimizer = momentum_sgd(model.parameters())
-    for step in range(steps):
-        optimizer.zero_grad()
-        for j in range(pipeline.microbatches):
-            batch = model_file.batch(pipeline.batch_size, step * pipeline.microbatches + j)
-            loss = model_file.loss_fn(batch.call(model), batch.target)
-            (loss / pipeline.microbatches).backward()
-        if step != skip:
-            optimizer.step()
-    return dict(model.named_parameters())
-
-
 def test_skip_nonfinite_skips_the_step_everywhere(profiled, tmp_path, capfd):
     out = _pipeline(profiled, tmp_path, "1f1b")
     steps = BAD_STEP["1f1b"] + 2
@@ -98,7 +76,8 @@ def test_skip_nonfinite_skips_the_step_everywhere(profiled, tmp_path, capfd):
     assert train_main([*argv, *COMMON]) == 0
     printed = capfd.readouterr().out.splitlines()
     assert printed[-1] == "skipped 1 step with a non-finite loss or gradient (--skip-nonfinite)"
-    expected = _skipping_reference(load_pipeline(out / "pipeline.yaml"), steps, BAD_STEP["1f1b"])
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    expected, _ = single_process(pipeline, steps, skip=BAD_STEP["1f1b"])
     seen = set()
     for k in (0, 1):
         stage = yaml.safe_load((out / "run" / f"stage_{k}.yaml").read_text())
@@ -107,6 +86,36 @@ def test_skip_nonfinite_skips_the_step_everywhere(profiled, tmp_path, capfd):
             torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
             seen.add(name)
     assert seen == set(expected)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "replicas"),
+    [(nan_batch, (2, 1)), (ignored_labels, (2, 2)), (ignored_labels, (2, 1))],
+    ids=["nan-input-2x1", "nan-loss-2x2", "nan-loss-2x1"],
+)
+def test_replicas_skip_the_same_steps(tmp_path, capfd, fixture, replicas):
+    """With replicated stages every process skips step 3, and only it, and the run equals a
+    single process that skips it. nan_batch's NaN input makes every gradient of the step nan, on
+    every process; ignored_labels makes only micro-batch 6's loss nan, on the one replica of the
+    last stage that runs it, every gradient finite: the others skip because the decision is
+    every process's."""
+    argv = ["--schedule", "1f1b", "--microbatches", str(MICROBATCHES)]
+    out = replicated(profile(fixture.__file__, tmp_path), tmp_path, replicas, *argv)
+    steps = BAD_STEP["1f1b"] + 2
+    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--skip-nonfinite"]
+    capfd.readouterr()
+    assert train_main([*argv, *COMMON]) == 0
+    printed = capfd.readouterr().out.splitlines()
+    assert printed[-1] == "skipped 1 step with a non-finite loss or gradient (--skip-nonfinite)"
+    assert [log.skipped_steps for log in replica_logs(out, replicas).values()] == [1] * sum(
+        replicas
+    )
+    assert_replicas_agree(out, replicas)
+    pipeline = load_pipeline(out / "pipeline.yaml")
+    expected, _ = single_process(pipeline, steps, skip=BAD_STEP["1f1b"])
+    for trained in final_weights(out, len(replicas)):
+        for name, tensor in trained.items():
+            torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_skip_nonfinite_refused_under_asp(profiled, tmp_path, capfd):

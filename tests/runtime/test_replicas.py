@@ -16,7 +16,7 @@ from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.stagelog import load_stage_log
 
 from ..codegen.pipelines import generate, plan, profile
-from .references import LR, replay, replicated_replay, single_process
+from .references import LR, clipped_optimizers, replay, replicated_replay, single_process
 
 MICROBATCHES = 4
 STEPS = 3
@@ -28,9 +28,15 @@ def mlp_profile(tmp_path_factory):
 
 
 def replicated(profiled, directory, replicas, *plan_args):
-    """A straight pipeline of len(replicas) stages, its pipeline.yaml then given replicas[s]
-    consecutive ranks for stage s (the rule the planner and vpipe-gen follow)."""
+    """A straight pipeline of len(replicas) stages, then `with_replicas`."""
     out = generate(plan(profiled, len(replicas), directory, False, *plan_args), directory / "out")
+    with_replicas(out, replicas)
+    return out
+
+
+def with_replicas(out, replicas):
+    """The straight pipeline in `out`, its pipeline.yaml given replicas[s] consecutive ranks for
+    stage s (the rule the planner and vpipe-gen follow)."""
     pipeline = load_pipeline(out / "pipeline.yaml")
     firsts = [sum(replicas[:s]) for s in range(len(replicas))]
     stages = tuple(
@@ -38,7 +44,6 @@ def replicated(profiled, directory, replicas, *plan_args):
         for spec, first, r in zip(pipeline.stages, firsts, replicas, strict=True)
     )
     save_pipeline(dataclasses.replace(pipeline, stages=stages), out / "pipeline.yaml")
-    return out
 
 
 def logged_losses(out):
@@ -161,6 +166,26 @@ def test_asp_replicas_hold_the_planners_versions(asp_run):
         assert log.peak_weight_versions == replica_weight_versions("asp", 2, 4 - 2 * s)
 
 
+def test_asp_replicas_clip_their_summed_gradient(mlp_profile, tmp_path):
+    """--clip-grad-norm under asp with 2 x 2 replicas: a stage's replicas clip the update's
+    summed gradient by its own norm (asp's per-stage rule), end identical, and equal the
+    replicated replay with clip_grad_norm_ on each stage's update, most updates clipped."""
+    max_norm, steps = 0.05, 12
+    out = replicated(mlp_profile, tmp_path, (2, 2))
+    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--lr", str(LR), "--threads", "1"]
+    argv += ["--optimizer", "sgd", "--schedule", "asp", "--clip-grad-norm", str(max_norm)]
+    assert train_main(argv) == 0
+    assert_replicas_agree(out, (2, 2))
+    norms: list[float] = []
+    sgd = clipped_optimizers(lambda params: torch.optim.SGD(params, lr=LR), max_norm, norms)
+    expected, losses = replicated_replay(out, steps, (2, 2), update=sgd)
+    assert sum(n > 2 * max_norm for n in norms) > len(norms) / 2
+    for trained, wanted in zip(final_weights(out, 2), expected, strict=True):
+        for name, tensor in wanted.items():
+            torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-6)
+    assert [loss for _, loss in logged_losses(out)] == pytest.approx(losses, rel=1e-5)
+
+
 def test_the_report_has_a_row_per_replica(asp_run, capsys):
     assert train_main([str(asp_run / "pipeline.yaml"), "--report"]) == 0
     printed = capsys.readouterr().out
@@ -181,11 +206,6 @@ def two_by_two(mlp_profile, tmp_path_factory):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (
-            ["--schedule", "asp", "--steps", "4", "--clip-grad-norm", "1"],
-            "--clip-grad-norm under asp: not supported with replicated stages yet",
-        ),
-        (["--skip-nonfinite"], "--skip-nonfinite: not supported with replicated stages yet"),
         (["--schedule", "asp", "--steps", "5"], "--steps 5: under asp a stage with r replicas"),
         (
             ["--schedule", "asp", "--checkpoint-every", "3"],
@@ -206,8 +226,8 @@ def test_unsupported_options_are_refused(two_by_two, capsys, extra, message):
     ("change", "message"),
     [
         (
-            lambda p: dataclasses.replace(p, tied=(TiedParameter(("w",), (0, 1)),)),
-            "parameters tied across stages (w): not supported with replicated stages yet",
+            lambda p: dataclasses.replace(p, schedule="asp", tied=(TiedParameter(("w",), (0, 1)),)),
+            "parameters tied across stages (w) under asp: not supported with replicated stages",
         ),
         (
             lambda p: dataclasses.replace(p, microbatches=1),

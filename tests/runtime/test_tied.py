@@ -1,6 +1,6 @@
 """Tied parameters on several stages stay equal: under 1f1b they train like the single-process
-model; under asp like a single-process replay of the summed, staggered updates (runtime/tied.py);
-and the plan counts each copy in its stage's memory."""
+model, with replicated stages too; under asp like a single-process replay of the summed,
+staggered updates (runtime/tied.py); and the plan counts each copy in its stage's memory."""
 
 import shutil
 from pathlib import Path
@@ -17,6 +17,7 @@ from vpipe.profiler.schema import load_profile
 from vpipe.runtime.cli import main as train_main
 
 from .references import LR, replay, single_process
+from .test_replicas import assert_replicas_agree, final_weights, logged_losses, with_replicas
 
 STEPS = 6
 
@@ -49,6 +50,27 @@ def test_tied_copies_stay_equal_to_single_process(tmp_path, monkeypatch):
     second = torch.load("out/run/final_stage_1.pt")["head.weight"]
     assert torch.equal(first, second)
     torch.testing.assert_close(first, expected["embed.weight"].detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("replicas", [(2, 2), (2, 1)])
+def test_replicated_tied_copies_equal_single_process(tmp_path, monkeypatch, replicas):
+    """1f1b with 2 x 2 and 2 x 1 replicas: the tied sum follows the replicas' (replica 0 of
+    each holder giving its stage's gradient), so every copy on every replica ends bit-equal,
+    and the losses and every weight equal single-process training."""
+    monkeypatch.chdir(tmp_path)
+    pipeline = generate_tied(2)
+    with_replicas(Path("out"), replicas)
+    train = ["out/pipeline.yaml", "--steps", "3", "--lr", str(LR), "--optimizer", "momentum"]
+    assert train_main([*train, "--threads", "1"]) == 0
+    assert_replicas_agree(Path("out"), replicas)
+    first, second = final_weights(Path("out"), 2)
+    weights = {**first, **second}
+    assert torch.equal(weights.pop("head.weight"), weights["embed.weight"])  # the copies
+    expected, losses = single_process(pipeline, 3)
+    assert set(weights) == set(expected)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, expected[name].detach(), rtol=1e-5, atol=1e-6)
+    assert [loss for _, loss in logged_losses(Path("out"))] == pytest.approx(losses, rel=1e-5)
 
 
 def test_tied_weights_on_one_stage_stay_one_tensor(tmp_path, monkeypatch):

@@ -126,7 +126,7 @@ def test_asp_clips_a_tied_copy_with_its_stage():
         ],
         tied=(TiedParameter(("wte.weight", "lm_head.weight"), (0, 1)),),
     )
-    clipper = GlobalNormClipper(pipeline, 1, "asp", max_norm=1.0, device=torch.device("cpu"))
+    clipper = GlobalNormClipper(pipeline, 1, "asp", 1.0, torch.device("cpu"), replicas=None)
     grads = {"ln.weight": torch.full((4,), 0.01), "lm_head.weight": torch.full((4, 4), 100.0)}
     clipped = clipper.clip(grads, owned=False)
     norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in clipped.values()]))
