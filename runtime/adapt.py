@@ -12,14 +12,15 @@ time saved over the rest of the run beats what a switch costs. The speeds a plan
 are in it, so after a switch the stages measure against the new plan's predictions: the
 ratios even out and no switch follows unless the machine changes again (no flapping).
 
-Every check is a record in run/adapt.csv (`AdaptDecision`); a switch is also one line.
+Every check is a row of run/adapt.csv (`AdaptDecision`); a switch is also one line, and a row
+of run/switches.csv.
 """
 
 from __future__ import annotations
 
-import csv
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch.distributed as dist
@@ -32,28 +33,15 @@ from vpipe.planner.schema import Plan, load_plan, save_plan
 from vpipe.profiler.schema import load_profile
 from vpipe.runtime import failures
 from vpipe.runtime.events import ActionEvent
+from vpipe.runtime.layoutlog import DECISIONS, AdaptDecision
 from vpipe.runtime.placement import Placement
+from vpipe.runtime.rowlog import append_row
 from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.switching import Segment, generated
 
 THRESHOLD = 0.2  # stages' measured/predicted ratios this far apart: re-plan
 MIN_GAIN = 0.1  # a new plan must be predicted this much faster (hysteresis)
 SWITCH_MS = 100.0  # a switch's transfer and rebuild: the tests' took 30-90 ms on 2 cores
-DECISIONS = "adapt.csv"
-
-
-@dataclass(frozen=True)
-class AdaptDecision:
-    """One check of `--adapt`, as run/adapt.csv records it."""
-
-    step: int  # steps done when it was made
-    measured_ms: str  # per stage, busy ms per micro-batch over the window ("a b ...")
-    ratios: str  # per stage, measured over the plan's predicted compute
-    speeds: str  # per stage index, the device speeds a re-plan assumed ("" if none)
-    current_ms: float  # the running plan's slowest stage at those speeds
-    planned_ms: float  # the new plan's (= current_ms when not re-planned)
-    switched: bool
-    reason: str
 
 
 class BusyWatch:
@@ -113,8 +101,6 @@ class Adapter:
         self.settings, self.place, self.watch = settings, place, watch
         self.per_step = 1 if _asp(settings) else microbatches
         self.following: Segment | None = None
-        if place.rank == 0:  # a new run's decisions only (--adapt does not resume)
-            (settings.run_dir / DECISIONS).unlink(missing_ok=True)
 
     def actions(self, segment: Segment, planned: Iterator[Action]) -> Iterator[Action]:
         for action in planned:
@@ -155,6 +141,7 @@ class Adapter:
 
     def _check(self, segment: Segment, step: int) -> Segment | None:
         """One check, on every rank at once: the segment to switch to, or None."""
+        began = time.perf_counter()
         measured = self.watch.take()
         stages = len(segment.pipeline.stages)
         start = step + asp_reach([1] * stages) if _asp(self.settings) else step  # after a drain
@@ -173,15 +160,17 @@ class Adapter:
             ) from None
         assert shared[0] is not None
         decision, plan_text = shared[0]
+        following = None
+        if decision.switched:
+            if not plan_path.is_file() or plan_path.read_text() != plan_text:  # another machine
+                plan_path.parent.mkdir(parents=True, exist_ok=True)
+                plan_path.write_text(plan_text)
+            pipeline_path = generated(plan_path, plan_path.with_suffix(""))
+            following = Segment(start, segment.end, pipeline_path, load_pipeline(pipeline_path))
         if self.place.rank == 0:
-            record(self.settings.run_dir / DECISIONS, decision)
-        if not decision.switched:
-            return None
-        if not plan_path.is_file() or plan_path.read_text() != plan_text:  # another machine
-            plan_path.parent.mkdir(parents=True, exist_ok=True)
-            plan_path.write_text(plan_text)
-        pipeline_path = generated(plan_path, plan_path.with_suffix(""))
-        return Segment(start, segment.end, pipeline_path, load_pipeline(pipeline_path))
+            seconds = time.perf_counter() - began
+            append_row(self.settings.run_dir / DECISIONS, replace(decision, seconds=seconds))
+        return following
 
 
 def decide(
@@ -255,13 +244,3 @@ def running_plan(segment: Segment) -> Plan:
             "is not there; regenerate the pipeline with vpipe-gen from its plan"
         )
     return load_plan(path)
-
-
-def record(path: Path, decision: AdaptDecision) -> None:
-    """Append one check to run/adapt.csv (its header first)."""
-    new = not path.is_file()
-    with open(path, "a", newline="") as file:
-        writer = csv.DictWriter(file, [f.name for f in fields(AdaptDecision)])
-        if new:
-            writer.writeheader()
-        writer.writerow(asdict(decision))

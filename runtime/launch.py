@@ -38,6 +38,7 @@ from vpipe.runtime.adapt import Adapter, BusyWatch, check_adaptable
 from vpipe.runtime.clipping import GlobalNormClipper
 from vpipe.runtime.events import ActionEvent, EventLog
 from vpipe.runtime.executor import StageExecutor
+from vpipe.runtime.layoutlog import DECISIONS, SWITCHES, Moved, SwitchRecord
 from vpipe.runtime.links import Links
 from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.metrics import Metrics
@@ -51,12 +52,12 @@ from vpipe.runtime.placement import (
 )
 from vpipe.runtime.preflight import check_checkpoints, check_tied_checkpoints, check_world
 from vpipe.runtime.replicas import ReplicaGroup, check_replicated, weights_digest
+from vpipe.runtime.rowlog import append_row
 from vpipe.runtime.settings import RunSettings, save_settings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
 from vpipe.runtime.switching import (
     PlanSwitch,
     Segment,
-    SwitchReport,
     moves,
     plan_segments,
     segment_resumed,
@@ -201,6 +202,9 @@ def run_stage(settings: RunSettings) -> None:
         metrics = _metrics(settings, pipeline, per_step, first_step)
         executor.on_loss = metrics.add
         save_settings(settings, settings.run_dir / "settings.yaml")
+    if place.rank == 0 and not settings.resume:  # a new run's switches and decisions only
+        for name in (SWITCHES, DECISIONS):
+            (settings.run_dir / name).unlink(missing_ok=True)
     events = EventLog(settings.run_dir / place.events_file)
     executor.on_event = events.add
     adapter = None
@@ -353,8 +357,11 @@ def _switched(
             f"lost a stage during the switch at step {new.start}: {failures.first_line(err)}"
         ) from None
     if place.rank == 0:
-        report = SwitchReport(new.start, tuple(all_moves), sum(totals), time.perf_counter() - start)
-        _print_whole(report.line())
+        seconds = time.perf_counter() - start
+        moved = [Moved(m.source, m.target, len(m.nodes)) for m in all_moves]
+        record = SwitchRecord.of(new.start, start, seconds, moved, sum(totals), new.path)
+        _print_whole(record.line())
+        append_row(settings.run_dir / SWITCHES, record)
     return built
 
 

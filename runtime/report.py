@@ -30,8 +30,10 @@ from vpipe.codegen.schema import Pipeline
 from vpipe.common.schedules import FORWARD
 from vpipe.planner.schema import StagePrediction
 from vpipe.runtime.events import ActionEvent, read_events
+from vpipe.runtime.layoutlog import DECISIONS, SWITCHES, AdaptDecision, SwitchRecord
 from vpipe.runtime.metrics import last_rate
 from vpipe.runtime.placement import Placement, placements
+from vpipe.runtime.rowlog import read_rows_as
 from vpipe.runtime.settings import RunSettings
 from vpipe.runtime.stagelog import StageLog, load_stage_log
 
@@ -136,6 +138,8 @@ class RunReport:
     batch_size: int  # samples per micro-batch
     predicted_samples_per_s: float
     measured_samples_per_s: float | None  # over the run, by wall clock (run/metrics.csv)
+    switches: tuple[SwitchRecord, ...] = ()  # the plans it switched to (run/switches.csv)
+    decisions: tuple[AdaptDecision, ...] = ()  # --adapt's checks (run/adapt.csv)
 
 
 def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunReport:
@@ -193,6 +197,8 @@ def build_report(pipeline: Pipeline, directory: Path, used: RunSettings) -> RunR
         batch_size=pipeline.batch_size,
         predicted_samples_per_s=pipeline.predicted.throughput_samples_per_s,
         measured_samples_per_s=last_rate(metrics) if metrics.is_file() else None,
+        switches=read_rows_as(run_dir / SWITCHES, SwitchRecord),
+        decisions=read_rows_as(run_dir / DECISIONS, AdaptDecision),
     )
 
 
@@ -311,6 +317,27 @@ def throughput_line(report: RunReport) -> str:
     )
 
 
+def layout_lines(report: RunReport) -> list[str]:
+    """What changed the stage layout during the run: each switch, and --adapt's checks."""
+    lines = []
+    if report.decisions:
+        switched = sum(d.switched for d in report.decisions)
+        kept = [d for d in report.decisions if not d.switched]
+        lines.append(
+            f"--adapt: {len(report.decisions)} check{'s' * (len(report.decisions) != 1)}, "
+            f"{switched} switch{'es' * (switched != 1)}"
+            + (f"; kept the plan after step {', '.join(str(d.step) for d in kept)}" if kept else "")
+            + " (run/adapt.csv has each one's figures)"
+        )
+    for switch in report.switches:
+        lines.append(f"switched plans: {switch.line()}, to {switch.pipeline}")
+    if report.switches:
+        lines.append(
+            "the per-stage figures above cover the whole run against the first plan's predictions"
+        )
+    return lines
+
+
 def print_report(report: RunReport, console: Console) -> None:
     # nine columns in 80 characters: headers wrap between words, no rules between columns
     table = Table(
@@ -330,6 +357,8 @@ def print_report(report: RunReport, console: Console) -> None:
         console.print(report.memory_note, highlight=False)
     console.print(bubble_line(report), highlight=False)
     console.print(throughput_line(report), highlight=False)
+    for line in layout_lines(report):
+        console.print(line, highlight=False)
 
 
 def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
@@ -353,7 +382,8 @@ def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
         lines.append(f"{_sentence(report.memory_note)}  ")
     lines += [
         f"{_sentence(bubble_line(report))}  ",
-        f"{_sentence(throughput_line(report))}",
+        f"{_sentence(throughput_line(report))}  ",
+        *(f"{_sentence(line)}  " for line in layout_lines(report)),
         "",
         f"![timeline: one row per stage]({Path(os.path.relpath(timeline, here)).as_posix()})",
         "",

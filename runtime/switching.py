@@ -31,7 +31,6 @@ from vpipe.codegen.schema import Pipeline, load_pipeline
 from vpipe.common.errors import VpipeError
 from vpipe.common.optim import Updater
 from vpipe.common.replicas import run_lengths
-from vpipe.common.units import human_bytes
 from vpipe.runtime import checkpoint
 from vpipe.runtime.links import losing, wire_device
 from vpipe.runtime.placement import placements, world_size
@@ -215,29 +214,6 @@ def moves(old: Segment, new: Segment) -> list[Move]:
             if nodes or tensors:
                 found.append(Move(source, target, nodes, tensors))
     return found
-
-
-@dataclass(frozen=True)
-class SwitchReport:
-    """One switch, as rank 0 logs it."""
-
-    step: int
-    moves: tuple[Move, ...]
-    bytes: int
-    seconds: float
-
-    def line(self) -> str:
-        if not self.moves:
-            return f"step {self.step}: switched plans; no node changed stage"
-        parts = [
-            f"{len(m.nodes)} node{'s' * (len(m.nodes) != 1)} from stage {m.source} to stage "
-            f"{m.target}"
-            for m in self.moves
-        ]
-        return (
-            f"step {self.step}: moved {', '.join(parts)} ({human_bytes(self.bytes)}) in "
-            f"{self.seconds * 1e3:.0f} ms"
-        )
 
 
 def transfer(

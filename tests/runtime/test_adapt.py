@@ -67,6 +67,12 @@ def test_asp_adapts_once_and_keeps_weight_stashing(slow_profile, tmp_path, capfd
     expected = asp_switched_replay(pipeline, segments, steps)
     for name, tensor in final_weights(out).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
+    # the report says what changed the layout; the timeline shows the switch
+    assert train_main([str(out / "pipeline.yaml"), "--report"]) == 0
+    said = " ".join(capfd.readouterr().out.split())  # rich wraps long lines
+    assert "--adapt: 2 checks, 1 switch; kept the plan after step 31" in said
+    assert "switched plans: step 16: moved" in said
+    assert (out / "run" / "timeline.png").stat().st_size > 0
 
 
 def test_1f1b_adapts_and_equals_single_process(slow_profile, tmp_path):
