@@ -101,7 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
         "1f1b and gpipe only",
     )
     parser.add_argument("--print-every", type=int, help="steps between loss lines (default 10)")
-    parser.add_argument("--threads", type=int, help="torch threads per process (default: shared)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per process (default: the cores shared out, or with --bind-cores "
+        "the process's own)",
+    )
+    parser.add_argument(
+        "--bind-cores",
+        action="store_true",
+        default=None,
+        help="pin each process of this machine to cores of its own, so that one stage's "
+        "slowdown is its own: the cores vpipe-train may use, sorted, cut into one contiguous "
+        "block of equal size per process (local rank i: block i; any left over unused)",
+    )
     parser.add_argument(
         "--timeout-s",
         type=float,

@@ -36,6 +36,7 @@ from vpipe.common.stages import edits_blamed
 from vpipe.runtime import checkpoint, failures
 from vpipe.runtime.adapt import Adapter, BusyWatch, check_adaptable
 from vpipe.runtime.clipping import GlobalNormClipper
+from vpipe.runtime.cores import bind_own_cores, check_enough_cores, shown, threads_cores
 from vpipe.runtime.events import ActionEvent, EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.layoutlog import DECISIONS, SWITCHES, Moved, SwitchRecord
@@ -92,9 +93,12 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
     check_adaptable(settings, segments)
     check_checkpoints(settings, segment_resumed(segments, settings).pipeline)
     check_supported(settings.schedule, settings.skip_nonfinite)
+    started_by_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if settings.bind_cores:
+        check_enough_cores(_local_processes(world) if started_by_torchrun else world)
     for note in notes:
         _note(note)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
+    if started_by_torchrun:
         rank = check_world(stages, world)
         # the run's rank 0 holds the run directory: on a file system the machines share, the
         # one every rank writes into (each rank's files have names of their own)
@@ -371,23 +375,31 @@ def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torc
     processes sharing its GPUs in turn (i on GPU i mod count): NCCL refuses two ranks on one
     GPU ("Duplicate GPU detected"), and gloo's send and receive take CPU tensors only, so
     `runtime.links` moves the stages' messages through host memory then. Every machine must
-    make the same choice: give each one as many GPUs as processes, or fewer on all of them."""
+    make the same choice: give each one as many GPUs as processes, or fewer on all of them.
+    With --bind-cores, first its own cores (`runtime.cores`), and as many threads by default."""
+    local_rank, local_processes = int(os.environ.get("LOCAL_RANK", 0)), _local_processes(world)
+    cores = bind_own_cores(local_rank, local_processes) if settings.bind_cores else ()
     device = torch.device("cpu")
     backend = "gloo"
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % gpus)
+        device = torch.device("cuda", local_rank % gpus)
         torch.cuda.set_device(device)
         backend = "nccl" if local_processes <= gpus else "gloo"
-    torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
+    shared = max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(settings.threads or len(cores) or shared)
     torch.manual_seed(seed + rank)  # dropout masks: the same in every run of this plan
     dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
     _print_whole(
         f"Finished initializing process group; backend: {backend}, rank: {rank}, "
-        f"world_size: {world}"
+        f"world_size: {world}" + (f", cores: {shown(cores)}" if cores else "")
     )
     return device
+
+
+def _local_processes(world: int) -> int:
+    """The processes of this machine (torchrun's LOCAL_WORLD_SIZE; all of them without it)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world))
 
 
 def _updater(settings: RunSettings, place: Placement) -> Updater:
@@ -561,9 +573,10 @@ def _write_results(
             skipped_steps=executor.guard.skipped,
             seconds=seconds,
             peak_memory_bytes=peak,
-            local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+            local_processes=_local_processes(world),
             cpu_count=os.cpu_count(),
             threads=torch.get_num_threads(),
+            cores=threads_cores(),
             device=device.type,
             weights_sha256=weights_digest(final) if place.replicas > 1 else None,
         ),

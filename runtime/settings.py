@@ -11,7 +11,7 @@ from vpipe.common.paths import recorded_path, resolved_path
 from vpipe.common.records import Count, NonNegative, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, save_yaml
 
-SCHEMA_VERSION = 2  # of run/settings.yaml (2: switch_plan, adapt, adapt_every)
+SCHEMA_VERSION = 3  # of run/settings.yaml (2: switch_plan, adapt, adapt_every; 3: bind_cores)
 LR_SCHEDULES = ("constant", "linear", "cosine")
 WHAT = "run settings file"
 
@@ -31,7 +31,8 @@ class RunSettings:
     clip_grad_norm: float | None = None  # max global gradient norm; None: no clipping
     skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient, not stop
     print_every: Positive = 10
-    threads: Count = 0  # per process; 0: the machine's cores shared out evenly
+    threads: Count = 0  # per process; 0: the machine's cores shared out evenly (bound: its own)
+    bind_cores: bool = False  # pin each process of a machine to its own cores (runtime/cores.py)
     steps_per_epoch: Count = 0  # for the "Epoch e, Iteration i" lines; 0: one endless epoch
     checkpoint_dir: str = ""  # where checkpoints go ("": <pipeline dir>/run/checkpoints)
     checkpoint_every: Count = 0  # steps between checkpoints; 0: none

@@ -10,7 +10,7 @@ from pathlib import Path
 from vpipe.common.records import Bytes, Count, NonNegative, Positive, decode
 from vpipe.common.yamlfile import check_header, load_yaml, save_yaml
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added cores
 REMEDY = "train again to write it: vpipe-train <pipeline.yaml>"
 
 
@@ -25,6 +25,8 @@ class StageLog:
     local_processes: Positive
     cpu_count: Positive | None
     threads: Positive
+    # the cores its threads could run on at the end (--bind-cores: its own); None: not Linux
+    cores: tuple[int, ...] | None
     device: str  # "cpu" or "cuda"
     # a replicated stage's process: sha256 of its final weights and buffers, the same on every
     # replica of the stage (`runtime.replicas.weights_digest`); None on an unreplicated stage

@@ -34,7 +34,7 @@ from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import Stage, load_plan, save_plan
 from vpipe.profiler import schema as profile_schema
 from vpipe.profiler.cli import main as profile_main
-from vpipe.runtime import checkpoint, rng
+from vpipe.runtime import checkpoint, rng, settings
 from vpipe.runtime.cli import main as train_main
 
 from .codegen.pipelines import generate, plan, profile
@@ -905,9 +905,21 @@ TRAIN = [
     case(
         "--report on a run whose settings.yaml an older vpipe wrote",
         [PIPELINE, "--report"],
-        "out/run/settings.yaml: schema_version None is not 1; train again to write it: "
-        "vpipe-train out/pipeline.yaml",
-        both(trained, edit("out/run/settings.yaml", r"^schema_version: 1\n", "")),
+        f"out/run/settings.yaml: schema_version None is not {settings.SCHEMA_VERSION}; train "
+        "again to write it: vpipe-train out/pipeline.yaml",
+        both(trained, edit("out/run/settings.yaml", r"^schema_version: \d+\n", "")),
+    ),
+    case(
+        "--report on a run whose settings.yaml predates --bind-cores (version 2)",
+        [PIPELINE, "--report"],
+        f"out/run/settings.yaml: schema_version 2 is not {settings.SCHEMA_VERSION}; train again",
+        both(
+            trained,
+            both(
+                edit("out/run/settings.yaml", r"^schema_version: \d+$", "schema_version: 2"),
+                edit("out/run/settings.yaml", r"^bind_cores: false\n", ""),
+            ),
+        ),
     ),
     case(
         "--report on a run whose settings.yaml is damaged",
