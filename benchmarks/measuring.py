@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
+import resource
 import statistics
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,8 @@ from vpipe.codegen.schema import load_pipeline
 from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.events import read_events
 from vpipe.runtime.report import busy_s
+
+QUIET = 0.9  # idle share of the machine's CPU that `await_quiet` waits for
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,58 @@ def measuring_steal() -> Iterator[Steal]:
     if before is not None and after is not None:
         total = sum(after) - sum(before)
         steal.share = (after[7] - before[7]) / total if total else 0.0
+
+
+class Others:
+    """The share of the machine's CPU time that others took while the block ran: processes
+    other than this one and its finished children (other users' work), and the hypervisor
+    (steal). They only slow a run: printed beside a timing so a reader sees how busy the
+    machine was."""
+
+    def __init__(self) -> None:
+        self.share = 0.0
+
+    def __str__(self) -> str:
+        return f"others took {self.share:.0%} of the machine's CPU time meanwhile"
+
+
+@contextlib.contextmanager
+def measuring_others() -> Iterator[Others]:
+    others = Others()
+    before, own = _busy_and_total_ticks(), _own_cpu_s()
+    yield others
+    after, own = _busy_and_total_ticks(), _own_cpu_s() - own
+    busy = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK")  # the machine's, ours included
+    total = (after[1] - before[1]) / os.sysconf("SC_CLK_TCK")
+    others.share = max(0.0, busy - own) / total if total else 0.0
+
+
+def await_quiet(limit_s: float = 60.0) -> None:
+    """Wait until the machine's CPU is idle (others' work only slows a run), at most limit_s."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = _busy_and_total_ticks()
+        time.sleep(1.0)
+        after = _busy_and_total_ticks()
+        total = after[1] - before[1]
+        if total and 1 - (after[0] - before[0]) / total >= QUIET:
+            return
+
+
+def _busy_and_total_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the machine so far; steal counts as busy (others' use)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its finished children (a run's stages)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def _cpu_ticks() -> list[int] | None:

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from measuring import samples_per_s
+from measuring import await_quiet, measuring_others, samples_per_s
 
 from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import load_pipeline
@@ -46,7 +44,6 @@ from vpipe.runtime.events import read_events
 BATCH = {"mlp": 32, "gpt": 8, "resnet": 4, "widehead": 8}
 SCHEDULES = ("asp", "1f1b")
 TARGET = 0.10
-QUIET = 0.9  # idle share of the machine's CPU awaited (for up to a minute) before each run
 
 
 @dataclass(frozen=True)
@@ -97,13 +94,9 @@ def timed_run(out: Path, microbatches: int) -> Round:
     """Train `out`'s pipeline through about `microbatches` micro-batches on a quiet machine."""
     pipeline = load_pipeline(out / "pipeline.yaml")
     per_step = 1 if pipeline.schedule == "asp" else pipeline.microbatches
-    _await_quiet()
-    before, own = _cpu_ticks(), _own_cpu_s()
-    rate = samples_per_s(out, max(2, microbatches // per_step))
-    after, own = _cpu_ticks(), _own_cpu_s() - own
-    busy = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK")  # the machine's, ours included
-    total = (after[1] - before[1]) / os.sysconf("SC_CLK_TCK")
-    others = max(0.0, busy - own) / total if total else 0.0
+    await_quiet()
+    with measuring_others() as others:
+        rate = samples_per_s(out, max(2, microbatches // per_step))
     skip = 2 * len(pipeline.stages)
     forward, backward = [], []
     for k in range(len(pipeline.stages)):
@@ -112,7 +105,7 @@ def timed_run(out: Path, microbatches: int) -> Round:
         ]
         forward.append(statistics.mean(e.cpu_s * 1e3 for e in events if e.action == FORWARD))
         backward.append(statistics.mean(e.cpu_s * 1e3 for e in events if e.action != FORWARD))
-    return Round(rate, others, tuple(forward), tuple(backward))
+    return Round(rate, others.share, tuple(forward), tuple(backward))
 
 
 def pipeline_samples_per_s(
@@ -161,34 +154,6 @@ def print_table(rows: list[Row]) -> None:
         )
     within = sum(abs(r.ratio - 1) <= TARGET for r in rows)
     print(f"within ±{TARGET:.0%}: {within}/{len(rows)} pipelines")
-
-
-def _await_quiet(limit_s: float = 60.0) -> None:
-    """Wait until the machine's CPU is idle (others' work only slows a run), at most limit_s."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        before = _cpu_ticks()
-        time.sleep(1.0)
-        after = _cpu_ticks()
-        total = after[1] - before[1]
-        if total and 1 - (after[0] - before[0]) / total >= QUIET:
-            return
-
-
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the machine so far; steal counts as busy (others' use)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def _own_cpu_s() -> float:
-    """CPU seconds of this process and its finished children (a run's stages)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
 
 
 def main() -> None:
