@@ -36,7 +36,7 @@ from vpipe.runtime.links import losing, wire_device
 from vpipe.runtime.placement import placements, world_size
 from vpipe.runtime.settings import RunSettings
 
-SWITCH_TAG = 2  # the links use 0 (activations) and 1 (gradients)
+SWITCH_TAG = 2  # never a link's: plan g's links use 3g and 3g + 1 (links.TAGS_PER_PLAN)
 Tensors = dict[str, torch.Tensor]
 
 
