@@ -88,6 +88,7 @@ def timed_run(out: Path, steps: int, hog_core: int, every: int | None) -> Run:
 def print_rounds(rounds: list[Round]) -> None:
     print(
         f"{'round':<6} {'steps':>9} {'without':>8} {'adapted':>8} {'ratio':>6} {'switch':>6} "
+        f"{'n':>2} "
         f"{'detect s':>8} {'check s':>7} {'move ms':>7} {'speeds':>11} {'predicted':>9} "
         f"{'others':>6}"
     )
@@ -99,7 +100,7 @@ def print_rounds(rounds: list[Round]) -> None:
         print(
             f"{k:<6} {f'{first}-{last}':>9} {r.without.samples_per_s(first, last):>8.1f} "
             f"{r.adapted.samples_per_s(first, last):>8.1f} {r.ratio:>5.2f}x "
-            f"{switch.step if switch else '—':>6} "
+            f"{switch.step if switch else '—':>6} {len(r.adapted.switches):>2} "
             f"{f'{detect:.1f}' if detect is not None else '—':>8} "
             f"{f'{chosen.seconds:.2f}' if chosen else '—':>7} "
             f"{f'{switch.seconds * 1e3:.0f}' if switch else '—':>7} "

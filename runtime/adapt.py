@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch.distributed as dist
@@ -101,6 +101,8 @@ class Adapter:
         self.settings, self.place, self.watch = settings, place, watch
         self.per_step = 1 if _asp(settings) else microbatches
         self.following: Segment | None = None
+        self.last: LastSwitch | None = None  # rank 0's memory of the last switch
+        self.settled = False
 
     def actions(self, segment: Segment, planned: Iterator[Action]) -> Iterator[Action]:
         for action in planned:
@@ -119,7 +121,7 @@ class Adapter:
         that ends a window, with room left in the run for the next window and a switch's
         drain (every stage reaches it: under asp after the same backward, each stage's
         dependencies on its neighbours all point to earlier actions)."""
-        if action.kind == FORWARD or (action.microbatch + 1) % self.per_step:
+        if self.settled or action.kind == FORWARD or (action.microbatch + 1) % self.per_step:
             return None
         step = (action.microbatch + 1) // self.per_step
         every = self.settings.adapt_every
@@ -152,7 +154,10 @@ class Adapter:
             dist.all_gather_object(everyone, measured)
             if self.place.rank == 0:
                 left = (self.settings.steps - step) * self.per_step
-                shared[0] = decide(segment, step, everyone, left, plan_path)
+                chosen = decide(segment, step, everyone, left, plan_path, self.last)
+                if chosen[0].switched:
+                    self.last = LastSwitch.of(segment, everyone)
+                shared[0] = chosen
             dist.broadcast_object_list(shared, src=0)
         except RuntimeError as err:
             raise failures.LostPeer(
@@ -160,6 +165,7 @@ class Adapter:
             ) from None
         assert shared[0] is not None
         decision, plan_text = shared[0]
+        self.settled = decision.settled
         following = None
         if decision.switched:
             if not plan_path.is_file() or plan_path.read_text() != plan_text:  # another machine
@@ -173,15 +179,44 @@ class Adapter:
         return following
 
 
+@dataclass(frozen=True)
+class LastSwitch:
+    """What rank 0 remembers of --adapt's last switch, so as not to undo it blindly."""
+
+    before: Path  # the plan file run before it
+    measured_ms: float  # that plan's slowest stage, as measured at the check that switched
+
+    @classmethod
+    def of(cls, segment: Segment, measured: Sequence[float]) -> LastSwitch:
+        return cls(segment.path.parent / segment.pipeline.plan, max(measured))
+
+
+def shifts(old: Plan, new: Plan) -> tuple[int, ...]:
+    """Per cut, which way `new` moves it from `old`: +1 later (stages before it gain nodes),
+    -1 earlier, 0 not at all."""
+    found, before, after = [], 0, 0
+    for a, b in zip(old.stages[:-1], new.stages[:-1], strict=True):
+        before, after = before + len(a.nodes), after + len(b.nodes)
+        found.append((after > before) - (after < before))
+    return tuple(found)
+
+
 def decide(
     segment: Segment,
     step: int,
     measured: Sequence[float],
     microbatches_left: int,
     plan_path: Path,
+    last: LastSwitch | None = None,
 ) -> tuple[AdaptDecision, str]:
     """Rank 0's choice after `step`: keep the running plan, or switch to the plan for the
-    measured speeds, written to `plan_path` (its YAML text; "" when kept)."""
+    measured speeds, written to `plan_path` (its YAML text; "" when kept).
+
+    A device's speed need not be a constant factor: a stage that shares its core with another
+    job gets the core back at once after waiting, so with less work it runs faster than the
+    same core measured when busy. A re-plan that would move a cut back the way the last switch
+    moved it from is that model failing, not the machine changing: the run settles instead,
+    on whichever of the two splits measured faster, and makes no more checks."""
     from vpipe.planner.planning import replan_for_speeds
 
     plan = running_plan(segment)
@@ -228,11 +263,35 @@ def decide(
         switched=switched,
         reason=reason,
     )
+    if switched and last is not None and _undoes(load_plan(last.before), plan, replanned.plan):
+        now = max(measured)
+        if now <= last.measured_ms:
+            why = f"this split measures {now:.2f} ms, the one before the last switch"
+            return replace(
+                decision,
+                switched=False,
+                settled=True,
+                reason=f"settled: {why} {last.measured_ms:.2f}; the re-plan would move nodes back",
+            ), ""
+        plan_path.parent.mkdir(parents=True, exist_ok=True)
+        save_plan(load_plan(last.before), plan_path)  # its profile relative to where it lies
+        reason = (
+            f"settled: back to the split before the last switch, which measured "
+            f"{last.measured_ms:.2f} ms against this one's {now:.2f}"
+        )
+        return replace(decision, settled=True, reason=reason), plan_path.read_text()
     if not switched:
         return decision, ""
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     save_plan(replanned.plan, plan_path)  # its profile recorded relative to where it lies
     return decision, plan_path.read_text()
+
+
+def _undoes(before: Plan, running: Plan, proposed: Plan) -> bool:
+    """Whether `proposed` moves some cut back the way the switch from `before` to `running`
+    moved it."""
+    done, next_ = shifts(before, running), shifts(running, proposed)
+    return any(a * b < 0 for a, b in zip(done, next_, strict=True))
 
 
 def running_plan(segment: Segment) -> Plan:

@@ -34,6 +34,7 @@ class AdaptDecision:
     planned_ms: float  # the new plan's (= current_ms when not re-planned)
     switched: bool
     reason: str
+    settled: bool = False  # no more checks: moving nodes back would undo the last switch
     seconds: float = 0.0  # the check on rank 0: measuring, planning, and a new plan's codegen
 
 

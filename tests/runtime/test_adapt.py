@@ -10,8 +10,9 @@ import torch
 
 from vpipe.codegen.schema import load_pipeline
 from vpipe.planner.cli import main as plan_main
+from vpipe.planner.schema import load_plan
 from vpipe.profiler.cli import main as profile_main
-from vpipe.runtime.adapt import THRESHOLD, decide, running_plan
+from vpipe.runtime.adapt import THRESHOLD, LastSwitch, decide, running_plan
 from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.switching import Segment
 
@@ -108,6 +109,34 @@ def test_a_decision_keeps_even_stages_and_switches_off_a_slow_one(slow_profile, 
     again = [2 * s.predicted.compute_ms for s in running_plan(new).stages]
     settled, _ = decide(new, 21, again, 979, tmp_path / "p3.yaml")
     assert not settled.switched
+
+
+@pytest.mark.parametrize("before_ms", [50.0, 1.0])
+def test_a_re_plan_that_would_undo_the_last_switch_settles(slow_profile, tmp_path, before_ms):
+    """After a switch that moved nodes onto stage 0, measurements that would move them back
+    (a device whose speed depends on its load) settle the run: on the split it runs if that
+    measures faster than the one before the switch (`before_ms` 50), else back on that one."""
+    out = planned(slow_profile, tmp_path, "--schedule", "asp")
+    first = Segment(0, 1000, out / "pipeline.yaml", load_pipeline(out / "pipeline.yaml"))
+    predicted = [s.predicted.compute_ms for s in running_plan(first).stages]
+    moved, _ = decide(first, 10, [2 * predicted[0], 6 * predicted[1]], 990, tmp_path / "b.yaml")
+    assert moved.switched
+    new_out = generate(tmp_path / "b.yaml", tmp_path / "new")
+    new = Segment(11, 1000, new_out / "pipeline.yaml", load_pipeline(new_out / "pipeline.yaml"))
+    last = LastSwitch(before=out / ".." / "plan.yaml", measured_ms=before_ms)
+    now = running_plan(new).stages
+    back = [6 * now[0].predicted.compute_ms, 2 * now[1].predicted.compute_ms]  # stage 0 slow
+    settled, text = decide(new, 21, back, 979, tmp_path / "c.yaml", last)
+    assert settled.settled
+    if before_ms > max(back):  # this split measures faster: stay
+        assert not settled.switched and text == ""
+    else:  # the split before the switch measured faster: back to it
+        assert settled.switched
+        original = [s.nodes for s in load_plan(out / ".." / "plan.yaml").stages]
+        assert [s.nodes for s in load_plan(tmp_path / "c.yaml").stages] == original
+    # without the memory of the last switch, the same figures would switch again
+    again, _ = decide(new, 21, back, 979, tmp_path / "d.yaml")
+    assert again.switched and not again.settled
 
 
 @pytest.mark.parametrize(

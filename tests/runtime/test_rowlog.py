@@ -25,7 +25,17 @@ def test_another_layout_is_refused(tmp_path):
     path.write_text("step,ratios\n10,1 2\n")
     with pytest.raises(VpipeError, match="its header is not step,measured_ms"):
         read_rows_as(path, AdaptDecision)
-    decision = AdaptDecision(10, "1 2", "1 2", "", 2.0, 2.0, True, "why", 0.5)
+    decision = AdaptDecision(
+        step=10,
+        measured_ms="1 2",
+        ratios="1 2",
+        speeds="",
+        current_ms=2.0,
+        planned_ms=2.0,
+        switched=True,
+        reason="why",
+        seconds=0.5,
+    )
     path.unlink()
     append_row(path, decision)
     path.write_text(path.read_text().replace("True", "yes"))
