@@ -45,13 +45,17 @@ SWITCH_MS = 100.0  # a switch's transfer and rebuild: the tests' took 30-90 ms o
 
 
 class BusyWatch:
-    """A stage's busy wall time per micro-batch since it was last read."""
+    """A stage's busy wall time per micro-batch since it was last read, from micro-batch
+    `first` on (a segment's first ones fill the pipeline and pay first calls' costs)."""
 
     def __init__(self) -> None:
         self.busy_s = 0.0
         self.backwards = 0
+        self.first = 0
 
     def add(self, event: ActionEvent) -> None:
+        if event.microbatch < self.first:
+            return
         self.busy_s += event.end_s - event.start_s - event.wait_s
         self.backwards += event.action != FORWARD
 
@@ -105,6 +109,8 @@ class Adapter:
         self.settled = False
 
     def actions(self, segment: Segment, planned: Iterator[Action]) -> Iterator[Action]:
+        self.watch.first = (segment.start + self._warm_up(segment)) * self.per_step
+        self.watch.take()
         for action in planned:
             yield action  # resumed once the executor has run it
             step = self._check_after(action, segment)
@@ -126,9 +132,15 @@ class Adapter:
         step = (action.microbatch + 1) // self.per_step
         every = self.settings.adapt_every
         room = max(every, len(segment.pipeline.stages))
-        if (step - segment.start) % every or step - segment.start < every:
+        watched = step - segment.start - self._warm_up(segment)  # steps measured so far
+        if watched < every or watched % every:
             return None
         return step if step + room <= segment.end else None
+
+    @staticmethod
+    def _warm_up(segment: Segment) -> int:
+        """Steps of a segment not measured: the pipeline filling and first calls' costs."""
+        return 2 * len(segment.pipeline.stages)
 
     def _drain(
         self, segment: Segment, planned: Iterator[Action], last: Action, end: int

@@ -55,24 +55,25 @@ def test_asp_adapts_once_and_keeps_weight_stashing(slow_profile, tmp_path, capfd
     argv += ["1", "--optimizer", "sgd", "--adapt", "--adapt-every", "15"]
     assert train_main(argv) == 0
     made = decisions(out)
-    assert [row["step"] for row in made] == ["15", "31"]  # every window that leaves room
+    # after 4 steps' warm-up, every 15 that leave room for the next window
+    assert [row["step"] for row in made] == ["19", "39"]
     assert [row["switched"] for row in made] == ["True", "False"]  # once, not back
     ratios = [float(r) for r in made[0]["ratios"].split()]
     assert ratios[1] > ratios[0] * (1 + THRESHOLD)  # the slowed stage was seen as such
-    switched = load_pipeline(out / "run" / "plans" / "adapt_step_16" / "pipeline.yaml")
+    switched = load_pipeline(out / "run" / "plans" / "adapt_step_20" / "pipeline.yaml")
     pipeline = load_pipeline(out / "pipeline.yaml")
     assert len(switched.stages[0].nodes) > len(pipeline.stages[0].nodes)  # off the slow device
-    assert "step 16: moved" in capfd.readouterr().out
-    # the drain at step 15, then the new split filling again from 16: as a replay by name
-    segments = [(0, stage_of(pipeline)), (16, stage_of(switched))]
+    assert "step 20: moved" in capfd.readouterr().out
+    # the drain at step 19, then the new split filling again from 20: as a replay by name
+    segments = [(0, stage_of(pipeline)), (20, stage_of(switched))]
     expected = asp_switched_replay(pipeline, segments, steps)
     for name, tensor in final_weights(out).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
     # the report says what changed the layout; the timeline shows the switch
     assert train_main([str(out / "pipeline.yaml"), "--report"]) == 0
     said = " ".join(capfd.readouterr().out.split())  # rich wraps long lines
-    assert "--adapt: 2 checks, 1 switch; kept the plan after step 31" in said
-    assert "switched plans: step 16: moved" in said
+    assert "--adapt: 2 checks, 1 switch; kept the plan after step 39" in said
+    assert "switched plans: step 20: moved" in said
     assert (out / "run" / "timeline.png").stat().st_size > 0
 
 
