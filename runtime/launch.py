@@ -10,40 +10,33 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from vpipe.codegen.schema import Pipeline, load_pipeline
+from vpipe.common.cli import print_whole
 from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
-from vpipe.common.modelfile import ModelFile, load_model_file
-from vpipe.common.optim import Updater
+from vpipe.common.modelfile import load_model_file
 from vpipe.common.replicas import (
-    asp_reach,
-    refilled,
-    replica_actions,
-    replica_resumed,
     run_lengths,
     validate_replicas,
 )
 from vpipe.common.runlock import run_lock
-from vpipe.common.schedules import Action, run_actions, validate
+from vpipe.common.schedules import run_actions, validate
 from vpipe.common.stages import edits_blamed
 from vpipe.runtime import checkpoint, failures
 from vpipe.runtime.adapt import Adapter, BusyWatch, check_adaptable
-from vpipe.runtime.clipping import GlobalNormClipper
 from vpipe.runtime.cores import bind_own_cores, check_enough_cores, shown, threads_cores
 from vpipe.runtime.events import ActionEvent, EventLog
 from vpipe.runtime.executor import StageExecutor
-from vpipe.runtime.layoutlog import DECISIONS, SWITCHES, Moved, SwitchRecord
+from vpipe.runtime.layoutlog import DECISIONS, SWITCHES
 from vpipe.runtime.links import Links
-from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.metrics import Metrics
-from vpipe.runtime.nonfinite import NonFiniteGuard, check_supported
+from vpipe.runtime.nonfinite import check_supported
 from vpipe.runtime.placement import (
     Placement,
     check_ranks,
@@ -53,16 +46,21 @@ from vpipe.runtime.placement import (
 )
 from vpipe.runtime.preflight import check_checkpoints, check_tied_checkpoints, check_world
 from vpipe.runtime.replicas import ReplicaGroup, check_replicated, weights_digest
-from vpipe.runtime.rowlog import append_row
+from vpipe.runtime.segments import (
+    build_executor,
+    first_actions,
+    following_segment,
+    microbatches_per_step,
+    run_segments,
+    segment_actions,
+    switched_executor,
+    updater_for,
+    wait_for_every_stage,
+)
 from vpipe.runtime.settings import RunSettings, save_settings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
 from vpipe.runtime.switching import (
-    PlanSwitch,
-    Segment,
-    moves,
-    plan_segments,
     segment_resumed,
-    transfer,
 )
 
 
@@ -89,7 +87,7 @@ def launch(settings: RunSettings, notes: Sequence[str] = ()) -> None:
             [t.stages for t in pipeline.tied],
         )
     check_tied_checkpoints(settings, pipeline)
-    segments = _segments(settings, pipeline)
+    segments = run_segments(settings, pipeline)
     check_adaptable(settings, segments)
     check_checkpoints(settings, segment_resumed(segments, settings).pipeline)
     check_supported(settings.schedule, settings.skip_nonfinite)
@@ -160,11 +158,6 @@ def _memory_meter(
     return LiveBytes([*executor.weights.values(), *executor.buffers.values()])
 
 
-def _per_step(settings: RunSettings, microbatches: int) -> int:
-    """A step is M micro-batches and one update under 1f1b and gpipe; one micro-batch under asp."""
-    return 1 if settings.schedule == "asp" else microbatches
-
-
 def stage_main(settings: RunSettings) -> None:
     """A process the launcher started: run its stage. Its stderr and its failure go to its log
     and record, never to the terminal: the launcher prints the one line that says why."""
@@ -182,25 +175,25 @@ def run_stage(settings: RunSettings) -> None:
     pipeline = load_pipeline(settings.pipeline)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = _join_group(settings, pipeline.seed, rank, world)
-    segments = _segments(settings, pipeline)
+    segments = run_segments(settings, pipeline)
     place = placement(pipeline, rank)  # every segment's: a switch keeps the processes
-    _print_whole(f"[Rank {rank}] Stage: {place.stage}, Rank in stage: {place.replica}")
+    print_whole(f"[Rank {rank}] Stage: {place.stage}, Rank in stage: {place.replica}")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    per_step = _per_step(settings, pipeline.microbatches)
+    per_step = microbatches_per_step(settings, pipeline.microbatches)
     stages = len(pipeline.stages)
     first_step = checkpoint.newest_complete(settings.checkpoints, stages) if settings.resume else 0
     if first_step is None:
         raise VpipeError(f"--resume: {settings.checkpoints} holds no complete checkpoint")
     segment = segment_resumed(segments, settings)
-    updater = _updater(settings, place)
+    updater = updater_for(settings, place)
     model_file = load_model_file(pipeline.model)
     timeout = timedelta(seconds=settings.timeout_s)
     replicas = ReplicaGroup(pipeline, place, device, timeout)  # the first group every rank makes
-    executor = _executor(
+    executor = build_executor(
         settings, segment, place, model_file, updater, replicas, device, first_step
     )
-    actions = _actions(settings, segment, executor, updater, place, first_step)
-    _wait_for_every_stage()
+    actions = first_actions(settings, segment, executor, updater, place, first_step)
+    wait_for_every_stage()
     metrics = None
     if place.last and place.replica == 0:  # the stage that computes the loss reports it
         metrics = _metrics(settings, pipeline, per_step, first_step)
@@ -231,15 +224,15 @@ def run_stage(settings: RunSettings) -> None:
             actions = adapter.actions(segment, iter(actions))
         with meter or contextlib.nullcontext(), edits_blamed(stage_file, spec.module_sha256):
             executor.run(actions)
-        following = _following(segments, segment, adapter)
+        following = following_segment(segments, segment, adapter)
         if following is None:
             break
         retired.append(executor.links)  # receives it posted ahead stay pending, unused
-        executor = _switched(
+        executor = switched_executor(
             settings, segment, following, executor, place, model_file, device, len(retired)
         )
         segment = following
-        actions = _segment_actions(settings, segment, place)
+        actions = segment_actions(settings, segment, place)
     seconds = time.perf_counter() - start
     events.close()
     if metrics:
@@ -254,119 +247,6 @@ def run_stage(settings: RunSettings) -> None:
     _write_results(settings, executor, place, world, device, meter, seconds)
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _following(
-    segments: tuple[Segment, ...], segment: Segment, adapter: Adapter | None
-) -> Segment | None:
-    """The segment after `segment`: the one --adapt switched to, else the next
-    --switch-plan's, else none (the run is done)."""
-    if adapter and adapter.following:
-        following, adapter.following = adapter.following, None
-        return following
-    if segment in segments and segment is not segments[-1]:
-        return segments[segments.index(segment) + 1]
-    return None
-
-
-def _segments(settings: RunSettings, pipeline: Pipeline) -> tuple[Segment, ...]:
-    """The run's plans in force and their steps (one segment without --switch-plan)."""
-    switches = [PlanSwitch.parse(text) for text in settings.switch_plan]
-    return plan_segments(
-        switches,
-        Path(settings.pipeline),
-        pipeline,
-        settings.steps,
-        settings.schedule,
-        settings.run_dir,
-    )
-
-
-def _executor(
-    settings: RunSettings,
-    segment: Segment,
-    place: Placement,
-    model_file: ModelFile,
-    updater: Updater,
-    replicas: ReplicaGroup,
-    device: torch.device,
-    first_step: int,
-    generation: int = 0,
-) -> StageExecutor:
-    """This process's stage in `segment`'s pipeline, with the options asked for. Its links
-    expect the micro-batches it runs from `first_step` (or the segment's start) to the
-    segment's end, on the tags of the run's `generation`-th switched-to plan."""
-    per_step = _per_step(settings, segment.pipeline.microbatches)
-    first = max(segment.start, first_step) * per_step
-    executor = StageExecutor(
-        segment.pipeline,
-        segment.path.parent,
-        place.stage,
-        model_file,
-        updater,
-        Links(
-            segment.pipeline, place, device, place.own(first, segment.end * per_step), generation
-        ),
-        replicas,
-        settings.schedule,
-        device,
-    )
-    _add_options(settings, segment, executor, updater, place.stage, device)
-    return executor
-
-
-def _switched(
-    settings: RunSettings,
-    old: Segment,
-    new: Segment,
-    executor: StageExecutor,
-    place: Placement,
-    model_file: ModelFile,
-    device: torch.device,
-    generation: int,
-) -> StageExecutor:
-    """The drained `executor` handed over to `new`'s plan (the run's `generation`-th switch):
-    what leaves this stage goes to its new holder, what joins it arrives, and the stage is
-    built from the new plan's module."""
-    _wait_for_every_stage(f"during the switch at step {new.start}")  # every stage drained
-    start = time.perf_counter()
-    all_moves = moves(old, new)
-    weights, buffers, sent = transfer(
-        all_moves,
-        old.pipeline,
-        new.pipeline,
-        place.rank,
-        executor.weights,
-        executor.buffers,
-        executor.updater,
-        device,
-    )
-    built = _executor(
-        settings,
-        new,
-        place,
-        model_file,
-        executor.updater,
-        executor.replicas,
-        device,
-        new.start,
-        generation,
-    )
-    built.adopt(weights, buffers, executor)
-    totals = [0] * dist.get_world_size()
-    try:
-        dist.all_gather_object(totals, sent)
-    except RuntimeError as err:
-        raise failures.LostPeer(
-            f"lost a stage during the switch at step {new.start}: {failures.first_line(err)}"
-        ) from None
-    if place.rank == 0:
-        seconds = time.perf_counter() - start
-        moved = [Moved(m.source, m.target, len(m.nodes)) for m in all_moves]
-        record = SwitchRecord.of(new.start, start, seconds, moved, sum(totals), new.path)
-        _print_whole(record.line())
-        append_row(settings.run_dir / SWITCHES, record)
-    return built
 
 
 def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torch.device:
@@ -390,7 +270,7 @@ def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torc
     torch.set_num_threads(settings.threads or len(cores) or shared)
     torch.manual_seed(seed + rank)  # dropout masks: the same in every run of this plan
     dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
-    _print_whole(
+    print_whole(
         f"Finished initializing process group; backend: {backend}, rank: {rank}, "
         f"world_size: {world}" + (f", cores: {shown(cores)}" if cores else "")
     )
@@ -400,137 +280,6 @@ def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torc
 def _local_processes(world: int) -> int:
     """The processes of this machine (torchrun's LOCAL_WORLD_SIZE; all of them without it)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", world))
-
-
-def _updater(settings: RunSettings, place: Placement) -> Updater:
-    """The stage's optimizer. Its update n takes the rate of step n; under asp a stage with r
-    replicas makes one update per r micro-batches, and its update n takes the rate of the first
-    of them (micro-batch n r), so every stage's part of a micro-batch sees about one rate."""
-    lr_schedule = LrSchedule(
-        settings.lr_schedule, settings.warmup_steps, settings.steps, settings.min_lr / settings.lr
-    )
-    per_update = place.replicas if settings.schedule == "asp" else 1
-    return Updater(
-        settings.optimizer,
-        settings.lr,
-        settings.momentum,
-        settings.weight_decay,
-        lr_factor=lambda n: lr_schedule.factor(n * per_update),
-    )
-
-
-def _segment_actions(settings: RunSettings, segment: Segment, place: Placement) -> Iterator[Action]:
-    """This process's actions over `segment`'s steps, from an empty pipeline: under asp it
-    fills again at the segment's start and drains at its end, as separate runs would."""
-    per_step = _per_step(settings, segment.pipeline.microbatches)
-    if settings.schedule == "asp":
-        first, end = segment.start * per_step, segment.end * per_step
-        return refilled(end, place.replicas, place.workers_from_here, place.replica, first)
-    planned = replica_actions(
-        settings.schedule,
-        segment.pipeline.microbatches,
-        segment.end,
-        place.replicas,
-        place.workers_from_here,
-        place.replica,
-    )
-    if not segment.start:
-        return planned
-    return replica_resumed(planned, segment.start * per_step, place.replicas, place.replica)
-
-
-def _actions(
-    settings: RunSettings,
-    segment: Segment,
-    executor: StageExecutor,
-    updater: Updater,
-    place: Placement,
-    first_step: int,
-) -> Iterator[Action]:
-    """The actions this process still has to run in `segment`: all of them, or, resuming, what
-    follows the checkpoint after `first_step`, whose state the executor is restored to (each
-    replica of a stage its own part of the stage's file)."""
-    pipeline = segment.pipeline
-    per_step = _per_step(settings, pipeline.microbatches)
-    total, done = segment.end * per_step, first_step * per_step
-    planned = _segment_actions(settings, segment, place)
-    if not settings.resume:
-        return planned
-    identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
-    tensors = checkpoint.StageTensors(executor.weights, executor.buffers)
-    saved, written_by = checkpoint.load(
-        settings.checkpoints, first_step, place.stage, updater, identity, tensors, executor.device
-    )
-    # an asp checkpoint from a run that was draining (its last S - 1 steps, straight) holds
-    # none of what a longer run would have in flight: the pipeline fills again from there, as
-    # a new run
-    reach = asp_reach([len(s.ranks) for s in pipeline.stages])
-    refill = settings.schedule == "asp" and done + reach > written_by
-    executor.restore(saved, place.replica, done if refill else total)  # a refill replays nothing
-    if place.rank == 0:
-        how = ", the pipeline filling again (the run that wrote it had drained)" if refill else ""
-        print(f"resuming after step {first_step} from {settings.checkpoints}{how}", flush=True)
-    if refill:
-        return refilled(total, place.replicas, place.workers_from_here, place.replica, done)
-    return replica_resumed(planned, done, place.replicas, place.replica)
-
-
-def _add_options(
-    settings: RunSettings,
-    segment: Segment,
-    executor: StageExecutor,
-    updater: Updater,
-    stage: int,
-    device: torch.device,
-) -> None:
-    """Gradient clipping, skipping non-finite steps and periodic checkpoints, as asked. A
-    checkpoint records the plan in force and the end of its segment (under asp, whether the
-    pipeline was draining)."""
-    pipeline = segment.pipeline
-    stages = len(pipeline.stages)
-    if settings.clip_grad_norm is not None:
-        clipper = GlobalNormClipper(
-            pipeline,
-            stage,
-            settings.schedule,
-            settings.clip_grad_norm,
-            device,
-            executor.replicas.group,
-        )
-        executor.clip = clipper.clip
-    if settings.skip_nonfinite:
-        per_step = _per_step(settings, pipeline.microbatches)
-        executor.guard = NonFiniteGuard(world_size(pipeline), per_step, device, skip=True)
-    if settings.checkpoint_every:
-        every = settings.checkpoint_every
-        identity = checkpoint.identity(pipeline.plan_sha256, settings.schedule, settings.optimizer)
-
-        def checkpoint_after(steps: int) -> None:
-            if steps % every:
-                return
-            snapshot = executor.snapshot()  # every replica takes part; its first writes
-            if snapshot is not None:
-                checkpoint.save(
-                    settings.checkpoints,
-                    steps,
-                    stage,
-                    stages,
-                    snapshot,
-                    updater,
-                    identity,
-                    segment.end,
-                )
-
-        executor.on_update = checkpoint_after
-
-
-def _wait_for_every_stage(when: str = "before training began") -> None:
-    """Every stage built (or drained, at a switch): the clock starts now. A stage that failed
-    meanwhile has a record saying why; this one only lost it."""
-    try:
-        dist.barrier()
-    except RuntimeError as err:
-        raise failures.LostPeer(f"lost a stage {when}: {failures.first_line(err)}") from None
 
 
 def _metrics(settings: RunSettings, pipeline: Pipeline, per_step: int, first_step: int) -> Metrics:
@@ -582,13 +331,6 @@ def _write_results(
         ),
         settings.run_dir / place.log_file,
     )
-
-
-def _print_whole(line: str) -> None:
-    """One write per line: every stage prints at once, and print's two writes (text, newline)
-    interleave with another stage's when output is unbuffered."""
-    sys.stdout.flush()
-    os.write(sys.stdout.fileno(), f"{line}\n".encode())
 
 
 def _free_port() -> int:
