@@ -20,15 +20,13 @@ import argparse
 import csv
 import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bind_cores import BATCH, STAGES, prepare
+from bind_cores import BATCH, STAGES, hogged_core_and_pipeline
 from burner import burning
 from measuring import await_quiet, measuring_others, samples_per_s
 
-from vpipe.runtime.cores import core_block
 from vpipe.runtime.layoutlog import DECISIONS, SWITCHES, AdaptDecision, SwitchRecord
 from vpipe.runtime.rowlog import read_rows_as
 
@@ -122,19 +120,17 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50, help="--adapt-every")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    allowed = os.sched_getaffinity(0)
-    hog_core = core_block(allowed, 1, STAGES)[0]  # stage 1's first core under --bind-cores
-    work = Path(tempfile.mkdtemp(prefix="vpipe-adapt-"))
-    out = prepare(work)
+    hog_core, out = hogged_core_and_pipeline("vpipe-adapt-")
     rounds = []
     for k in range(args.rounds):
         order = (None, args.every) if k % 2 == 0 else (args.every, None)
         runs = {every: timed_run(out, args.steps, hog_core, every) for every in order}
         rounds.append(Round(runs[None], runs[args.every]))
     print(
-        f"\nCPU, cores {sorted(allowed)}, 2 stages of GPT (micro-batch {BATCH}, asp), one thread "
+        f"\nCPU, cores {sorted(os.sched_getaffinity(0))}, 2 stages of GPT "
+        f"(micro-batch {BATCH}, asp), one thread "
         f"each, --bind-cores, hog on core {hog_core} from the start; samples/s over the steps "
-        f"after the switch; work files in {work}"
+        f"after the switch; work files in {out.parent}"
     )
     print_rounds(rounds)
 

@@ -64,6 +64,13 @@ WAYS = (
 )
 
 
+def hogged_core_and_pipeline(prefix: str) -> tuple[int, Path]:
+    """Stage 1's first core under --bind-cores (where a hog slows it), and the 2-stage GPT
+    pipeline prepared in a new work folder named `prefix`..."""
+    hog_core = core_block(os.sched_getaffinity(0), 1, STAGES)[0]
+    return hog_core, prepare(Path(tempfile.mkdtemp(prefix=prefix)))
+
+
 def prepare(work: Path) -> Path:
     """Profile, plan and generate the bundled GPT on 2 stages; the pipeline's folder."""
     profile, plan, out = work / "profile.yaml", work / "plan.yaml", work / "out"
@@ -125,18 +132,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="per timed run (asp: micro-batches)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    allowed = os.sched_getaffinity(0)
-    hog_core = core_block(allowed, 1, STAGES)[0]  # stage 1's first core under --bind-cores
-    work = Path(tempfile.mkdtemp(prefix="vpipe-bind-cores-"))
-    out = prepare(work)
+    hog_core, out = hogged_core_and_pipeline("vpipe-bind-cores-")
     runs: dict[str, list[Timed]] = {way.name: [] for way in WAYS}
     for round_ in range(args.rounds):
         for way in WAYS if round_ % 2 == 0 else reversed(WAYS):
             runs[way.name].append(timed_run(out, args.steps, way, hog_core))
     print(
-        f"\nCPU, cores {sorted(allowed)}, 2 stages of GPT (micro-batch {BATCH}), one thread "
+        f"\nCPU, cores {sorted(os.sched_getaffinity(0))}, 2 stages of GPT "
+        f"(micro-batch {BATCH}), one thread "
         f"each, hog on core {hog_core}; busy ms per micro-batch; medians of {args.rounds} "
-        f"rounds; work files in {work}"
+        f"rounds; work files in {out.parent}"
     )
     print_table({name: medians(r) for name, r in runs.items()})
 

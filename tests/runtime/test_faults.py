@@ -62,6 +62,31 @@ def start_ranks(out: Path, world: int, *extra: str) -> list[subprocess.Popen]:
     return ranks
 
 
+def kill_after_checkpoint(
+    ranks: list[subprocess.Popen], folder: Path, stages: int, step: int, victim: int
+) -> list[str]:
+    """SIGKILL rank `victim` as soon as every one of `stages` stages has a checkpoint at `step`
+    or later in `folder`; the others' stderr, in rank order, once they stopped, which must be
+    within the timeout. Every rank is killed on the way out, whatever happens."""
+    from vpipe.runtime import checkpoint
+
+    try:
+        deadline = time.monotonic() + 60
+        while (checkpoint.newest_complete(folder, stages) or 0) < step:
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.005)
+        ranks[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        others = [p for k, p in enumerate(ranks) if k != victim]
+        errors = [p.communicate(timeout=TIMEOUT_S + 30)[1] for p in others]
+        assert time.monotonic() - killed_at < TIMEOUT_S
+        return errors
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+
+
 def test_killing_one_rank_stops_the_other(tmp_path):
     """Rank 0 of two is killed mid-run; rank 1 must exit non-zero well within --timeout-s,
     saying which stage it lost, in one line naming its log."""

@@ -68,14 +68,21 @@ def test_nan_stops_the_run(profiled, tmp_path, capfd, schedule):
         assert all(torch.isfinite(w).all() for w in saved["stage"]["weights"].values())
 
 
-def test_skip_nonfinite_skips_the_step_everywhere(profiled, tmp_path, capfd):
-    out = _pipeline(profiled, tmp_path, "1f1b")
+def _train_skipping_one(out, capfd):
+    """Train `out`'s pipeline with --skip-nonfinite two steps past the bad one under 1f1b; it
+    must end saying it skipped one step. The steps run."""
     steps = BAD_STEP["1f1b"] + 2
     argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--skip-nonfinite"]
     capfd.readouterr()
     assert train_main([*argv, *COMMON]) == 0
     printed = capfd.readouterr().out.splitlines()
     assert printed[-1] == "skipped 1 step with a non-finite loss or gradient (--skip-nonfinite)"
+    return steps
+
+
+def test_skip_nonfinite_skips_the_step_everywhere(profiled, tmp_path, capfd):
+    out = _pipeline(profiled, tmp_path, "1f1b")
+    steps = _train_skipping_one(out, capfd)
     pipeline = load_pipeline(out / "pipeline.yaml")
     expected, _ = single_process(pipeline, steps, skip=BAD_STEP["1f1b"])
     seen = set()
@@ -101,12 +108,7 @@ def test_replicas_skip_the_same_steps(tmp_path, capfd, fixture, replicas):
     every process's."""
     argv = ["--schedule", "1f1b", "--microbatches", str(MICROBATCHES)]
     out = replicated(profile(fixture.__file__, tmp_path), tmp_path, replicas, *argv)
-    steps = BAD_STEP["1f1b"] + 2
-    argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--skip-nonfinite"]
-    capfd.readouterr()
-    assert train_main([*argv, *COMMON]) == 0
-    printed = capfd.readouterr().out.splitlines()
-    assert printed[-1] == "skipped 1 step with a non-finite loss or gradient (--skip-nonfinite)"
+    steps = _train_skipping_one(out, capfd)
     assert [log.skipped_steps for log in replica_logs(out, replicas).values()] == [1] * sum(
         replicas
     )

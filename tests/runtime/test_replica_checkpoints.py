@@ -5,8 +5,6 @@ state and running statistics must come back as its own."""
 
 import dataclasses
 import shutil
-import signal
-import time
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
 from .test_checkpoint import COMMON, DROPOUT_MLP
-from .test_faults import TIMEOUT_S, start_ranks
+from .test_faults import kill_after_checkpoint, start_ranks
 from .test_replicas import final_weights, replica_logs, replicated
 
 
@@ -111,19 +109,7 @@ def test_a_killed_replica_stops_the_job_and_resume_finishes_it(dropout_profile, 
     unbroken = shutil.copytree(out, tmp_path / "unbroken")
     ranks = start_ranks(out, 3, "--checkpoint-every", "2")
     folder = out / "run" / "checkpoints"
-    try:
-        deadline = time.monotonic() + 60
-        while (checkpoint.newest_complete(folder, 2) or 0) < 4:
-            assert time.monotonic() < deadline, "no checkpoint was written"
-            time.sleep(0.05)
-        ranks[1].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        errors = [ranks[r].communicate(timeout=TIMEOUT_S + 30)[1] for r in (0, 2)]
-        assert time.monotonic() - killed_at < TIMEOUT_S
-    finally:
-        for process in ranks:
-            process.kill()
-            process.wait()
+    errors = kill_after_checkpoint(ranks, folder, 2, 4, victim=1)
     assert ranks[0].returncode != 0 and ranks[2].returncode != 0
     sibling, stage_1 = (err.splitlines()[-1] for err in errors)
     assert sibling.startswith("vpipe-train: error: stage 0 replica 0 (rank 0): lost "), sibling

@@ -4,8 +4,6 @@ and trains on as if the split had never changed (sync) or as asp with the new st
 import csv
 import dataclasses
 import math
-import signal
-import time
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from vpipe.runtime.cli import main as train_main
 
 from ..codegen.pipelines import generate, plan, profile
 from .references import LR, asp_switched_replay, single_process, stage_of
-from .test_faults import TIMEOUT_S, start_ranks
+from .test_faults import kill_after_checkpoint, start_ranks
 
 STEPS = 4
 SWITCH = 2
@@ -196,19 +194,7 @@ def test_a_rank_killed_at_the_switch_stops_the_job_and_the_checkpoint_resumes(tm
     switch = ["--switch-plan", f"6:{second}", "--optimizer", "momentum", "--lr", str(LR)]
     ranks = start_ranks(out, 2, *switch, "--checkpoint-every", "6")
     folder = out / "run" / "checkpoints"
-    try:
-        deadline = time.monotonic() + 60
-        while (checkpoint.newest_complete(folder, 2) or 0) < 6:
-            assert time.monotonic() < deadline, "no checkpoint was written"
-            time.sleep(0.005)
-        ranks[1].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        _, err = ranks[0].communicate(timeout=TIMEOUT_S + 30)
-        assert time.monotonic() - killed_at < TIMEOUT_S
-    finally:
-        for process in ranks:
-            process.kill()
-            process.wait()
+    (err,) = kill_after_checkpoint(ranks, folder, 2, 6, victim=1)
     assert ranks[0].returncode != 0
     assert err.splitlines()[-1].startswith("vpipe-train: error: stage 0: lost "), err
     resumed = checkpoint.newest_complete(folder, 2)
