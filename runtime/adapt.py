@@ -119,7 +119,7 @@ class Adapter:
             following = self._check(segment, step)
             if following is not None:
                 self.following = following
-                yield from self._drain(segment, planned, action, following.start)
+                yield from self._drain(segment, action, following.start)
                 return
 
     def _check_after(self, action: Action, segment: Segment) -> int | None:
@@ -142,9 +142,7 @@ class Adapter:
         """Steps of a segment not measured: the pipeline filling and first calls' costs."""
         return 2 * len(segment.pipeline.stages)
 
-    def _drain(
-        self, segment: Segment, planned: Iterator[Action], last: Action, end: int
-    ) -> Iterator[Action]:
+    def _drain(self, segment: Segment, last: Action, end: int) -> Iterator[Action]:
         """The actions that finish what is in flight and start nothing new: none at a step's
         end under 1f1b and gpipe; under asp the rest of a run that ends at `end`."""
         if not _asp(self.settings):
