@@ -173,7 +173,8 @@ def _report(pipeline_path: str) -> int:
 
     from vpipe.codegen.schema import load_pipeline
     from vpipe.common.errors import VpipeError
-    from vpipe.runtime.report import build_report, print_report, write_markdown
+    from vpipe.runtime.report import build_report, print_report
+    from vpipe.runtime.report_markdown import write_markdown
     from vpipe.runtime.settings import load_settings
     from vpipe.runtime.timeline import draw_timeline
 

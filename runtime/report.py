@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -223,7 +222,8 @@ def _memory_note(stages: Sequence[StageReport], unlogged: Sequence[str]) -> str 
     return None
 
 
-def _mib(n: float) -> str:
+def mib(n: float) -> str:
+    """Bytes as MiB with three decimals, as the report's tables give them."""
     return f"{n / 2**20:.3f}"
 
 
@@ -234,7 +234,7 @@ def table_rows(report: RunReport) -> list[list[str]]:
         time_ratio = s.measured_ms / s.predicted_ms if s.predicted_ms else float("nan")
         measured, memory_ratio = NOT_MEASURED, NOT_MEASURED
         if s.measured_bytes is not None:
-            measured = _mib(s.measured_bytes)
+            measured = mib(s.measured_bytes)
             memory_ratio = (
                 f"{s.measured_bytes / s.predicted_bytes:.2f}" if s.predicted_bytes else "nan"
             )
@@ -246,7 +246,7 @@ def table_rows(report: RunReport) -> list[list[str]]:
                 f"{time_ratio:.2f}",
                 f"{s.waiting_ms:.3f}",
                 f"{s.idle:.0%}",
-                _mib(s.predicted_bytes),
+                mib(s.predicted_bytes),
                 measured,
                 memory_ratio,
             ]
@@ -359,104 +359,3 @@ def print_report(report: RunReport, console: Console) -> None:
     console.print(throughput_line(report), highlight=False)
     for line in layout_lines(report):
         console.print(line, highlight=False)
-
-
-def write_markdown(report: RunReport, path: Path, timeline: Path) -> None:
-    """run/report.md: the run against its predictions, its timeline, and the plan it came
-    from, to keep and share beside the run's files (links are relative to `path`)."""
-    here = path.parent
-    plan_link = Path(os.path.relpath(report.plan_path, here)).as_posix()
-    plan_name = os.path.normpath(report.plan_path)
-    lines = [
-        f"# vpipe run report: {report.schedule}, {report.started:%Y-%m-%d %H:%M}",
-        "",
-        f"{_shape(report.stages)}, {report.steps} steps.",
-        "",
-        "## Predicted vs measured",
-        "",
-        *_markdown_table(list(COLUMNS), table_rows(report)),
-        "",
-        f"{_sentence(timing_note(report))}  ",
-    ]
-    if report.memory_note:
-        lines.append(f"{_sentence(report.memory_note)}  ")
-    lines += [
-        f"{_sentence(bubble_line(report))}  ",
-        f"{_sentence(throughput_line(report))}  ",
-        *(f"{_sentence(line)}  " for line in layout_lines(report)),
-        "",
-        f"![timeline: one row per stage]({Path(os.path.relpath(timeline, here)).as_posix()})",
-        "",
-        "## The plan it came from",
-        "",
-        f"[{plan_name}]({plan_link}); predicted per micro-batch, memory in MiB.",
-        "",
-    ]
-    lines += [*_plan_tables(report.stages), ""]
-    path.write_text("\n".join(lines))
-
-
-def _plan_tables(stages: Sequence[StageReport]) -> list[str]:
-    """Nodes and predicted time per stage (once for its replicas), then the predicted memory by
-    kind: whatever fields the plan's prediction records carry."""
-    stages = [s for s in stages if s.replica == 0]
-    time_fields = _figures(stages[0].predicted)
-    memory_fields = _figures(stages[0].predicted.memory)
-    time_rows = [
-        [
-            str(s.index),
-            str(s.nodes),
-            str(s.recomputed),
-            *(f"{getattr(s.predicted, name):.3f}" for name in time_fields),
-        ]
-        for s in stages
-    ]
-    memory_rows = [
-        [
-            str(s.index),
-            *(_mib(getattr(s.predicted.memory, name)) for name in memory_fields),
-            _mib(s.predicted_bytes),
-        ]
-        for s in stages
-    ]
-    return [
-        *_markdown_table(
-            ["stage", "nodes", "recomputed", *(_label(n) for n in time_fields)], time_rows
-        ),
-        "",
-        *_markdown_table(["stage", *memory_fields, "total"], memory_rows),
-    ]
-
-
-def _shape(stages: Sequence[StageReport]) -> str:
-    """`2 stages`, or `2 stages on 3 processes` when replicated."""
-    count = len({s.index for s in stages})
-    on = f" on {len(stages)} processes" if len(stages) > count else ""
-    return f"{count} stage{'s' * (count != 1)}{on}"
-
-
-def _figures(record: Any) -> list[str]:
-    """The names of a record's numeric fields, in their order."""
-    return [
-        f.name
-        for f in fields(record)
-        if isinstance(getattr(record, f.name), (int, float))
-        and not isinstance(getattr(record, f.name), bool)
-    ]
-
-
-def _label(name: str) -> str:
-    """compute_ms -> compute ms."""
-    return name.replace("_", " ")
-
-
-def _sentence(line: str) -> str:
-    return f"{line[0].upper()}{line[1:]}."
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        f"| {' | '.join(header)} |",
-        f"|{'|'.join(['---:'] * len(header))}|",
-        *(f"| {' | '.join(row)} |" for row in rows),
-    ]
