@@ -36,7 +36,7 @@ from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.layoutlog import DECISIONS, AdaptDecision
 from vpipe.runtime.placement import Placement
 from vpipe.runtime.rowlog import append_row
-from vpipe.runtime.settings import RunSettings
+from vpipe.runtime.settings import RunSettings, microbatches_per_step
 from vpipe.runtime.switching import Segment, generated
 
 THRESHOLD = 0.2  # stages' measured/predicted ratios this far apart: re-plan
@@ -103,7 +103,7 @@ class Adapter:
         self, settings: RunSettings, place: Placement, watch: BusyWatch, microbatches: int
     ) -> None:
         self.settings, self.place, self.watch = settings, place, watch
-        self.per_step = 1 if _asp(settings) else microbatches
+        self.per_step = microbatches_per_step(settings, microbatches)
         self.following: Segment | None = None
         self.last: LastSwitch | None = None  # rank 0's memory of the last switch
         self.settled = False

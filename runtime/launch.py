@@ -50,14 +50,13 @@ from vpipe.runtime.segments import (
     build_executor,
     first_actions,
     following_segment,
-    microbatches_per_step,
     run_segments,
     segment_actions,
     switched_executor,
     updater_for,
     wait_for_every_stage,
 )
-from vpipe.runtime.settings import RunSettings, save_settings
+from vpipe.runtime.settings import RunSettings, microbatches_per_step, save_settings
 from vpipe.runtime.stagelog import StageLog, save_stage_log
 from vpipe.runtime.switching import (
     segment_resumed,

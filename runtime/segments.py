@@ -29,13 +29,8 @@ from vpipe.runtime.nonfinite import NonFiniteGuard
 from vpipe.runtime.placement import Placement, world_size
 from vpipe.runtime.replicas import ReplicaGroup
 from vpipe.runtime.rowlog import append_row
-from vpipe.runtime.settings import RunSettings
+from vpipe.runtime.settings import RunSettings, microbatches_per_step
 from vpipe.runtime.switching import PlanSwitch, Segment, moves, plan_segments, transfer
-
-
-def microbatches_per_step(settings: RunSettings, microbatches: int) -> int:
-    """A step is M micro-batches and one update under 1f1b and gpipe; one micro-batch under asp."""
-    return 1 if settings.schedule == "asp" else microbatches
 
 
 def run_segments(settings: RunSettings, pipeline: Pipeline) -> tuple[Segment, ...]:

@@ -52,6 +52,11 @@ class RunSettings:
         return Path(self.checkpoint_dir) if self.checkpoint_dir else self.run_dir / "checkpoints"
 
 
+def microbatches_per_step(settings: RunSettings, microbatches: int) -> int:
+    """A step is M micro-batches and one update under 1f1b and gpipe; one micro-batch under asp."""
+    return 1 if settings.schedule == "asp" else microbatches
+
+
 def defaults() -> dict[str, object]:
     """The settings a run config or a flag may set, with their defaults (None: the plan's; for
     lr, the optimizer's; for clip_grad_norm, no clipping)."""
