@@ -76,7 +76,12 @@ def prepare(work: Path) -> Path:
     profile, plan, out = work / "profile.yaml", work / "plan.yaml", work / "out"
     argv = ["vpipe.models.gpt", "-o", str(profile), "-q", "--device", "cpu", "--threads", "1"]
     assert profile_main([*argv, "--batch-size", str(BATCH)]) == 0
-    assert plan_main([str(profile), "--gpus", str(STAGES), "-o", str(plan), "-q"]) == 0
+    assert (
+        plan_main(
+            [str(profile), "--gpus", str(STAGES), "--stages", str(STAGES), "-o", str(plan), "-q"]
+        )
+        == 0
+    )
     assert generate_main([str(plan), "-o", str(out), "-q"]) == 0
     return out
 

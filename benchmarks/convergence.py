@@ -76,7 +76,15 @@ class Run:
 def prepare(work: Path, stages: int, schedule: str, microbatches: int) -> Path:
     """Plan the shared profile for one schedule and generate its stages; returns pipeline.yaml."""
     plan = work / f"plan_{schedule}.yaml"
-    argv = [str(work / "profile.yaml"), "--gpus", str(stages), "--schedule", schedule]
+    argv = [
+        str(work / "profile.yaml"),
+        "--gpus",
+        str(stages),
+        "--stages",
+        str(stages),
+        "--schedule",
+        schedule,
+    ]
     if schedule != "asp":
         argv += ["--microbatches", str(microbatches)]
     assert plan_main([*argv, "--optimizer", "momentum", "-o", str(plan), "-q"]) == 0

@@ -72,7 +72,15 @@ def measure(family: str, work: Path, steps: int) -> Row:
     for schedule in ("1f1b", "asp"):
         plan = work / f"plan_{schedule}.yaml"
         start = time.perf_counter()
-        argv = [str(profile), "--gpus", str(STAGES[family]), "--schedule", schedule]
+        argv = [
+            str(profile),
+            "--gpus",
+            str(STAGES[family]),
+            "--stages",
+            str(STAGES[family]),
+            "--schedule",
+            schedule,
+        ]
         assert plan_main([*argv, "-o", str(plan), "-q"]) == 0
         plan_s = max(plan_s, time.perf_counter() - start)
         out = work / schedule

@@ -47,7 +47,15 @@ class Run:
 
 
 def plans(profile: Path, stages: int, memory_gib: float, recompute: str, path: Path) -> bool:
-    argv = [str(profile), "--gpus", str(stages), "--memory", repr(memory_gib)]
+    argv = [
+        str(profile),
+        "--gpus",
+        str(stages),
+        "--stages",
+        str(stages),
+        "--memory",
+        repr(memory_gib),
+    ]
     return plan_main([*argv, "--recompute", recompute, "-o", str(path), "-q"]) == 0
 
 

@@ -88,7 +88,17 @@ def convert(graph: Path, folder: Path) -> Path:
 def plan(profile: Path, gpus: int, bandwidth: float, folder: Path) -> Outcome:
     """Run the whole command; wall time and peak RSS are the child process's."""
     out = folder / f"{profile.stem}-{gpus}-{bandwidth}.plan.yaml"
-    argv = [command("vpipe-plan"), str(profile), "--gpus", str(gpus), "-o", str(out), "-q"]
+    argv = [
+        command("vpipe-plan"),
+        str(profile),
+        "--gpus",
+        str(gpus),
+        "--stages",
+        str(gpus),
+        "-o",
+        str(out),
+        "-q",
+    ]
     if math.isfinite(bandwidth):
         argv += ["--bandwidth", str(bandwidth)]
     start = time.perf_counter()

@@ -71,7 +71,12 @@ def measure(model: str, stages: int, work: Path, steps: int) -> list[StageResult
     argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
     assert profile_main([*argv, "--threads", "1", "--batch-size", str(BATCH[model])]) == 0
     plan = folder / "plan.yaml"
-    assert plan_main([str(profile), "--gpus", str(stages), "-o", str(plan), "-q"]) == 0
+    assert (
+        plan_main(
+            [str(profile), "--gpus", str(stages), "--stages", str(stages), "-o", str(plan), "-q"]
+        )
+        == 0
+    )
     out = folder / "out"
     assert generate_main([str(plan), "-o", str(out), "-q"]) == 0
     pipeline_path = str(out / "pipeline.yaml")

@@ -27,7 +27,7 @@ from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 
 BATCH = {"mlp": 64, "resnet": 8, "gpt": 8}
-LAYOUTS = {"stages": (), "replicas": ("--stages", "1"), "auto": ("--stages", "auto")}
+LAYOUTS = {"stages": ("--stages", "2"), "replicas": ("--stages", "1"), "auto": ("--stages", "auto")}
 MICROBATCHES = 4
 
 

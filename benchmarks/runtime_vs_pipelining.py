@@ -123,7 +123,15 @@ def main() -> None:
     profile = work / "profile.yaml"
     assert profile_main(["vpipe.models.gpt", "-o", str(profile), "-q", "--device", "cpu"]) == 0
     plan = work / "plan.yaml"
-    argv = [str(profile), "--gpus", str(args.stages), "--schedule", "1f1b"]
+    argv = [
+        str(profile),
+        "--gpus",
+        str(args.stages),
+        "--stages",
+        str(args.stages),
+        "--schedule",
+        "1f1b",
+    ]
     assert plan_main([*argv, "--microbatches", str(args.microbatches), "-o", str(plan), "-q"]) == 0
     out = work / "out"
     assert generate_main([str(plan), "-o", str(out), "-q"]) == 0

@@ -83,7 +83,18 @@ def prepare(model: str, work: Path) -> dict[str, Path]:
     outs = {}
     for schedule in SCHEDULES:
         plan = folder / f"{schedule}.yaml"
-        argv = [str(profile), "--gpus", "2", "--schedule", schedule, "-o", str(plan), "-q"]
+        argv = [
+            str(profile),
+            "--gpus",
+            "2",
+            "--stages",
+            "2",
+            "--schedule",
+            schedule,
+            "-o",
+            str(plan),
+            "-q",
+        ]
         assert plan_main(argv) == 0
         outs[schedule] = folder / schedule
         assert generate_main([str(plan), "-o", str(outs[schedule]), "-q"]) == 0

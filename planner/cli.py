@@ -94,15 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus",
         type=WholeNumber(1),
         required=True,
-        help="devices (processes); with the default --stages, one pipeline stage each",
+        help="devices (processes): the planner chooses how many pipeline stages to make of "
+        "them and how many data-parallel replicas each stage gets (see --stages)",
     )
     parser.add_argument(
         "--stages",
         type=_stage_count,
+        default="auto",  # argparse passes a string default through `type`
         metavar="S|auto",
-        help="pipeline stages (default: --gpus, a straight pipeline); fewer than --gpus gives "
-        "stages data-parallel replicas (counts may differ per stage), auto chooses the count "
-        "too: the fastest of all on --gpus, the straight pipeline included",
+        help="pipeline stages. auto (default): the fastest plan on --gpus, whatever its "
+        "stage count, the straight pipeline (one process a stage) included; S pins the "
+        "count: S = --gpus is a straight pipeline, fewer gives stages data-parallel replicas "
+        "(counts may differ per stage). --split, --recompute all and --stage-speeds plan "
+        "straight pipelines",
     )
     parser.add_argument(
         "--memory",
@@ -206,15 +210,14 @@ def run(argv: Sequence[str] | None) -> int:
         recompute=args.recompute,
         stage_speeds=tuple(args.stage_speeds or ()),
     )
-    if args.stage_speeds and args.stages not in (None, args.gpus):
-        raise VpipeError("--stage-speeds plans straight pipelines: leave out --stages")
-    if args.stages in (None, args.gpus):
+    straight_only = _straight_only(args)
+    if straight_only and args.stages not in (AUTO, args.gpus):
+        raise VpipeError(
+            f"{straight_only} plans straight pipelines (one process a stage): leave out --stages"
+        )
+    if straight_only or args.stages == args.gpus:
         plan, seconds = make_plan(profile, args.profile, sha, settings, args.solver, args.split)
     else:
-        if args.split != "optimal" or args.recompute == "all":
-            raise VpipeError(
-                "--split and --recompute all plan straight pipelines: leave out --stages"
-            )
         stages = None if args.stages == AUTO else args.stages
         plan, seconds = make_hybrid_plan(profile, args.profile, sha, settings, stages, args.solver)
     save_plan(plan, args.output)
@@ -224,6 +227,19 @@ def run(argv: Sequence[str] | None) -> int:
         print_plan(plan, seconds, Console(width=None if sys.stdout.isatty() else 120))
     print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
     return 0
+
+
+def _straight_only(args: argparse.Namespace) -> str | None:
+    """The option asked for that only straight pipelines have, if any: a rule's split and
+    recompute-everything are baselines to run against vpipe's, and per-device speeds are
+    what `vpipe-train --adapt` re-plans the running (straight) pipeline with."""
+    if args.split != "optimal":
+        return f"--split {args.split}"
+    if args.recompute == "all":
+        return "--recompute all"
+    if args.stage_speeds:
+        return "--stage-speeds"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

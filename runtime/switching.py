@@ -168,7 +168,7 @@ def check_switchable(old: Pipeline, new: Pipeline, where: str) -> None:
             f"{where}: the plan runs {len(new.stages)} stages on {world_size(new)} processes "
             f"(replicas {shape}), the running pipeline {len(old.stages)} on {world_size(old)} "
             f"(replicas {running}); a switch keeps the stages and their processes: plan with "
-            f"--gpus {world_size(old)} and the same stage count"
+            f"--gpus {world_size(old)} --stages {len(old.stages)}"
         )
     if old.microbatches != new.microbatches:
         raise VpipeError(

@@ -112,7 +112,8 @@ OUT=$WORK/gpt
 mkdir -p "$OUT"
 step profile "${PROFILE[@]}" vpipe.models.gpt --device cuda --batch-size 8 \
     -o "$OUT/profile.yaml" &&
-    step plan "${PLAN[@]}" "$OUT/profile.yaml" --gpus 2 --schedule 1f1b --microbatches 4 \
+    step plan "${PLAN[@]}" "$OUT/profile.yaml" --gpus 2 --stages 2 --schedule 1f1b \
+        --microbatches 4 \
         -o "$OUT/plan.yaml" &&
     step gen "${GEN[@]}" "$OUT/plan.yaml" -o "$OUT/out" &&
     step train "${TRAIN[@]}" "$OUT/out/pipeline.yaml" --steps 30 --print-every 10 \

@@ -72,7 +72,10 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
         generate(Path(PLAN), Path("out"))
         shutil.copy(TIED, "tied.py")
         assert profile_main(["tied.py", "-o", "tied.profile.yaml", *QUICK]) == 0
-        assert plan_main(["tied.profile.yaml", "--gpus", "2", "-o", TIED_PLAN, "-q"]) == 0
+        assert (
+            plan_main(["tied.profile.yaml", "--gpus", "2", "--stages", "2", "-o", TIED_PLAN, "-q"])
+            == 0
+        )
         generate(Path(TIED_PLAN), Path(TIED_OUT))
     return root
 
@@ -200,7 +203,7 @@ def pipedream_plan(_: pytest.MonkeyPatch) -> None:
         "\tnode1 -- node2\n\tnode2 -- node3\n"
     )
     assert profile_main(["--import-pipedream", "graph.txt", "-o", "pd.yaml", "-q"]) == 0
-    assert plan_main(["pd.yaml", "--gpus", "2", "-o", "pd.plan.yaml", "-q"]) == 0
+    assert plan_main(["pd.yaml", "--gpus", "2", "--stages", "2", "-o", "pd.plan.yaml", "-q"]) == 0
 
 
 def backward_edge(first: Stage, second: Stage) -> tuple[Stage, Stage]:
@@ -412,7 +415,7 @@ PROFILER = [
     case("a model and a graph.txt", ["m.py", "--import-pipedream", "g.txt"], "not both"),
 ]
 
-TWO = ["--gpus", "2"]
+TWO = ["--gpus", "2", "--stages", "2"]
 
 PLANNER = [
     case(
@@ -479,7 +482,11 @@ PLANNER = [
         f"{PLAN} is a plan, not a profile: give the profile",
     ),
     case("--gpus 0", [PROFILE, "--gpus", "0"], "argument --gpus: must be at least 1 (got 0)"),
-    case("more gpus than nodes", [PROFILE, "--gpus", "12"], "--gpus 12 is more than the profile's"),
+    case(
+        "more gpus than nodes",
+        [PROFILE, "--gpus", "12", "--stages", "12"],
+        "--gpus 12 is more than the profile's",
+    ),
     case("--gpus missing", [PROFILE], "the following arguments are required: --gpus"),
     case(
         "memory cap nothing fits",

@@ -48,7 +48,21 @@ def chain(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path / "a")
     assert profile_main(["model.py", "-o", "prof/profile.yaml", *QUICK]) == 0
     monkeypatch.chdir(tmp_path / "b")
-    assert plan_main(["../a/prof/profile.yaml", "--gpus", "2", "-o", "plans/plan.yaml", "-q"]) == 0
+    assert (
+        plan_main(
+            [
+                "../a/prof/profile.yaml",
+                "--gpus",
+                "2",
+                "--stages",
+                "2",
+                "-o",
+                "plans/plan.yaml",
+                "-q",
+            ]
+        )
+        == 0
+    )
     monkeypatch.chdir(tmp_path / "c")
     assert generate_main(["../b/plans/plan.yaml", "-o", "out", "-q"]) == 0
     return tmp_path

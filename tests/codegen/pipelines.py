@@ -32,7 +32,22 @@ def plan(profile_path: Path, gpus: int, directory: Path, recompute: bool, *extra
     """A plan from vpipe-plan; with `recompute`, every stage also recomputes all but every third
     node: runs of two (more, and more awkward, segments than a memory cap would pick)."""
     path = directory / f"plan{gpus}{'r' if recompute else ''}.yaml"
-    assert plan_main([str(profile_path), "--gpus", str(gpus), "-o", str(path), "-q", *extra]) == 0
+    assert (
+        plan_main(
+            [
+                str(profile_path),
+                "--gpus",
+                str(gpus),
+                "--stages",
+                str(gpus),
+                "-o",
+                str(path),
+                "-q",
+                *extra,
+            ]
+        )
+        == 0
+    )
     if recompute:
         planned = load_plan(path)
         stages = tuple(

@@ -39,7 +39,22 @@ def profiled(model: str, directory: Path) -> Path:
 
 def planned(profile: Path, stages: int, *extra: str) -> Path:
     path = profile.parent / f"plan{stages}.yaml"
-    assert plan_main([str(profile), "--gpus", str(stages), "-o", str(path), "-q", *extra]) == 0
+    assert (
+        plan_main(
+            [
+                str(profile),
+                "--gpus",
+                str(stages),
+                "--stages",
+                str(stages),
+                "-o",
+                str(path),
+                "-q",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return path
 
 

@@ -13,7 +13,17 @@ def test_never_all_and_auto_under_a_cap(tmp_path, capsys):
 
     def planned(choice, cap_gib):
         path = tmp_path / f"{choice}.yaml"
-        argv = [str(profiled), "--gpus", "2", "--memory", repr(cap_gib), "--recompute", choice]
+        argv = [
+            str(profiled),
+            "--gpus",
+            "2",
+            "--stages",
+            "2",
+            "--memory",
+            repr(cap_gib),
+            "--recompute",
+            choice,
+        ]
         status = plan_main([*argv, "-o", str(path), "-q"])
         return load_plan(path) if status == 0 else None
 

@@ -9,7 +9,7 @@ schema_version: 1
 model: vpipe.models.mlp
 output: out
 profile: {device: cpu, batch_size: 4, threads: 1, repeats: 1, warmup: 0, quiet: true}
-plan: {gpus: 2, schedule: asp, quiet: true}
+plan: {gpus: 2, stages: 2, schedule: asp, quiet: true}
 gen: {quiet: true}
 train: {steps: 4, print_every: 2, threads: 1}
 """

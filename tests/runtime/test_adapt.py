@@ -32,7 +32,10 @@ def slow_profile(tmp_path_factory):
 
 def planned(profile, directory, *options):
     path = directory / "plan.yaml"
-    assert plan_main([str(profile), "--gpus", "2", "-o", str(path), "-q", *options]) == 0
+    assert (
+        plan_main([str(profile), "--gpus", "2", "--stages", "2", "-o", str(path), "-q", *options])
+        == 0
+    )
     return generate(path, directory / "out")
 
 

@@ -67,7 +67,7 @@ def test_killed_run_resumes_exactly(tmp_path, schedule):
     argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
     assert profile_main(argv) == 0
     planned = tmp_path / "plan.yaml"
-    argv = [str(profiled), "--gpus", str(stages), "--schedule", schedule]
+    argv = [str(profiled), "--gpus", str(stages), "--stages", str(stages), "--schedule", schedule]
     if schedule == "1f1b":
         argv += ["--microbatches", "2"]
     assert plan_main([*argv, "-o", str(planned), "-q"]) == 0
@@ -97,7 +97,17 @@ def test_resume_needs_what_asp_saves(tmp_path):
     profiled = tmp_path / "profile.yaml"
     argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
     assert profile_main(argv) == 0
-    argv = [str(profiled), "--gpus", "2", "--schedule", "asp", "-o", str(tmp_path / "plan.yaml")]
+    argv = [
+        str(profiled),
+        "--gpus",
+        "2",
+        "--stages",
+        "2",
+        "--schedule",
+        "asp",
+        "-o",
+        str(tmp_path / "plan.yaml"),
+    ]
     # uniform: stage 0 holds a dropout whatever the profile's times (its random state matters)
     assert plan_main([*argv, "-q", "--split", "uniform"]) == 0
     assert "_3" in load_plan(tmp_path / "plan.yaml").stages[0].nodes  # nn.Dropout

@@ -30,7 +30,18 @@ def profiled(tmp_path_factory):
 
 def _pipeline(profiled, tmp_path, schedule):
     planned = tmp_path / "plan.yaml"
-    argv = [str(profiled), "--gpus", "2", "--schedule", schedule, "-o", str(planned), "-q"]
+    argv = [
+        str(profiled),
+        "--gpus",
+        "2",
+        "--stages",
+        "2",
+        "--schedule",
+        schedule,
+        "-o",
+        str(planned),
+        "-q",
+    ]
     if schedule != "asp":
         argv += ["--microbatches", str(MICROBATCHES)]
     assert plan_main(argv) == 0
