@@ -141,7 +141,9 @@ def test_asp_replicas_equal_the_replicated_replay(asp_run):
     """Every replica of a stage ends identical, the weights equal the replay of PipeDream's
     rule (the replicas' k-th backwards make one update, on stashed versions) and not the
     straight pipeline's, every micro-batch's loss is logged in order as the replay computes it,
-    and the loss falls."""
+    and the loss falls. Identical at the end means identical after every step: each update
+    subtracts the same all-reduced gradient times lr (plain SGD) on every replica, so a
+    difference between two replicas' weights, once made, would never shrink."""
     assert_replicas_agree(asp_run, (2, 2))
     expected, losses = replicated_replay(asp_run, 24, (2, 2))
     straight, _ = replicated_replay(asp_run, 24, (1, 1))
