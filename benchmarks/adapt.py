@@ -107,11 +107,10 @@ def print_rounds(rounds: list[Round]) -> None:
             f"{max(r.without.others, r.adapted.others):>6.0%}"
         )
     print(f"median ratio: {statistics.median(r.ratio for r in rounds):.2f}x (target 1.25x)")
-    print("--adapt's checks that switched or settled (run/adapt.csv), by round:")
+    print("--adapt's checks (run/adapt.csv), by round:")
     for k, r in enumerate(rounds):
         for d in r.adapted.decisions:
-            if d.switched or d.settled:
-                print(f"  {k}: after step {d.step}: ratios {d.ratios}; {d.reason}")
+            print(f"  {k}: after step {d.step}: ratios {d.ratios}; {d.reason}")
 
 
 def main() -> None:

@@ -12,6 +12,11 @@ time saved over the rest of the run beats what a switch costs. The speeds a plan
 are in it, so after a switch the stages measure against the new plan's predictions: the
 ratios even out and no switch follows unless the machine changes again (no flapping).
 
+A switch is a trial: its plan rests on speeds measured on the old split, and a device whose
+speed depends on its load (a core shared with another job) can make it wrong. The first check
+after a switch compares the pipeline's pace (wall milliseconds per micro-batch) with the pace
+before it, and goes back to the plan before, for the rest of the run, if the new one is slower.
+
 Every check is a row of run/adapt.csv (`AdaptDecision`); a switch is also one line, and a row
 of run/switches.csv.
 """
@@ -44,25 +49,43 @@ MIN_GAIN = 0.1  # a new plan must be predicted this much faster (hysteresis)
 SWITCH_MS = 100.0  # a switch's transfer and rebuild: the tests' took 30-90 ms on 2 cores
 
 
+@dataclass(frozen=True)
+class Window:
+    """What one stage measured over a check's window, per micro-batch: its busy wall time (its
+    device's speed, what a re-plan weighs) and the wall time from one micro-batch to the next
+    (the pipeline's pace, which in steady state every stage shares: what a switch must better)."""
+
+    busy_ms: float
+    period_ms: float
+
+
 class BusyWatch:
-    """A stage's busy wall time per micro-batch since it was last read, from micro-batch
-    `first` on (a segment's first ones fill the pipeline and pay first calls' costs)."""
+    """A stage's busy and elapsed wall time per micro-batch since it was last read, from
+    micro-batch `first` on (a segment's first ones fill the pipeline and pay first calls'
+    costs)."""
 
     def __init__(self) -> None:
         self.busy_s = 0.0
         self.backwards = 0
         self.first = 0
+        self.since_s: float | None = None  # the window's first counted action's start
+        self.until_s = 0.0  # its last one's end
 
     def add(self, event: ActionEvent) -> None:
         if event.microbatch < self.first:
             return
         self.busy_s += event.end_s - event.start_s - event.wait_s
         self.backwards += event.action != FORWARD
+        if self.since_s is None:
+            self.since_s = event.start_s
+        self.until_s = event.end_s
 
-    def take(self) -> float:
-        ms = self.busy_s * 1e3 / max(1, self.backwards)
-        self.busy_s, self.backwards = 0.0, 0
-        return ms
+    def take(self) -> Window:
+        count = max(1, self.backwards)
+        elapsed = self.until_s - self.since_s if self.since_s is not None else 0.0
+        window = Window(self.busy_s * 1e3 / count, elapsed * 1e3 / count)
+        self.busy_s, self.backwards, self.since_s = 0.0, 0, None
+        return window
 
 
 def check_adaptable(settings: RunSettings, segments: Sequence[Segment]) -> None:
@@ -154,19 +177,19 @@ class Adapter:
     def _check(self, segment: Segment, step: int) -> Segment | None:
         """One check, on every rank at once: the segment to switch to, or None."""
         began = time.perf_counter()
-        measured = self.watch.take()
+        window = self.watch.take()
         stages = len(segment.pipeline.stages)
         start = step + asp_reach([1] * stages) if _asp(self.settings) else step  # after a drain
         plan_path = self.settings.run_dir / "plans" / f"adapt_step_{start}.yaml"
-        everyone: list[float] = [0.0] * dist.get_world_size()
+        everyone: list[Window | None] = [None] * dist.get_world_size()
         shared: list[tuple[AdaptDecision, str] | None] = [None]
         try:
-            dist.all_gather_object(everyone, measured)
+            dist.all_gather_object(everyone, window)
             if self.place.rank == 0:
+                windows = [w for w in everyone if w is not None]
                 left = (self.settings.steps - step) * self.per_step
-                chosen = decide(segment, step, everyone, left, plan_path, self.last)
-                if chosen[0].switched:
-                    self.last = LastSwitch.of(segment, everyone)
+                chosen = decide(segment, step, windows, left, plan_path, self.last)
+                self.last = _remembered(self.last, chosen[0], segment)
                 shared[0] = chosen
             dist.broadcast_object_list(shared, src=0)
         except RuntimeError as err:
@@ -191,14 +214,21 @@ class Adapter:
 
 @dataclass(frozen=True)
 class LastSwitch:
-    """What rank 0 remembers of --adapt's last switch, so as not to undo it blindly."""
+    """What rank 0 remembers of --adapt's last switch: the plan to go back to, and the pace to
+    beat (so as not to keep a switch that did not pay, nor undo one blindly)."""
 
     before: Path  # the plan file run before it
-    measured_ms: float  # that plan's slowest stage, as measured at the check that switched
+    period_ms: float  # the pipeline's pace on that plan, at the check that switched
+    judged: bool = False  # a check on the new plan has compared its pace with `period_ms`
 
-    @classmethod
-    def of(cls, segment: Segment, measured: Sequence[float]) -> LastSwitch:
-        return cls(segment.path.parent / segment.pipeline.plan, max(measured))
+
+def _remembered(
+    last: LastSwitch | None, decision: AdaptDecision, segment: Segment
+) -> LastSwitch | None:
+    """Rank 0's memory after a check: a new switch, or the last one, judged once checked."""
+    if decision.switched:
+        return LastSwitch(segment.path.parent / segment.pipeline.plan, decision.period_ms)
+    return replace(last, judged=True) if last is not None else None
 
 
 def shifts(old: Plan, new: Plan) -> tuple[int, ...]:
@@ -214,28 +244,33 @@ def shifts(old: Plan, new: Plan) -> tuple[int, ...]:
 def decide(
     segment: Segment,
     step: int,
-    measured: Sequence[float],
+    windows: Sequence[Window],
     microbatches_left: int,
     plan_path: Path,
     last: LastSwitch | None = None,
 ) -> tuple[AdaptDecision, str]:
-    """Rank 0's choice after `step`: keep the running plan, or switch to the plan for the
-    measured speeds, written to `plan_path` (its YAML text; "" when kept).
+    """Rank 0's choice after `step`, from every stage's window: keep the running plan, or
+    switch to the plan for the measured speeds, written to `plan_path` (its YAML text; "" when
+    kept).
 
     A device's speed need not be a constant factor: a stage that shares its core with another
     job gets the core back at once after waiting, so with less work it runs faster than the
-    same core measured when busy. A re-plan that would move a cut back the way the last switch
-    moved it from is that model failing, not the machine changing: the run settles instead,
-    on whichever of the two splits measured faster, and makes no more checks."""
+    same core measured when busy. So the first check after a switch goes back to the plan
+    before it if the pipeline now runs slower; and a re-plan that would move a cut back the
+    way the last switch moved it from is that model failing, not the machine changing. Either
+    way the run settles, on whichever of the two splits ran faster, and makes no more checks."""
     from vpipe.planner.planning import replan_for_speeds
 
     plan = running_plan(segment)
+    measured = [w.busy_ms for w in windows]
+    period_ms = max(w.period_ms for w in windows)  # the stages' views of one pace
     predicted = [s.predicted.compute_ms for s in plan.stages]
     ratios = [m / p if p > 0 else 1.0 for m, p in zip(measured, predicted, strict=True)]
     slowest = max(s.predicted.time_ms for s in plan.stages)
     kept = AdaptDecision(
         step=step,
         measured_ms=" ".join(f"{m:.3f}" for m in measured),
+        period_ms=period_ms,
         ratios=" ".join(f"{r:.3f}" for r in ratios),
         speeds="",
         current_ms=slowest,
@@ -243,6 +278,8 @@ def decide(
         switched=False,
         reason="",
     )
+    if last is not None and not last.judged and period_ms > last.period_ms:
+        return _settle(kept, last, plan_path, "the switch did not pay")
     fastest = min(ratios)
     if max(ratios) <= fastest * (1 + THRESHOLD):
         reason = f"stages within {THRESHOLD:.0%} of their predictions' proportions"
@@ -274,27 +311,34 @@ def decide(
         reason=reason,
     )
     if switched and last is not None and _undoes(load_plan(last.before), plan, replanned.plan):
-        now = max(measured)
-        if now <= last.measured_ms:
-            why = f"this split measures {now:.2f} ms, the one before the last switch"
-            return replace(
-                decision,
-                switched=False,
-                settled=True,
-                reason=f"settled: {why} {last.measured_ms:.2f}; the re-plan would move nodes back",
-            ), ""
-        plan_path.parent.mkdir(parents=True, exist_ok=True)
-        save_plan(load_plan(last.before), plan_path)  # its profile relative to where it lies
-        reason = (
-            f"settled: back to the split before the last switch, which measured "
-            f"{last.measured_ms:.2f} ms against this one's {now:.2f}"
-        )
-        return replace(decision, settled=True, reason=reason), plan_path.read_text()
+        return _settle(decision, last, plan_path, "the re-plan would move nodes back")
     if not switched:
         return decision, ""
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     save_plan(replanned.plan, plan_path)  # its profile recorded relative to where it lies
     return decision, plan_path.read_text()
+
+
+def _settle(
+    decision: AdaptDecision, last: LastSwitch, plan_path: Path, why: str
+) -> tuple[AdaptDecision, str]:
+    """Settle on whichever of the running split and the one before the last switch ran at
+    the faster pace: keep this one, or go back (a switch to the plan before, written to
+    `plan_path`)."""
+    now, before = decision.period_ms, last.period_ms
+    if now <= before:
+        reason = (
+            f"settled ({why}): this split runs {now:.2f} ms per micro-batch, the one before "
+            f"the last switch ran {before:.2f}"
+        )
+        return replace(decision, switched=False, settled=True, reason=reason), ""
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    save_plan(load_plan(last.before), plan_path)  # its profile relative to where it lies
+    reason = (
+        f"settled ({why}): back to the split before the last switch, which ran {before:.2f} ms "
+        f"per micro-batch against this one's {now:.2f}"
+    )
+    return replace(decision, switched=True, settled=True, reason=reason), plan_path.read_text()
 
 
 def _undoes(before: Plan, running: Plan, proposed: Plan) -> bool:

@@ -28,13 +28,14 @@ class AdaptDecision:
 
     step: int  # steps done when it was made
     measured_ms: str  # per stage, busy ms per micro-batch over the window ("a b ...")
+    period_ms: float  # the pipeline's wall ms per micro-batch over the window (its pace)
     ratios: str  # per stage, measured over the plan's predicted compute
     speeds: str  # per stage index, the device speeds a re-plan assumed ("" if none)
     current_ms: float  # the running plan's slowest stage at those speeds
     planned_ms: float  # the new plan's (= current_ms when not re-planned)
     switched: bool
     reason: str
-    settled: bool = False  # no more checks: moving nodes back would undo the last switch
+    settled: bool = False  # no more checks: on the faster of this split and the one before
     seconds: float = 0.0  # the check on rank 0: measuring, planning, and a new plan's codegen
 
 

@@ -3,6 +3,7 @@ everything six times), the run re-plans for the measured speeds, switches once, 
 exactly as a switch at that step would."""
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from vpipe.codegen.schema import load_pipeline
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import load_plan
 from vpipe.profiler.cli import main as profile_main
-from vpipe.runtime.adapt import THRESHOLD, LastSwitch, decide, running_plan
+from vpipe.runtime.adapt import THRESHOLD, LastSwitch, Window, decide, running_plan
 from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.switching import Segment
 
@@ -95,6 +96,11 @@ def test_1f1b_adapts_and_equals_single_process(slow_profile, tmp_path):
     assert logged == pytest.approx(losses, rel=1e-5)
 
 
+def windows(busy_ms, period_ms=10.0):
+    """Every stage's window: these busy times, one pace."""
+    return [Window(ms, period_ms) for ms in busy_ms]
+
+
 def test_a_decision_keeps_even_stages_and_switches_off_a_slow_one(slow_profile, tmp_path):
     """`decide` alone: measured times in the predictions' proportions keep the plan; stage 1
     at a third of its speed re-plans onto stage 0; measured against that new plan in ITS
@@ -102,41 +108,74 @@ def test_a_decision_keeps_even_stages_and_switches_off_a_slow_one(slow_profile, 
     out = planned(slow_profile, tmp_path, "--schedule", "asp")
     segment = Segment(0, 1000, out / "pipeline.yaml", load_pipeline(out / "pipeline.yaml"))
     predicted = [s.predicted.compute_ms for s in running_plan(segment).stages]
-    kept, text = decide(segment, 10, [2 * p for p in predicted], 990, tmp_path / "p1.yaml")
+    kept, text = decide(segment, 10, windows([2 * p for p in predicted]), 990, tmp_path / "p1.yaml")
     assert not kept.switched and text == "" and not (tmp_path / "p1.yaml").exists()
-    slow = [2 * predicted[0], 6 * predicted[1]]
+    slow = windows([2 * predicted[0], 6 * predicted[1]])
     moved, text = decide(segment, 10, slow, 990, tmp_path / "p2.yaml")
     assert moved.switched and moved.planned_ms * (1 + 0.1) <= moved.current_ms
     assert [float(s) for s in moved.speeds.split()] == pytest.approx([1.0, 3.0])
-    new_out = generate(tmp_path / "p2.yaml", tmp_path / "new")
-    new = Segment(11, 1000, new_out / "pipeline.yaml", load_pipeline(new_out / "pipeline.yaml"))
-    again = [2 * s.predicted.compute_ms for s in running_plan(new).stages]
+    new = switched_to(tmp_path / "p2.yaml", tmp_path / "new")
+    again = windows([2 * s.predicted.compute_ms for s in running_plan(new).stages])
     settled, _ = decide(new, 21, again, 979, tmp_path / "p3.yaml")
     assert not settled.switched
 
 
-@pytest.mark.parametrize("before_ms", [50.0, 1.0])
-def test_a_re_plan_that_would_undo_the_last_switch_settles(slow_profile, tmp_path, before_ms):
-    """After a switch that moved nodes onto stage 0, measurements that would move them back
-    (a device whose speed depends on its load) settle the run: on the split it runs if that
-    measures faster than the one before the switch (`before_ms` 50), else back on that one."""
+def switched_to(plan, out):
+    """The segment a switch to `plan` at step 11 runs."""
+    generated = generate(plan, out)
+    return Segment(
+        11, 1000, generated / "pipeline.yaml", load_pipeline(generated / "pipeline.yaml")
+    )
+
+
+def first_switch(slow_profile, tmp_path):
+    """A plan, the switch `decide` makes off its slow stage 1, and the segment after it."""
     out = planned(slow_profile, tmp_path, "--schedule", "asp")
     first = Segment(0, 1000, out / "pipeline.yaml", load_pipeline(out / "pipeline.yaml"))
     predicted = [s.predicted.compute_ms for s in running_plan(first).stages]
-    moved, _ = decide(first, 10, [2 * predicted[0], 6 * predicted[1]], 990, tmp_path / "b.yaml")
+    slow = windows([2 * predicted[0], 6 * predicted[1]])
+    moved, _ = decide(first, 10, slow, 990, tmp_path / "b.yaml")
     assert moved.switched
-    new_out = generate(tmp_path / "b.yaml", tmp_path / "new")
-    new = Segment(11, 1000, new_out / "pipeline.yaml", load_pipeline(new_out / "pipeline.yaml"))
-    last = LastSwitch(before=out / ".." / "plan.yaml", measured_ms=before_ms)
+    return out / ".." / "plan.yaml", switched_to(tmp_path / "b.yaml", tmp_path / "new")
+
+
+@pytest.mark.parametrize("before_ms", [12.0, 8.0])
+def test_a_switch_that_did_not_pay_is_undone(slow_profile, tmp_path, before_ms):
+    """The first check after a switch, its stages even: if the pipeline runs slower per
+    micro-batch (10 ms) than before the switch (`before_ms` 8), back to the plan before, and
+    no more checks; if faster (12 before), keep it and go on checking. A later check does
+    not judge the switch again."""
+    before, new = first_switch(slow_profile, tmp_path)
+    even = windows([2 * s.predicted.compute_ms for s in running_plan(new).stages], 10.0)
+    last = LastSwitch(before=before, period_ms=before_ms)
+    judged, text = decide(new, 21, even, 979, tmp_path / "c.yaml", last)
+    if before_ms < 10.0:
+        assert judged.switched and judged.settled and "did not pay" in judged.reason
+        original = [s.nodes for s in load_plan(before).stages]
+        assert [s.nodes for s in load_plan(tmp_path / "c.yaml").stages] == original
+    else:
+        assert not judged.switched and not judged.settled and text == ""
+    later, _ = decide(new, 31, even, 969, tmp_path / "d.yaml", replace(last, judged=True))
+    assert not later.switched and not later.settled
+
+
+@pytest.mark.parametrize("before_ms", [12.0, 8.0])
+def test_a_re_plan_that_would_undo_the_last_switch_settles(slow_profile, tmp_path, before_ms):
+    """After a switch that moved nodes onto stage 0 (and paid: judged), measurements that
+    would move them back (a device whose speed depends on its load) settle the run: on the
+    split it runs if that runs faster (10 ms per micro-batch) than the one before the switch
+    (`before_ms` 12), else back on that one."""
+    before, new = first_switch(slow_profile, tmp_path)
+    last = LastSwitch(before=before, period_ms=before_ms, judged=True)
     now = running_plan(new).stages
-    back = [6 * now[0].predicted.compute_ms, 2 * now[1].predicted.compute_ms]  # stage 0 slow
+    back = windows([6 * now[0].predicted.compute_ms, 2 * now[1].predicted.compute_ms], 10.0)
     settled, text = decide(new, 21, back, 979, tmp_path / "c.yaml", last)
-    assert settled.settled
-    if before_ms > max(back):  # this split measures faster: stay
+    assert settled.settled and "move nodes back" in settled.reason
+    if before_ms > 10.0:  # this split runs faster: stay
         assert not settled.switched and text == ""
-    else:  # the split before the switch measured faster: back to it
+    else:  # the split before the switch ran faster: back to it
         assert settled.switched
-        original = [s.nodes for s in load_plan(out / ".." / "plan.yaml").stages]
+        original = [s.nodes for s in load_plan(before).stages]
         assert [s.nodes for s in load_plan(tmp_path / "c.yaml").stages] == original
     # without the memory of the last switch, the same figures would switch again
     again, _ = decide(new, 21, back, 979, tmp_path / "d.yaml")

@@ -28,6 +28,7 @@ def test_another_layout_is_refused(tmp_path):
     decision = AdaptDecision(
         step=10,
         measured_ms="1 2",
+        period_ms=2.5,
         ratios="1 2",
         speeds="",
         current_ms=2.0,
