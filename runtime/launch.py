@@ -34,7 +34,7 @@ from vpipe.runtime.cores import bind_own_cores, check_enough_cores, shown, threa
 from vpipe.runtime.events import ActionEvent, EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.layoutlog import DECISIONS, SWITCHES
-from vpipe.runtime.links import Links
+from vpipe.runtime.links import Channels, Links
 from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.nonfinite import check_supported
 from vpipe.runtime.placement import (
@@ -188,8 +188,9 @@ def run_stage(settings: RunSettings) -> None:
     model_file = load_model_file(pipeline.model)
     timeout = timedelta(seconds=settings.timeout_s)
     replicas = ReplicaGroup(pipeline, place, device, timeout)  # the first group every rank makes
+    channels = Channels.made(timeout)  # the next ones
     executor = build_executor(
-        settings, segment, place, model_file, updater, replicas, device, first_step
+        settings, segment, place, model_file, updater, replicas, channels, device, first_step
     )
     actions = first_actions(settings, segment, executor, updater, place, first_step)
     wait_for_every_stage()

@@ -14,6 +14,15 @@ On a GPU the messages travel over NCCL from GPU memory; where stages share a GPU
 only. NCCL's waits order the GPU's stream but do not block the process: a stage on NCCL
 synchronizes its stream after each wait, so that time blocked on a neighbour is counted as
 waiting, not as compute (`runtime.events`).
+
+Under gloo, activations and gradients travel in process groups of their own (`Channels`): two
+sockets per pair of neighbours, each with its own gloo thread. A gloo send to one rank is a
+rendezvous (the sender announces, the receiver answers that its buffer is posted, then the data
+goes), and gloo's thread skips a socket whose lock the stage's main thread holds, polling it
+again at once: with both directions on one socket, the main thread sending activations made the
+thread spin on the gradients arriving beside them. Split, that thread took 22-28% of a core per
+process instead of 35-50% on the bundled MLP, and pipelines ran 4-25% faster (docs/runtime.md,
+Communication).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -38,6 +49,24 @@ ACTIVATION, GRADIENT = 0, 1
 TAGS_PER_PLAN = 3
 # SENDS_AHEAD: older sends are waited for; they finished long ago (the peer posts receives
 # ahead), and waiting two micro-batches behind can never wait on the peer's future (Links._send)
+
+
+@dataclass(frozen=True)
+class Channels:
+    """The process groups activations and gradients travel in (None: the default group)."""
+
+    activations: dist.ProcessGroup | None = None
+    gradients: dist.ProcessGroup | None = None
+
+    @classmethod
+    def made(cls, timeout: timedelta) -> Channels:
+        """Under gloo, a group per direction over every rank, waiting at most `timeout` for a
+        peer (new_group is collective: every rank makes them, at the same point among its other
+        groups); under NCCL the default group, whose sends go through no polling thread."""
+        if dist.get_backend() != "gloo" or dist.get_world_size() < 2:
+            return cls()
+        ranks = list(range(dist.get_world_size()))
+        return cls(*(dist.new_group(ranks, timeout=timeout) for _ in range(2)))
 
 
 def carries_gradient(spec: TensorSpec) -> bool:
@@ -70,10 +99,12 @@ class _Inbox:
         specs: Sequence[TensorSpec],
         peers: Iterator[int],
         tag: int,
+        group: dist.ProcessGroup | None,
         names: Mapping[int, str],
         device: torch.device,
     ) -> None:
-        self.specs, self.tag, self.names, self.device = specs, tag, names, device
+        self.specs, self.tag, self.group, self.names = specs, tag, group, names
+        self.device = device
         self.peers = peers if specs else iter(())  # not yet posted
         self.wire = wire_device(device)  # where the receive buffers are
         self.settle = settler(device)
@@ -103,7 +134,7 @@ class _Inbox:
                 torch.empty(shape, dtype=dtype, device=self.wire) for shape, dtype in self.layouts
             ]
             with losing(peer, self.names[peer]):
-                works = [dist.irecv(b, src=peer, tag=self.tag) for b in buffers]
+                works = [dist.irecv(b, src=peer, tag=self.tag, group=self.group) for b in buffers]
             self.posted.append((works, buffers, peer))
 
 
@@ -115,9 +146,11 @@ class Links:
         device: torch.device,
         microbatches: range,
         generation: int = 0,
+        channels: Channels | None = None,
     ) -> None:
         """`microbatches`: the ones this process runs (every receive is posted ahead);
-        `generation`: how many plans the run has switched to before this one."""
+        `generation`: how many plans the run has switched to before this one; `channels`:
+        the groups to send in (every plan's links share the run's)."""
         spec = pipeline.stages[placement.stage]
         self.placement = placement
         self.names = {p.rank: p.name for p in placements(pipeline)}  # for a lost peer's error
@@ -125,12 +158,21 @@ class Links:
         sent = spec.outputs if placement.after else ()
         senders = (placement.sender(m) for m in microbatches) if received else iter(())
         self.tags = (ACTIVATION + TAGS_PER_PLAN * generation, GRADIENT + TAGS_PER_PLAN * generation)
-        self.activations = _Inbox(received, senders, self.tags[ACTIVATION], self.names, device)
+        self.channels = channels or Channels()
+        self.activations = _Inbox(
+            received,
+            senders,
+            self.tags[ACTIVATION],
+            self.channels.activations,
+            self.names,
+            device,
+        )
         receivers = (placement.receiver(m) for m in microbatches) if sent else iter(())
         self.gradients = _Inbox(
             [s for s in sent if carries_gradient(s)],
             receivers,
             self.tags[GRADIENT],
+            self.channels.gradients,
             self.names,
             device,
         )
@@ -143,13 +185,15 @@ class Links:
         return self.activations.take() if self.activations.specs else []
 
     def send_activations(self, tensors: Sequence[torch.Tensor], microbatch: int) -> None:
-        self._send(tensors, self.placement.receiver(microbatch), self.tags[ACTIVATION])
+        receiver = self.placement.receiver(microbatch)
+        self._send(tensors, receiver, self.tags[ACTIVATION], self.channels.activations)
 
     def recv_gradients(self) -> list[torch.Tensor]:
         return self.gradients.take() if self.gradients.specs else []
 
     def send_gradients(self, tensors: Sequence[torch.Tensor], microbatch: int) -> None:
-        self._send(tensors, self.placement.sender(microbatch), self.tags[GRADIENT])
+        sender = self.placement.sender(microbatch)
+        self._send(tensors, sender, self.tags[GRADIENT], self.channels.gradients)
 
     def waited_s(self) -> float:
         """Seconds spent blocked on a neighbour so far: in receives, and until a send was
@@ -164,7 +208,13 @@ class Links:
         if self.settle:
             self.settle()
 
-    def _send(self, tensors: Sequence[torch.Tensor], peer: int, tag: int) -> None:
+    def _send(
+        self,
+        tensors: Sequence[torch.Tensor],
+        peer: int,
+        tag: int,
+        group: dist.ProcessGroup | None,
+    ) -> None:
         """One micro-batch's tensors, asynchronously; first wait on the sends SENDS_AHEAD
         micro-batches back, so that finished sends (and the tensors they hold) are let go.
         Such a send to stage s + 1 finished once s + 1 posted its receive, which it does on
@@ -184,7 +234,9 @@ class Links:
         if self.staged:  # a copy in host memory, made before the send starts
             tensors = [t.detach().contiguous().to(self.wire) for t in tensors]
         with losing(peer, self.names[peer]):
-            works = [dist.isend(t.detach().contiguous(), dst=peer, tag=tag) for t in tensors]
+            works = [
+                dist.isend(t.detach().contiguous(), dst=peer, tag=tag, group=group) for t in tensors
+            ]
         self.pending.append((works, peer))
 
 

@@ -23,7 +23,7 @@ from vpipe.runtime.adapt import Adapter
 from vpipe.runtime.clipping import GlobalNormClipper
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.layoutlog import SWITCHES, Moved, SwitchRecord
-from vpipe.runtime.links import Links
+from vpipe.runtime.links import Channels, Links
 from vpipe.runtime.lr_schedule import LrSchedule
 from vpipe.runtime.nonfinite import NonFiniteGuard
 from vpipe.runtime.placement import Placement, world_size
@@ -66,13 +66,14 @@ def build_executor(
     model_file: ModelFile,
     updater: Updater,
     replicas: ReplicaGroup,
+    channels: Channels,
     device: torch.device,
     first_step: int,
     generation: int = 0,
 ) -> StageExecutor:
     """This process's stage in `segment`'s pipeline, with the options asked for. Its links
     expect the micro-batches it runs from `first_step` (or the segment's start) to the
-    segment's end, on the tags of the run's `generation`-th switched-to plan."""
+    segment's end, on the tags of the run's `generation`-th switched-to plan, in `channels`."""
     per_step = microbatches_per_step(settings, segment.pipeline.microbatches)
     first = max(segment.start, first_step) * per_step
     executor = StageExecutor(
@@ -82,7 +83,12 @@ def build_executor(
         model_file,
         updater,
         Links(
-            segment.pipeline, place, device, place.own(first, segment.end * per_step), generation
+            segment.pipeline,
+            place,
+            device,
+            place.own(first, segment.end * per_step),
+            generation,
+            channels,
         ),
         replicas,
         settings.schedule,
@@ -174,6 +180,7 @@ def switched_executor(
         model_file,
         executor.updater,
         executor.replicas,
+        executor.links.channels,
         device,
         new.start,
         generation,
