@@ -5,9 +5,11 @@
 Profiles the bundled GPT (micro-batch 8) with one thread, plans 2 stages (asp) and generates
 them (as benchmarks/bind_cores.py does). Each round trains them twice with `--bind-cores` and a
 hog of benchmarks/burner.py on stage 1's core from the start: without `--adapt`, and with
-`--adapt --adapt-every EVERY`, in turn and in reverse order every other round. Per round it
-prints samples/s of both runs over the same steps (from the adapting run's switch, once the
-pipeline has filled again, to the end), their ratio (issue 19's target: 1.25x or more), the
+`--adapt --adapt-every EVERY`, in turn and in reverse order every other round; then once with
+no hog. Per round it prints samples/s of the runs over the same steps (from the adapting run's
+switch, once the pipeline has filled again, to the end), the ratio adapted / without (issue
+19's target: 1.25x or more, for a stage at half speed), the ceiling no hog / without (how much
+the hog cost: what adapting could win back at most), the
 step of the switch, the seconds from the run's start to the check that switched (detect), what
 that check took (measuring, planning and codegen, on rank 0), what the switch took (transfer
 and rebuild), the speeds the planner was given, and its predicted gain for the new split
@@ -17,6 +19,7 @@ and rebuild), the speeds the planner was given, and its predicted gain for the n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import statistics
@@ -51,6 +54,7 @@ class Run:
 class Round:
     without: Run
     adapted: Run
+    free: Run  # no hog, no --adapt: what no split under the hog can beat
 
     @property
     def switch(self) -> SwitchRecord | None:
@@ -66,11 +70,20 @@ class Round:
     def ratio(self) -> float:
         return self.adapted.samples_per_s(*self.window) / self.without.samples_per_s(*self.window)
 
+    @property
+    def ceiling(self) -> float:
+        """How much faster the pipeline runs without the hog than with it: the most that
+        adapting to the hog could gain."""
+        return self.free.samples_per_s(*self.window) / self.without.samples_per_s(*self.window)
 
-def timed_run(out: Path, steps: int, hog_core: int, every: int | None) -> Run:
+
+def timed_run(out: Path, steps: int, hog_core: int | None, every: int | None) -> Run:
+    """One run of `steps`, with a hog on `hog_core` (None: none), adapting every `every`
+    steps (None: not)."""
     flags = ["--bind-cores"] + (["--adapt", "--adapt-every", str(every)] if every else [])
     await_quiet()
-    with measuring_others() as others, burning(hog_core):
+    hog = burning(hog_core) if hog_core is not None else contextlib.nullcontext()
+    with measuring_others() as others, hog:
         samples_per_s(out, steps, *flags)
     run = out / "run"
     with open(run / "metrics.csv") as file:
@@ -85,7 +98,8 @@ def timed_run(out: Path, steps: int, hog_core: int, every: int | None) -> Run:
 
 def print_rounds(rounds: list[Round]) -> None:
     print(
-        f"{'round':<6} {'steps':>9} {'without':>8} {'adapted':>8} {'ratio':>6} {'switch':>6} "
+        f"{'round':<6} {'steps':>9} {'without':>8} {'adapted':>8} {'ratio':>6} {'no hog':>7} "
+        f"{'ceiling':>7} {'switch':>6} "
         f"{'n':>2} "
         f"{'detect s':>8} {'check s':>7} {'move ms':>7} {'speeds':>11} {'predicted':>9} "
         f"{'others':>6}"
@@ -98,6 +112,7 @@ def print_rounds(rounds: list[Round]) -> None:
         print(
             f"{k:<6} {f'{first}-{last}':>9} {r.without.samples_per_s(first, last):>8.1f} "
             f"{r.adapted.samples_per_s(first, last):>8.1f} {r.ratio:>5.2f}x "
+            f"{r.free.samples_per_s(first, last):>7.1f} {r.ceiling:>6.2f}x "
             f"{switch.step if switch else '—':>6} {len(r.adapted.switches):>2} "
             f"{f'{detect:.1f}' if detect is not None else '—':>8} "
             f"{f'{chosen.seconds:.2f}' if chosen else '—':>7} "
@@ -124,7 +139,8 @@ def main() -> None:
     for k in range(args.rounds):
         order = (None, args.every) if k % 2 == 0 else (args.every, None)
         runs = {every: timed_run(out, args.steps, hog_core, every) for every in order}
-        rounds.append(Round(runs[None], runs[args.every]))
+        free = timed_run(out, args.steps, None, None)
+        rounds.append(Round(runs[None], runs[args.every], free))
     print(
         f"\nCPU, cores {sorted(os.sched_getaffinity(0))}, 2 stages of GPT "
         f"(micro-batch {BATCH}, asp), one thread "

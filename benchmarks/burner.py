@@ -37,10 +37,14 @@ class Burner:
 @contextlib.contextmanager
 def burning(core: int, delay_s: float = 0.0) -> Iterator[Burner]:
     """Burn `core` from `delay_s` seconds on, until the block ends. Returns once the hog is
-    pinned. Its own session: Ctrl-C in a terminal reaches only this process, whose exit from
-    the block stops the hog."""
+    pinned. Its own process group: Ctrl-C in a terminal reaches only this process, whose exit
+    from the block stops the hog. Not its own session: where the kernel groups scheduling by
+    session (autogroup, /proc/sys/kernel/sched_autogroup_enabled), a hog in a session of its
+    own competed with the training's whole session rather than with the stage's thread, and
+    slowed the bound stage anywhere from 1.0x to 2x from one run to the next; in the same
+    session it takes half of the stage's core, run after run."""
     command = [sys.executable, __file__, str(core), "--delay-s", str(delay_s)]
-    hog = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    hog = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, process_group=0)
     try:
         assert hog.stdout is not None
         if not hog.stdout.readline().startswith("burning"):  # its pinned, ready line
