@@ -37,7 +37,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint, rng, settings
 from vpipe.runtime.cli import main as train_main
 
-from .codegen.pipelines import generate, plan, profile
+from .codegen.pipelines import generate, plan, profile, straight
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "profiler" / "fixtures"
@@ -72,10 +72,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
         generate(Path(PLAN), Path("out"))
         shutil.copy(TIED, "tied.py")
         assert profile_main(["tied.py", "-o", "tied.profile.yaml", *QUICK]) == 0
-        assert (
-            plan_main(["tied.profile.yaml", "--gpus", "2", "--stages", "2", "-o", TIED_PLAN, "-q"])
-            == 0
-        )
+        assert plan_main(["tied.profile.yaml", *straight(2), "-o", TIED_PLAN, "-q"]) == 0
         generate(Path(TIED_PLAN), Path(TIED_OUT))
     return root
 
@@ -203,7 +200,7 @@ def pipedream_plan(_: pytest.MonkeyPatch) -> None:
         "\tnode1 -- node2\n\tnode2 -- node3\n"
     )
     assert profile_main(["--import-pipedream", "graph.txt", "-o", "pd.yaml", "-q"]) == 0
-    assert plan_main(["pd.yaml", "--gpus", "2", "--stages", "2", "-o", "pd.plan.yaml", "-q"]) == 0
+    assert plan_main(["pd.yaml", *straight(2), "-o", "pd.plan.yaml", "-q"]) == 0
 
 
 def backward_edge(first: Stage, second: Stage) -> tuple[Stage, Stage]:
@@ -415,7 +412,7 @@ PROFILER = [
     case("a model and a graph.txt", ["m.py", "--import-pipedream", "g.txt"], "not both"),
 ]
 
-TWO = ["--gpus", "2", "--stages", "2"]
+TWO = straight(2)
 
 PLANNER = [
     case(
@@ -484,7 +481,7 @@ PLANNER = [
     case("--gpus 0", [PROFILE, "--gpus", "0"], "argument --gpus: must be at least 1 (got 0)"),
     case(
         "more gpus than nodes",
-        [PROFILE, "--gpus", "12", "--stages", "12"],
+        [PROFILE, *straight(12)],
         "--gpus 12 is more than the profile's",
     ),
     case("--gpus missing", [PROFILE], "the following arguments are required: --gpus"),

@@ -18,6 +18,8 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.profiler.schema import load_profile
 from vpipe.runtime.cli import main as train_main
 
+from .codegen.pipelines import straight
+
 QUICK = ["-q", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--batch-size", "4"]
 MODEL = """\
 import torch
@@ -52,10 +54,7 @@ def chain(tmp_path, monkeypatch) -> Path:
         plan_main(
             [
                 "../a/prof/profile.yaml",
-                "--gpus",
-                "2",
-                "--stages",
-                "2",
+                *straight(2),
                 "-o",
                 "plans/plan.yaml",
                 "-q",

@@ -18,6 +18,12 @@ from vpipe.profiler.cli import main as profile_main
 MODELS = ("gpt", "bert", "resnet", "vgg", "mlp")
 
 
+def straight(stages: int) -> list[str]:
+    """vpipe-plan's options for a straight pipeline: `stages` stages on as many processes
+    (without --stages the planner may give stages data-parallel replicas instead)."""
+    return ["--gpus", str(stages), "--stages", str(stages)]
+
+
 def profile(model: str, directory: Path, batch_size: int = 4, device: str = "cpu") -> Path:
     """`model`: a bundled model's name, or a model file's path."""
     source = model if model.endswith(".py") else f"vpipe.models.{model}"
@@ -36,10 +42,7 @@ def plan(profile_path: Path, gpus: int, directory: Path, recompute: bool, *extra
         plan_main(
             [
                 str(profile_path),
-                "--gpus",
-                str(gpus),
-                "--stages",
-                str(gpus),
+                *straight(gpus),
                 "-o",
                 str(path),
                 "-q",

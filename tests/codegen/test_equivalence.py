@@ -11,7 +11,7 @@ from vpipe.common.modelfile import load_model_file
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 
-from .pipelines import MODELS, forward_in_order, generate, load_all, plan, profile
+from .pipelines import MODELS, forward_in_order, generate, load_all, plan, profile, straight
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_a_sequential_model(tmp_path):
     fixture = Path(__file__).parents[1] / "runtime" / "fixtures" / "dropout_mlp.py"
     profiled, planned = tmp_path / "profile.yaml", tmp_path / "plan.yaml"
     assert profile_main([str(fixture), "-o", str(profiled), "-q", "--repeats", "1"]) == 0
-    assert plan_main([str(profiled), "--gpus", "3", "--stages", "3", "-o", str(planned), "-q"]) == 0
+    assert plan_main([str(profiled), *straight(3), "-o", str(planned), "-q"]) == 0
     pipeline, stages = load_all(generate(planned, tmp_path / "out"))
     model_file = load_model_file(pipeline.model)
     torch.manual_seed(pipeline.seed)

@@ -14,7 +14,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.profiler.schema import load_profile
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate
+from ..codegen.pipelines import generate, straight
 from ..runtime.references import LR, single_process
 
 pytest.importorskip("transformers")
@@ -43,10 +43,7 @@ def planned(profile: Path, stages: int, *extra: str) -> Path:
         plan_main(
             [
                 str(profile),
-                "--gpus",
-                str(stages),
-                "--stages",
-                str(stages),
+                *straight(stages),
                 "-o",
                 str(path),
                 "-q",

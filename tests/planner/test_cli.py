@@ -8,6 +8,8 @@ from vpipe.planner.schema import load_plan
 from vpipe.profiler.cli import main as profile_main
 from vpipe.profiler.schema import load_profile
 
+from ..codegen.pipelines import straight
+
 
 @pytest.fixture(scope="module")
 def profile_path(tmp_path_factory):
@@ -29,9 +31,7 @@ def run(argv, capsys):
 
 def test_writes_a_valid_plan_and_plot(profile_path, tmp_path, capsys):
     out, png = tmp_path / "plan.yaml", tmp_path / "plan.png"
-    code, stdout, _ = run(
-        [profile_path, "--gpus", "3", "--stages", "3", "-o", out, "--plot", png], capsys
-    )
+    code, stdout, _ = run([profile_path, *straight(3), "-o", out, "--plot", png], capsys)
     assert code == 0 and "proven optimal" in stdout, stdout
     plan = load_plan(out)
     profile = load_profile(profile_path)
@@ -48,10 +48,7 @@ def test_same_input_same_bytes(profile_path, tmp_path, capsys):
             run(
                 [
                     profile_path,
-                    "--gpus",
-                    "4",
-                    "--stages",
-                    "4",
+                    *straight(4),
                     "--memory",
                     "0.008",
                     "-o",
@@ -82,7 +79,7 @@ def test_memory_cap_forces_recompute(profile_path, tmp_path, capsys):
 
 def test_memory_takes_a_unit(profile_path, tmp_path, capsys):
     in_gib, in_mib = tmp_path / "gib.yaml", tmp_path / "mib.yaml"
-    argv = [profile_path, "--gpus", "2", "--stages", "2", "-q"]
+    argv = [profile_path, *straight(2), "-q"]
     assert run([*argv, "--memory", "0.0078125", "-o", in_gib], capsys)[0] == 0  # 8 MiB
     assert run([*argv, "--memory", "8MiB", "-o", in_mib], capsys)[0] == 0
     assert load_plan(in_mib).settings == load_plan(in_gib).settings

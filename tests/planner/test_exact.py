@@ -19,6 +19,7 @@ from vpipe.planner.schema import PlanSettings, load_plan
 from vpipe.profiler.pipedream import import_pipedream
 from vpipe.profiler.schema import save_profile
 
+from ..codegen.pipelines import straight
 from ..conftest import PIPEDREAM
 from .randomgraphs import random_profile
 
@@ -133,10 +134,7 @@ def test_vpipe_plan_proves_inception_v3_at_16_stages(tmp_path, capsys):
     profile = tmp_path / "inception_v3.yaml"
     save_profile(import_pipedream(PIPEDREAM / "inception_v3.graph.txt"), profile)
     start = time.perf_counter()
-    assert (
-        main([str(profile), "--gpus", "16", "--stages", "16", "-o", str(tmp_path / "plan.yaml")])
-        == 0
-    )
+    assert main([str(profile), *straight(16), "-o", str(tmp_path / "plan.yaml")]) == 0
     seconds = time.perf_counter() - start
     out = capsys.readouterr().out
     plan = load_plan(tmp_path / "plan.yaml")

@@ -5,7 +5,7 @@ from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import load_plan
 from vpipe.profiler.schema import load_profile
 
-from ..codegen.pipelines import plan, profile
+from ..codegen.pipelines import plan, profile, straight
 
 
 def test_never_all_and_auto_under_a_cap(tmp_path, capsys):
@@ -15,10 +15,7 @@ def test_never_all_and_auto_under_a_cap(tmp_path, capsys):
         path = tmp_path / f"{choice}.yaml"
         argv = [
             str(profiled),
-            "--gpus",
-            "2",
-            "--stages",
-            "2",
+            *straight(2),
             "--memory",
             repr(cap_gib),
             "--recompute",

@@ -17,7 +17,7 @@ from vpipe.runtime.adapt import THRESHOLD, LastSwitch, Window, decide, running_p
 from vpipe.runtime.cli import main as train_main
 from vpipe.runtime.switching import Segment
 
-from ..codegen.pipelines import generate
+from ..codegen.pipelines import generate, straight
 from .references import LR, asp_switched_replay, single_process, stage_of
 
 SLOW = str(Path(__file__).parent / "fixtures" / "slow_rank.py")
@@ -33,10 +33,7 @@ def slow_profile(tmp_path_factory):
 
 def planned(profile, directory, *options):
     path = directory / "plan.yaml"
-    assert (
-        plan_main([str(profile), "--gpus", "2", "--stages", "2", "-o", str(path), "-q", *options])
-        == 0
-    )
+    assert plan_main([str(profile), *straight(2), "-o", str(path), "-q", *options]) == 0
     return generate(path, directory / "out")
 
 

@@ -21,7 +21,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, plan, profile
+from ..codegen.pipelines import generate, plan, profile, straight
 
 DROPOUT_MLP = Path(__file__).parent / "fixtures" / "dropout_mlp.py"  # also batch norm
 COMMON = ["--optimizer", "momentum", "--lr", "0.05", "--threads", "1"]
@@ -67,7 +67,7 @@ def test_killed_run_resumes_exactly(tmp_path, schedule):
     argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
     assert profile_main(argv) == 0
     planned = tmp_path / "plan.yaml"
-    argv = [str(profiled), "--gpus", str(stages), "--stages", str(stages), "--schedule", schedule]
+    argv = [str(profiled), *straight(stages), "--schedule", schedule]
     if schedule == "1f1b":
         argv += ["--microbatches", "2"]
     assert plan_main([*argv, "-o", str(planned), "-q"]) == 0
@@ -99,10 +99,7 @@ def test_resume_needs_what_asp_saves(tmp_path):
     assert profile_main(argv) == 0
     argv = [
         str(profiled),
-        "--gpus",
-        "2",
-        "--stages",
-        "2",
+        *straight(2),
         "--schedule",
         "asp",
         "-o",

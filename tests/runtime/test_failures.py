@@ -19,7 +19,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import failures
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, plan, profile
+from ..codegen.pipelines import generate, plan, profile, straight
 
 # a model file that exits at import in stage 1's process only (not in the launcher's, which
 # imports it first and would catch it there)
@@ -99,7 +99,7 @@ def test_a_model_file_exiting_in_a_stage_is_its_doing(tmp_path, capfd):
     argv = [str(model), "-o", str(profiled), "-q", "--device", "cpu", "--batch-size", "4"]
     assert profile_main([*argv, "--repeats", "1", "--warmup", "0"]) == 0
     planned = tmp_path / "plan.yaml"
-    assert plan_main([str(profiled), "--gpus", "2", "--stages", "2", "-o", str(planned), "-q"]) == 0
+    assert plan_main([str(profiled), *straight(2), "-o", str(planned), "-q"]) == 0
     out = generate(planned, tmp_path / "out")
     code, _, err = _train(out, capfd)
     assert code == 2, err

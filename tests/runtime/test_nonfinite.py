@@ -12,7 +12,7 @@ from vpipe.planner.cli import main as plan_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, profile
+from ..codegen.pipelines import generate, profile, straight
 from .fixtures import ignored_labels, nan_batch
 from .references import LR, single_process
 from .test_replicas import assert_replicas_agree, final_weights, replica_logs, replicated
@@ -32,10 +32,7 @@ def _pipeline(profiled, tmp_path, schedule):
     planned = tmp_path / "plan.yaml"
     argv = [
         str(profiled),
-        "--gpus",
-        "2",
-        "--stages",
-        "2",
+        *straight(2),
         "--schedule",
         schedule,
         "-o",
