@@ -93,8 +93,9 @@ def solve_hybrid(
     without `replicate`, the fastest straight pipeline (one process per stage)."""
     start = time.perf_counter()
     ideals, cuts = cut_family(graph, IDEAL_LIMIT)
-    search = _Search(graph, settings, PairTables(graph, ideals), model, replicate)
-    counts = [stages] if stages is not None else range(1, settings.gpus + 1)
+    tables = PairTables(graph, ideals)
+    search = _Search(graph, settings, tables, model, replicate, any_count=stages is None)
+    counts = [stages] if stages is not None else [ANY]
     floor = None  # the first search's bottleneck: every needy stage at its lower bound
     upper = math.inf  # the best chain costed for real so far: a plan
     while True:
@@ -155,9 +156,19 @@ def _predict(
     return tuple(found)
 
 
+ANY = 1  # with `any_count`, best[ANY][m]: chains of any number of stages
+
+
 class _Search:
-    """The tables best[c][m] (per ideal J), the choices that reach them, and the true times
-    of the stages that recompute (`exact`)."""
+    """The tables best[c][m] (per ideal J: the fastest chain of c stages on at most m
+    processes over the graph after J), the choices that reach them, and the true times of
+    the stages that recompute (`exact`).
+
+    With `any_count` (no stage count asked for) the count is not tracked: best[ANY][m] is the
+    fastest chain of any length, and best[0][m] is 0 at the whole graph (nothing left to
+    place, processes left idle). No stage's cost depends on how many stages follow it (its
+    in-flight count comes from the processes after it), so the chains are the same, and the
+    search makes N(N+1)/2 passes over the [J, I] tables instead of about N^3/6."""
 
     def __init__(
         self,
@@ -166,9 +177,10 @@ class _Search:
         tables: PairTables,
         model: AllReduce,
         replicate: bool,
+        any_count: bool = False,
     ) -> None:
         self.graph, self.settings, self.tables = graph, settings, tables
-        self.model, self.replicate = model, replicate
+        self.model, self.replicate, self.any_count = model, replicate, any_count
         self.times = PairTimes.of(tables, settings)
         self.trainable = (
             tables.trainable[None, :] - tables.trainable[:, None] + tables.tied_trainable
@@ -197,13 +209,17 @@ class _Search:
         """Fill best[c][m] with the current costs (each needy stage at its lower bound until
         `resolve` sets its true time)."""
         n, count = self.settings.gpus, len(self.tables.ideals)
-        self.best = [[np.full(count, math.inf) for _ in range(n + 1)] for _ in range(n + 1)]
+        counts = ANY + 1 if self.any_count else n + 1
+        self.best = [[np.full(count, math.inf) for _ in range(n + 1)] for _ in range(counts)]
         self.choice = {}
-        self.best[0][0][-1] = 0.0
+        for m in range(n + 1 if self.any_count else 1):
+            self.best[0][m][-1] = 0.0
         for m in range(1, n + 1):  # ascending: best[.][m - r] is final when best[.][m] reads it
-            for r in range(1, m + 1 if self.replicate else 2):
+            replicas = range(1, m + 1 if self.replicate else 2)
+            # with any count, more replicas first: on a tie the chain keeps fewer stages
+            for r in reversed(replicas) if self.any_count else replicas:
                 cost = self._costs(m, r)
-                for c in range(1, m - r + 2):
+                for c in [ANY] if self.any_count else range(1, m - r + 2):
                     self._extend(c, m, r, cost)
 
     def _time(self, r: int) -> np.ndarray:
@@ -263,7 +279,10 @@ class _Search:
     def _extend(self, c: int, m: int, r: int, cost: np.ndarray) -> None:
         """Try stage I \\ J with r replicas in front of c - 1 stages on m - r processes."""
         count = cost.shape[0]
-        if c == 1:  # the last stage: I must be the whole graph
+        if self.any_count:  # a last stage (best[0]: 0 at the whole graph) or more after it
+            after = np.minimum(self.best[0][m - r], self.best[ANY][m - r])
+            candidate = np.maximum(cost, after[None, :])
+        elif c == 1:  # the last stage: I must be the whole graph
             candidate = np.full_like(cost, math.inf)
             candidate[:, -1] = cost[:, -1]
         else:
@@ -278,10 +297,12 @@ class _Search:
     def path(self, stages: int, processes: int) -> list[_Step]:
         """The chain's stages, first stage first."""
         steps, j, c, m = [], 0, stages, processes
+        whole = len(self.tables.ideals) - 1
         while c:
             i, r = self.choice[c, m, j]
             steps.append(_Step((m, r, j, i)))
-            j, c, m = i, c - 1, m - r
+            j, m = i, m - r
+            c = (ANY if i != whole else 0) if self.any_count else c - 1
         return steps
 
     def _stage(self, pair: Pair) -> tuple[list[int], list[int], tuple[int, bool]]:
