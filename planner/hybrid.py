@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -224,38 +225,46 @@ class _Search:
 
     def _time(self, r: int) -> np.ndarray:
         """[J, I]: stage I \\ J's time with r replicas, without recompute."""
-        one_ms = allreduce_ms(
-            self.trainable, r, self.settings, self.model, self.graph.link_ms_per_byte
-        )
-        share = allreduce_share_ms(one_ms, r, self.settings)
-        comm_in, comm_out = self.times.comm[:, None], self.times.comm[None, :]
-        return replicated_time_ms(self.times.compute, share, comm_in, comm_out, r, np.maximum)
+        # linear in the bytes: a number per byte times the table, not the formula on the table
+        per_byte = allreduce_ms(1.0, r, self.settings, self.model, self.graph.link_ms_per_byte)
+        share = allreduce_share_ms(per_byte, r, self.settings) * self.trainable
+        comm: tuple[Any, Any] = (0.0, 0.0)  # free links (infinite bandwidth): no [J, I] max
+        if self.times.comm.any():
+            comm = (self.times.comm[:, None], self.times.comm[None, :])
+        return replicated_time_ms(self.times.compute, share, *comm, r, np.maximum)
 
     def _costs(self, m: int, r: int) -> np.ndarray:
         """[J, I]: the cost of stage I \\ J with r of m processes: its time where it fits as it
         is, or once `resolve`d; a lower bound where recompute may fit it; else infinite."""
         time_r = self._time(r)
-        shape = replica_shape(self.settings, r, m)
-        memory = self._memory(self.sums, shape, r)
-        cap = self.settings.memory_bytes
-        cost = np.where(self.tables.inside & (memory <= cap), time_r, math.inf)
-        if math.isfinite(cap) and self.settings.recompute != "never":
-            js, is_ = np.nonzero(self.tables.inside & (memory > cap))
-            fixed = self._memory(replace(self.sums, kept=0.0), shape, r)
-            possible = self.tables.floor(js, is_, shape.in_flight) <= cap - fixed[js, is_]
-            cost[js[possible], is_[possible]] = time_r[js[possible], is_[possible]]
+        if math.isfinite(self.settings.memory_bytes):
+            cost = self._capped(time_r, m, r)
+        else:  # every stage fits
+            cost = np.where(self.tables.inside, time_r, math.inf)
         for overrides in (self.bounds, self.exact):  # the true time where known
             for (pm, pr, j, i), value in overrides.items():
                 if (pm, pr) == (m, r):
                     cost[j, i] = value
         return cost
 
+    def _capped(self, time_r: np.ndarray, m: int, r: int) -> np.ndarray:
+        """[J, I]: `time_r` where the stage fits the memory cap as it is, or where recompute
+        may fit it (`settle` finds out); else infinite."""
+        cap = self.settings.memory_bytes
+        shape = replica_shape(self.settings, r, m)
+        memory = self._memory(self.sums, shape, r)
+        cost = np.where(self.tables.inside & (memory <= cap), time_r, math.inf)
+        if self.settings.recompute != "never":
+            js, is_ = np.nonzero(self.tables.inside & (memory > cap))
+            fixed = self._memory(replace(self.sums, kept=0.0), shape, r)
+            possible = self.tables.floor(js, is_, shape.in_flight) <= cap - fixed[js, is_]
+            cost[js[possible], is_[possible]] = time_r[js[possible], is_[possible]]
+        return cost
+
     def _memory(self, sums: StageBytes, shape: ScheduleShape, replicas: int) -> np.ndarray:
-        """[J, I]: one replica's bytes; the links' buffers depend on whether the stage is the
-        first (J empty) or the last (I whole)."""
+        """[J, I]: one replica's bytes under the memory cap; the links' buffers depend on
+        whether the stage is the first (J empty) or the last (I whole)."""
         count = len(self.tables.ideals)
-        if not math.isfinite(self.settings.memory_bytes):
-            return np.zeros((count, count))
 
         def total(index: int, is_last: bool) -> np.ndarray:
             memory = stage_memory(
