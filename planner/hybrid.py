@@ -83,18 +83,35 @@ class _Step:
         return self.pair[1]
 
 
+@dataclass(frozen=True)
+class Cuts:
+    """The stages a search may choose from (the graph's ideals, `cuts`: "all" or how they were
+    thinned) and their tables: the same for every search over one graph."""
+
+    ideals: list[int]
+    cuts: str
+    tables: PairTables
+
+    @classmethod
+    def of(cls, graph: PlanGraph) -> Cuts:
+        ideals, cuts = cut_family(graph, IDEAL_LIMIT)
+        return cls(ideals, cuts, PairTables(graph, ideals))
+
+
 def solve_hybrid(
     graph: PlanGraph,
     settings: PlanSettings,
     stages: int | None = None,
     model: AllReduce = RING,
     replicate: bool = True,
+    family: Cuts | None = None,
 ) -> HybridSplit:
     """The fastest plan on at most `settings.gpus` processes, with `stages` stages if given;
-    without `replicate`, the fastest straight pipeline (one process per stage)."""
+    without `replicate`, the fastest straight pipeline (one process per stage). `family`:
+    the graph's `Cuts`, where another search made them already."""
     start = time.perf_counter()
-    ideals, cuts = cut_family(graph, IDEAL_LIMIT)
-    tables = PairTables(graph, ideals)
+    family = family or Cuts.of(graph)
+    ideals, cuts, tables = family.ideals, family.cuts, family.tables
     search = _Search(graph, settings, tables, model, replicate, any_count=stages is None)
     counts = [stages] if stages is not None else [ANY]
     floor = None  # the first search's bottleneck: every needy stage at its lower bound
@@ -227,7 +244,8 @@ class _Search:
         """[J, I]: stage I \\ J's time with r replicas, without recompute."""
         # linear in the bytes: a number per byte times the table, not the formula on the table
         per_byte = allreduce_ms(1.0, r, self.settings, self.model, self.graph.link_ms_per_byte)
-        share = allreduce_share_ms(per_byte, r, self.settings) * self.trainable
+        coefficient = allreduce_share_ms(per_byte, r, self.settings)
+        share = coefficient * self.trainable if coefficient else 0.0  # free: no [J, I] product
         comm: tuple[Any, Any] = (0.0, 0.0)  # free links (infinite bandwidth): no [J, I] max
         if self.times.comm.any():
             comm = (self.times.comm[:, None], self.times.comm[None, :])

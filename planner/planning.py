@@ -20,7 +20,7 @@ from vpipe.planner.diagnose import explain_infeasible
 from vpipe.planner.dp import IDEAL_LIMIT, solve_dp
 from vpipe.planner.exact import PROOF_GAP, solve_exact
 from vpipe.planner.graph import PlanGraph, plan_graph
-from vpipe.planner.hybrid import HybridSplit, solve_hybrid
+from vpipe.planner.hybrid import Cuts, HybridSplit, solve_hybrid
 from vpipe.planner.predict import (
     predict_pipeline,
     predict_replicated_pipeline,
@@ -289,8 +289,9 @@ def make_hybrid_plan(
         raise VpipeError(
             f"--stages {stages} is more than --gpus {settings.gpus}: a stage needs a process"
         )
-    found = solve_hybrid(graph, settings, stages=stages)
-    straight = solve_hybrid(graph, settings, replicate=False)
+    family = Cuts.of(graph)
+    found = solve_hybrid(graph, settings, stages=stages, family=family)
+    straight = solve_hybrid(graph, settings, replicate=False, family=family)
     if stages is None and settings.gpus <= graph.size:
         try:
             plan, seconds = make_plan(profile, profile_path, profile_sha256, settings, solver)
