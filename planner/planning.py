@@ -291,7 +291,6 @@ def make_hybrid_plan(
         )
     family = Cuts.of(graph)
     found = solve_hybrid(graph, settings, stages=stages, family=family)
-    straight = solve_hybrid(graph, settings, replicate=False, family=family)
     if stages is None and settings.gpus <= graph.size:
         try:
             plan, seconds = make_plan(profile, profile_path, profile_sha256, settings, solver)
@@ -300,14 +299,30 @@ def make_hybrid_plan(
                 raise
         else:
             if not found.feasible or _slowest(plan) <= found.bottleneck_ms * (1 + TIE):
-                return plan, seconds + found.seconds
+                kept = dataclasses.replace(plan, notes=(*plan.notes, _replicas_note(plan, found)))
+                return kept, seconds + found.seconds
     if not found.feasible:
         raise VpipeError(
             f"no plan of {stages or 'any number of'} stages on {settings.gpus} processes fits "
             "--memory, even recomputing; raise --memory, or give more --gpus or --stages"
         )
+    straight = solve_hybrid(graph, settings, replicate=False, family=family)
     return _hybrid_plan(profile, profile_path, profile_sha256, settings, graph, found, straight), (
         found.seconds + straight.seconds
+    )
+
+
+def _replicas_note(plan: Plan, found: HybridSplit) -> str:
+    """Why a plan free to use data-parallel replicas has none: what the best with them does."""
+    if not found.feasible:
+        return "no replicas: no plan with data-parallel replicas fits --memory"
+    if all(r == 1 for r in found.replicas):
+        return "no replicas: no plan that replicates a stage is faster here and fits --memory"
+    shape = " ".join(str(r) for r in found.replicas)
+    return (
+        f"no replicas: the fastest plan with them ({len(found.replicas)} stages, replicas "
+        f"{shape}) is no faster: its slowest stage takes {found.bottleneck_ms:.3f} ms, this "
+        f"plan's {_slowest(plan):.3f}"
     )
 
 

@@ -60,9 +60,13 @@ def test_pinned_stages_one_or_all_straight(resnet50, tmp_path, capsys):
 def test_auto_keeps_the_straight_pipeline_where_replicas_cannot_help(resnet50, tmp_path, capsys):
     """At 10 GB/s on 4 GPUs PipeDream's best is the straight pipeline (0.111497 s): so is
     vpipe's, planned by the straight solvers (which recompute under a cap)."""
-    found, _ = plan(resnet50, tmp_path, capsys, "--gpus", 4, "--bandwidth", 10)
+    found, stdout = plan(resnet50, tmp_path, capsys, "--gpus", 4, "--bandwidth", 10)
     assert max(s.predicted.time_ms for s in found.stages) == pytest.approx(111.497, abs=1e-3)
     assert found.solver.name != "hybrid"
+    # and says why it has no replicas: the best plan with them is no faster
+    said = [note for note in found.notes if note.startswith("no replicas:")]
+    assert len(said) == 1 and f"note: {said[0]}" in " ".join(stdout.split())  # lines wrap
+    assert "is no faster" in said[0] or "no plan that replicates a stage" in said[0]
 
 
 @pytest.mark.parametrize(
