@@ -1,10 +1,12 @@
-"""Measure a captured graph node by node: times by re-running each node alone, bytes by
-watching what autograd saves during one whole forward.
+"""Measure a captured graph node by node: bytes by watching what autograd saves during one whole
+forward; on CUDA, times by re-running each node alone (on a CPU, `profiler.sequence` times them
+in whole passes).
 
 Why node by node: a planner needs the cost of every possible stage, and a stage is a set of
-nodes. Each node is re-run on a copy of the exact inputs it saw in the whole forward, with the
-same `requires_grad` flags, so its backward does the work it does inside the model. The sum of
-node times is compared with one whole-model forward and backward (the profile's honesty figure).
+nodes. Re-run alone, a node runs on a copy of the exact inputs it saw in the whole forward, with
+the same `requires_grad` flags, so its backward does the work it does inside the model. The sum
+of node times is compared with one whole-model forward and backward (the profile's honesty
+figure).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class Clock:
         self.cuda = device.type == "cuda"
         self.kind = "cuda" if self.cuda else "cpu" if torch.get_num_threads() == 1 else "wall"
         self._now = time.process_time if self.kind == "cpu" else time.perf_counter
+
+    def now(self) -> float:
+        """Seconds on this clock's host clock (CPU only: a GPU's work runs after the call)."""
+        assert not self.cuda, "time CUDA work with events"  # no user input reaches here
+        return self._now()
 
     def time(self, fn: Callable[[], Any]) -> float:
         if not self.cuda:
@@ -249,9 +256,11 @@ def time_update(
     params: list[torch.Tensor], optimizer: str, clock: Clock, warmup: int, repeats: int
 ) -> float:
     """Median milliseconds of one optimizer step on `params`, made the way the runtime makes it
-    on a stage with micro-batches in flight (into new tensors: the costlier of its two ways).
-    Under asp every micro-batch ends in one; a step of 1f1b or gpipe, in one per M."""
+    on a stage with micro-batches in flight (into new tensors: the costlier of its two ways),
+    after its check that every gradient is finite (`runtime.nonfinite`). Under asp every
+    micro-batch ends in one; a step of 1f1b or gpipe, in one per M."""
     from vpipe.common.optim import Updater
+    from vpipe.runtime.nonfinite import all_finite
 
     if not params:
         return 0.0
@@ -260,7 +269,9 @@ def time_update(
     updater = Updater(optimizer, lr=1e-3)
     times = []
     for rep in range(warmup + 1 + repeats):  # the first step creates the optimizer's state
-        elapsed = clock.time(lambda: updater.step(weights, grads, in_place=False))
+        elapsed = clock.time(
+            lambda: all_finite(grads) and updater.step(weights, grads, in_place=False)
+        )
         if rep > warmup:
             times.append(elapsed)
     return statistics.median(times)

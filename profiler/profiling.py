@@ -10,6 +10,7 @@ import torch
 from torch import fx
 from torch.utils import _pytree as pytree
 
+from vpipe.common.allocator import keep_freed_memory
 from vpipe.common.capture import capture, flat_tensors
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import Batch, ModelFile
@@ -19,6 +20,7 @@ from vpipe.profiler.measure import (
     Clock,
     LossCost,
     Reference,
+    Timing,
     backward_peaks,
     classify_saved,
     measure_loss,
@@ -37,6 +39,7 @@ from vpipe.profiler.schema import (
     TensorMeta,
     WholeModel,
 )
+from vpipe.profiler.sequence import NodeTimes, time_in_sequence
 from vpipe.profiler.ties import find_ties
 
 
@@ -82,6 +85,7 @@ def profile_model(
         raise VpipeError(f"--threads {settings.threads}: must be at least 0 (0: torch's default)")
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    keep_freed_memory()  # as the runtime's stages do, so both are timed under one allocator
     model = _built_model(model_file, settings.seed).to(device).train()
     model_file.check_deterministic(settings.batch_size, 0)
     batch = model_file.batch(settings.batch_size, 0).to(device)
@@ -145,12 +149,23 @@ def _profile_nodes(
     state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
     nodes: list[NodeProfile] = []
     storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
+    # on a CPU each node is timed where it runs, in whole passes (profiler/sequence.py)
+    inputs = tuple(reference.values[n.name] for n in gm.graph.nodes if n.op == "placeholder")
+    in_sequence = (
+        None
+        if clock.cuda
+        else time_in_sequence(gm, inputs, clock.now, settings.warmup, settings.repeats)
+    )
     for node in (n for n in gm.graph.nodes if n.op != "output"):
         outputs = flat_tensors(reference.values[node.name])
         view_of = storage_owner.get(storage_key(outputs[0]), "") if outputs else ""
         for t in outputs:
             storage_owner.setdefault(storage_key(t), node.name)
-        timing = time_node(node, gm, reference, clock, settings.warmup, settings.repeats)
+        timing = (
+            time_node(node, gm, reference, clock, settings.warmup, settings.repeats)
+            if in_sequence is None
+            else _in_sequence(node, in_sequence)
+        )
         params, buffers = owners.get(node.name, ([], []))
         trainable = [t for _, t in params if t.requires_grad]
         update_ms = time_update(
@@ -186,6 +201,12 @@ def _profile_nodes(
         )
         progress(node.name)
     return nodes
+
+
+def _in_sequence(node: fx.Node, times: dict[str, NodeTimes]) -> Timing:
+    """A node's sequence timing as the node-alone timing's record (no workspace off CUDA)."""
+    node_times = times.get(node.name, NodeTimes(0.0, 0.0))  # placeholders and attributes
+    return Timing(node_times.forward_ms, node_times.backward_ms, None)
 
 
 def _built_model(model_file: ModelFile, seed: int) -> torch.nn.Module:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from vpipe.codegen.schema import Pipeline, load_pipeline
+from vpipe.common.allocator import keep_freed_memory
 from vpipe.common.cli import print_whole
 from vpipe.common.errors import VpipeError
 from vpipe.common.memory import LiveBytes
@@ -268,6 +269,7 @@ def _join_group(settings: RunSettings, seed: int, rank: int, world: int) -> torc
         backend = "nccl" if local_processes <= gpus else "gloo"
     shared = max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(settings.threads or len(cores) or shared)
+    keep_freed_memory()  # the profile's times were taken so too
     torch.manual_seed(seed + rank)  # dropout masks: the same in every run of this plan
     dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout_s))
     print_whole(

@@ -1,0 +1,63 @@
+"""Timed in sequence, each node gets its own forward and backward: a node that spins a known
+CPU time in each (a custom autograd function) is charged that time and its neighbours are not,
+and the parts add up to the whole pass."""
+
+import time
+
+import torch
+from torch import fx, nn
+
+from vpipe.profiler.sequence import time_in_sequence
+
+FORWARD_S, BACKWARD_S = 0.004, 0.010  # the spinning node's known cost
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+class _Spin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        _spin(FORWARD_S)
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        _spin(BACKWARD_S)
+        return grad
+
+
+class Spinner(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Spin.apply(x)
+
+
+class Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.before = nn.Linear(16, 16)
+        self.spin = Spinner()
+        self.after = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(torch.relu(self.spin(self.before(x))))
+
+
+class _Leaves(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+        return isinstance(m, Spinner) or super().is_leaf_module(m, name)
+
+
+def test_a_spinning_node_is_charged_its_own_time():
+    model = Chain()
+    gm = fx.GraphModule(model, _Leaves().trace(model))
+    times = time_in_sequence(gm, (torch.randn(4, 16),), time.process_time, warmup=1, repeats=3)
+    assert set(times) == {"before", "spin", "relu", "after"}
+    spin = times["spin"]
+    assert FORWARD_S * 1e3 <= spin.forward_ms < FORWARD_S * 1e3 * 1.5, spin
+    assert BACKWARD_S * 1e3 <= spin.backward_ms < BACKWARD_S * 1e3 * 1.5, spin
+    for name in ("before", "relu", "after"):  # microseconds of work each
+        assert times[name].forward_ms < 1.0 and times[name].backward_ms < 1.0, (name, times[name])
