@@ -108,3 +108,13 @@ class Updater:
             eps=self.eps,
             maximize=False,
         )
+
+
+def all_finite(grads: dict[str, torch.Tensor]) -> bool:
+    """Whether every gradient is finite: a NaN anywhere makes a tensor's least and largest value
+    NaN, an inf makes one of them inf. `torch.aminmax` is vectorised on a CPU where
+    `isfinite(...).all()` and the inf-norm are not (0.7 ms for an 8 MiB gradient here, against
+    8-10 ms: more than that stage's whole compute), and the extremes are checked at once (one
+    device sync)."""
+    extremes = [x for g in grads.values() if g.numel() for x in torch.aminmax(g)]
+    return not extremes or bool(torch.isfinite(torch.stack(extremes)).all())

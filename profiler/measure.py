@@ -257,10 +257,9 @@ def time_update(
 ) -> float:
     """Median milliseconds of one optimizer step on `params`, made the way the runtime makes it
     on a stage with micro-batches in flight (into new tensors: the costlier of its two ways),
-    after its check that every gradient is finite (`runtime.nonfinite`). Under asp every
-    micro-batch ends in one; a step of 1f1b or gpipe, in one per M."""
-    from vpipe.common.optim import Updater
-    from vpipe.runtime.nonfinite import all_finite
+    after its check that every gradient is finite (`all_finite`, which `runtime.nonfinite`
+    calls). Under asp every micro-batch ends in one; a step of 1f1b or gpipe, in one per M."""
+    from vpipe.common.optim import Updater, all_finite
 
     if not params:
         return 0.0

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vpipe.runtime.nonfinite import all_finite
+from vpipe.common.optim import all_finite
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
