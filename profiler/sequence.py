@@ -44,7 +44,9 @@ class NodeTimes:
 class _ClockedRun(fx.Interpreter):
     """One forward of the graph, clocking each node and hooking its outputs' gradients."""
 
-    def __init__(self, gm: fx.GraphModule, now: Callable[[], float], marks: list) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, now: Callable[[], float], marks: list[tuple[float, str]]
+    ) -> None:
         super().__init__(gm)
         self.now = now
         self.marks = marks  # (time, node name) when a node's output gradients are complete
