@@ -10,8 +10,9 @@ the sweep (the process's CPU time, its gloo threads included, less the sweeps' o
 of three runs: other work only adds to it.
 
 The profile's `link` term (profiler/linkcost.py) is the first row's kind of figure: messages
-back to back. The rows below it show what the same messages cost when each one finds the caches
-swept by the work between (docs/benchmarks.md, "Throughput prediction").
+back to back. The rows below it add work between the messages, as a stage's actions are; a
+running pipeline's stages pay several times these figures (docs/benchmarks.md, "Throughput
+prediction"), which is what this table rules out as gloo's own cost.
 """
 
 from __future__ import annotations
