@@ -36,6 +36,7 @@ from vpipe.runtime.events import ActionEvent, EventLog
 from vpipe.runtime.executor import StageExecutor
 from vpipe.runtime.layoutlog import DECISIONS, SWITCHES
 from vpipe.runtime.links import Channels, Links
+from vpipe.runtime.loopthreads import idle_loop_threads
 from vpipe.runtime.metrics import Metrics
 from vpipe.runtime.nonfinite import check_supported
 from vpipe.runtime.placement import (
@@ -190,6 +191,8 @@ def run_stage(settings: RunSettings) -> None:
     timeout = timedelta(seconds=settings.timeout_s)
     replicas = ReplicaGroup(pipeline, place, device, timeout)  # the first group every rank makes
     channels = Channels.made(timeout)  # the next ones
+    if not settings.bind_cores:  # bound, they could only wait for the stage's own cores
+        idle_loop_threads()  # every group's is made by now (runtime/loopthreads.py)
     executor = build_executor(
         settings, segment, place, model_file, updater, replicas, channels, device, first_step
     )
