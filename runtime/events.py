@@ -4,8 +4,9 @@ report.
 
 One row per action (forward or backward of a micro-batch): start and end on the machine's
 monotonic clock (comparable across the stages of one machine), the seconds spent blocked waiting
-for a neighbour, and the process's CPU seconds during the action. Recording costs three clock
-reads and a buffered row per action, so it is always on. No torch here: `--report` reads them.
+for a neighbour, the process's CPU seconds during the action, and its main thread's alone.
+Recording costs four clock reads and a buffered row per action, so it is always on. No torch
+here: `--report` reads them.
 
 The header row is the file's version: a column added, removed or renamed changes it, and a file
 whose header is not this version's is refused with the command that writes it anew. A column
@@ -21,14 +22,15 @@ from typing import NamedTuple
 
 from vpipe.common.errors import VpipeError
 
-COLUMNS = ["action", "microbatch", "start_s", "end_s", "wait_s", "cpu_s"]
+COLUMNS = ["action", "microbatch", "start_s", "end_s", "wait_s", "cpu_s", "main_s"]
 REMEDY = "vpipe-train writes it anew: train again"
 
 
 class ActionEvent(NamedTuple):
     """One action as it ran: seconds on the machine's monotonic clock (perf_counter), the part
     of it spent blocked waiting for a neighbour's tensors, and the CPU seconds the process used
-    meanwhile (what the stage computed when more processes than cores share the machine). A
+    meanwhile (what the stage computed when more processes than cores share the machine), and
+    the part of those its main thread used (the rest is gloo's threads moving messages). A
     named tuple: made between every two actions, where a frozen dataclass costs more."""
 
     action: str  # F or B
@@ -37,6 +39,7 @@ class ActionEvent(NamedTuple):
     end_s: float
     wait_s: float
     cpu_s: float
+    main_s: float
 
 
 class EventLog:
@@ -52,7 +55,7 @@ class EventLog:
         # this runs between every two actions
         self.file.write(
             f"{e.action},{e.microbatch},{e.start_s:.6f},{e.end_s:.6f},{e.wait_s:.6f},"
-            f"{e.cpu_s:.6f}\r\n"
+            f"{e.cpu_s:.6f},{e.main_s:.6f}\r\n"
         )
 
     def close(self) -> None:
@@ -86,4 +89,5 @@ def _event(row: dict[str, str]) -> ActionEvent:
         float(row["end_s"]),
         float(row["wait_s"]),
         float(row["cpu_s"]),
+        float(row["main_s"]),
     )

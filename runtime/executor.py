@@ -110,7 +110,8 @@ class StageExecutor:
         self._fixed = _Fixed.of(pipeline, index, schedule, device)
 
     def run(self, actions: Iterable[Action]) -> None:
-        links, clock, cpu_clock = self.links, time.perf_counter, time.process_time
+        links, clock = self.links, time.perf_counter
+        cpu_clock, main_clock = time.process_time, time.thread_time
         # on a GPU an action's kernels run after the call that launched them returns: its end
         # is when its stream is done, or the events would time the launches (runtime/report.py)
         settle = None
@@ -118,7 +119,7 @@ class StageExecutor:
             settle = torch.cuda.current_stream(self.device).synchronize
         self._count_versions()
         for action in actions:
-            start, waited, cpu = clock(), links.waited_s(), cpu_clock()
+            start, waited, cpu, main = clock(), links.waited_s(), cpu_clock(), main_clock()
             if action.kind == FORWARD:
                 self.forward(action.microbatch)
             else:
@@ -126,10 +127,16 @@ class StageExecutor:
                 self._count_versions()  # only an update makes a version; a forward uses one
             if settle:
                 settle()
-            end, cpu_s = clock(), cpu_clock() - cpu
+            end, cpu_s, main_s = clock(), cpu_clock() - cpu, main_clock() - main
             self.on_event(
                 ActionEvent(
-                    action.kind, action.microbatch, start, end, links.waited_s() - waited, cpu_s
+                    action.kind,
+                    action.microbatch,
+                    start,
+                    end,
+                    links.waited_s() - waited,
+                    cpu_s,
+                    main_s,
                 )
             )
         self.weights = _trainable(self.tied.finish(_detached(self.weights)))  # asp's last copies

@@ -941,7 +941,7 @@ TRAIN = [
         "--report with an emptied events file",
         [PIPELINE, "--report"],
         "out/run/events_stage1.csv: not vpipe-train's events (first line: 'empty', expected "
-        "'action,microbatch,start_s,end_s,wait_s,cpu_s'); vpipe-train writes it anew",
+        "'action,microbatch,start_s,end_s,wait_s,cpu_s,main_s'); vpipe-train writes it anew",
         both(trained, write("out/run/events_stage1.csv", "")),
     ),
     case(

@@ -166,7 +166,7 @@ def test_report_md_memory_when_measured(measured, capsys):
 
 def test_one_thread_or_more_processes_than_cores_times_by_cpu():
     events = [  # wall 10 ms less 2 ms waiting per action; 3 ms of CPU
-        ActionEvent(action, 0, start, start + 0.010, 0.002, 0.003)
+        ActionEvent(action, 0, start, start + 0.010, 0.002, 0.003, 0.003)
         for action, start in (("F", 0.0), ("B", 0.1))
     ]
     assert timed_by_cpu(2, 2, threads=1) and timed_by_cpu(4, 2, threads=2)
