@@ -121,9 +121,7 @@ def timed_run(out: Path, microbatches: int) -> Round:
         ]
         forward.append(statistics.mean(e.cpu_s * 1e3 for e in events if e.action == FORWARD))
         backward.append(statistics.mean(e.cpu_s * 1e3 for e in events if e.action != FORWARD))
-        main.append(
-            sum(e.main_s * 1e3 for e in events) / sum(e.action == FORWARD for e in events)
-        )
+        main.append(sum(e.main_s * 1e3 for e in events) / sum(e.action == FORWARD for e in events))
     return Round(rate, others.share, tuple(forward), tuple(backward), tuple(main))
 
 
