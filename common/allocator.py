@@ -2,8 +2,9 @@
 
 On a CPU, torch allocates through the C library's malloc. glibc hands large blocks back to the
 kernel when they are freed (the top of the heap past a trim threshold, blocks past an mmap
-threshold), and the next allocation of that size faults every page in again, zeroed: about
-2 ms per 10 MB here. A pipeline stage frees and remakes the same tensors every micro-batch
+threshold), and the next allocation of that size faults every page in again, zeroed (a
+2-stage `widehead` run of 100 steps: 1.23 M page faults, 0.20 M with freed memory kept, and
+595 against 739 samples/s). A pipeline stage frees and remakes the same tensors every micro-batch
 (activations in flight, gradients, stashed weight versions), in an order that keeps glibc's
 adaptive thresholds from settling, so it paid that on most actions (a stage's backward measured
 1.3-1.5x a plain training loop's). The profiler and the runtime both call `keep_freed_memory`,

@@ -44,12 +44,11 @@ class NodeTimes:
 class _ClockedRun(fx.Interpreter):
     """One forward of the graph, clocking each node and hooking its outputs' gradients."""
 
-    def __init__(
-        self, gm: fx.GraphModule, now: Callable[[], float], marks: list[tuple[float, str]]
-    ) -> None:
+    def __init__(self, gm: fx.GraphModule, now: Callable[[], float]) -> None:
         super().__init__(gm)
         self.now = now
-        self.marks = marks  # (time, node name) when a node's output gradients are complete
+        # (time, node name) when a node's output gradients are complete, in the backward
+        self.marks: list[tuple[float, str]] = []
         self.forward_s: dict[str, float] = {}
         self.current = ""  # the node being run
 
@@ -119,13 +118,13 @@ def _one_pass(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """One forward and backward: each node's forward seconds and backward seconds."""
     gm.zero_grad(set_to_none=True)
-    marks: list[tuple[float, str]] = []
-    run = _ClockedRun(gm, now, marks)
+    run = _ClockedRun(gm, now)
     outputs = [t for t in flat_tensors(run.run(*inputs)) if t.requires_grad]
     backward_s: dict[str, float] = {}
     if outputs:
         torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
         end = now()
+        marks = run.marks
         for (start, name), (stop, _) in zip(marks, [*marks[1:], (end, "")], strict=True):
             backward_s[name] = backward_s.get(name, 0.0) + stop - start
     return run.forward_s, backward_s
