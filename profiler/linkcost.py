@@ -5,12 +5,12 @@ same cores the stages compute on: every transfer takes CPU time from both ends, 
 bandwidth figure does not show (it overlaps nothing when every core is computing). Measured
 here with two gloo groups in two threads of this process over loopback, as the runtime's stages
 on one machine talk: both ends' CPU time is this process's, and each end is charged half.
-A line through three message sizes gives the cost per message and per MiB.
+A line through three message sizes, anchored at the smallest, gives the cost per message and
+per MiB.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from datetime import timedelta
@@ -21,7 +21,12 @@ import torch.distributed as dist
 from vpipe.profiler.schema import LinkCost
 
 SIZES = (4 << 10, 1 << 20, 4 << 20)  # bytes per message; a line is fitted through them
-ROUNDS = 5  # of `repeats` messages each; the least counts: other work only adds to it
+ROUNDS = 5  # per size, interleaved; the least counts: other work only adds to it
+# the least CPU time each round of one size takes: 5 messages of 4 KiB take 0.3 ms together,
+# and three profiles in a row put the per-message cost at 0.025, 0.047 and 0.074 ms
+# (docs/profiling.md, Transfers between stages)
+ROUND_S = 0.01
+MAX_MESSAGES = 5000
 
 
 def measure_link_cost(repeats: int, warmup: int) -> LinkCost | None:
@@ -32,15 +37,34 @@ def measure_link_cost(repeats: int, warmup: int) -> LinkCost | None:
         return None
     sizes = [_Exchange(groups, size) for size in SIZES]
     for size in sizes:
-        size.cpu_ms(warmup)
-    rounds = [[size.cpu_ms(repeats) for size in sizes] for _ in range(ROUNDS)]  # interleaved
+        size.cpu_ms(max(warmup, 1))
+    counts = [_count(size.cpu_ms(repeats), repeats) for size in sizes]
+    rounds = [  # interleaved
+        [size.cpu_ms(count) for size, count in zip(sizes, counts, strict=True)]
+        for _ in range(ROUNDS)
+    ]
     ms = [min(r[i] for r in rounds) for i in range(len(SIZES))]  # others only add
-    per_mib, per_message = statistics.linear_regression([size / 2**20 for size in SIZES], ms)
+    per_mib, per_message = _line([size / 2**20 for size in SIZES], ms)
     return LinkCost(
         backend="gloo",
         message_ms=round(max(per_message, 0.0) / 2, 4),
         ms_per_mib=round(max(per_mib, 0.0) / 2, 4),
     )
+
+
+def _line(mib: list[float], ms: list[float]) -> tuple[float, float]:
+    """(ms per MiB, ms per message): the line through the smallest size's point that fits the
+    others best. Its cost per message is the small message's own: a free fit's intercept
+    moved by 0.03 ms between profiles with a 10% wobble of the 4 MiB point."""
+    rise = [(x - mib[0], y - ms[0]) for x, y in zip(mib[1:], ms[1:], strict=True)]
+    per_mib = sum(dx * dy for dx, dy in rise) / sum(dx * dx for dx, _ in rise)
+    return per_mib, ms[0] - per_mib * mib[0]
+
+
+def _count(ms_each: float, repeats: int) -> int:
+    """Messages per round: at least `repeats`, and enough for ROUND_S of CPU time."""
+    wanted = ROUND_S * 1e3 / ms_each if ms_each > 0 else MAX_MESSAGES
+    return int(min(max(repeats, wanted), MAX_MESSAGES))
 
 
 def _pair() -> list[dist.ProcessGroupGloo]:

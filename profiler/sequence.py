@@ -31,6 +31,10 @@ from torch import fx
 from vpipe.common.capture import flat_tensors
 
 TIMED_OPS = ("call_module", "call_function", "call_method")
+# the least time the timed passes take together: more passes than `repeats` on a small model,
+# whose pass (the bundled `mlp`'s: 0.2 ms) one preemption can fill, moving a median of 5
+MIN_TIMED_S = 0.1
+MAX_PASSES = 2000  # a bound for a model of microseconds
 
 
 @dataclass(frozen=True)
@@ -91,16 +95,20 @@ def time_in_sequence(
     warmup: int,
     repeats: int,
 ) -> dict[str, NodeTimes]:
-    """Median forward and backward milliseconds of every computing node of `gm`, over `repeats`
-    whole forwards and backwards (after `warmup` untimed ones) on `inputs`, on the clock `now`
-    (seconds). The backward is seeded with ones for every output that requires grad, as the
-    node-alone timing's is."""
+    """Median forward and backward milliseconds of every computing node of `gm`, over at least
+    `repeats` whole forwards and backwards (after `warmup` untimed ones) on `inputs`, and more
+    until the timed ones took MIN_TIMED_S on the clock `now` (seconds). The backward is seeded
+    with ones for every output that requires grad, as the node-alone timing's is."""
     forwards: dict[str, list[float]] = {}
     backwards: dict[str, list[float]] = {}
-    for rep in range(warmup + repeats):
+    for _ in range(warmup):
+        _one_pass(gm, inputs, now)
+    timed_s, passes = 0.0, 0
+    while passes < repeats or (timed_s < MIN_TIMED_S and passes < MAX_PASSES):
+        start = now()
         forward_s, backward_s = _one_pass(gm, inputs, now)
-        if rep < warmup:
-            continue
+        timed_s += now() - start
+        passes += 1
         for n in gm.graph.nodes:
             if n.op in TIMED_OPS:
                 forwards.setdefault(n.name, []).append(forward_s.get(n.name, 0.0))

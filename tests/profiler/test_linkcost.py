@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vpipe.profiler.linkcost import SIZES, _Exchange, _pair, measure_link_cost
+import pytest
+
+from vpipe.profiler.linkcost import SIZES, _Exchange, _line, _pair, measure_link_cost
 from vpipe.profiler.report import totals_lines
 from vpipe.profiler.schema import LinkCost
 
@@ -22,6 +24,26 @@ def test_fitted_cost_predicts_an_unmeasured_size():
     measured = min(exchange.cpu_ms(20) for _ in range(5))  # as the fit takes each size
     predicted = 2 * (cost.message_ms + mib * cost.ms_per_mib)  # both ends
     assert 0.5 < measured / predicted < 2, (measured, predicted)
+
+
+def test_the_cost_of_a_small_message_is_its_own():
+    """A pipeline of small stages sends tens of KiB: the fit's cost per message must predict
+    such a message, which a line pulled by the 4 MiB point's wobble did not (0.025-0.074 ms)."""
+    cost = measure_link_cost(repeats=20, warmup=3)
+    assert cost is not None
+    kib = 16
+    exchange = _Exchange(_pair(), kib << 10)
+    exchange.cpu_ms(20)
+    measured = min(exchange.cpu_ms(200) for _ in range(5))
+    predicted = 2 * (cost.message_ms + kib / 1024 * cost.ms_per_mib)  # both ends
+    assert 0.5 < measured / predicted < 2, (measured, predicted)
+
+
+def test_the_line_passes_through_the_smallest_size():
+    # through (1, 3): the slope that fits (2, 5) and (3, 9) best is (1*2 + 2*6) / (1 + 4) = 2.8
+    per_mib, per_message = _line([1.0, 2.0, 3.0], [3.0, 5.0, 9.0])
+    assert per_mib == pytest.approx(2.8)
+    assert per_message == pytest.approx(3.0 - 2.8)
 
 
 def test_the_summary_states_the_link_cost():

@@ -7,6 +7,7 @@ import time
 import torch
 from torch import fx, nn
 
+from vpipe.profiler import sequence
 from vpipe.profiler.sequence import time_in_sequence
 
 FORWARD_S, BACKWARD_S = 0.004, 0.010  # the spinning node's known cost
@@ -61,3 +62,39 @@ def test_a_spinning_node_is_charged_its_own_time():
     assert BACKWARD_S * 1e3 <= spin.backward_ms < BACKWARD_S * 1e3 * 1.5, spin
     for name in ("before", "relu", "after"):  # microseconds of work each
         assert times[name].forward_ms < 1.0 and times[name].backward_ms < 1.0, (name, times[name])
+
+
+def _counting_passes(monkeypatch) -> list[float]:
+    """Record each timed or untimed pass's process CPU seconds."""
+    passes: list[float] = []
+    one_pass = sequence._one_pass
+
+    def counted(*args):
+        start = time.process_time()
+        value = one_pass(*args)
+        passes.append(time.process_time() - start)
+        return value
+
+    monkeypatch.setattr(sequence, "_one_pass", counted)
+    return passes
+
+
+def test_a_small_model_is_timed_over_the_least_total_time(monkeypatch):
+    """A pass of microseconds is timed many more times than `repeats`: a median over 5 of them
+    moves with one preemption."""
+    passes = _counting_passes(monkeypatch)
+    model = nn.Linear(8, 8)
+    gm = fx.symbolic_trace(model)
+    time_in_sequence(gm, (torch.randn(2, 8),), time.process_time, warmup=1, repeats=3)
+    timed = passes[1:]
+    assert len(timed) > 3
+    assert sum(timed) >= sequence.MIN_TIMED_S * 0.9 or len(timed) == sequence.MAX_PASSES
+
+
+def test_a_slow_model_is_timed_repeats_times(monkeypatch):
+    passes = _counting_passes(monkeypatch)
+    monkeypatch.setattr(sequence, "MIN_TIMED_S", (FORWARD_S + BACKWARD_S) / 2)  # one pass is more
+    model = Chain()
+    gm = fx.GraphModule(model, _Leaves().trace(model))
+    time_in_sequence(gm, (torch.randn(4, 16),), time.process_time, warmup=1, repeats=3)
+    assert len(passes) == 1 + 3
