@@ -82,8 +82,17 @@ class _ClockedRun(fx.Interpreter):
         return value
 
     def _marker(self, name: str) -> Callable[[torch.Tensor], None]:
+        """A hook that notes when `name`'s output gradient is complete. It holds the list and
+        the clock, never the interpreter: autograd keeps a hook with the graph, and the
+        interpreter keeps the pass's output, which keeps the graph; that cycle runs through
+        autograd's C++ nodes, where Python's collector cannot see it, so every pass's output
+        and graph leaked. Each next pass's backward then faulted in fresh pages (`widehead`:
+        4 MiB and 1,090 page faults a pass, its last node's backward charged 1.7 ms against
+        0.1 ms alone)."""
+        marks, now = self.marks, self.now
+
         def mark(grad: torch.Tensor) -> None:
-            self.marks.append((self.now(), name))
+            marks.append((now(), name))
 
         return mark
 

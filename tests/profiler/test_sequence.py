@@ -2,7 +2,9 @@
 CPU time in each (a custom autograd function) is charged that time and its neighbours are not,
 and the parts add up to the whole pass."""
 
+import gc
 import time
+import weakref
 
 import torch
 from torch import fx, nn
@@ -98,3 +100,36 @@ def test_a_slow_model_is_timed_repeats_times(monkeypatch):
     gm = fx.GraphModule(model, _Leaves().trace(model))
     time_in_sequence(gm, (torch.randn(4, 16),), time.process_time, warmup=1, repeats=3)
     assert len(passes) == 1 + 3
+
+
+class _Remembering(nn.Module):
+    """Passes its input on, keeping a weak reference to each output it makes (a leaf, so the
+    graph calls it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list[weakref.ref[torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1.0
+        self.outputs.append(weakref.ref(y))
+        return y
+
+
+class _KeepsRemembering(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+        return isinstance(m, _Remembering) or super().is_leaf_module(m, name)
+
+
+def test_a_pass_frees_its_output_as_it_ends():
+    """A pass's output goes when the pass ends. A hook holding the interpreter, which holds the
+    output, which holds its graph and so the hook, made a cycle through autograd's nodes that
+    Python's collector cannot see: every pass's output leaked, and each next pass's backward
+    faulted in fresh pages (widehead: 4 MiB a pass; its last node charged 1.7 ms against 0.1 ms
+    alone)."""
+    remembering = _Remembering()
+    model = nn.Sequential(nn.Linear(8, 8), remembering)
+    gm = fx.GraphModule(model, _KeepsRemembering().trace(model))
+    sequence._one_pass(gm, (torch.randn(4, 8),), time.process_time)
+    gc.collect()  # not even the cycle collector could free it
+    assert remembering.outputs and all(ref() is None for ref in remembering.outputs)
