@@ -53,7 +53,8 @@ def compare(model: str, stages: int, work: Path, steps: int, rounds: int) -> lis
     outs = {}
     for rule in RULES:
         plan = folder / f"{rule}.yaml"
-        argv = [str(profile), "--gpus", str(stages), "--split", rule, "-o", str(plan), "-q"]
+        argv = [str(profile), "--gpus", str(stages), "--stages", str(stages), "--split", rule]
+        argv += ["-o", str(plan), "-q"]
         assert plan_main(argv) == 0
         outs[rule] = folder / rule
         assert generate_main([str(plan), "-o", str(outs[rule]), "-q"]) == 0
