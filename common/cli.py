@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -41,6 +42,22 @@ class WholeNumber:
             raise argparse.ArgumentTypeError(
                 f"must be {bound or f'at least {self.least}'} (got {value})"
             )
+        return value
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """An argparse type: a finite number of seconds, at least 0 (NaN and inf fail too); a
+    class, as WholeNumber is, so a run config's checker can tell that the option takes a
+    number."""
+
+    def __call__(self, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not 0 <= value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be at least 0 seconds (got {text})")
         return value
 
 

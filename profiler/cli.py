@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vpipe.common.cli import CommandParser, WholeNumber, run_command
+from vpipe.common.cli import CommandParser, Seconds, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
 from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.common.paths import names_file, refuse_overwriting
@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=WholeNumber(0), default=2, help="untimed runs per node first"
     )
     parser.add_argument(
+        "--min-time",
+        type=Seconds(),
+        default=0.1,
+        metavar="SECONDS",
+        help="on a CPU, the least time the timed runs take together: more than --repeats on a "
+        "small model (default 0.1; 0: exactly --repeats)",
+    )
+    parser.add_argument(
         "--seed",
         type=WholeNumber(0, 2**62 - 1),  # torch.manual_seed's range, after each stage adds its rank
         default=0,
@@ -110,6 +118,7 @@ def _measure(args: argparse.Namespace, console: Console) -> Profile:
         leaves=tuple(args.leaf),
         warmup=args.warmup,
         repeats=args.repeats,
+        min_time_s=args.min_time,
         seed=args.seed,
         threads=args.threads,
     )

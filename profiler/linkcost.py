@@ -22,15 +22,14 @@ from vpipe.profiler.schema import LinkCost
 
 SIZES = (4 << 10, 1 << 20, 4 << 20)  # bytes per message; a line is fitted through them
 ROUNDS = 5  # per size, interleaved; the least counts: other work only adds to it
-# the least CPU time each round of one size takes: 5 messages of 4 KiB take 0.3 ms together,
-# and three profiles in a row put the per-message cost at 0.025, 0.047 and 0.074 ms
-# (docs/profiling.md, Transfers between stages)
-ROUND_S = 0.01
-MAX_MESSAGES = 5000
+MAX_MESSAGES = 5000  # per round
 
 
-def measure_link_cost(repeats: int, warmup: int) -> LinkCost | None:
-    """Per-side CPU cost of gloo messages on this machine, or None where gloo cannot start."""
+def measure_link_cost(repeats: int, warmup: int, min_time_s: float = 0.0) -> LinkCost | None:
+    """Per-side CPU cost of gloo messages on this machine, or None where gloo cannot start.
+    Each round sends at least `repeats` messages, and enough for a tenth of `min_time_s`:
+    5 messages of 4 KiB take 0.3 ms together, and three profiles in a row put the cost per
+    message at 0.025, 0.047 and 0.074 ms (docs/profiling.md, Transfers between stages)."""
     try:
         groups = _pair()
     except RuntimeError:
@@ -38,7 +37,7 @@ def measure_link_cost(repeats: int, warmup: int) -> LinkCost | None:
     sizes = [_Exchange(groups, size) for size in SIZES]
     for size in sizes:
         size.cpu_ms(max(warmup, 1))
-    counts = [_count(size.cpu_ms(repeats), repeats) for size in sizes]
+    counts = [_count(size.cpu_ms(repeats), repeats, min_time_s / 10) for size in sizes]
     rounds = [  # interleaved
         [size.cpu_ms(count) for size, count in zip(sizes, counts, strict=True)]
         for _ in range(ROUNDS)
@@ -61,9 +60,9 @@ def _line(mib: list[float], ms: list[float]) -> tuple[float, float]:
     return per_mib, ms[0] - per_mib * mib[0]
 
 
-def _count(ms_each: float, repeats: int) -> int:
-    """Messages per round: at least `repeats`, and enough for ROUND_S of CPU time."""
-    wanted = ROUND_S * 1e3 / ms_each if ms_each > 0 else MAX_MESSAGES
+def _count(ms_each: float, repeats: int, round_s: float) -> int:
+    """Messages per round: at least `repeats`, and enough for `round_s` of CPU time."""
+    wanted = round_s * 1e3 / ms_each if ms_each > 0 else MAX_MESSAGES
     return int(min(max(repeats, wanted), MAX_MESSAGES))
 
 

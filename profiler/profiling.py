@@ -53,6 +53,10 @@ class ProfileSettings:
     leaves: tuple[str, ...] = ()
     warmup: int = 2
     repeats: int = 5
+    # on a CPU, the least time the timed passes over the graph, and each size of the link
+    # cost's messages, take together: more runs than `repeats` on a small model, whose 0.2 ms
+    # passes one preemption can fill (docs/profiling.md); 0: exactly `repeats`
+    min_time_s: float = 0.1
     seed: int = 0
     threads: int = 0  # CPU threads while measuring; 0: torch's default (all cores)
 
@@ -80,6 +84,8 @@ def profile_model(
         raise VpipeError(f"--optimizer {settings.optimizer}: use one of {', '.join(OPTIMIZERS)}")
     if settings.batch_size < 1 or settings.repeats < 1 or settings.warmup < 0:
         raise VpipeError("--batch-size and --repeats must be at least 1, --warmup at least 0")
+    if not settings.min_time_s >= 0:  # a NaN too
+        raise VpipeError(f"--min-time {settings.min_time_s}: must be at least 0 (seconds)")
     device = pick_device(settings.device)
     if settings.threads < 0:
         raise VpipeError(f"--threads {settings.threads}: must be at least 0 (0: torch's default)")
@@ -108,7 +114,9 @@ def profile_model(
     )
     progress("loss")
     batch_ms = time_batch(model_file, settings.batch_size, clock, settings.warmup, settings.repeats)
-    link = measure_link_cost(settings.repeats, settings.warmup) if device.type == "cpu" else None
+    link = None
+    if device.type == "cpu":
+        link = measure_link_cost(settings.repeats, settings.warmup, settings.min_time_s)
     progress("links")
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     return Profile(
@@ -154,7 +162,9 @@ def _profile_nodes(
     in_sequence = (
         None
         if clock.cuda
-        else time_in_sequence(gm, inputs, clock.now, settings.warmup, settings.repeats)
+        else time_in_sequence(
+            gm, inputs, clock.now, settings.warmup, settings.repeats, settings.min_time_s
+        )
     )
     for node in (n for n in gm.graph.nodes if n.op != "output"):
         outputs = flat_tensors(reference.values[node.name])

@@ -31,10 +31,7 @@ from torch import fx
 from vpipe.common.capture import flat_tensors
 
 TIMED_OPS = ("call_module", "call_function", "call_method")
-# the least time the timed passes take together: more passes than `repeats` on a small model,
-# whose pass (the bundled `mlp`'s: 0.2 ms) one preemption can fill, moving a median of 5
-MIN_TIMED_S = 0.1
-MAX_PASSES = 2000  # a bound for a model of microseconds
+MAX_PASSES = 2000  # a bound for a model of microseconds under `min_time_s`
 
 
 @dataclass(frozen=True)
@@ -103,17 +100,19 @@ def time_in_sequence(
     now: Callable[[], float],
     warmup: int,
     repeats: int,
+    min_time_s: float = 0.0,
 ) -> dict[str, NodeTimes]:
     """Median forward and backward milliseconds of every computing node of `gm`, over at least
     `repeats` whole forwards and backwards (after `warmup` untimed ones) on `inputs`, and more
-    until the timed ones took MIN_TIMED_S on the clock `now` (seconds). The backward is seeded
-    with ones for every output that requires grad, as the node-alone timing's is."""
+    until the timed ones took `min_time_s` on the clock `now` (seconds; at most MAX_PASSES).
+    The backward is seeded with ones for every output that requires grad, as the node-alone
+    timing's is."""
     forwards: dict[str, list[float]] = {}
     backwards: dict[str, list[float]] = {}
     for _ in range(warmup):
         _one_pass(gm, inputs, now)
     timed_s, passes = 0.0, 0
-    while passes < repeats or (timed_s < MIN_TIMED_S and passes < MAX_PASSES):
+    while passes < repeats or (timed_s < min_time_s and passes < MAX_PASSES):
         start = now()
         forward_s, backward_s = _one_pass(gm, inputs, now)
         timed_s += now() - start

@@ -42,7 +42,7 @@ from .codegen.pipelines import generate, plan, profile, straight
 HERE = Path(__file__).parent
 FIXTURES = HERE / "profiler" / "fixtures"
 TIED = HERE / "codegen" / "fixtures" / "tied.py"
-QUICK = ["-q", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
+QUICK = ["-q", "--device", "cpu", "--repeats", "1", "--min-time", "0", "--warmup", "0"]
 
 # The artefacts every case starts from, relative to its folder.
 PROFILE = "mlp.profile.yaml"
@@ -391,8 +391,16 @@ PROFILER = [
     ),
     case("--repeats not a number", [HANDBUILT, "--repeats", "x"], "'x' is not a whole number"),
     case(
+        "--min-time -1",
+        [HANDBUILT, "--min-time", "-1"],
+        "argument --min-time: must be at least 0 seconds (got -1)",
+    ),
+    case(
+        "--min-time nan", [HANDBUILT, "--min-time", "nan"], "must be at least 0 seconds (got nan)"
+    ),
+    case(
         "output in a missing directory",
-        [HANDBUILT, "--repeats", "1", "--warmup", "0", "-o", "no/dir/p.yaml"],
+        [HANDBUILT, "--repeats", "1", "--min-time", "0", "--warmup", "0", "-o", "no/dir/p.yaml"],
         "cannot write no/dir/p.yaml: No such file or directory",
     ),
     case(

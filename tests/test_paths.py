@@ -20,7 +20,19 @@ from vpipe.runtime.cli import main as train_main
 
 from .codegen.pipelines import straight
 
-QUICK = ["-q", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--batch-size", "4"]
+QUICK = [
+    "-q",
+    "--device",
+    "cpu",
+    "--repeats",
+    "1",
+    "--min-time",
+    "0",
+    "--warmup",
+    "0",
+    "--batch-size",
+    "4",
+]
 MODEL = """\
 import torch
 from torch import nn

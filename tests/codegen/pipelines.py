@@ -29,7 +29,7 @@ def profile(model: str, directory: Path, batch_size: int = 4, device: str = "cpu
     source = model if model.endswith(".py") else f"vpipe.models.{model}"
     path = directory / f"{Path(model).stem}.profile.yaml"
     argv = [source, "-o", str(path), "-q", "--device", device]
-    argv += ["--batch-size", str(batch_size), "--repeats", "1", "--warmup", "0"]
+    argv += ["--batch-size", str(batch_size), "--repeats", "1", "--min-time", "0", "--warmup", "0"]
     assert profile_main(argv) == 0
     return path
 

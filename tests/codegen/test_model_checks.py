@@ -22,7 +22,18 @@ def tied_plan(tmp_path, monkeypatch):
     """The tied model, copied (so tests may edit it), profiled and planned for 2 stages."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(FIXTURE, tmp_path / "tied.py")
-    argv = ["tied.py", "-o", "profile.yaml", "-q", "--device", "cpu", "--repeats", "1"]
+    argv = [
+        "tied.py",
+        "-o",
+        "profile.yaml",
+        "-q",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+    ]
     assert profile_main(argv) == 0
     argv = ["profile.yaml", "--gpus", "2", "-o", "plan.yaml", "-q", "--split", "uniform"]
     assert plan_main(argv) == 0  # uniform: the embedding and the head on different stages

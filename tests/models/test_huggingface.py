@@ -33,7 +33,12 @@ FAMILIES = {
 def profiled(model: str, directory: Path) -> Path:
     path = directory / "profile.yaml"
     argv = [model, "-o", str(path), "-q", "--device", "cpu", "--batch-size", "4"]
-    assert profile_main([*argv, "--repeats", "1", "--warmup", "0", "--threads", "1"]) == 0
+    assert (
+        profile_main(
+            [*argv, "--repeats", "1", "--min-time", "0", "--warmup", "0", "--threads", "1"]
+        )
+        == 0
+    )
     return path
 
 
@@ -138,7 +143,7 @@ def test_nested_output_of_an_fx_model(tmp_path):
 
 def test_a_cache_in_the_output_is_named_with_the_fix(tmp_path, capsys):
     argv = [str(FIXTURES / "hf_with_cache.py"), "-o", str(tmp_path / "p.yaml"), "-q"]
-    assert profile_main([*argv, "--device", "cpu", "--repeats", "1"]) == 2
+    assert profile_main([*argv, "--device", "cpu", "--repeats", "1", "--min-time", "0"]) == 2
     err = capsys.readouterr().err
     assert "DynamicCache" in err and "use_cache=False" in err
     assert "Traceback" not in err
@@ -146,7 +151,7 @@ def test_a_cache_in_the_output_is_named_with_the_fix(tmp_path, capsys):
 
 def test_a_model_no_route_captures_gets_one_error_with_its_line(tmp_path, capsys):
     argv = [str(FIXTURES / "value_branch.py"), "-o", str(tmp_path / "p.yaml"), "-q"]
-    assert profile_main([*argv, "--device", "cpu", "--repeats", "1"]) == 2
+    assert profile_main([*argv, "--device", "cpu", "--repeats", "1", "--min-time", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "torch.fx cannot trace" in err and "torch.export cannot capture" in err

@@ -16,7 +16,18 @@ def profile_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("p") / "profile.yaml"
     assert (
         profile_main(
-            ["vpipe.models.gpt", "-o", str(path), "-q", "--repeats", "1", "--device", "cpu"]
+            [
+                "vpipe.models.gpt",
+                "-o",
+                str(path),
+                "-q",
+                "--repeats",
+                "1",
+                "--min-time",
+                "0",
+                "--device",
+                "cpu",
+            ]
         )
         == 0
     )

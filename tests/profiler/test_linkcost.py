@@ -14,7 +14,7 @@ from ..planner.randomgraphs import random_profile
 
 
 def test_fitted_cost_predicts_an_unmeasured_size():
-    cost = measure_link_cost(repeats=20, warmup=3)
+    cost = measure_link_cost(repeats=20, warmup=3, min_time_s=0.1)
     assert cost is not None and cost.backend == "gloo"
     assert cost.message_ms >= 0 and cost.ms_per_mib > 0
     mib = 2  # between the fitted sizes, none of them
@@ -29,7 +29,7 @@ def test_fitted_cost_predicts_an_unmeasured_size():
 def test_the_cost_of_a_small_message_is_its_own():
     """A pipeline of small stages sends tens of KiB: the fit's cost per message must predict
     such a message, which a line pulled by the 4 MiB point's wobble did not (0.025-0.074 ms)."""
-    cost = measure_link_cost(repeats=20, warmup=3)
+    cost = measure_link_cost(repeats=20, warmup=3, min_time_s=0.1)
     assert cost is not None
     kib = 16
     exchange = _Exchange(_pair(), kib << 10)

@@ -15,7 +15,7 @@ BATCH = 2
 def profile(request):
     fixtures = request.config.rootpath / "tests" / "profiler" / "fixtures"
     settings = ProfileSettings(
-        batch_size=BATCH, device="cpu", optimizer="adam", repeats=1, warmup=0
+        batch_size=BATCH, device="cpu", optimizer="adam", repeats=1, warmup=0, min_time_s=0.0
     )
     return profile_model(load_model_file(str(fixtures / "handbuilt.py")), settings)
 

@@ -15,7 +15,7 @@ from vpipe.profiler.schema import SCHEMA_VERSION, load_profile, save_profile
 @pytest.fixture(scope="module")
 def profile(request):
     fixtures = request.config.rootpath / "tests" / "profiler" / "fixtures"
-    settings = ProfileSettings(batch_size=4, device="cpu", repeats=1, warmup=0)
+    settings = ProfileSettings(batch_size=4, device="cpu", repeats=1, warmup=0, min_time_s=0.0)
     return profile_model(load_model_file(str(fixtures / "handbuilt.py")), settings)
 
 

@@ -53,6 +53,11 @@ def test_a_good_config_makes_the_four_commands(tmp_path):
         (("output: runs/mlp", "outptu: runs/mlp"), "unknown field outptu; known: schema_"),
         (("batch_size: 4", "batch_size: four"), "profile.batch_size 'four': must be a whole"),
         (("threads: 1", "threads: true"), "profile.threads True: must be a whole number"),
+        (("threads: 1", "threads: 1, min_time: soon"), "profile.min_time 'soon': must be a number"),
+        (
+            ("threads: 1", "threads: 1, min_time: -1"),
+            "profile: argument --min-time: must be at least 0",
+        ),
         (("quiet: true", "quiet: 1"), "profile.quiet 1: must be true or false"),
         (("leaf: [Linear]", "leaf: Linear"), "profile.leaf 'Linear': must be a list of names"),
         (("batch_size: 4", "batch_sise: 4"), "profile.batch_sise: unknown option; profile takes"),

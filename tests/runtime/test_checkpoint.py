@@ -64,7 +64,18 @@ def test_killed_run_resumes_exactly(tmp_path, schedule):
     dropout on; 1f1b on 2 stages, 2 micro-batches a step."""
     stages = 3 if schedule == "asp" else 2
     profiled = tmp_path / "profile.yaml"
-    argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
+    argv = [
+        str(DROPOUT_MLP),
+        "-o",
+        str(profiled),
+        "-q",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+    ]
     assert profile_main(argv) == 0
     planned = tmp_path / "plan.yaml"
     argv = [str(profiled), *straight(stages), "--schedule", schedule]
@@ -95,7 +106,18 @@ def test_resume_needs_what_asp_saves(tmp_path):
     stashed weight versions (replaced by the newest weights), or their random states (dropout
     draws other masks), resumes to other weights; the same checkpoint untouched does not."""
     profiled = tmp_path / "profile.yaml"
-    argv = [str(DROPOUT_MLP), "-o", str(profiled), "-q", "--device", "cpu", "--repeats", "1"]
+    argv = [
+        str(DROPOUT_MLP),
+        "-o",
+        str(profiled),
+        "-q",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+    ]
     assert profile_main(argv) == 0
     argv = [
         str(profiled),

@@ -97,7 +97,7 @@ def test_a_model_file_exiting_in_a_stage_is_its_doing(tmp_path, capfd):
     model.write_text(EXITS_IN_STAGE_1)
     profiled = tmp_path / "profile.yaml"
     argv = [str(model), "-o", str(profiled), "-q", "--device", "cpu", "--batch-size", "4"]
-    assert profile_main([*argv, "--repeats", "1", "--warmup", "0"]) == 0
+    assert profile_main([*argv, "--repeats", "1", "--min-time", "0", "--warmup", "0"]) == 0
     planned = tmp_path / "plan.yaml"
     assert plan_main([str(profiled), *straight(2), "-o", str(planned), "-q"]) == 0
     out = generate(planned, tmp_path / "out")

@@ -22,7 +22,18 @@ from .test_replicas import final_weights, replica_logs, replicated
 @pytest.fixture(scope="module")
 def dropout_profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("dropout") / "profile.yaml"
-    argv = [str(DROPOUT_MLP), "-o", str(path), "-q", "--device", "cpu", "--repeats", "1"]
+    argv = [
+        str(DROPOUT_MLP),
+        "-o",
+        str(path),
+        "-q",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+    ]
     assert profile_main(argv) == 0
     return path
 

@@ -57,7 +57,7 @@ def test_parameters_sharing_one_gradient_object(tmp_path):
     model = str(Path(__file__).parent / "fixtures" / "shared_gradient.py")
     profiled = tmp_path / "profile.yaml"
     argv = [model, "-o", str(profiled), "-q", "--device", "cpu", "--batch-size", "4"]
-    assert profile_main([*argv, "--repeats", "1", "--warmup", "0"]) == 0
+    assert profile_main([*argv, "--repeats", "1", "--min-time", "0", "--warmup", "0"]) == 0
     argv = ["--schedule", "1f1b", "--microbatches", str(MICROBATCHES)]
     out = generate(plan(profiled, 1, tmp_path, False, *argv), tmp_path / "out")  # a, b together
     argv = [str(out / "pipeline.yaml"), "--steps", str(STEPS), "--lr", str(LR)]
