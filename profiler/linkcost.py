@@ -27,8 +27,8 @@ MAX_MESSAGES = 5000  # per round
 
 def measure_link_cost(repeats: int, warmup: int, min_time_s: float = 0.0) -> LinkCost | None:
     """Per-side CPU cost of gloo messages on this machine, or None where gloo cannot start.
-    Each round sends at least `repeats` messages, and enough for a tenth of `min_time_s`:
-    5 messages of 4 KiB take 0.3 ms together, and three profiles in a row put the cost per
+    Each round sends at least `repeats` messages, and enough to take a tenth of `min_time_s`:
+    with 5 messages of 4 KiB a round (0.3 ms), three profiles in a row put the cost per
     message at 0.025, 0.047 and 0.074 ms (docs/profiling.md, Transfers between stages)."""
     try:
         groups = _pair()
