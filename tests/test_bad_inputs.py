@@ -37,12 +37,11 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint, rng, settings
 from vpipe.runtime.cli import main as train_main
 
-from .codegen.pipelines import generate, plan, profile, straight
+from .codegen.pipelines import QUICK_PROFILE, generate, plan, profile, straight
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "profiler" / "fixtures"
 TIED = HERE / "codegen" / "fixtures" / "tied.py"
-QUICK = ["-q", "--device", "cpu", "--repeats", "1", "--min-time", "0", "--warmup", "0"]
 
 # The artefacts every case starts from, relative to its folder.
 PROFILE = "mlp.profile.yaml"
@@ -71,7 +70,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
         save_plan(replace(planned, stages=stages), PLAN)
         generate(Path(PLAN), Path("out"))
         shutil.copy(TIED, "tied.py")
-        assert profile_main(["tied.py", "-o", "tied.profile.yaml", *QUICK]) == 0
+        assert profile_main(["tied.py", "-o", "tied.profile.yaml", *QUICK_PROFILE]) == 0
         assert plan_main(["tied.profile.yaml", *straight(2), "-o", TIED_PLAN, "-q"]) == 0
         generate(Path(TIED_PLAN), Path(TIED_OUT))
     return root

@@ -18,21 +18,9 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.profiler.schema import load_profile
 from vpipe.runtime.cli import main as train_main
 
-from .codegen.pipelines import straight
+from .codegen.pipelines import QUICK_PROFILE, straight
 
-QUICK = [
-    "-q",
-    "--device",
-    "cpu",
-    "--repeats",
-    "1",
-    "--min-time",
-    "0",
-    "--warmup",
-    "0",
-    "--batch-size",
-    "4",
-]
+QUICK = [*QUICK_PROFILE, "--batch-size", "4"]
 MODEL = """\
 import torch
 from torch import nn

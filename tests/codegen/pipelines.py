@@ -16,6 +16,9 @@ from vpipe.planner.schema import load_plan, save_plan
 from vpipe.profiler.cli import main as profile_main
 
 MODELS = ("gpt", "bert", "resnet", "vgg", "mlp")
+# vpipe-profile's options for a test: on the CPU, one timed run of everything, no warm-up and no
+# least time; the tests check what a profile holds, not how precise its times are
+QUICK_PROFILE = ["-q", "--device", "cpu", "--repeats", "1", "--min-time", "0", "--warmup", "0"]
 
 
 def straight(stages: int) -> list[str]:
@@ -28,8 +31,8 @@ def profile(model: str, directory: Path, batch_size: int = 4, device: str = "cpu
     """`model`: a bundled model's name, or a model file's path."""
     source = model if model.endswith(".py") else f"vpipe.models.{model}"
     path = directory / f"{Path(model).stem}.profile.yaml"
-    argv = [source, "-o", str(path), "-q", "--device", device]
-    argv += ["--batch-size", str(batch_size), "--repeats", "1", "--min-time", "0", "--warmup", "0"]
+    argv = [source, "-o", str(path), *QUICK_PROFILE, "--device", device]
+    argv += ["--batch-size", str(batch_size)]
     assert profile_main(argv) == 0
     return path
 

@@ -58,10 +58,8 @@ def test_a_sequential_model(tmp_path):
     generated stage must not read in place of the argument."""
     fixture = Path(__file__).parents[1] / "runtime" / "fixtures" / "dropout_mlp.py"
     profiled, planned = tmp_path / "profile.yaml", tmp_path / "plan.yaml"
-    assert (
-        profile_main([str(fixture), "-o", str(profiled), "-q", "--repeats", "1", "--min-time", "0"])
-        == 0
-    )
+    quick = ["-q", "--repeats", "1", "--min-time", "0"]  # on the default device
+    assert profile_main([str(fixture), "-o", str(profiled), *quick]) == 0
     assert plan_main([str(profiled), *straight(3), "-o", str(planned), "-q"]) == 0
     pipeline, stages = load_all(generate(planned, tmp_path / "out"))
     model_file = load_model_file(pipeline.model)

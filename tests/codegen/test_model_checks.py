@@ -12,7 +12,7 @@ from vpipe.common.modelfile import load_model_file
 from vpipe.planner.cli import main as plan_main
 from vpipe.profiler.cli import main as profile_main
 
-from .pipelines import forward_in_order, load_all
+from .pipelines import QUICK_PROFILE, forward_in_order, load_all
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tied.py"
 
@@ -22,19 +22,7 @@ def tied_plan(tmp_path, monkeypatch):
     """The tied model, copied (so tests may edit it), profiled and planned for 2 stages."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(FIXTURE, tmp_path / "tied.py")
-    argv = [
-        "tied.py",
-        "-o",
-        "profile.yaml",
-        "-q",
-        "--device",
-        "cpu",
-        "--repeats",
-        "1",
-        "--min-time",
-        "0",
-    ]
-    assert profile_main(argv) == 0
+    assert profile_main(["tied.py", "-o", "profile.yaml", *QUICK_PROFILE]) == 0
     argv = ["profile.yaml", "--gpus", "2", "-o", "plan.yaml", "-q", "--split", "uniform"]
     assert plan_main(argv) == 0  # uniform: the embedding and the head on different stages
     return tmp_path / "plan.yaml"

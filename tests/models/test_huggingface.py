@@ -14,7 +14,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.profiler.schema import load_profile
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, straight
+from ..codegen.pipelines import QUICK_PROFILE, generate, straight
 from ..runtime.references import LR, single_process
 
 pytest.importorskip("transformers")
@@ -32,13 +32,8 @@ FAMILIES = {
 
 def profiled(model: str, directory: Path) -> Path:
     path = directory / "profile.yaml"
-    argv = [model, "-o", str(path), "-q", "--device", "cpu", "--batch-size", "4"]
-    assert (
-        profile_main(
-            [*argv, "--repeats", "1", "--min-time", "0", "--warmup", "0", "--threads", "1"]
-        )
-        == 0
-    )
+    argv = [model, "-o", str(path), *QUICK_PROFILE, "--batch-size", "4", "--threads", "1"]
+    assert profile_main(argv) == 0
     return path
 
 

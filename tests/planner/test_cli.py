@@ -8,29 +8,13 @@ from vpipe.planner.schema import load_plan
 from vpipe.profiler.cli import main as profile_main
 from vpipe.profiler.schema import load_profile
 
-from ..codegen.pipelines import straight
+from ..codegen.pipelines import QUICK_PROFILE, straight
 
 
 @pytest.fixture(scope="module")
 def profile_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("p") / "profile.yaml"
-    assert (
-        profile_main(
-            [
-                "vpipe.models.gpt",
-                "-o",
-                str(path),
-                "-q",
-                "--repeats",
-                "1",
-                "--min-time",
-                "0",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert profile_main(["vpipe.models.gpt", "-o", str(path), *QUICK_PROFILE]) == 0
     return path
 
 

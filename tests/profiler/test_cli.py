@@ -17,22 +17,8 @@ def run(argv, capsys):
 def test_profiles_a_module_name_writes_yaml_and_plot(tmp_path, capsys):
     out = tmp_path / "p.yaml"
     png = tmp_path / "p.png"
-    code, stdout, _ = run(
-        [
-            "vpipe.models.mlp",
-            "-o",
-            out,
-            "--plot",
-            png,
-            "--repeats",
-            "1",
-            "--min-time",
-            "0",
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    quick = ["--repeats", "1", "--min-time", "0", "--device", "cpu"]  # not quiet: its table
+    code, stdout, _ = run(["vpipe.models.mlp", "-o", out, "--plot", png, *quick], capsys)
     assert code == 0
     profile = load_profile(out)
     assert profile.source == "vpipe.models.mlp"
@@ -43,21 +29,9 @@ def test_profiles_a_module_name_writes_yaml_and_plot(tmp_path, capsys):
 
 def test_leaf_flag_on_the_command_line(fixtures, tmp_path, capsys):
     out = tmp_path / "p.yaml"
-    code, _, _ = run(
-        [
-            fixtures / "untraceable.py",
-            "--leaf",
-            "Gate",
-            "-o",
-            out,
-            "-q",
-            "--repeats",
-            "1",
-            "--min-time",
-            "0",
-        ],
-        capsys,
-    )
+    argv = [fixtures / "untraceable.py", "--leaf", "Gate", "-o", out, "-q", "--repeats", "1"]
+    argv += ["--min-time", "0"]
+    code, _, _ = run(argv, capsys)
     assert code == 0
     assert "Gate" in [n.target for n in load_profile(out).nodes]
 

@@ -21,7 +21,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, plan, profile, straight
+from ..codegen.pipelines import QUICK_PROFILE, generate, plan, profile, straight
 
 DROPOUT_MLP = Path(__file__).parent / "fixtures" / "dropout_mlp.py"  # also batch norm
 COMMON = ["--optimizer", "momentum", "--lr", "0.05", "--threads", "1"]
@@ -64,19 +64,7 @@ def test_killed_run_resumes_exactly(tmp_path, schedule):
     dropout on; 1f1b on 2 stages, 2 micro-batches a step."""
     stages = 3 if schedule == "asp" else 2
     profiled = tmp_path / "profile.yaml"
-    argv = [
-        str(DROPOUT_MLP),
-        "-o",
-        str(profiled),
-        "-q",
-        "--device",
-        "cpu",
-        "--repeats",
-        "1",
-        "--min-time",
-        "0",
-    ]
-    assert profile_main(argv) == 0
+    assert profile_main([str(DROPOUT_MLP), "-o", str(profiled), *QUICK_PROFILE]) == 0
     planned = tmp_path / "plan.yaml"
     argv = [str(profiled), *straight(stages), "--schedule", schedule]
     if schedule == "1f1b":
@@ -106,19 +94,7 @@ def test_resume_needs_what_asp_saves(tmp_path):
     stashed weight versions (replaced by the newest weights), or their random states (dropout
     draws other masks), resumes to other weights; the same checkpoint untouched does not."""
     profiled = tmp_path / "profile.yaml"
-    argv = [
-        str(DROPOUT_MLP),
-        "-o",
-        str(profiled),
-        "-q",
-        "--device",
-        "cpu",
-        "--repeats",
-        "1",
-        "--min-time",
-        "0",
-    ]
-    assert profile_main(argv) == 0
+    assert profile_main([str(DROPOUT_MLP), "-o", str(profiled), *QUICK_PROFILE]) == 0
     argv = [
         str(profiled),
         *straight(2),

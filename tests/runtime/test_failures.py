@@ -19,7 +19,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import failures
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, plan, profile, straight
+from ..codegen.pipelines import QUICK_PROFILE, generate, plan, profile, straight
 
 # a model file that exits at import in stage 1's process only (not in the launcher's, which
 # imports it first and would catch it there)
@@ -96,8 +96,8 @@ def test_a_model_file_exiting_in_a_stage_is_its_doing(tmp_path, capfd):
     model = tmp_path / "exits.py"
     model.write_text(EXITS_IN_STAGE_1)
     profiled = tmp_path / "profile.yaml"
-    argv = [str(model), "-o", str(profiled), "-q", "--device", "cpu", "--batch-size", "4"]
-    assert profile_main([*argv, "--repeats", "1", "--min-time", "0", "--warmup", "0"]) == 0
+    argv = [str(model), "-o", str(profiled), *QUICK_PROFILE, "--batch-size", "4"]
+    assert profile_main(argv) == 0
     planned = tmp_path / "plan.yaml"
     assert plan_main([str(profiled), *straight(2), "-o", str(planned), "-q"]) == 0
     out = generate(planned, tmp_path / "out")

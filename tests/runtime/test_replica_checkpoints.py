@@ -14,6 +14,7 @@ from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime import checkpoint
 from vpipe.runtime.cli import main as train_main
 
+from ..codegen.pipelines import QUICK_PROFILE
 from .test_checkpoint import COMMON, DROPOUT_MLP
 from .test_faults import kill_after_checkpoint, start_ranks
 from .test_replicas import final_weights, replica_logs, replicated
@@ -22,19 +23,7 @@ from .test_replicas import final_weights, replica_logs, replicated
 @pytest.fixture(scope="module")
 def dropout_profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("dropout") / "profile.yaml"
-    argv = [
-        str(DROPOUT_MLP),
-        "-o",
-        str(path),
-        "-q",
-        "--device",
-        "cpu",
-        "--repeats",
-        "1",
-        "--min-time",
-        "0",
-    ]
-    assert profile_main(argv) == 0
+    assert profile_main([str(DROPOUT_MLP), "-o", str(path), *QUICK_PROFILE]) == 0
     return path
 
 

@@ -10,7 +10,7 @@ from vpipe.codegen.schema import load_pipeline
 from vpipe.profiler.cli import main as profile_main
 from vpipe.runtime.cli import main as train_main
 
-from ..codegen.pipelines import generate, plan, profile
+from ..codegen.pipelines import QUICK_PROFILE, generate, plan, profile
 from .references import LR, single_process
 
 MICROBATCHES = 3
@@ -56,8 +56,8 @@ def test_parameters_sharing_one_gradient_object(tmp_path):
     summing a step's gradients in place into that tensor would add every micro-batch twice."""
     model = str(Path(__file__).parent / "fixtures" / "shared_gradient.py")
     profiled = tmp_path / "profile.yaml"
-    argv = [model, "-o", str(profiled), "-q", "--device", "cpu", "--batch-size", "4"]
-    assert profile_main([*argv, "--repeats", "1", "--min-time", "0", "--warmup", "0"]) == 0
+    argv = [model, "-o", str(profiled), *QUICK_PROFILE, "--batch-size", "4"]
+    assert profile_main(argv) == 0
     argv = ["--schedule", "1f1b", "--microbatches", str(MICROBATCHES)]
     out = generate(plan(profiled, 1, tmp_path, False, *argv), tmp_path / "out")  # a, b together
     argv = [str(out / "pipeline.yaml"), "--steps", str(STEPS), "--lr", str(LR)]
