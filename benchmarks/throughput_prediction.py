@@ -3,7 +3,7 @@
     python benchmarks/throughput_prediction.py [--models mlp gpt resnet widehead] [--rounds 3]
 
 Each round profiles every model afresh with one thread, plans 2 stages for asp and for 1f1b,
-generates, and trains each pipeline at once with one thread per process, the models in turn and
+generates, and trains each pipeline right after with one thread per process, the models in turn and
 in reverse order every other round. A prediction is only as good as the profile's match with the
 machine at run time, and this 2-vCPU guest drifts by 10-30% over minutes (a plain ResNet training
 loop: 4.03-4.89 ms a step in four runs a minute apart): so each round's prediction comes from a

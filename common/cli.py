@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 
 from vpipe.common.errors import Failed, VpipeError
 
@@ -29,6 +29,7 @@ class WholeNumber:
     while the arguments are parsed, which `vpipe-run` does for every step before the first runs;
     a class, not a closure, so a run config's checker can tell that the option takes an int."""
 
+    takes: ClassVar[type] = int  # what a run config gives for it
     least: int
     most: int | None = None
 
@@ -50,6 +51,8 @@ class Seconds:
     """An argparse type: a finite number of seconds, at least 0 (NaN and inf fail too); a
     class, as WholeNumber is, so a run config's checker can tell that the option takes a
     number."""
+
+    takes: ClassVar[type] = float
 
     def __call__(self, text: str) -> float:
         try:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from vpipe.codegen.cli import build_parser as gen_parser
-from vpipe.common.cli import Seconds, WholeNumber
 from vpipe.common.errors import VpipeError
 from vpipe.common.paths import joined_path, resolved_model
 from vpipe.common.yamlfile import check_header, load_yaml
@@ -161,9 +160,8 @@ def _checked(action: argparse.Action, value: Any, field: str) -> Value:
         return tuple(value)
     if action.choices is not None and value not in action.choices:
         raise VpipeError(f"{field} {value!r}: use one of {', '.join(action.choices)}")
-    takes: object = action.type
-    if isinstance(action.type, (WholeNumber, Seconds)):  # the classes that check a range
-        takes = int if isinstance(action.type, WholeNumber) else float
+    # the argparse types that check a range say what they take (common/cli.py)
+    takes: object = getattr(action.type, "takes", action.type)
     kinds, kind = KINDS.get(takes, ((str, int, float), "a value"))
     if type(value) not in kinds:  # exact: YAML gives plain types, and true is no number
         raise VpipeError(f"{field} {value!r}: must be {kind}")
