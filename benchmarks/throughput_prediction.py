@@ -2,17 +2,22 @@
 
     python benchmarks/throughput_prediction.py [--models mlp gpt resnet widehead] [--rounds 3]
 
-Each round profiles every model afresh with one thread, plans 2 stages for asp and for 1f1b,
-generates, and trains each pipeline right after with one thread per process, the models in turn and
-in reverse order every other round. A prediction is only as good as the profile's match with the
-machine at run time, and this 2-vCPU guest drifts by 10-30% over minutes (a plain ResNet training
-loop: 4.03-4.89 ms a step in four runs a minute apart): so each round's prediction comes from a
+Each round first measures what a message costs a stage in the runtime (`vpipe-probe`: a tiny
+model trained as one stage and as two), then profiles every model afresh with one thread, plans
+2 stages for asp and for 1f1b with that cost (`vpipe-plan --message-ms`), generates, and trains
+each pipeline right after with one thread per process, the models in turn and in reverse order
+every other round. A prediction is only as good as the profile's match with the machine at run
+time, and this 2-vCPU guest drifts by 10-30% over minutes (a plain ResNet training loop:
+4.03-4.89 ms a step in four runs a minute apart): so each round's prediction comes from a
 profile taken just before its run, as `vpipe-profile`, `vpipe-plan`, `vpipe-train` run in
 practice, and the table shows the round with the median ratio, beside the range of the rounds'
 ratios. Per pipeline it prints
 
 - predicted: the plan's samples/s (pipeline.yaml), which counts what a stage waits for: the
-  schedule's dependency chain with each message's delay (planner/predict.py);
+  schedule's dependency chain with each message's delay (planner/predict.py), each message
+  costing what the probe measured;
+- 2-thread: the same plan's samples/s with the profile's cost per message instead, measured
+  between two threads of one process: the figure before the probe;
 - no-wait: what the slowest stage's predicted time alone allows (asp): the figure before
   issue 17's item 4;
 - measured: samples/s over the run's steady state by wall clock (run/metrics.csv, as
@@ -44,14 +49,17 @@ from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.schedules import FORWARD
 from vpipe.planner.cli import main as plan_main
+from vpipe.planner.schema import load_plan
 from vpipe.planner.simulate import asp_period_ms, simulate
 from vpipe.planner.waiting import cut_delays
 from vpipe.profiler.cli import main as profile_main
+from vpipe.run.probe import measure as probe_message_cost
 from vpipe.runtime.events import read_events
 
 BATCH = {"mlp": 32, "gpt": 8, "resnet": 4, "widehead": 8}
 SCHEDULES = ("asp", "1f1b")
 TARGET = 0.10
+PROBE_STEPS = 2000  # micro-batches per probe run (vpipe-probe's default)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class Row:
     model: str
     schedule: str
     predicted: float
+    two_thread: float  # predicted with the profile's cost per message
     no_wait: float | None  # asp only
     measured: Round
     stage_ratio: float
@@ -86,30 +95,24 @@ class Row:
         return self.measured.samples_per_s / self.predicted
 
 
-def prepare(model: str, folder: Path) -> dict[str, Path]:
-    """Profile `model` into `folder`, plan and generate a 2-stage pipeline per schedule."""
+def prepare(model: str, folder: Path, message_ms: float) -> dict[str, tuple[Path, float]]:
+    """Profile `model` into `folder`, plan a 2-stage pipeline per schedule with each message
+    costing `message_ms`, and generate it; per schedule its folder and the samples/s the same
+    plan predicts with the profile's own cost per message."""
     folder.mkdir(parents=True)
     profile = folder / "profile.yaml"
     argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
     assert profile_main([*argv, "--threads", "1", "--batch-size", str(BATCH[model])]) == 0
     outs = {}
     for schedule in SCHEDULES:
-        plan = folder / f"{schedule}.yaml"
-        argv = [
-            str(profile),
-            "--gpus",
-            "2",
-            "--stages",
-            "2",
-            "--schedule",
-            schedule,
-            "-o",
-            str(plan),
-            "-q",
-        ]
-        assert plan_main(argv) == 0
-        outs[schedule] = folder / schedule
-        assert generate_main([str(plan), "-o", str(outs[schedule]), "-q"]) == 0
+        plans = {}
+        for name, extra in (("", ["--message-ms", str(message_ms)]), ("_2thread", [])):
+            plans[name] = folder / f"{schedule}{name}.yaml"
+            argv = [str(profile), "--gpus", "2", "--stages", "2", "--schedule", schedule]
+            assert plan_main([*argv, "-o", str(plans[name]), "-q", *extra]) == 0
+        out = folder / schedule
+        assert generate_main([str(plans[""]), "-o", str(out), "-q"]) == 0
+        outs[schedule] = (out, load_plan(plans["_2thread"]).predicted.throughput_samples_per_s)
     return outs
 
 
@@ -147,7 +150,7 @@ def pipeline_samples_per_s(
     return pipeline.batch_size * pipeline.microbatches / (step.makespan_ms / 1e3)
 
 
-def row(model: str, schedule: str, out: Path, measured: Round) -> Row:
+def row(model: str, schedule: str, out: Path, two_thread: float, measured: Round) -> Row:
     pipeline = load_pipeline(out / "pipeline.yaml")
     predicted = [s.predicted for s in pipeline.stages]
     slowest = max(range(len(predicted)), key=lambda k: predicted[k].time_ms)
@@ -156,6 +159,7 @@ def row(model: str, schedule: str, out: Path, measured: Round) -> Row:
         model,
         schedule,
         pipeline.predicted.throughput_samples_per_s,
+        two_thread,
         pipeline.batch_size / (predicted[slowest].time_ms / 1e3) if schedule == "asp" else None,
         measured,
         measured_ms / predicted[slowest].time_ms,
@@ -172,22 +176,28 @@ def median_round(rounds: list[Row]) -> Row:
 
 def print_table(rounds: dict[tuple[str, str], list[Row]]) -> None:
     print(
-        f"{'model':<9} {'schedule':<8} {'predicted':>9} {'no-wait':>8} {'measured':>9} "
-        f"{'ratio':>6} {'range':>11} {'stage':>6} {'main':>6} {'chain':>6} {'others':>6}"
+        f"{'model':<9} {'schedule':<8} {'predicted':>9} {'2-thread':>9} {'no-wait':>8} "
+        f"{'measured':>9} {'ratio':>6} {'range':>11} {'2-thread':>8} {'stage':>6} {'main':>6} "
+        f"{'chain':>6} {'others':>6}"
     )
-    within = 0
+    within = within_before = 0
     for runs in rounds.values():
         r = median_round(runs)
         low, high = min(x.ratio for x in runs), max(x.ratio for x in runs)
+        before = sorted(x.measured.samples_per_s / x.two_thread for x in runs)[(len(runs) - 1) // 2]
         within += abs(r.ratio - 1) <= TARGET
+        within_before += abs(before - 1) <= TARGET
         print(
-            f"{r.model:<9} {r.schedule:<8} {r.predicted:>9.1f} "
+            f"{r.model:<9} {r.schedule:<8} {r.predicted:>9.1f} {r.two_thread:>9.1f} "
             f"{'—' if r.no_wait is None else f'{r.no_wait:.1f}':>8} "
             f"{r.measured.samples_per_s:>9.1f} {r.ratio:>6.2f} {f'{low:.2f}-{high:.2f}':>11} "
-            f"{r.stage_ratio:>6.2f} {r.main_ratio:>6.2f} "
+            f"{before:>8.2f} {r.stage_ratio:>6.2f} {r.main_ratio:>6.2f} "
             f"{r.measured.samples_per_s / r.chain:>6.2f} {r.measured.others:>6.0%}"
         )
-    print(f"within ±{TARGET:.0%} (median round): {within}/{len(rounds)} pipelines")
+    print(
+        f"within ±{TARGET:.0%} (median round): {within}/{len(rounds)} pipelines; "
+        f"{within_before}/{len(rounds)} with the profile's two-thread cost per message"
+    )
 
 
 def main() -> None:
@@ -198,13 +208,20 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vpipe-throughput-"))
     rounds: dict[tuple[str, str], list[Row]] = {(m, s): [] for m in args.models for s in SCHEDULES}
+    message_ms = []
     for round_ in range(args.rounds):
+        folder = work / f"round{round_}"
+        folder.mkdir(parents=True)
+        probe = probe_message_cost(folder / "probe", PROBE_STEPS, say=lambda line: None)
+        message_ms.append(probe.message_ms)
         order = args.models if round_ % 2 == 0 else list(reversed(args.models))
         for model in order:
-            for schedule, out in prepare(model, work / f"round{round_}" / model).items():
+            outs = prepare(model, folder / model, probe.message_ms)
+            for schedule, (out, two_thread) in outs.items():
                 measured = timed_run(out, args.microbatches)
-                rounds[model, schedule].append(row(model, schedule, out, measured))
+                rounds[model, schedule].append(row(model, schedule, out, two_thread, measured))
     print(f"\nCPU, {os.cpu_count()} cores, 2 stages, one thread per stage; work files in {work}")
+    print(f"a message (vpipe-probe, per round): {', '.join(f'{ms:.4f}' for ms in message_ms)} ms")
     print_table(rounds)
 
 

@@ -47,20 +47,21 @@ class WholeNumber:
 
 
 @dataclass(frozen=True)
-class Seconds:
-    """An argparse type: a finite number of seconds, at least 0 (NaN and inf fail too); a
-    class, as WholeNumber is, so a run config's checker can tell that the option takes a
-    number."""
+class Duration:
+    """An argparse type: a finite length of time in `unit` (seconds, ms), at least 0 (NaN and
+    inf fail too); a class, as WholeNumber is, so a run config's checker can tell that the
+    option takes a number."""
 
+    unit: str = "seconds"
     takes: ClassVar[type] = float
 
     def __call__(self, text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {self.unit}") from None
         if not 0 <= value < math.inf:
-            raise argparse.ArgumentTypeError(f"must be at least 0 seconds (got {text})")
+            raise argparse.ArgumentTypeError(f"must be at least 0 {self.unit} (got {text})")
         return value
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vpipe.common.cli import CommandParser, WholeNumber, run_command
+from vpipe.common.cli import CommandParser, Duration, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
 from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR
 from vpipe.common.paths import refuse_overwriting
@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         "1 2: the second device at half speed; what vpipe-train --adapt measures); plans a "
         "straight pipeline with the dp solver",
     )
+    parser.add_argument(
+        "--message-ms",
+        type=Duration("ms"),
+        metavar="MS",
+        help="CPU milliseconds each end of a cut spends per message, as vpipe-probe measures "
+        "it in the runtime on this machine (default: the profile's link cost, measured between "
+        "two threads, which leaves out what the runtime adds: about a third of it on a 2-core "
+        "VM); CPU profiles only",
+    )
     parser.add_argument("-o", "--output", default="plan.yaml", help="plan file to write")
     parser.add_argument("--plot", metavar="PNG", help="also draw per-stage time and memory")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table")
@@ -209,6 +218,7 @@ def run(argv: Sequence[str] | None) -> int:
         headroom=args.headroom,
         recompute=args.recompute,
         stage_speeds=tuple(args.stage_speeds or ()),
+        message_ms=args.message_ms,
     )
     straight_only = _straight_only(args)
     if straight_only and args.stages not in (AUTO, args.gpus):

@@ -108,6 +108,11 @@ def summary_lines(plan: Plan, seconds: float) -> list[str]:
         + (f", bubble {p.bubble_fraction:.0%}" if plan.settings.schedule != "asp" else ""),
         proof_line(plan, seconds),
     ]
+    if plan.settings.message_ms is not None:
+        lines.append(
+            f"each end of a cut pays {plan.settings.message_ms:.4f} ms a message "
+            "(--message-ms: the runtime's cost, as vpipe-probe measures it)"
+        )
     for baseline in plan.baselines:
         gain = baseline.time_per_minibatch_ms / p.time_per_minibatch_ms
         fits = "" if baseline.fits else ", does not fit memory"

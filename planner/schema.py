@@ -20,7 +20,8 @@ from vpipe.common.records import Bytes, Count, Limit, Millis, NonNegative, Posit
 from vpipe.common.schedules import SCHEDULES
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-SCHEMA_VERSION = 4  # 2: ties; 3: replicas per stage, all-reduce time; 4: stage speeds
+# 2: ties; 3: replicas per stage, all-reduce time; 4: stage speeds; 5: the runtime's message cost
+SCHEMA_VERSION = 5
 RECOMPUTE = ("auto", "never", "all")
 
 
@@ -125,6 +126,9 @@ class PlanSettings:
     # per stage index, how much longer its device computes than the profile's (1.0: as
     # profiled; () all 1.0): measured speeds when a running pipeline re-plans (`--adapt`)
     stage_speeds: tuple[float, ...] = ()
+    # CPU milliseconds each end of a cut spends per message, as `vpipe-probe` measures it in
+    # the runtime (None: the profile's link cost, measured between two threads)
+    message_ms: float | None = None
 
     def speed(self, stage: int) -> float:
         return self.stage_speeds[stage] if self.stage_speeds else 1.0
@@ -145,6 +149,8 @@ class PlanSettings:
             raise VpipeError(f"--microbatches must be at least 1 (got {self.microbatches})")
         if not self.memory_bytes > 0 or not self.bandwidth_gbps > 0:
             raise VpipeError("--memory and --bandwidth must be positive (or inf)")
+        if self.message_ms is not None and not 0 <= self.message_ms < math.inf:
+            raise VpipeError(f"--message-ms must be a finite number >= 0 (got {self.message_ms})")
         if self.stage_speeds and (
             len(self.stage_speeds) != self.gpus
             or not all(0 < x < math.inf for x in self.stage_speeds)

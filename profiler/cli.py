@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vpipe.common.cli import CommandParser, Seconds, WholeNumber, run_command
+from vpipe.common.cli import CommandParser, Duration, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
 from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.common.paths import names_file, refuse_overwriting
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--min-time",
-        type=Seconds(),
+        type=Duration("seconds"),
         default=0.1,
         metavar="SECONDS",
         help="on a CPU, the least time the timed runs take together: more than --repeats on a "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = ["vpipe-profile", "vpipe-plan", "vpipe-gen", "vpipe-train", "vpipe-run"]
+COMMANDS = ["vpipe-profile", "vpipe-plan", "vpipe-gen", "vpipe-train", "vpipe-run", "vpipe-probe"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -18,6 +18,7 @@ from vpipe.planner.cli import build_parser as plan_parser
 from vpipe.profiler.cli import DEFAULT_BATCH
 from vpipe.profiler.cli import build_parser as profile_parser
 from vpipe.run.cli import build_parser as run_parser
+from vpipe.run.probe import build_parser as probe_parser
 from vpipe.runtime.cli import build_parser as train_parser
 from vpipe.runtime.settings import defaults as run_defaults
 
@@ -29,6 +30,7 @@ PARSERS = {
     "vpipe-gen": gen_parser,
     "vpipe-train": train_parser,
     "vpipe-run": run_parser,
+    "vpipe-probe": probe_parser,
 }
 
 # defaults that live outside argparse (the option's argparse default is None)

@@ -27,7 +27,11 @@ UPSTREAM = {
 COMMANDS = {"run": ("profiler", "planner", "codegen", "runtime")}
 # upstream entry points a part may call, besides schemas: the runtime re-plans and regenerates
 # a running pipeline's stages (VPipe's virtual layout: runtime/switching.py, runtime/adapt.py)
-ENTRY_POINTS = {"runtime": ("vpipe.codegen.generate", "vpipe.planner.planning")}
+ENTRY_POINTS = {
+    "runtime": ("vpipe.codegen.generate", "vpipe.planner.planning"),
+    # vpipe-probe times the runtime's stages from the action log they write
+    "run": ("vpipe.runtime.events",),
+}
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:

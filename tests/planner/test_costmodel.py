@@ -1,9 +1,11 @@
 """A 3-stage example whose every memory figure is worked out by hand (asp, Adam, S = 3)."""
 
+import math
 from dataclasses import replace
 
 import pytest
 
+from vpipe.common.errors import VpipeError
 from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import plan_graph
 from vpipe.planner.planning import graph_for
@@ -101,3 +103,30 @@ def test_a_tensor_without_gradient_crosses_once():
     profile = replace(PROFILE, nodes=(tokens, *PROFILE.nodes[1:]), link=LinkCost("gloo", 0.5, 0.0))
     graph = plan_graph(profile)
     assert (graph.link_ms[0], graph.link_ms[1]) == (0.5, 1.0)  # int64: no gradient comes back
+
+
+def test_message_ms_replaces_the_profiles_cost_per_message_and_keeps_its_cost_per_byte():
+    # the same cuts as above at 2 ms a message (vpipe-probe's figure) instead of 0.5: stage 1
+    # pays 4 messages (8 ms) and 500 B (5 ms), stage 0 two and 400 B, stage 2 two and 100 B
+    profile = replace(PROFILE, link=LinkCost("gloo", 0.5, 2**20 / 100))
+    settings = replace(SETTINGS, message_ms=2.0)
+    graph = graph_for(profile, settings)
+    stages = [([], [0, 1]), ([0, 1], [2, 3]), ([0, 1, 2, 3], [4, 5])]
+    transfers = [
+        evaluate_stage(graph, settings, k, b, s, ()).transfer_ms for k, (b, s) in enumerate(stages)
+    ]
+    assert transfers == pytest.approx([4.0 + 4.0, 8.0 + 5.0, 4.0 + 1.0])
+    assert (
+        graph_for(profile, SETTINGS).link_ms == plan_graph(profile).link_ms
+    )  # default: the profile's
+
+
+def test_message_ms_is_refused_where_transfers_take_no_compute_time():
+    with pytest.raises(VpipeError, match="no link cost"):
+        graph_for(PROFILE, replace(SETTINGS, message_ms=0.1))  # PROFILE: link None (a GPU's)
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan])
+def test_message_ms_must_be_a_finite_cost(bad):
+    with pytest.raises(VpipeError, match="--message-ms"):
+        replace(SETTINGS, message_ms=bad)

@@ -1,0 +1,172 @@
+"""`vpipe-probe`: what a message between pipeline stages costs each end's process in the
+runtime on this machine, the figure `vpipe-plan --message-ms` takes.
+
+The profile's link cost (profiler/linkcost.py) times gloo messages between two threads of one
+process: the copies of the bytes. A stage of a running pipeline pays more per message: the
+receives it posts ahead, blocking and waking, the Python around every send, and the steps of
+the runtime's loop that a second stage repeats. On a 2-vCPU VM that came to 0.12-0.18 ms a
+message where the two threads measured 0.04 (docs/benchmarks.md), and a plan that counts 0.04
+over-predicts small stages' throughput by up to 1.7x.
+
+The probe measures it with the runtime itself: it trains a model whose two layers cost next to
+nothing (`vpipe.models.probe`) as one stage and as two, one process a stage, one thread each,
+and shares the CPU time the two stages spend per micro-batch beyond the one stage out among
+the messages the cut adds: at each end, an activation and its gradient per tensor it carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vpipe.codegen.cli import run as generate
+from vpipe.codegen.schema import load_pipeline
+from vpipe.common.cli import CommandParser, WholeNumber, run_command
+from vpipe.common.errors import Failed, VpipeError
+from vpipe.planner.cli import run as plan
+from vpipe.profiler.cli import run as profile
+from vpipe.profiler.schema import load_profile
+from vpipe.runtime.cli import run as train
+from vpipe.runtime.events import read_events
+
+MODEL = "vpipe.models.probe"
+BATCH_SIZE = 2
+WARMUP = 20  # micro-batches left out at the start of each run: the pipeline filling, caches
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The probe's runs and the per-message cost they give."""
+
+    one_stage_ms: float  # CPU milliseconds per micro-batch, the probe model as one stage
+    two_stage_ms: tuple[float, float]  # the same per stage, split in two
+    messages: int  # per micro-batch, that the cut adds, both ends counted
+    profiled_ms: float  # the profile's cost per message (two threads), to compare
+
+    @property
+    def message_ms(self) -> float:
+        """Each end's CPU milliseconds per message (what `--message-ms` takes): the second
+        stage's and the messages' cost, shared out among the messages. At least 0: noise
+        could take a run below its one-stage twin only on a machine too busy to measure."""
+        return max(0.0, (sum(self.two_stage_ms) - self.one_stage_ms) / self.messages)
+
+
+def measure(folder: Path, steps: int, say=print) -> ProbeResult:
+    """Profile the probe model into `folder`, then train it for `steps` micro-batches as one
+    stage and as two, saying each step (`say`); what the steps print goes to probe.log there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "probe.log"
+    log.write_text("")
+    profiled = folder / "profile.yaml"
+    say(f"profiling {MODEL} (batch {BATCH_SIZE}, one thread)")
+    argv = [MODEL, "-o", str(profiled), "-q", "--device", "cpu", "--threads", "1"]
+    _step(log, profile, [*argv, "--batch-size", str(BATCH_SIZE)])
+    link = load_profile(profiled).link
+    if link is None:
+        raise VpipeError("gloo could not start on this machine: there are no messages to time")
+    busy: dict[int, list[float]] = {}
+    for stages in (1, 2):
+        say(f"training it as {stages} stage{'s' * (stages > 1)} for {steps} micro-batches")
+        out, plan_file = folder / f"stages{stages}", folder / f"stages{stages}.yaml"
+        _step(
+            log,
+            plan,
+            [str(profiled), "--gpus", str(stages), "--stages", str(stages)]
+            + ["-o", str(plan_file), "-q"],
+        )
+        _step(log, generate, [str(plan_file), "-o", str(out), "-q"])
+        _step(log, train, [str(out / "pipeline.yaml"), "--steps", str(steps), "--threads", "1"])
+        busy[stages] = [_busy_ms(out / "run" / f"events_stage{k}.csv") for k in range(stages)]
+    cut = load_pipeline(folder / "stages2" / "pipeline.yaml").stages[0].outputs
+    return ProbeResult(
+        one_stage_ms=busy[1][0],
+        two_stage_ms=(busy[2][0], busy[2][1]),
+        messages=2 * 2 * len(cut),  # the probe's tensors are floats: each has a gradient
+        profiled_ms=link.message_ms,
+    )
+
+
+def _step(log: Path, command: Callable[[Sequence[str] | None], int], argv: list[str]) -> None:
+    """Run one command with this process's standard output, and its stage processes' (they
+    inherit it), added to `log`; a failed step has said why on stderr."""
+    sys.stdout.flush()
+    kept = os.dup(1)
+    with open(log, "a") as file:
+        os.dup2(file.fileno(), 1)
+        try:
+            status = command(argv)
+        finally:
+            sys.stdout.flush()
+            os.dup2(kept, 1)
+            os.close(kept)
+    if status != 0:
+        raise Failed(f"the probe's step failed (its output: {log})", status)
+
+
+def _busy_ms(events: Path) -> float:
+    """Mean CPU milliseconds a stage spent per micro-batch (its forward and its backward),
+    after the warm-up and before the last two, which the run's end may cut short."""
+    per_microbatch: dict[int, float] = {}
+    for e in read_events(events):
+        per_microbatch[e.microbatch] = per_microbatch.get(e.microbatch, 0.0) + e.cpu_s
+    last = max(per_microbatch)
+    steady = [s for i, s in per_microbatch.items() if WARMUP <= i < last - 1]
+    if not steady:
+        raise VpipeError(f"--steps: too few micro-batches to time past the first {WARMUP}")
+    return statistics.mean(steady) * 1e3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(
+        prog="vpipe-probe",
+        description="Measure what a message between pipeline stages costs each end's CPU in "
+        "vpipe's runtime on this machine (gloo, one thread a stage), and print the "
+        "vpipe-plan --message-ms that counts it. Trains a tiny model as one stage and as two; "
+        "takes about half a minute. See docs/commands.md.",
+    )
+    parser.add_argument(
+        "--steps",
+        type=WholeNumber(WARMUP + 10),
+        default=2000,
+        help=f"micro-batches each run trains (default 2000; at least {WARMUP + 10})",
+    )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="write the probe's profile, plans, stages and run logs into DIR (default: a "
+        "temporary folder, removed)",
+    )
+    return parser
+
+
+def run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            folder = Path(args.keep)
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vpipe-probe-")))
+        result = measure(folder, args.steps, say=lambda line: print(f"vpipe-probe: {line}"))
+    two = " + ".join(f"{ms:.3f}" for ms in result.two_stage_ms)
+    print(f"one stage: {result.one_stage_ms:.3f} ms of CPU a micro-batch; two: {two} ms")
+    print(
+        f"a message costs each end {result.message_ms:.4f} ms in the runtime "
+        f"(the profile's two-thread figure: {result.profiled_ms:.4f} ms)"
+    )
+    print(f"plan with: vpipe-plan <profile> --message-ms {result.message_ms:.4f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command("vpipe-probe", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

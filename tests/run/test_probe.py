@@ -1,0 +1,60 @@
+"""vpipe-probe as a user runs it: the probe model trained as one stage and as two, real gloo
+processes on loopback, and the per-message cost worked out again here from the runs' logs."""
+
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vpipe.run.probe import WARMUP, ProbeResult
+from vpipe.runtime.events import read_events
+
+STEPS = WARMUP + 40
+
+
+def busy_ms(events: Path) -> float:
+    """Mean CPU ms per micro-batch past the warm-up, leaving out the last two."""
+    rows = read_events(events)
+    last = max(e.microbatch for e in rows)
+    per = {}
+    for e in rows:
+        if WARMUP <= e.microbatch < last - 1:
+            per[e.microbatch] = per.get(e.microbatch, 0.0) + e.cpu_s
+    return statistics.mean(per.values()) * 1e3
+
+
+def test_the_probe_times_one_stage_against_two_and_prints_the_flag_to_plan_with(tmp_path):
+    command = Path(sys.executable).parent / "vpipe-probe"
+    result = subprocess.run(
+        [str(command), "--steps", str(STEPS), "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    # the runs' own output went to the log, the probe's lines to the terminal
+    assert "Finished initializing process group" not in result.stdout
+    assert "Finished initializing process group" in (tmp_path / "probe.log").read_text()
+    flag = re.search(r"plan with: vpipe-plan <profile> --message-ms (\S+)", result.stdout)
+    assert flag, result.stdout
+    one = busy_ms(tmp_path / "stages1" / "run" / "events_stage0.csv")
+    two = [busy_ms(tmp_path / "stages2" / "run" / f"events_stage{k}.csv") for k in range(2)]
+    # the probe's cut carries one float tensor: an activation and its gradient at each end
+    expected = max(0.0, (sum(two) - one) / 4)
+    assert float(flag.group(1)) == pytest.approx(expected, abs=1e-4)
+    assert 0 < one < 50 and all(0 < ms < 50 for ms in two)  # a tiny model: well under 50 ms
+
+
+def test_a_probe_below_its_one_stage_twin_gives_no_negative_cost():
+    assert ProbeResult(0.3, (0.2, 0.3), 4, 0.04).message_ms == pytest.approx(0.05)
+    assert ProbeResult(0.6, (0.2, 0.3), 4, 0.04).message_ms == 0.0
+
+
+def test_too_few_steps_to_time_are_refused_by_the_parser():
+    command = Path(sys.executable).parent / "vpipe-probe"
+    result = subprocess.run([str(command), "--steps", "5"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"--steps: must be at least {WARMUP + 10}" in result.stderr
