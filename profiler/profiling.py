@@ -110,7 +110,13 @@ def profile_model(
     with torch.no_grad():
         output = batch.call(model)
     cost = measure_loss(
-        model_file.loss_fn, output, batch.target, clock, settings.warmup, settings.repeats
+        model_file.loss_fn,
+        output,
+        batch.target,
+        clock,
+        settings.warmup,
+        settings.repeats,
+        settings.min_time_s,
     )
     progress("loss")
     batch_ms = time_batch(model_file, settings.batch_size, clock, settings.warmup, settings.repeats)

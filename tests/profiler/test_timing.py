@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vpipe.common.modelfile import load_model_file
-from vpipe.profiler.measure import Clock
+from vpipe.profiler.measure import MAX_RUNS, Clock, time_forward_backward
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 from vpipe.profiler.report import clock_line
 
@@ -49,3 +49,35 @@ def test_report_says_which_clock():
     assert clock_line("cpu", 2).startswith("times: wall time (2 torch threads")
     assert clock_line("cpu", None) == "times: wall time"
     assert clock_line("NVIDIA H200", None) == "times: CUDA events"
+
+
+def _counted(calls: list[float]):
+    """A call of known cost that records when each run started (process CPU seconds)."""
+
+    def prepare():
+        def call():
+            calls.append(time.process_time())
+            return torch.ones(4, requires_grad=True) * 2.0
+
+        return call
+
+    return prepare
+
+
+def test_a_quick_call_is_warmed_and_timed_over_the_least_total_time(torch_threads):
+    """The loss is timed this way: five runs of a call of microseconds are a median one
+    preemption moves, and the first runs of a process may all be slow."""
+    torch_threads(1)
+    calls: list[float] = []
+    least = 0.05
+    timing = time_forward_backward(_counted(calls), Clock(torch.device("cpu")), 1, 3, least)
+    assert len(calls) > 2 * 4  # warm-up and timed runs both went past their counts
+    assert calls[-1] - calls[0] >= 2 * least * 0.9 or len(calls) >= 2 * MAX_RUNS
+    assert 0 < timing.forward_ms < 5
+
+
+def test_without_a_least_time_the_counts_are_exact(torch_threads):
+    torch_threads(1)
+    calls: list[float] = []
+    time_forward_backward(_counted(calls), Clock(torch.device("cpu")), 2, 5)
+    assert len(calls) == 2 + 5
