@@ -8,15 +8,17 @@ profile and read by the cost model and the solvers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 
 from vpipe.common.buffering import sums_gradients
+from vpipe.common.errors import VpipeError
 from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR
 from vpipe.common.schedules import updates_per_microbatch
-from vpipe.profiler.schema import NodeProfile, Profile
+from vpipe.profiler.schema import LinkCost, NodeProfile, Profile
 
 FLOATING = ("float", "bfloat")  # dtype names whose tensors carry gradients (as the runtime sends)
 PIPEDREAM_NOTE = (
@@ -87,13 +89,20 @@ class PlanGraph:
 
 
 def plan_graph(
-    profile: Profile, optimizer: str | None = None, schedule: str = "asp", microbatches: int = 1
+    profile: Profile,
+    optimizer: str | None = None,
+    schedule: str = "asp",
+    microbatches: int = 1,
+    message_ms: float | None = None,
 ) -> PlanGraph:
     """Index a profile for planning; `optimizer` overrides the profile's for state bytes. A
     node's backward time takes its share of the work on its gradients after each backward:
     `update_ms` once per micro-batch under asp, once per M under 1f1b and gpipe
     (`updates_per_microbatch`), and under those `accumulate_ms`, adding them into the step's
-    running sum (`sums_gradients`)."""
+    running sum (`sums_gradients`). `message_ms`: what a message costs each end of a cut, as
+    `vpipe-probe` measured it in the runtime, instead of the profile's two-thread figure (the
+    cost per MiB stays the profile's)."""
+    link = _link_cost(profile.link, message_ms)
     updates = updates_per_microbatch(schedule, microbatches)
     sums = 1.0 if sums_gradients(schedule) else 0.0
     # the loss is one more node, after the outputs it reads: it lands on the last stage, which
@@ -149,8 +158,8 @@ def plan_graph(
         internal_bytes=tuple(internal),
         backward_bytes=tuple(_backward_bytes(n) for n in nodes),
         copied_bytes=tuple(_copied_bytes(n) for n in nodes),
-        link_ms=tuple(_link_ms(profile, n) for n in nodes),
-        link_ms_per_byte=profile.link.ms_per_mib / 2**20 if profile.link else 0.0,
+        link_ms=tuple(_link_ms(link, n) for n in nodes),
+        link_ms_per_byte=link.ms_per_mib / 2**20 if link else 0.0,
         owner=tuple(owner),
         holders=tuple(tuple(h) for h in holders),
         keeps=tuple(keeps),
@@ -203,17 +212,30 @@ def _copied_bytes(node: NodeProfile) -> int:
     return node.output_bytes * strided // elements if strided else 0
 
 
-def _link_ms(profile: Profile, node: NodeProfile) -> float:
+def _link_cost(link: LinkCost | None, message_ms: float | None) -> LinkCost | None:
+    """The profile's link cost, each message costing `message_ms` when given. A profile without
+    one has transfers that take no compute core's time."""
+    if message_ms is None:
+        return link
+    if link is None:
+        raise VpipeError(
+            "--message-ms: this profile has no link cost (its transfers do not take the "
+            "compute cores' time: a GPU profile, or PipeDream's); leave it out"
+        )
+    return dataclasses.replace(link, message_ms=message_ms)
+
+
+def _link_ms(link: LinkCost | None, node: NodeProfile) -> float:
     """CPU milliseconds each end of a cut spends when the node's output crosses it: the
     activation's message forward and, for floating-point tensors, the gradient's back (the
     profile's `link` cost; none measured: nothing)."""
-    if profile.link is None or not node.outputs:
+    if link is None or not node.outputs:
         return 0.0
     floats = [m for m in node.outputs if m.dtype.startswith(FLOATING)]
     messages = len(node.outputs) + len(floats)
     elements = sum(m.numel for m in node.outputs) or 1
     moved = node.output_bytes * (1 + sum(m.numel for m in floats) / elements)
-    return messages * profile.link.message_ms + moved / 2**20 * profile.link.ms_per_mib
+    return messages * link.message_ms + moved / 2**20 * link.ms_per_mib
 
 
 def _with_loss(

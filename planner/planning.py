@@ -48,23 +48,9 @@ ILP_AUTO_SIZE = 400  # nodes x stages up to which `auto` lets the ILP try to pro
 
 def graph_for(profile: Profile, settings: PlanSettings) -> PlanGraph:
     """The profile as the planner sees it under `settings` (`plan_graph` charges each node's
-    backward the gradient work of the schedule; a message costs what `--message-ms` says)."""
-    if settings.message_ms is not None:
-        profile = with_message_ms(profile, settings.message_ms)
-    return plan_graph(profile, settings.optimizer, settings.schedule, settings.microbatches)
-
-
-def with_message_ms(profile: Profile, message_ms: float) -> Profile:
-    """The profile with each message costing `message_ms` at each end: what `vpipe-probe`
-    measured in the runtime, in place of the profile's two-thread figure (the cost per MiB
-    stays). A profile without a link cost has transfers that take no compute core's time."""
-    if profile.link is None:
-        raise VpipeError(
-            "--message-ms: this profile has no link cost (its transfers do not take the "
-            "compute cores' time: a GPU profile, or PipeDream's); leave it out"
-        )
-    return dataclasses.replace(
-        profile, link=dataclasses.replace(profile.link, message_ms=message_ms)
+    backward the gradient work of the schedule, and each message what `--message-ms` says)."""
+    return plan_graph(
+        profile, settings.optimizer, settings.schedule, settings.microbatches, settings.message_ms
     )
 
 
