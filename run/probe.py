@@ -58,7 +58,7 @@ class ProbeResult:
         return max(0.0, (sum(self.two_stage_ms) - self.one_stage_ms) / self.messages)
 
 
-def measure(folder: Path, steps: int, say=print) -> ProbeResult:
+def measure(folder: Path, steps: int, say: Callable[[str], None] = print) -> ProbeResult:
     """Profile the probe model into `folder`, then train it for `steps` micro-batches as one
     stage and as two, saying each step (`say`); what the steps print goes to probe.log there."""
     folder.mkdir(parents=True, exist_ok=True)
