@@ -280,7 +280,8 @@ def time_update(
     """Median milliseconds of one optimizer step on `params`, made the way the runtime makes it
     on a stage with micro-batches in flight (into new tensors: the costlier of its two ways),
     after its check that every gradient is finite (`all_finite`, which `runtime.nonfinite`
-    calls). Under asp every micro-batch ends in one; a step of 1f1b or gpipe, in one per M."""
+    calls). Under asp every micro-batch ends in one; a step of 1f1b or gpipe, in one per M.
+    Timed alone, on CUDA; on a CPU the passes in sequence time it (profiler/sequence.py)."""
     from vpipe.common.optim import Updater, all_finite
 
     if not params:

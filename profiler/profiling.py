@@ -165,11 +165,21 @@ def _profile_nodes(
     storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
     # on a CPU each node is timed where it runs, in whole passes (profiler/sequence.py)
     inputs = tuple(reference.values[n.name] for n in gm.graph.nodes if n.op == "placeholder")
+    trainable = {
+        name: [t for _, t in params if t.requires_grad] for name, (params, _) in owners.items()
+    }
     in_sequence = (
         None
         if clock.cuda
         else time_in_sequence(
-            gm, inputs, clock.now, settings.warmup, settings.repeats, settings.min_time_s
+            gm,
+            inputs,
+            clock.now,
+            settings.warmup,
+            settings.repeats,
+            settings.min_time_s,
+            trainable,
+            settings.optimizer,
         )
     )
     for node in (n for n in gm.graph.nodes if n.op != "output"):
@@ -183,11 +193,13 @@ def _profile_nodes(
             else _in_sequence(node, in_sequence)
         )
         params, buffers = owners.get(node.name, ([], []))
-        trainable = [t for _, t in params if t.requires_grad]
-        update_ms = time_update(
-            trainable, settings.optimizer, clock, settings.warmup, settings.repeats
+        stepped = trainable.get(node.name, [])
+        update_ms = (
+            time_update(stepped, settings.optimizer, clock, settings.warmup, settings.repeats)
+            if in_sequence is None
+            else in_sequence.get(node.name, NodeTimes(0.0, 0.0)).update_ms
         )
-        accumulate_ms = time_accumulate(trainable, clock, settings.warmup, settings.repeats)
+        accumulate_ms = time_accumulate(stepped, clock, settings.warmup, settings.repeats)
         saved = classify_saved(node, reference, state_keys)
         nodes.append(
             NodeProfile(
@@ -199,7 +211,7 @@ def _profile_nodes(
                 forward_ms=round(timing.forward_ms, 4),
                 backward_ms=round(timing.backward_ms, 4),
                 param_bytes=sum(_nbytes(t) for _, t in params),
-                grad_bytes=sum(_nbytes(t) for t in trainable),
+                grad_bytes=sum(_nbytes(t) for t in stepped),
                 buffer_bytes=sum(_nbytes(t) for _, t in buffers),
                 output_bytes=sum(_nbytes(t) for t in outputs),
                 saved_bytes=saved.own_bytes,

@@ -24,8 +24,9 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 # optimizer's state from `optimizer`, or vpipe-plan --optimizer); 4: saved_bytes leaves out
 # the node's output (`saves_output` says it is kept; the planner counts it once, as a tensor);
 # 5: accumulate_ms; 6: on a CPU, node times taken in whole passes of the graph, in order
-# (profiler/sequence.py), and update_ms counts the runtime's check that gradients are finite
-SCHEMA_VERSION = 6
+# (profiler/sequence.py), and update_ms counts the runtime's check that gradients are finite;
+# 7: on a CPU, update_ms timed in those passes too, after each backward
+SCHEMA_VERSION = 7
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Timed in sequence, each node gets its own forward and backward: a node that spins a known
-CPU time in each (a custom autograd function) is charged that time and its neighbours are not,
-and the parts add up to the whole pass."""
+"""Timed in sequence, each node gets its own forward, backward and update: a node that spins a
+known CPU time in each (a custom autograd function; an optimizer step that spins per tensor) is
+charged that time and its neighbours are not, and the parts add up to the whole pass."""
 
 import gc
 import time
@@ -9,6 +9,7 @@ import weakref
 import torch
 from torch import fx, nn
 
+from vpipe.common.optim import Updater
 from vpipe.profiler import sequence
 from vpipe.profiler.sequence import time_in_sequence
 
@@ -131,6 +132,64 @@ def test_a_pass_frees_its_output_as_it_ends():
     remembering = _Remembering()
     model = nn.Sequential(nn.Linear(8, 8), remembering)
     gm = fx.GraphModule(model, _KeepsRemembering().trace(model))
-    sequence._one_pass(gm, (torch.randn(4, 8),), time.process_time)
+    sequence._one_pass(gm, (torch.randn(4, 8),), time.process_time, {})
     gc.collect()  # not even the cycle collector could free it
     assert remembering.outputs and all(ref() is None for ref in remembering.outputs)
+
+
+UPDATE_S = 0.003  # what the spinning optimizer step costs per tensor it steps
+
+
+def _two_layers() -> tuple[nn.Module, fx.GraphModule, dict[str, list[torch.Tensor]]]:
+    """Linear (a weight and a bias), ReLU, Linear without bias; each node's trainable tensors."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8, bias=False))
+    gm = fx.symbolic_trace(model)
+    trainable = {"_0": list(model[0].parameters()), "_2": list(model[2].parameters())}
+    return model, gm, trainable
+
+
+def test_each_node_is_charged_its_own_update(monkeypatch):
+    step = Updater.step
+
+    def spinning(self, weights, grads, in_place):
+        _spin(UPDATE_S * len(weights))
+        return step(self, weights, grads, in_place)
+
+    monkeypatch.setattr(Updater, "step", spinning)
+    _, gm, trainable = _two_layers()
+    x = torch.randn(4, 8)
+    times = time_in_sequence(gm, (x,), time.process_time, 1, 3, trainable=trainable)
+    for name, tensors in (("_0", 2), ("_2", 1)):
+        expected = UPDATE_S * tensors * 1e3
+        assert expected <= times[name].update_ms < expected * 1.5, (name, times[name])
+    assert times["_1"].update_ms == 0.0
+
+
+def test_the_update_steps_on_the_pass_gradients_into_new_tensors(monkeypatch):
+    """Each update gets the gradients its pass's backward made (an independent backward of the
+    same pass gives them), and, as a stashing stage's, leaves the weights as they were."""
+    seen: list[dict[str, torch.Tensor]] = []
+    step = Updater.step
+
+    def recording(self, weights, grads, in_place):
+        assert not in_place
+        seen.append({n: g.clone() for n, g in grads.items()})
+        return step(self, weights, grads, in_place)
+
+    monkeypatch.setattr(Updater, "step", recording)
+    model, gm, trainable = _two_layers()
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(4, 8)
+    time_in_sequence(gm, (x,), time.process_time, 0, 2, trainable={"_0": trainable["_0"]})
+    reference = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8, bias=False))
+    reference.load_state_dict(model.state_dict())
+    out = reference(x)
+    out.backward(torch.ones_like(out))
+    expected = {"0": reference[0].weight.grad, "1": reference[0].bias.grad}
+    assert len(seen) == 2
+    for grads in seen:
+        assert set(grads) == set(expected)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected[name])
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, b)
