@@ -39,6 +39,7 @@ from vpipe.common.optim import Updater, all_finite
 
 TIMED_OPS = ("call_module", "call_function", "call_method")
 MAX_PASSES = 2000  # a bound for a model of microseconds under `min_time_s`
+WHOLE = ""  # the update of every node's parameters in one call, as a key beside the nodes'
 
 
 @dataclass(frozen=True)
@@ -131,30 +132,58 @@ def time_in_sequence(
     the timed ones took `min_time_s` on the clock `now` (seconds; at most MAX_PASSES). The
     backward is seeded with ones for every output that requires grad, as the node-alone
     timing's is. `trainable`: per node, the parameters its update steps with `optimizer` (the
-    weights stay as they are: each step goes into new tensors, as a stashing stage's does)."""
-    updates = {
+    weights stay as they are: each step goes into new tensors, as a stashing stage's does).
+
+    A stage updates all its weights in one call, so each node's update leaves out what a call
+    costs whatever it steps (`_call_overhead_ms`): every other pass times one update of every
+    node's parameters instead of one per node."""
+    per_node = {
         name: _Update(tuple(params), Updater(optimizer, lr=1e-3))
         for name, params in (trainable or {}).items()
         if params
     }
+    everything = _Update(
+        tuple(p for u in per_node.values() for p in u.params), Updater(optimizer, lr=1e-3)
+    )
+    turns = [per_node, {WHOLE: everything}] if len(per_node) > 1 else [per_node]
     times: dict[str, list[list[float]]] = {}
-    for _ in range(warmup):  # the first update also makes the optimizer's state
+    for updates in turns * warmup:  # the first update also makes the optimizer's state
         _one_pass(gm, inputs, now, updates)
     timed_s, passes = 0.0, 0
     while passes < repeats or (timed_s < min_time_s and passes < MAX_PASSES):
+        updates = turns[passes % len(turns)]
         start = now()
         parts = _one_pass(gm, inputs, now, updates)
         timed_s += now() - start
         passes += 1
-        for n in gm.graph.nodes:
-            if n.op in TIMED_OPS or n.name in updates:
-                per_part = times.setdefault(n.name, [[], [], []])
-                for part, seconds in zip(per_part, parts, strict=True):
-                    part.append(seconds.get(n.name, 0.0))
-    return {
-        name: NodeTimes(*(statistics.median(part) * 1e3 for part in parts))
+        for name in [n.name for n in gm.graph.nodes if n.op in TIMED_OPS] + list(per_node):
+            forward, backward, update = times.setdefault(name, [[], [], []])
+            forward.append(parts[0].get(name, 0.0))
+            backward.append(parts[1].get(name, 0.0))
+            if updates is per_node:
+                update.append(parts[2].get(name, 0.0))
+        if WHOLE in parts[2]:
+            times.setdefault(WHOLE, [[], [], []])[2].append(parts[2][WHOLE])
+    medians = {
+        name: [statistics.median(part) * 1e3 if part else 0.0 for part in parts]
         for name, parts in times.items()
     }
+    whole = medians.pop(WHOLE, None)
+    overhead = _call_overhead_ms(
+        [m[2] for m in medians.values() if m[2]], None if whole is None else whole[2]
+    )
+    return {
+        name: NodeTimes(forward, backward, max(0.0, update - overhead) if update else 0.0)
+        for name, (forward, backward, update) in medians.items()
+    }
+
+
+def _call_overhead_ms(per_node_ms: list[float], whole_ms: float | None) -> float:
+    """What one update call costs beyond its parameters' work: the n separate calls' sum less
+    the one call over all of them, per call saved (0 with one node, or none to compare)."""
+    if whole_ms is None or len(per_node_ms) < 2:
+        return 0.0
+    return max(0.0, (sum(per_node_ms) - whole_ms) / (len(per_node_ms) - 1))
 
 
 def _one_pass(
