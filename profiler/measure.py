@@ -302,7 +302,8 @@ def time_update(
 def time_accumulate(params: list[torch.Tensor], clock: Clock, warmup: int, repeats: int) -> float:
     """Median milliseconds of adding one micro-batch's gradients of `params` into a running
     sum in place, as the runtime does after each backward under 1f1b and gpipe (the step's
-    first micro-batch copies them instead, which costs about as much)."""
+    first micro-batch copies them instead, which costs about as much). Timed alone, on CUDA;
+    on a CPU the passes in sequence time it (profiler/sequence.py)."""
     if not params:
         return 0.0
     total = [torch.zeros_like(p) for p in params]

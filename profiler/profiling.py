@@ -194,12 +194,14 @@ def _profile_nodes(
         )
         params, buffers = owners.get(node.name, ([], []))
         stepped = trainable.get(node.name, [])
-        update_ms = (
-            time_update(stepped, settings.optimizer, clock, settings.warmup, settings.repeats)
-            if in_sequence is None
-            else in_sequence.get(node.name, NodeTimes(0.0, 0.0)).update_ms
-        )
-        accumulate_ms = time_accumulate(stepped, clock, settings.warmup, settings.repeats)
+        if in_sequence is None:  # CUDA: alone
+            update_ms = time_update(
+                stepped, settings.optimizer, clock, settings.warmup, settings.repeats
+            )
+            accumulate_ms = time_accumulate(stepped, clock, settings.warmup, settings.repeats)
+        else:
+            timed = in_sequence.get(node.name, NodeTimes(0.0, 0.0))
+            update_ms, accumulate_ms = timed.update_ms, timed.accumulate_ms
         saved = classify_saved(node, reference, state_keys)
         nodes.append(
             NodeProfile(

@@ -40,15 +40,18 @@ from vpipe.common.optim import Updater, all_finite
 TIMED_OPS = ("call_module", "call_function", "call_method")
 MAX_PASSES = 2000  # a bound for a model of microseconds under `min_time_s`
 WHOLE = ""  # the update of every node's parameters in one call, as a key beside the nodes'
+UPDATE, ACCUMULATE = 2, 3  # their places among a node's samples, after forward and backward
 
 
 @dataclass(frozen=True)
 class NodeTimes:
-    """One node's median forward, backward and update milliseconds, timed in sequence."""
+    """One node's median forward, backward, update and accumulate milliseconds, timed in
+    sequence."""
 
     forward_ms: float
     backward_ms: float
     update_ms: float = 0.0  # its trainable parameters' step (none: 0)
+    accumulate_ms: float = 0.0  # adding their gradients into a step's running sum
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,24 @@ class _Update:
         weights = {name: self.params[int(name)].detach() for name in grads}
         if all_finite(grads):
             self.updater.step(weights, grads, in_place=False)
+
+
+@dataclass(frozen=True)
+class _Accumulate:
+    """How a pass adds one node's gradients into a running sum, as a stage of 1f1b or gpipe
+    does after each backward (`runtime.executor`)."""
+
+    params: tuple[torch.Tensor, ...]
+    totals: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def of(cls, params: tuple[torch.Tensor, ...]) -> _Accumulate:
+        return cls(params, tuple(torch.zeros_like(p) for p in params))
+
+    def __call__(self) -> None:
+        for total, param in zip(self.totals, self.params, strict=True):
+            if param.grad is not None:
+                total.add_(param.grad)
 
 
 class _ClockedRun(fx.Interpreter):
@@ -127,54 +148,55 @@ def time_in_sequence(
     trainable: dict[str, list[torch.Tensor]] | None = None,
     optimizer: str = "sgd",
 ) -> dict[str, NodeTimes]:
-    """Median forward, backward and update milliseconds of every computing node of `gm`, over
-    at least `repeats` whole passes (after `warmup` untimed ones) on `inputs`, and more until
-    the timed ones took `min_time_s` on the clock `now` (seconds; at most MAX_PASSES). The
-    backward is seeded with ones for every output that requires grad, as the node-alone
-    timing's is. `trainable`: per node, the parameters its update steps with `optimizer` (the
-    weights stay as they are: each step goes into new tensors, as a stashing stage's does).
+    """Median forward, backward, update and accumulate milliseconds of every computing node of
+    `gm`, over whole passes on `inputs` (after `warmup` untimed ones): at least `repeats` of
+    each kind below, and more until the timed ones took `min_time_s` on the clock `now`
+    (seconds; at most MAX_PASSES). The backward is seeded with ones for every output that
+    requires grad, as the node-alone timing's is. `trainable`: per node, the parameters its
+    update steps with `optimizer` (the weights stay as they are: each step goes into new
+    tensors, as a stashing stage's does) and whose gradients it accumulates.
 
-    A stage updates all its weights in one call, so each node's update leaves out what a call
-    costs whatever it steps (`_call_overhead_ms`): every other pass times one update of every
-    node's parameters instead of one per node."""
-    per_node = {
-        name: _Update(tuple(params), Updater(optimizer, lr=1e-3))
-        for name, params in (trainable or {}).items()
-        if params
-    }
-    everything = _Update(
-        tuple(p for u in per_node.values() for p in u.params), Updater(optimizer, lr=1e-3)
-    )
-    turns = [per_node, {WHOLE: everything}] if len(per_node) > 1 else [per_node]
-    times: dict[str, list[list[float]]] = {}
-    for updates in turns * warmup:  # the first update also makes the optimizer's state
-        _one_pass(gm, inputs, now, updates)
+    After its backward a pass times one of: each node's update; one update of every node's
+    parameters (a stage updates all its weights in one call, so each node's update leaves out
+    what a call costs whatever it steps, `_call_overhead_ms`); each node's accumulation. Each
+    follows a backward directly, as in a stage."""
+    params = {name: tuple(ps) for name, ps in (trainable or {}).items() if ps}
+    per_node = {name: _Update(ps, Updater(optimizer, lr=1e-3)) for name, ps in params.items()}
+    everything = tuple(p for ps in params.values() for p in ps)
+    # per pass, the work after its backward and which of a node's times it gives
+    turns: list[tuple[dict[str, Callable[[], None]], int]] = [(dict(per_node), UPDATE)]
+    if len(per_node) > 1:
+        turns.append(({WHOLE: _Update(everything, Updater(optimizer, lr=1e-3))}, UPDATE))
+    if params:
+        turns.append(({name: _Accumulate.of(ps) for name, ps in params.items()}, ACCUMULATE))
+    for after, _ in turns * warmup:  # the first update also makes the optimizer's state
+        _one_pass(gm, inputs, now, after)
+    samples: dict[str, list[list[float]]] = {}  # per node: forward, backward, update, accumulate
     timed_s, passes = 0.0, 0
-    while passes < repeats or (timed_s < min_time_s and passes < MAX_PASSES):
-        updates = turns[passes % len(turns)]
+    least = repeats * len(turns)
+    while passes < least or (timed_s < min_time_s and passes < MAX_PASSES):
+        after, part = turns[passes % len(turns)]
         start = now()
-        parts = _one_pass(gm, inputs, now, updates)
+        forward_s, backward_s, after_s = _one_pass(gm, inputs, now, after)
         timed_s += now() - start
         passes += 1
-        for name in [n.name for n in gm.graph.nodes if n.op in TIMED_OPS] + list(per_node):
-            forward, backward, update = times.setdefault(name, [[], [], []])
-            forward.append(parts[0].get(name, 0.0))
-            backward.append(parts[1].get(name, 0.0))
-            if updates is per_node:
-                update.append(parts[2].get(name, 0.0))
-        if WHOLE in parts[2]:
-            times.setdefault(WHOLE, [[], [], []])[2].append(parts[2][WHOLE])
-    medians = {
+        for name in [n.name for n in gm.graph.nodes if n.op in TIMED_OPS] + list(params):
+            node = samples.setdefault(name, [[], [], [], []])
+            node[0].append(forward_s.get(name, 0.0))
+            node[1].append(backward_s.get(name, 0.0))
+        for name, seconds in after_s.items():
+            samples.setdefault(name, [[], [], [], []])[part].append(seconds)
+    ms = {
         name: [statistics.median(part) * 1e3 if part else 0.0 for part in parts]
-        for name, parts in times.items()
+        for name, parts in samples.items()
     }
-    whole = medians.pop(WHOLE, None)
+    whole = ms.pop(WHOLE, None)
     overhead = _call_overhead_ms(
-        [m[2] for m in medians.values() if m[2]], None if whole is None else whole[2]
+        [ms[name][2] for name in per_node], None if whole is None else whole[2]
     )
     return {
-        name: NodeTimes(forward, backward, max(0.0, update - overhead) if update else 0.0)
-        for name, (forward, backward, update) in medians.items()
+        name: NodeTimes(forward, backward, max(0.0, update - overhead) if update else 0.0, summed)
+        for name, (forward, backward, update, summed) in ms.items()
     }
 
 
@@ -190,22 +212,23 @@ def _one_pass(
     gm: fx.GraphModule,
     inputs: tuple[torch.Tensor, ...],
     now: Callable[[], float],
-    updates: dict[str, _Update],
+    after: dict[str, Callable[[], None]],
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """One forward, backward and update: per node, seconds of each."""
+    """One forward, backward and, on the gradients it made, the work `after` it: per node,
+    seconds of each."""
     gm.zero_grad(set_to_none=True)
     run = _ClockedRun(gm, now)
     outputs = [t for t in flat_tensors(run.run(*inputs)) if t.requires_grad]
     backward_s: dict[str, float] = {}
-    update_s: dict[str, float] = {}
+    after_s: dict[str, float] = {}
     if outputs:
         torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
         end = now()
         marks = run.marks
         for (start, name), (stop, _) in zip(marks, [*marks[1:], (end, "")], strict=True):
             backward_s[name] = backward_s.get(name, 0.0) + stop - start
-        for name, update in updates.items():
+        for name, work in after.items():
             start = now()
-            update()
-            update_s[name] = now() - start
-    return run.forward_s, backward_s, update_s
+            work()
+            after_s[name] = now() - start
+    return run.forward_s, backward_s, after_s

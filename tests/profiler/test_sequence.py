@@ -202,3 +202,33 @@ def test_the_update_steps_on_the_pass_gradients_into_new_tensors(monkeypatch):
             torch.testing.assert_close(grad, expected[name])
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p, b)
+
+
+def test_each_node_is_charged_adding_its_own_gradients_into_the_sum(monkeypatch):
+    """The accumulation 1f1b and gpipe stages do after each backward: a node's share is the
+    adds of its own gradients, one per tensor (each made to spin a known time here)."""
+    accumulate = sequence._Accumulate.__call__
+
+    def spinning(self):
+        _spin(UPDATE_S * sum(p.grad is not None for p in self.params))
+        accumulate(self)
+
+    monkeypatch.setattr(sequence._Accumulate, "__call__", spinning)
+    _, gm, trainable = _two_layers()
+    times = time_in_sequence(gm, (torch.randn(4, 8),), time.process_time, 1, 3, trainable=trainable)
+    for name, tensors in (("_0", 2), ("_2", 1)):
+        expected = UPDATE_S * tensors * 1e3
+        assert expected <= times[name].accumulate_ms < expected * 1.3, (name, times[name])
+    assert times["_1"].accumulate_ms == 0.0
+
+
+def test_the_running_sum_holds_every_pass_gradients():
+    model, gm, trainable = _two_layers()
+    x = torch.randn(4, 8)
+    add = sequence._Accumulate.of(tuple(trainable["_2"]))
+    for _ in range(3):
+        sequence._one_pass(gm, (x,), time.process_time, {"_2": add})
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(add.totals[0], 3 * model[2].weight.grad)
