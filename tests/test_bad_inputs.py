@@ -49,6 +49,7 @@ PLAN = "plan2.yaml"
 PIPELINE = "out/pipeline.yaml"
 TIED_PLAN = "tied.plan.yaml"
 TIED_OUT = "tied_out"
+TRAINED_RUN = "trained_run"  # a real run of out/pipeline.yaml, for the cases that read one
 CHECKPOINTS = Path("out/run/checkpoints")
 
 Build = Callable[[pytest.MonkeyPatch], object]  # edits the case's folder (the cwd)
@@ -73,6 +74,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert profile_main(["tied.py", "-o", "tied.profile.yaml", *QUICK_PROFILE]) == 0
         assert plan_main(["tied.profile.yaml", *straight(2), "-o", TIED_PLAN, "-q"]) == 0
         generate(Path(TIED_PLAN), Path(TIED_OUT))
+        assert train_main([PIPELINE, "--steps", "1", "--threads", "1"]) == 0
+        shutil.move("out/run", TRAINED_RUN)
     return root
 
 
@@ -173,8 +176,8 @@ def checkpoints(step: int, plan_sha256: str | None = None) -> Build:
 
 
 def trained(_: pytest.MonkeyPatch) -> None:
-    """A real run of one step in out/run, for --report to read."""
-    assert train_main([PIPELINE, "--steps", "1", "--threads", "1"]) == 0
+    """A real run of one step in out/run, for --report to read (`made` trained it once)."""
+    shutil.copytree(TRAINED_RUN, "out/run")
 
 
 def recheckpoint(stage: int, change: Callable[[dict], object]) -> Build:
