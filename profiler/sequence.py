@@ -13,11 +13,12 @@ started, and the last one runs to the end of the backward. The parts add up to t
 backward by construction; on a branchy graph the engine may interleave two branches' nodes, and
 the split between them is then approximate.
 
-Update: after each pass's backward, each node's optimizer step on the gradients that backward
-made, the runtime's way (its check that they are finite, then the step into new tensors), node
-after node. Timed alone in a loop, the step finds its weights and gradients in the cache; after
-a backward it does not, as in a stage (`widehead`'s 8 MiB embedding: 1.75 ms alone, against
-2.5-3.8 ms in a running stage).
+Update and accumulation: after each pass's backward, on the gradients that backward made, each
+node's optimizer step the runtime's way (its check that they are finite, then the step into new
+tensors), or each node's add into a running sum (1f1b, gpipe). Timed alone in a loop, the step
+found its weights and gradients in the cache; after a backward it does not, as in a stage
+(`widehead`'s 8 MiB embedding: 1.75 ms alone, 3.43 ms in sequence; its stage's whole update
+3.8 ms in the running executor, where the profile had said 2.16).
 
 CPU only: a GPU runs a node's kernels after the call returns, so a host clock around the call
 would time the launch. On CUDA the profiler times each node alone with CUDA events
@@ -40,7 +41,7 @@ from vpipe.common.optim import Updater, all_finite
 TIMED_OPS = ("call_module", "call_function", "call_method")
 MAX_PASSES = 2000  # a bound for a model of microseconds under `min_time_s`
 WHOLE = ""  # the update of every node's parameters in one call, as a key beside the nodes'
-UPDATE, ACCUMULATE = 2, 3  # their places among a node's samples, after forward and backward
+FORWARD, BACKWARD, UPDATE, ACCUMULATE = range(4)  # the places of a node's samples of each
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,8 @@ def time_in_sequence(
         passes += 1
         for name in [n.name for n in gm.graph.nodes if n.op in TIMED_OPS] + list(params):
             node = samples.setdefault(name, [[], [], [], []])
-            node[0].append(forward_s.get(name, 0.0))
-            node[1].append(backward_s.get(name, 0.0))
+            node[FORWARD].append(forward_s.get(name, 0.0))
+            node[BACKWARD].append(backward_s.get(name, 0.0))
         for name, seconds in after_s.items():
             samples.setdefault(name, [[], [], [], []])[part].append(seconds)
     ms = {
@@ -192,7 +193,7 @@ def time_in_sequence(
     }
     whole = ms.pop(WHOLE, None)
     overhead = _call_overhead_ms(
-        [ms[name][2] for name in per_node], None if whole is None else whole[2]
+        [ms[name][UPDATE] for name in per_node], None if whole is None else whole[UPDATE]
     )
     return {
         name: NodeTimes(forward, backward, max(0.0, update - overhead) if update else 0.0, summed)
