@@ -1,17 +1,19 @@
 """Predicted vs measured pipeline throughput: does the plan's samples/s hold?
 
-    python benchmarks/throughput_prediction.py [--models mlp gpt resnet widehead] [--rounds 3]
+    python benchmarks/throughput_prediction.py [--models mlp gpt resnet widehead] [--rounds 5]
 
 Each round first measures what a message costs a stage in the runtime (`vpipe-probe`: a tiny
 model trained as one stage and as two), then profiles every model afresh with one thread, plans
 2 stages for asp and for 1f1b with that cost (`vpipe-plan --message-ms`), generates, and trains
-each pipeline right after with one thread per process, the models in turn and in reverse order
-every other round. A prediction is only as good as the profile's match with the machine at run
-time, and this 2-vCPU guest drifts by 10-30% over minutes (a plain ResNet training loop:
-4.03-4.89 ms a step in four runs a minute apart): so each round's prediction comes from a
-profile taken just before its run, as `vpipe-profile`, `vpipe-plan`, `vpipe-train` run in
-practice, and the table shows the round with the median ratio, beside the range of the rounds'
-ratios. Per pipeline it prints
+each pipeline right after with one thread per process, for about `--seconds` (6) by its plan's
+prediction, the models in turn and in reverse order every other round. A prediction is only as
+good as the profile's match with the machine at run time, and this 2-vCPU guest drifts by
+10-30% over minutes (a plain ResNet training loop: 4.03-4.89 ms a step in four runs a minute
+apart; `widehead`'s profile summed 14.6-17.1 ms in four profiles minutes apart, however long
+each timed): so each round's prediction comes from a profile taken just before its run, as
+`vpipe-profile`, `vpipe-plan`, `vpipe-train` run in practice, and the table shows the round with
+the median ratio (of 5 by default), beside the range of the rounds' ratios. Per pipeline it
+prints
 
 - predicted: the plan's samples/s (pipeline.yaml), which counts what a stage waits for: the
   schedule's dependency chain with each message's delay (planner/predict.py), each message
@@ -59,7 +61,8 @@ from vpipe.runtime.events import read_events
 BATCH = {"mlp": 32, "gpt": 8, "resnet": 4, "widehead": 8}
 SCHEDULES = ("asp", "1f1b")
 TARGET = 0.10
-PROBE_STEPS = 2000  # micro-batches per probe run (vpipe-probe's default)
+PROBE_STEPS = 6000  # micro-batches per probe run (vpipe-probe's default: 2000)
+MIN_STEPS = 40
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,19 @@ def prepare(model: str, folder: Path, message_ms: float) -> dict[str, tuple[Path
     return outs
 
 
-def timed_run(out: Path, microbatches: int) -> Round:
-    """Train `out`'s pipeline through about `microbatches` micro-batches on a quiet machine."""
+def timed_run(out: Path, seconds: float) -> Round:
+    """Train `out`'s pipeline on a quiet machine for about `seconds`, as its plan predicts the
+    steps' time (at least MIN_STEPS steps)."""
     pipeline = load_pipeline(out / "pipeline.yaml")
-    per_step = 1 if pipeline.schedule == "asp" else pipeline.microbatches
+    samples_per_step = pipeline.batch_size * (
+        1 if pipeline.schedule == "asp" else pipeline.microbatches
+    )
+    steps = max(
+        MIN_STEPS, round(seconds * pipeline.predicted.throughput_samples_per_s / samples_per_step)
+    )
     await_quiet()
     with measuring_others() as others:
-        rate = samples_per_s(out, max(2, microbatches // per_step))
+        rate = samples_per_s(out, steps)
     skip = 2 * len(pipeline.stages)
     forward, backward, main = [], [], []
     for k in range(len(pipeline.stages)):
@@ -203,8 +212,10 @@ def print_table(rounds: dict[tuple[str, str], list[Row]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(BATCH), choices=list(BATCH))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--microbatches", type=int, default=160, help="per timed run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="per timed run, as the plan predicts it"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vpipe-throughput-"))
     rounds: dict[tuple[str, str], list[Row]] = {(m, s): [] for m in args.models for s in SCHEDULES}
@@ -218,7 +229,7 @@ def main() -> None:
         for model in order:
             outs = prepare(model, folder / model, probe.message_ms)
             for schedule, (out, two_thread) in outs.items():
-                measured = timed_run(out, args.microbatches)
+                measured = timed_run(out, args.seconds)
                 rounds[model, schedule].append(row(model, schedule, out, two_thread, measured))
     print(f"\nCPU, {os.cpu_count()} cores, 2 stages, one thread per stage; work files in {work}")
     print(f"a message (vpipe-probe, per round): {', '.join(f'{ms:.4f}' for ms in message_ms)} ms")

@@ -336,18 +336,21 @@ def measure_loss(
     warmup: int,
     repeats: int,
     min_time_s: float = 0.0,
+    timing: Timing | None = None,
 ) -> LossCost:
-    """Time and weigh `loss_fn(output, target)` on copies of the model's output (as the last
-    stage receives it: leaves that require grad), timed runs until they took `min_time_s`:
-    five runs of `widehead`'s loss (a softmax over 4 MiB of logits) put its median anywhere
-    between 0.74 and 11.5 ms."""
+    """Weigh `loss_fn(output, target)` on copies of the model's output (as the last stage
+    receives it: leaves that require grad) and, unless `timing` says what it takes (a CPU's
+    passes time it in place, profiler/sequence.py), time it alone, timed runs until they took
+    `min_time_s`: five runs of `widehead`'s loss (a softmax over 4 MiB of logits) put its
+    median anywhere between 0.74 and 11.5 ms."""
 
     def fresh() -> Any:
         return _fresh_leaves(output)
 
-    timing = time_forward_backward(
-        lambda: _call(loss_fn, fresh(), target), clock, warmup, repeats, min_time_s
-    )
+    if timing is None:
+        timing = time_forward_backward(
+            lambda: _call(loss_fn, fresh(), target), clock, warmup, repeats, min_time_s
+        )
     leaves = fresh()
     outputs = {storage_key(t): i for i, t in enumerate(flat_tensors(leaves))}
     saved: list[torch.Tensor] = []

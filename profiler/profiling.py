@@ -11,7 +11,7 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from vpipe.common.allocator import keep_freed_memory
-from vpipe.common.capture import capture, flat_tensors
+from vpipe.common.capture import Captured, capture, flat_tensors
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import Batch, ModelFile
 from vpipe.common.optimizers import OPTIMIZERS
@@ -39,7 +39,7 @@ from vpipe.profiler.schema import (
     TensorMeta,
     WholeModel,
 )
-from vpipe.profiler.sequence import NodeTimes, time_in_sequence
+from vpipe.profiler.sequence import NodeTimes, SequenceTimes, Step, time_in_sequence
 from vpipe.profiler.ties import find_ties
 
 
@@ -102,7 +102,13 @@ def profile_model(
     reference = reference_run(gm, inputs)
     clock = Clock(device)
     total(sum(n.op != "output" for n in gm.graph.nodes) + 3)  # the whole model, loss, links
-    nodes = _profile_nodes(gm, reference, backward, clock, settings, progress)
+    # on a CPU each node is timed where it runs, in whole passes (profiler/sequence.py)
+    in_sequence = (
+        None
+        if clock.cuda
+        else _time_in_sequence(gm, reference, model_file, captured, clock, settings)
+    )
+    nodes = _profile_nodes(gm, reference, backward, clock, settings, in_sequence, progress)
     del reference  # its values and autograd graph would inflate the whole model's peak
     whole, peak = time_whole_model(model, batch, clock, settings.warmup, settings.repeats)
     progress("whole model")
@@ -117,9 +123,15 @@ def profile_model(
         settings.warmup,
         settings.repeats,
         settings.min_time_s,
+        timing=None if in_sequence is None else _in_sequence_loss(in_sequence),
     )
     progress("loss")
-    batch_ms = time_batch(model_file, settings.batch_size, clock, settings.warmup, settings.repeats)
+    if in_sequence is not None and in_sequence.batch_ms is not None:
+        batch_ms = in_sequence.batch_ms
+    else:
+        batch_ms = time_batch(
+            model_file, settings.batch_size, clock, settings.warmup, settings.repeats
+        )
     link = None
     if device.type == "cpu":
         link = measure_link_cost(settings.repeats, settings.warmup, settings.min_time_s)
@@ -149,39 +161,61 @@ def profile_model(
     )
 
 
+def _time_in_sequence(
+    gm: fx.GraphModule,
+    reference: Reference,
+    model_file: ModelFile,
+    captured: Captured,
+    clock: Clock,
+    settings: ProfileSettings,
+) -> SequenceTimes:
+    """Every node's times in whole passes of the graph, each making its micro-batch and
+    running its backward from the loss, as a stage does (a CPU's; profiler/sequence.py)."""
+    inputs = tuple(reference.values[n.name] for n in gm.graph.nodes if n.op == "placeholder")
+    trainable = {
+        name: [t for _, t in params if t.requires_grad]
+        for name, (params, _) in _state_owners(gm).items()
+    }
+
+    def batch(step: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        made = model_file.batch(settings.batch_size, step)
+        return tuple(t for _, t in made.inputs), made.target
+
+    def loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+        return model_file.loss_fn(captured.output(pytree.tree_leaves(output)), target)
+
+    return time_in_sequence(
+        gm,
+        inputs,
+        clock.now,
+        settings.warmup,
+        settings.repeats,
+        settings.min_time_s,
+        trainable,
+        settings.optimizer,
+        Step(batch, loss),
+    )
+
+
 def _profile_nodes(
     gm: fx.GraphModule,
     reference: Reference,
     backward: dict[str, int],
     clock: Clock,
     settings: ProfileSettings,
+    in_sequence: SequenceTimes | None,
     progress: Callable[[str], None],
 ) -> list[NodeProfile]:
-    """Every graph node's record: its times, and its bytes as `reference` (one run of the
-    graph, every value kept) and `backward` (each node's backward peak) show them."""
+    """Every graph node's record: its times (`in_sequence`'s where given, else each node's
+    alone), and its bytes as `reference` (one run of the graph, every value kept) and
+    `backward` (each node's backward peak) show them."""
     owners = _state_owners(gm)
     state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
     nodes: list[NodeProfile] = []
     storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
-    # on a CPU each node is timed where it runs, in whole passes (profiler/sequence.py)
-    inputs = tuple(reference.values[n.name] for n in gm.graph.nodes if n.op == "placeholder")
     trainable = {
         name: [t for _, t in params if t.requires_grad] for name, (params, _) in owners.items()
     }
-    in_sequence = (
-        None
-        if clock.cuda
-        else time_in_sequence(
-            gm,
-            inputs,
-            clock.now,
-            settings.warmup,
-            settings.repeats,
-            settings.min_time_s,
-            trainable,
-            settings.optimizer,
-        )
-    )
     for node in (n for n in gm.graph.nodes if n.op != "output"):
         outputs = flat_tensors(reference.values[node.name])
         view_of = storage_owner.get(storage_key(outputs[0]), "") if outputs else ""
@@ -200,7 +234,7 @@ def _profile_nodes(
             )
             accumulate_ms = time_accumulate(stepped, clock, settings.warmup, settings.repeats)
         else:
-            timed = in_sequence.get(node.name, NodeTimes(0.0, 0.0))
+            timed = in_sequence.nodes.get(node.name, NodeTimes(0.0, 0.0))
             update_ms, accumulate_ms = timed.update_ms, timed.accumulate_ms
         saved = classify_saved(node, reference, state_keys)
         nodes.append(
@@ -233,10 +267,16 @@ def _profile_nodes(
     return nodes
 
 
-def _in_sequence(node: fx.Node, times: dict[str, NodeTimes]) -> Timing:
+def _in_sequence(node: fx.Node, times: SequenceTimes) -> Timing:
     """A node's sequence timing as the node-alone timing's record (no workspace off CUDA)."""
-    node_times = times.get(node.name, NodeTimes(0.0, 0.0))  # placeholders and attributes
+    node_times = times.nodes.get(node.name, NodeTimes(0.0, 0.0))  # placeholders and attributes
     return Timing(node_times.forward_ms, node_times.backward_ms, None)
+
+
+def _in_sequence_loss(times: SequenceTimes) -> Timing | None:
+    """The loss's sequence timing as the loss measurement takes it (None: not timed there)."""
+    loss = times.loss
+    return None if loss is None else Timing(loss.forward_ms, loss.backward_ms, None)
 
 
 def _built_model(model_file: ModelFile, seed: int) -> torch.nn.Module:

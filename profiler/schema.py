@@ -25,8 +25,10 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 # the node's output (`saves_output` says it is kept; the planner counts it once, as a tensor);
 # 5: accumulate_ms; 6: on a CPU, node times taken in whole passes of the graph, in order
 # (profiler/sequence.py), and update_ms counts the runtime's check that gradients are finite;
-# 7: on a CPU, update_ms and accumulate_ms timed in those passes too, after each backward
-SCHEMA_VERSION = 7
+# 7: on a CPU, update_ms and accumulate_ms timed in those passes too, after each backward;
+# 8: on a CPU, the loss's times and batch_ms timed in those passes too (each pass makes its
+# micro-batch and runs its backward from the loss)
+SCHEMA_VERSION = 8
 
 
 @dataclass(frozen=True)

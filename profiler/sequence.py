@@ -20,6 +20,13 @@ found its weights and gradients in the cache; after a backward it does not, as i
 (`widehead`'s 8 MiB embedding: 1.75 ms alone, 3.43 ms in sequence; its stage's whole update
 3.8 ms in the running executor, where the profile had said 2.16).
 
+The batch and the loss: given the model file's `Step`, each pass makes its micro-batch (a new
+step each pass, as a stage does) and seeds the backward from the loss of the graph's output,
+both clocked where a stage runs them. Timed alone in a loop they found the output and the
+generator's state in the cache: `widehead`'s loss (a softmax over 4 MiB of logits) 0.69 ms
+forward there, 0.99 ms in its stage; the batch 0.009 ms there, 0.08 ms in each stage that
+makes it.
+
 CPU only: a GPU runs a node's kernels after the call returns, so a host clock around the call
 would time the launch. On CUDA the profiler times each node alone with CUDA events
 (`measure.time_node`).
@@ -37,10 +44,12 @@ from torch import fx
 
 from vpipe.common.capture import flat_tensors
 from vpipe.common.optim import Updater, all_finite
+from vpipe.profiler.schema import LOSS_NODE
 
 TIMED_OPS = ("call_module", "call_function", "call_method")
 MAX_PASSES = 2000  # a bound for a model of microseconds under `min_time_s`
 WHOLE = ""  # the update of every node's parameters in one call, as a key beside the nodes'
+BATCH = "(batch)"  # making the pass's micro-batch, as a key beside the nodes' (its forward)
 FORWARD, BACKWARD, UPDATE, ACCUMULATE = range(4)  # the places of a node's samples of each
 
 
@@ -53,6 +62,26 @@ class NodeTimes:
     backward_ms: float
     update_ms: float = 0.0  # its trainable parameters' step (none: 0)
     accumulate_ms: float = 0.0  # adding their gradients into a step's running sum
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a stage does around the graph each micro-batch, for the passes to time in place:
+    make the micro-batch of a step (the graph's inputs and the target) and take the loss of
+    the graph's output."""
+
+    batch: Callable[[int], tuple[tuple[torch.Tensor, ...], torch.Tensor]]
+    loss: Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SequenceTimes:
+    """Everything the passes timed: per computing node, and with a `Step` the loss (as one
+    more node) and the making of a micro-batch."""
+
+    nodes: dict[str, NodeTimes]
+    loss: NodeTimes | None = None
+    batch_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,14 +177,17 @@ def time_in_sequence(
     min_time_s: float = 0.0,
     trainable: dict[str, list[torch.Tensor]] | None = None,
     optimizer: str = "sgd",
-) -> dict[str, NodeTimes]:
+    step: Step | None = None,
+) -> SequenceTimes:
     """Median forward, backward, update and accumulate milliseconds of every computing node of
     `gm`, over whole passes on `inputs` (after `warmup` untimed ones): at least `repeats` of
     each kind below, and more until the timed ones took `min_time_s` on the clock `now`
-    (seconds; at most MAX_PASSES). The backward is seeded with ones for every output that
-    requires grad, as the node-alone timing's is. `trainable`: per node, the parameters its
-    update steps with `optimizer` (the weights stay as they are: each step goes into new
-    tensors, as a stashing stage's does) and whose gradients it accumulates.
+    (seconds; at most MAX_PASSES). Without a `step` the backward is seeded with ones for every
+    output that requires grad, as the node-alone timing's is; with one, each pass makes its own
+    micro-batch and runs the backward from its loss, and both are timed too. `trainable`: per
+    node, the parameters its update steps with `optimizer` (the weights stay as they are: each
+    step goes into new tensors, as a stashing stage's does) and whose gradients it
+    accumulates.
 
     After its backward a pass times one of: each node's update; one update of every node's
     parameters (a stage updates all its weights in one call, so each node's update leaves out
@@ -170,18 +202,23 @@ def time_in_sequence(
         turns.append(({WHOLE: _Update(everything, Updater(optimizer, lr=1e-3))}, UPDATE))
     if params:
         turns.append(({name: _Accumulate.of(ps) for name, ps in params.items()}, ACCUMULATE))
+    passes = 0
     for after, _ in turns * warmup:  # the first update also makes the optimizer's state
-        _one_pass(gm, inputs, now, after)
-    samples: dict[str, list[list[float]]] = {}  # per node: forward, backward, update, accumulate
-    timed_s, passes = 0.0, 0
-    least = repeats * len(turns)
-    while passes < least or (timed_s < min_time_s and passes < MAX_PASSES):
-        after, part = turns[passes % len(turns)]
-        start = now()
-        forward_s, backward_s, after_s = _one_pass(gm, inputs, now, after)
-        timed_s += now() - start
+        _one_pass(gm, _Inputs.made(step, passes, inputs, now), now, after)
         passes += 1
-        for name in [n.name for n in gm.graph.nodes if n.op in TIMED_OPS] + list(params):
+    samples: dict[str, list[list[float]]] = {}  # per node: forward, backward, update, accumulate
+    timed_s, timed = 0.0, 0
+    least = repeats * len(turns)
+    names = [n.name for n in gm.graph.nodes if n.op in TIMED_OPS] + list(params)
+    names += [LOSS_NODE, BATCH] if step else []
+    while timed < least or (timed_s < min_time_s and timed < MAX_PASSES):
+        after, part = turns[timed % len(turns)]
+        start = now()
+        made = _Inputs.made(step, passes + timed, inputs, now)
+        forward_s, backward_s, after_s = _one_pass(gm, made, now, after)
+        timed_s += now() - start
+        timed += 1
+        for name in names:
             node = samples.setdefault(name, [[], [], [], []])
             node[FORWARD].append(forward_s.get(name, 0.0))
             node[BACKWARD].append(backward_s.get(name, 0.0))
@@ -192,13 +229,20 @@ def time_in_sequence(
         for name, parts in samples.items()
     }
     whole = ms.pop(WHOLE, None)
+    loss, batch = ms.pop(LOSS_NODE, None), ms.pop(BATCH, None)
     overhead = _call_overhead_ms(
         [ms[name][UPDATE] for name in per_node], None if whole is None else whole[UPDATE]
     )
-    return {
-        name: NodeTimes(forward, backward, max(0.0, update - overhead) if update else 0.0, summed)
-        for name, (forward, backward, update, summed) in ms.items()
-    }
+    return SequenceTimes(
+        nodes={
+            name: NodeTimes(
+                forward, backward, max(0.0, update - overhead) if update else 0.0, summed
+            )
+            for name, (forward, backward, update, summed) in ms.items()
+        },
+        loss=None if loss is None else NodeTimes(loss[FORWARD], loss[BACKWARD]),
+        batch_ms=None if batch is None else batch[FORWARD],
+    )
 
 
 def _call_overhead_ms(per_node_ms: list[float], whole_ms: float | None) -> float:
@@ -209,27 +253,64 @@ def _call_overhead_ms(per_node_ms: list[float], whole_ms: float | None) -> float
     return max(0.0, (sum(per_node_ms) - whole_ms) / (len(per_node_ms) - 1))
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """One pass's inputs: the graph's, and with a `Step` the loss of its output on the pass's
+    own target and the seconds its micro-batch took to make."""
+
+    graph: tuple[torch.Tensor, ...]
+    loss: Callable[[Any], torch.Tensor] | None = None
+    batch_s: float = 0.0
+
+    @classmethod
+    def made(
+        cls,
+        step: Step | None,
+        index: int,
+        inputs: tuple[torch.Tensor, ...],
+        now: Callable[[], float],
+    ) -> _Inputs:
+        """Pass `index`'s: `inputs` without a step, else its micro-batch of step `index`."""
+        if step is None:
+            return cls(inputs)
+        start = now()
+        graph, target = step.batch(index)
+        batch_s = now() - start
+        return cls(graph, lambda output: step.loss(output, target), batch_s)
+
+
 def _one_pass(
     gm: fx.GraphModule,
-    inputs: tuple[torch.Tensor, ...],
+    inputs: _Inputs,
     now: Callable[[], float],
     after: dict[str, Callable[[], None]],
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """One forward, backward and, on the gradients it made, the work `after` it: per node,
-    seconds of each."""
+    seconds of each (with a loss, it and the batch too, as LOSS_NODE and BATCH)."""
     gm.zero_grad(set_to_none=True)
     run = _ClockedRun(gm, now)
-    outputs = [t for t in flat_tensors(run.run(*inputs)) if t.requires_grad]
-    backward_s: dict[str, float] = {}
-    after_s: dict[str, float] = {}
-    if outputs:
-        torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
+    output = run.run(*inputs.graph)
+    forward_s, backward_s, after_s = run.forward_s, {}, {}
+    if inputs.loss is None:
+        roots = [t for t in flat_tensors(output) if t.requires_grad]
+        seeds: list[torch.Tensor] | None = [torch.ones_like(t) for t in roots]
+    else:
+        forward_s[BATCH] = inputs.batch_s
+        start = now()
+        loss = inputs.loss(output)
+        forward_s[LOSS_NODE] = now() - start
+        roots, seeds = ([loss] if loss.requires_grad else []), None
+    if roots:
+        begin = now()
+        torch.autograd.backward(roots, seeds)
         end = now()
         marks = run.marks
+        if inputs.loss is not None:  # the loss's backward runs until the first output's is due
+            backward_s[LOSS_NODE] = (marks[0][0] if marks else end) - begin
         for (start, name), (stop, _) in zip(marks, [*marks[1:], (end, "")], strict=True):
             backward_s[name] = backward_s.get(name, 0.0) + stop - start
         for name, work in after.items():
             start = now()
             work()
             after_s[name] = now() - start
-    return run.forward_s, backward_s, after_s
+    return forward_s, backward_s, after_s

@@ -59,13 +59,66 @@ class _Leaves(fx.Tracer):
 def test_a_spinning_node_is_charged_its_own_time():
     model = Chain()
     gm = fx.GraphModule(model, _Leaves().trace(model))
-    times = time_in_sequence(gm, (torch.randn(4, 16),), time.process_time, warmup=1, repeats=3)
+    times = time_in_sequence(
+        gm, (torch.randn(4, 16),), time.process_time, warmup=1, repeats=3
+    ).nodes
     assert set(times) == {"before", "spin", "relu", "after"}
     spin = times["spin"]
     assert FORWARD_S * 1e3 <= spin.forward_ms < FORWARD_S * 1e3 * 1.5, spin
     assert BACKWARD_S * 1e3 <= spin.backward_ms < BACKWARD_S * 1e3 * 1.5, spin
     for name in ("before", "relu", "after"):  # microseconds of work each
         assert times[name].forward_ms < 1.0 and times[name].backward_ms < 1.0, (name, times[name])
+
+
+LOSS_FORWARD_S, LOSS_BACKWARD_S, BATCH_S = 0.003, 0.006, 0.002  # a spinning step's known cost
+
+
+class _SpinningLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        _spin(LOSS_FORWARD_S)
+        return x.sum()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        _spin(LOSS_BACKWARD_S)
+        return grad * torch.ones(4, 16)
+
+
+def test_a_step_charges_the_batch_and_the_loss_their_own_time():
+    """With a step, each pass makes a micro-batch of its own step (a new one each pass, as a
+    stage does) and runs the backward from its loss: the making and the loss are charged what
+    they spin, and the spinning node is still charged its own."""
+    steps: list[int] = []
+
+    def batch(step: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        steps.append(step)
+        _spin(BATCH_S)
+        return (torch.randn(4, 16),), torch.zeros(4)
+
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _SpinningLoss.apply(output) + target.sum()
+
+    model = Chain()
+    gm = fx.GraphModule(model, _Leaves().trace(model))
+    step = sequence.Step(batch, loss)
+    times = time_in_sequence(gm, (torch.randn(4, 16),), time.process_time, 1, 3, step=step)
+    assert steps == list(range(len(steps))) and len(steps) >= 1 + 3
+    assert times.loss is not None and times.batch_ms is not None
+    assert LOSS_FORWARD_S * 1e3 <= times.loss.forward_ms < LOSS_FORWARD_S * 1e3 * 1.5
+    assert LOSS_BACKWARD_S * 1e3 <= times.loss.backward_ms < LOSS_BACKWARD_S * 1e3 * 1.5
+    assert BATCH_S * 1e3 <= times.batch_ms < BATCH_S * 1e3 * 1.5
+    spin = times.nodes["spin"]
+    assert FORWARD_S * 1e3 <= spin.forward_ms < FORWARD_S * 1e3 * 1.5, spin
+    assert BACKWARD_S * 1e3 <= spin.backward_ms < BACKWARD_S * 1e3 * 1.5, spin
+    assert set(times.nodes) == {"before", "spin", "relu", "after"}
+
+
+def test_without_a_step_the_loss_and_batch_are_not_timed():
+    model = Chain()
+    gm = fx.GraphModule(model, _Leaves().trace(model))
+    times = time_in_sequence(gm, (torch.randn(4, 16),), time.process_time, 1, 3)
+    assert times.loss is None and times.batch_ms is None
 
 
 def _counting_passes(monkeypatch) -> list[float]:
@@ -133,7 +186,7 @@ def test_a_pass_frees_its_output_as_it_ends():
     remembering = _Remembering()
     model = nn.Sequential(nn.Linear(8, 8), remembering)
     gm = fx.GraphModule(model, _KeepsRemembering().trace(model))
-    sequence._one_pass(gm, (torch.randn(4, 8),), time.process_time, {})
+    sequence._one_pass(gm, sequence._Inputs((torch.randn(4, 8),)), time.process_time, {})
     gc.collect()  # not even the cycle collector could free it
     assert remembering.outputs and all(ref() is None for ref in remembering.outputs)
 
@@ -167,7 +220,7 @@ def test_each_node_is_charged_its_own_update_without_the_calls_cost(monkeypatch,
     _spinning_steps(monkeypatch, per_call_s)
     _, gm, trainable = _two_layers()
     x = torch.randn(4, 8)
-    times = time_in_sequence(gm, (x,), time.process_time, 1, 6, trainable=trainable)
+    times = time_in_sequence(gm, (x,), time.process_time, 1, 6, trainable=trainable).nodes
     for name, tensors in (("_0", 2), ("_2", 1)):
         expected = UPDATE_S * tensors * 1e3
         assert expected * 0.9 <= times[name].update_ms < expected * 1.3, (name, times[name])
@@ -215,7 +268,9 @@ def test_each_node_is_charged_adding_its_own_gradients_into_the_sum(monkeypatch)
 
     monkeypatch.setattr(sequence._Accumulate, "__call__", spinning)
     _, gm, trainable = _two_layers()
-    times = time_in_sequence(gm, (torch.randn(4, 8),), time.process_time, 1, 3, trainable=trainable)
+    times = time_in_sequence(
+        gm, (torch.randn(4, 8),), time.process_time, 1, 3, trainable=trainable
+    ).nodes
     for name, tensors in (("_0", 2), ("_2", 1)):
         expected = UPDATE_S * tensors * 1e3
         assert expected <= times[name].accumulate_ms < expected * 1.3, (name, times[name])
@@ -227,7 +282,7 @@ def test_the_running_sum_holds_every_pass_gradients():
     x = torch.randn(4, 8)
     add = sequence._Accumulate.of(tuple(trainable["_2"]))
     for _ in range(3):
-        sequence._one_pass(gm, (x,), time.process_time, {"_2": add})
+        sequence._one_pass(gm, sequence._Inputs((x,)), time.process_time, {"_2": add})
     model.zero_grad(set_to_none=True)
     out = model(x)
     out.backward(torch.ones_like(out))
