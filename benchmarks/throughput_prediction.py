@@ -2,9 +2,10 @@
 
     python benchmarks/throughput_prediction.py [--models mlp gpt resnet widehead] [--rounds 5]
 
-Each round first measures what a message costs a stage in the runtime (`vpipe-probe`: a tiny
-model trained as one stage and as two), then profiles every model afresh with one thread, plans
-2 stages for asp and for 1f1b with that cost (`vpipe-plan --message-ms`), generates, and trains
+Each round first measures what a message costs a stage in the runtime and how long it takes
+(`vpipe-probe`: a tiny model trained as one stage and as two), then profiles every model afresh
+with one thread, plans 2 stages for asp and for 1f1b with those (`vpipe-plan --message-ms
+--latency-ms`), generates, and trains
 each pipeline right after with one thread per process, for about `--seconds` (6) by its plan's
 prediction, the models in turn and in reverse order every other round. A prediction is only as
 good as the profile's match with the machine at run time, and this 2-vCPU guest drifts by
@@ -17,9 +18,10 @@ prints
 
 - predicted: the plan's samples/s (pipeline.yaml), which counts what a stage waits for: the
   schedule's dependency chain with each message's delay (planner/predict.py), each message
-  costing what the probe measured;
+  costing and taking what the probe measured;
 - 2-thread: the same plan's samples/s with the profile's cost per message instead, measured
-  between two threads of one process: the figure before the probe;
+  between two threads of one process, standing for its latency too: the figure before the
+  probe;
 - no-wait: what the slowest stage's predicted time alone allows (asp): the figure before
   issue 17's item 4;
 - measured: samples/s over the run's steady state by wall clock (run/metrics.csv, as
@@ -55,6 +57,7 @@ from vpipe.planner.schema import load_plan
 from vpipe.planner.simulate import asp_period_ms, simulate
 from vpipe.planner.waiting import cut_delays
 from vpipe.profiler.cli import main as profile_main
+from vpipe.run.probe import ProbeResult
 from vpipe.run.probe import measure as probe_message_cost
 from vpipe.runtime.events import read_events
 
@@ -98,10 +101,10 @@ class Row:
         return self.measured.samples_per_s / self.predicted
 
 
-def prepare(model: str, folder: Path, message_ms: float) -> dict[str, tuple[Path, float]]:
+def prepare(model: str, folder: Path, probe: ProbeResult) -> dict[str, tuple[Path, float]]:
     """Profile `model` into `folder`, plan a 2-stage pipeline per schedule with each message
-    costing `message_ms`, and generate it; per schedule its folder and the samples/s the same
-    plan predicts with the profile's own cost per message."""
+    costing and taking what `probe` measured, and generate it; per schedule its folder and the
+    samples/s the same plan predicts with the profile's own cost per message."""
     folder.mkdir(parents=True)
     profile = folder / "profile.yaml"
     argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
@@ -109,7 +112,8 @@ def prepare(model: str, folder: Path, message_ms: float) -> dict[str, tuple[Path
     outs = {}
     for schedule in SCHEDULES:
         plans = {}
-        for name, extra in (("", ["--message-ms", str(message_ms)]), ("_2thread", [])):
+        measured = ["--message-ms", str(probe.message_ms), "--latency-ms", str(probe.latency_ms)]
+        for name, extra in (("", measured), ("_2thread", [])):
             plans[name] = folder / f"{schedule}{name}.yaml"
             argv = [str(profile), "--gpus", "2", "--stages", "2", "--schedule", schedule]
             assert plan_main([*argv, "-o", str(plans[name]), "-q", *extra]) == 0
@@ -219,20 +223,22 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vpipe-throughput-"))
     rounds: dict[tuple[str, str], list[Row]] = {(m, s): [] for m in args.models for s in SCHEDULES}
-    message_ms = []
+    message_ms, latency_ms = [], []
     for round_ in range(args.rounds):
         folder = work / f"round{round_}"
         folder.mkdir(parents=True)
         probe = probe_message_cost(folder / "probe", PROBE_STEPS, say=lambda line: None)
         message_ms.append(probe.message_ms)
+        latency_ms.append(probe.latency_ms)
         order = args.models if round_ % 2 == 0 else list(reversed(args.models))
         for model in order:
-            outs = prepare(model, folder / model, probe.message_ms)
+            outs = prepare(model, folder / model, probe)
             for schedule, (out, two_thread) in outs.items():
                 measured = timed_run(out, args.seconds)
                 rounds[model, schedule].append(row(model, schedule, out, two_thread, measured))
     print(f"\nCPU, {os.cpu_count()} cores, 2 stages, one thread per stage; work files in {work}")
     print(f"a message (vpipe-probe, per round): {', '.join(f'{ms:.4f}' for ms in message_ms)} ms")
+    print(f"its latency (the same probes): {', '.join(f'{ms:.4f}' for ms in latency_ms)} ms")
     print_table(rounds)
 
 

@@ -21,8 +21,9 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 from vpipe.planner.schema import Prediction, StagePrediction
 
 # 2: batch inputs by key, the output's structure; 3: stage files' sha256; 4: stages' nodes;
-# 5: the predicted all-reduce time (stages may have several ranks: data-parallel replicas)
-SCHEMA_VERSION = 5
+# 5: the predicted all-reduce time (stages may have several ranks: data-parallel replicas);
+# 6: each stage's predicted delay of its messages (planner/schema.py's StagePrediction)
+SCHEMA_VERSION = 6
 
 
 @dataclass(frozen=True)

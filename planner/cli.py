@@ -187,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         "two threads, which leaves out what the runtime adds: about a third of it on a 2-core "
         "VM); CPU profiles only",
     )
+    parser.add_argument(
+        "--latency-ms",
+        type=Duration("ms"),
+        metavar="MS",
+        help="milliseconds a message takes from its send to its receive beyond its copies, the "
+        "wait it puts on the schedule's dependency chain, as vpipe-probe measures it in the "
+        "runtime on this machine (default: the receiving end's cost per message stands for it)",
+    )
     parser.add_argument("-o", "--output", default="plan.yaml", help="plan file to write")
     parser.add_argument("--plot", metavar="PNG", help="also draw per-stage time and memory")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table")
@@ -219,6 +227,7 @@ def run(argv: Sequence[str] | None) -> int:
         recompute=args.recompute,
         stage_speeds=tuple(args.stage_speeds or ()),
         message_ms=args.message_ms,
+        latency_ms=args.latency_ms,
     )
     straight_only = _straight_only(args)
     if straight_only and args.stages not in (AUTO, args.gpus):

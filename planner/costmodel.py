@@ -177,12 +177,18 @@ def stage_time_ms(compute: Any, comm_in: Any, comm_out: Any, larger: Larger = ma
     return larger(compute, larger(comm_in, comm_out))
 
 
-def message_delay_ms(link_ms: float, comm_ms: float) -> float:
+def message_delay_ms(
+    link_ms: float, copy_ms: float, comm_ms: float, latency_ms: float | None = None
+) -> float:
     """From the end of the action that sends a cut's tensors to when the next stage can use
-    them, one way: the receiving end's share of the cut's link work (`link_ms` counts both
-    directions) and the wire one way (`comm_ms` counts both too). What a stage waits for on
-    the schedule's dependency chain (planner/waiting.py)."""
-    return link_ms / 2 + comm_ms / 2
+    them, one way: a message's latency, the receiving end's copies of the bytes (`copy_ms`, the
+    part of the cut's link work `link_ms` that scales with them) and the wire (`link_ms`,
+    `copy_ms` and `comm_ms` count both directions). The latency is `latency_ms` where
+    `vpipe-probe` measured it; else the receiving end's share of the link's per-message work
+    stands for it. What a stage waits for on the schedule's dependency chain
+    (planner/waiting.py)."""
+    per_message = (link_ms - copy_ms) / 2 if latency_ms is None else latency_ms
+    return per_message + copy_ms / 2 + comm_ms / 2
 
 
 def link_buffer_bytes(
@@ -240,6 +246,19 @@ def crossing_bytes(graph: PlanGraph, prefix: Collection[int]) -> int:
 def crossing_link_ms(graph: PlanGraph, prefix: Collection[int]) -> float:
     """CPU milliseconds each end of the cut after `prefix` spends on the tensors crossing it."""
     return sum(graph.link_ms[u] for u in _crossing(graph, prefix))
+
+
+def cut_delay_ms(
+    graph: PlanGraph, settings: PlanSettings, prefix: Collection[int], comm_ms: float
+) -> float:
+    """`message_delay_ms` of the cut after `prefix`, whose wire time is `comm_ms` (0 after the
+    last stage: no cut)."""
+    crossing = _crossing(graph, prefix)
+    if not crossing:
+        return 0.0
+    link = sum(graph.link_ms[u] for u in crossing)
+    copies = sum(graph.copy_ms[u] for u in crossing)
+    return message_delay_ms(link, copies, comm_ms, settings.latency_ms)
 
 
 def _crossing(graph: PlanGraph, prefix: Collection[int]) -> list[int]:
@@ -380,6 +399,7 @@ def evaluate_stage(
         memory=stage_memory(settings, index, graph.optimizer_factor, sums),
         transfer_ms=(link_before + link_after) * speed,
         allreduce_ms=0.0,
+        delay_ms=cut_delay_ms(graph, settings, [*before, *stage], comm_out),
     )
 
 

@@ -55,6 +55,7 @@ class PlanGraph:
     backward_bytes: tuple[int, ...]  # held by the backward while this node's runs (0: unknown)
     copied_bytes: tuple[int, ...]  # outputs not laid out densely: a send copies them first
     link_ms: tuple[float, ...]  # CPU each end spends moving the output across a cut and back
+    copy_ms: tuple[float, ...]  # of link_ms, what scales with the bytes (the rest: per message)
     owner: tuple[int, ...]  # node owning the storage of each node's output (itself unless a view)
     holders: tuple[tuple[int, ...], ...]  # per tensor (owner node): nodes that keep it
     keeps: tuple[tuple[int, ...], ...]  # per node: tensors (owner nodes) it keeps
@@ -159,6 +160,7 @@ def plan_graph(
         backward_bytes=tuple(_backward_bytes(n) for n in nodes),
         copied_bytes=tuple(_copied_bytes(n) for n in nodes),
         link_ms=tuple(_link_ms(link, n) for n in nodes),
+        copy_ms=tuple(_copy_ms(link, n) for n in nodes),
         link_ms_per_byte=link.ms_per_mib / 2**20 if link else 0.0,
         owner=tuple(owner),
         holders=tuple(tuple(h) for h in holders),
@@ -233,9 +235,18 @@ def _link_ms(link: LinkCost | None, node: NodeProfile) -> float:
         return 0.0
     floats = [m for m in node.outputs if m.dtype.startswith(FLOATING)]
     messages = len(node.outputs) + len(floats)
+    return messages * link.message_ms + _copy_ms(link, node)
+
+
+def _copy_ms(link: LinkCost | None, node: NodeProfile) -> float:
+    """The part of `_link_ms` that scales with the bytes: the activation's copies forward and
+    the floating-point ones' gradients back, per MiB."""
+    if link is None or not node.outputs:
+        return 0.0
+    floats = sum(m.numel for m in node.outputs if m.dtype.startswith(FLOATING))
     elements = sum(m.numel for m in node.outputs) or 1
-    moved = node.output_bytes * (1 + sum(m.numel for m in floats) / elements)
-    return messages * link.message_ms + moved / 2**20 * link.ms_per_mib
+    moved = node.output_bytes * (1 + floats / elements)
+    return moved / 2**20 * link.ms_per_mib
 
 
 def _with_loss(

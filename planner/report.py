@@ -113,6 +113,11 @@ def summary_lines(plan: Plan, seconds: float) -> list[str]:
             f"each end of a cut pays {plan.settings.message_ms:.4f} ms a message "
             "(--message-ms: the runtime's cost, as vpipe-probe measures it)"
         )
+    if plan.settings.latency_ms is not None:
+        lines.append(
+            f"a message takes {plan.settings.latency_ms:.4f} ms beyond its copies "
+            "(--latency-ms: its wait on the dependency chain, as vpipe-probe measures it)"
+        )
     for baseline in plan.baselines:
         gain = baseline.time_per_minibatch_ms / p.time_per_minibatch_ms
         fits = "" if baseline.fits else ", does not fit memory"

@@ -20,8 +20,9 @@ from vpipe.common.records import Bytes, Count, Limit, Millis, NonNegative, Posit
 from vpipe.common.schedules import SCHEDULES
 from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
-# 2: ties; 3: replicas per stage, all-reduce time; 4: stage speeds; 5: the runtime's message cost
-SCHEMA_VERSION = 5
+# 2: ties; 3: replicas per stage, all-reduce time; 4: stage speeds; 5: the runtime's message cost;
+# 6: a message's latency (settings) and each cut's one-way delay (stage predictions)
+SCHEMA_VERSION = 6
 RECOMPUTE = ("auto", "never", "all")
 
 
@@ -66,6 +67,9 @@ class StagePrediction:
     # with data-parallel replicas: one all-reduce of the stage's gradients among them (0 with
     # one); time_ms is then the replicas' shared time, (max(compute + this, comm)) / replicas
     allreduce_ms: Millis
+    # one way, from the end of the action that sends the tensors of the cut after this stage to
+    # when the next stage can use them (`costmodel.message_delay_ms`; 0 for the last stage)
+    delay_ms: Millis
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ class PlanSettings:
     # CPU milliseconds each end of a cut spends per message, as `vpipe-probe` measures it in
     # the runtime (None: the profile's link cost, measured between two threads)
     message_ms: float | None = None
+    # how long a message takes from its send to its receive, beyond its copies, as `vpipe-probe`
+    # measures it in the runtime (None: the receiving end's share of the per-message cost)
+    latency_ms: float | None = None
 
     def speed(self, stage: int) -> float:
         return self.stage_speeds[stage] if self.stage_speeds else 1.0
@@ -151,6 +158,8 @@ class PlanSettings:
             raise VpipeError("--memory and --bandwidth must be positive (or inf)")
         if self.message_ms is not None and not 0 <= self.message_ms < math.inf:
             raise VpipeError(f"--message-ms must be a finite number >= 0 (got {self.message_ms})")
+        if self.latency_ms is not None and not 0 <= self.latency_ms < math.inf:
+            raise VpipeError(f"--latency-ms must be a finite number >= 0 (got {self.latency_ms})")
         if self.stage_speeds and (
             len(self.stage_speeds) != self.gpus
             or not all(0 < x < math.inf for x in self.stage_speeds)

@@ -3,15 +3,20 @@
 A stage's predicted time (`costmodel.evaluate_stage`) is what it computes; the pipeline's pace
 also depends on how long each message takes from the end of the action that sends it to the
 start of the one that needs it. Per cut between stages s and s + 1, one way
-(`costmodel.message_delay_ms`):
+(`costmodel.message_delay_ms`, held in stage s's prediction as `delay_ms`):
 
-    delay[s] = link_ms(cut) / 2 + bytes(cut) / bandwidth
+    delay[s] = latency + copy_ms(cut) / 2 + bytes(cut) / bandwidth
 
-- `link_ms(cut)`: the CPU time each end spends on the tensors crossing the cut, activations
-  forward and gradients back (the profile's `link` cost per message and per MiB, which
-  `crossing_link_ms` sums and each side's `transfer_ms` holds): after the sender has written a
-  message, the receiver's gloo thread still copies it in before the receiving action can use
-  it, so the receiving end's share lies on the chain once per direction;
+- `latency`: from a message's send to its receive, beyond its copies: `vpipe-plan --latency-ms`,
+  which `vpipe-probe` measures in the runtime (a balanced 2-stage pipeline's round trip, halved:
+  0.07-0.08 ms on the development VM). Without it, the receiving end's share of the cut's
+  per-message link work stands for it (the profile's or `--message-ms`'s cost a message, 0.16-0.21
+  ms there), which is a CPU cost, not a wait: on `mlp`, whose stages take under a millisecond, it
+  over-stated 1f1b's waiting by 10-15%;
+- `copy_ms(cut)`: the part of the link work that scales with the bytes (the profile's `link`
+  cost per MiB), activations forward and gradients back: the receiver's gloo thread copies a
+  message in before the receiving action can use it, so the receiving end's share lies on the
+  chain once per direction;
 - `bytes(cut) / bandwidth`: the wire, `comm_out_ms / 2` of the sending stage (comm_out counts
   both directions).
 
@@ -25,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vpipe.planner.costmodel import message_delay_ms
 from vpipe.planner.schema import StagePrediction
 
 
@@ -38,16 +42,8 @@ class CutDelay:
 
 
 def cut_delays(predictions: Sequence[StagePrediction]) -> list[CutDelay]:
-    """Each cut's delays from the stages' predictions: a cut's link work is the stage before
-    it's `transfer_ms` less the link work of the cut before that stage (the first stage has
-    none before it), and its wire time is that stage's `comm_out_ms` (both ways)."""
-    delays, before = [], 0.0
-    for p in predictions[:-1]:
-        link = p.transfer_ms - before
-        one_way = message_delay_ms(link, p.comm_out_ms)
-        delays.append(CutDelay(one_way, one_way))
-        before = link
-    return delays
+    """Each cut's delays, one way each, from the predictions of the stages before them."""
+    return [CutDelay(p.delay_ms, p.delay_ms) for p in predictions[:-1]]
 
 
 def round_trip_ms(delay: CutDelay) -> float:

@@ -12,6 +12,15 @@ The probe measures it with the runtime itself: it trains a model whose two layer
 nothing (`vpipe.models.probe`) as one stage and as two, one process a stage, one thread each,
 and shares the CPU time the two stages spend per micro-batch beyond the one stage out among
 the messages the cut adds: at each end, an activation and its gradient per tensor it carries.
+
+A message also takes time from its send to its receive, on top of that CPU work: the wait it
+puts on the schedule's chain (`vpipe-plan --latency-ms`). The two stages, run under asp, loop
+through each other: a micro-batch's backward on the first stage waits for the second's, which
+waited for the first's forward, so in its steady state the pipeline's time per micro-batch P
+is (t0 + t1 + 2 x latency) / 2 while neither stage alone is slower (t0, t1: each stage's CPU
+time per micro-batch). The probe's stages are nearly even, so it reads the latency off its
+run: P - (t0 + t1) / 2, about 0.075 ms a message one way on a 2-vCPU VM, where each end's CPU
+per message is 0.16-0.2 ms.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from vpipe.codegen.cli import run as generate
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.cli import CommandParser, WholeNumber, run_command
 from vpipe.common.errors import Failed, VpipeError
+from vpipe.common.schedules import FORWARD
 from vpipe.planner.cli import run as plan
 from vpipe.profiler.cli import run as profile
 from vpipe.profiler.schema import load_profile
@@ -49,6 +59,7 @@ class ProbeResult:
     two_stage_ms: tuple[float, float]  # the same per stage, split in two
     messages: int  # per micro-batch, that the cut adds, both ends counted
     profiled_ms: float  # the profile's cost per message (two threads), to compare
+    period_ms: float  # wall milliseconds per micro-batch of the two stages' steady state
 
     @property
     def message_ms(self) -> float:
@@ -56,6 +67,13 @@ class ProbeResult:
         stage's and the messages' cost, shared out among the messages. At least 0: noise
         could take a run below its one-stage twin only on a machine too busy to measure."""
         return max(0.0, (sum(self.two_stage_ms) - self.one_stage_ms) / self.messages)
+
+    @property
+    def latency_ms(self) -> float:
+        """A message's time from send to receive beyond each end's CPU work, one way (what
+        `--latency-ms` takes): the two stages' time per micro-batch beyond their mean CPU time
+        (module docstring). At least 0: a stage that was alone the slower hides it."""
+        return max(0.0, self.period_ms - sum(self.two_stage_ms) / 2)
 
 
 def measure(folder: Path, steps: int, say: Callable[[str], None] = print) -> ProbeResult:
@@ -90,6 +108,7 @@ def measure(folder: Path, steps: int, say: Callable[[str], None] = print) -> Pro
         two_stage_ms=(busy[2][0], busy[2][1]),
         messages=2 * 2 * len(cut),  # the probe's tensors are floats: each has a gradient
         profiled_ms=link.message_ms,
+        period_ms=_period_ms(folder / "stages2" / "run" / "events_stage0.csv"),
     )
 
 
@@ -121,6 +140,16 @@ def _busy_ms(events: Path) -> float:
     if not steady:
         raise VpipeError(f"--steps: too few micro-batches to time past the first {WARMUP}")
     return statistics.mean(steady) * 1e3
+
+
+def _period_ms(events: Path) -> float:
+    """Wall milliseconds per micro-batch of a stage's steady state: between the ends of its
+    backwards, after the warm-up and before the last two (as `_busy_ms`)."""
+    ends = sorted(e.end_s for e in read_events(events) if e.action != FORWARD)
+    steady = ends[WARMUP : len(ends) - 2]
+    if len(steady) < 2:
+        raise VpipeError(f"--steps: too few micro-batches to time past the first {WARMUP}")
+    return (steady[-1] - steady[0]) / (len(steady) - 1) * 1e3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,9 +187,13 @@ def run(argv: Sequence[str] | None) -> int:
     print(f"one stage: {result.one_stage_ms:.3f} ms of CPU a micro-batch; two: {two} ms")
     print(
         f"a message costs each end {result.message_ms:.4f} ms in the runtime "
-        f"(the profile's two-thread figure: {result.profiled_ms:.4f} ms)"
+        f"(the profile's two-thread figure: {result.profiled_ms:.4f} ms) and takes "
+        f"{result.latency_ms:.4f} ms from send to receive beyond that"
     )
-    print(f"plan with: vpipe-plan <profile> --message-ms {result.message_ms:.4f}")
+    print(
+        f"plan with: vpipe-plan <profile> --message-ms {result.message_ms:.4f} "
+        f"--latency-ms {result.latency_ms:.4f}"
+    )
     return 0
 
 

@@ -41,6 +41,7 @@ NOTHING = StagePrediction(
     memory=MemoryBreakdown(params=0, stash=0, grads=0, optimizer=0, activations=0, transient=0),
     transfer_ms=0.0,
     allreduce_ms=0.0,
+    delay_ms=0.0,
 )
 
 

@@ -130,3 +130,32 @@ def test_message_ms_is_refused_where_transfers_take_no_compute_time():
 def test_message_ms_must_be_a_finite_cost(bad):
     with pytest.raises(VpipeError, match="--message-ms"):
         replace(SETTINGS, message_ms=bad)
+
+
+def test_a_cuts_delay_is_the_latency_and_the_receiving_ends_copies_one_way():
+    # stage 0 of the example above sends n1's 200 B (a float: its gradient comes back, 400 B
+    # moved) at 0.5 ms a message and 1 ms per 100 B: link work 2 x 0.5 + 4 ms each end, of
+    # which the copies are 4 ms. One way: the receiving end's per-message share stands for the
+    # latency (0.5 ms) unless --latency-ms gives it, plus half the copies (2 ms); no wire
+    profile = replace(PROFILE, link=LinkCost("gloo", 0.5, 2**20 / 100))
+    graph = graph_for(profile, SETTINGS)
+    assert evaluate_stage(graph, SETTINGS, 0, [], [0, 1], ()).delay_ms == pytest.approx(0.5 + 2.0)
+    measured = replace(SETTINGS, latency_ms=0.07)
+    assert evaluate_stage(graph, measured, 0, [], [0, 1], ()).delay_ms == pytest.approx(0.07 + 2.0)
+    last = evaluate_stage(graph, measured, 2, [0, 1, 2, 3], [4, 5], ())
+    assert last.delay_ms == 0.0  # no cut after the last stage
+
+
+def test_the_latency_waits_on_the_chain_but_costs_no_stage_time():
+    profile = replace(PROFILE, link=LinkCost("gloo", 0.5, 0.0))
+    graph = graph_for(profile, SETTINGS)
+    slow, fast = (replace(SETTINGS, latency_ms=ms) for ms in (1.0, 0.0))
+    first = [evaluate_stage(graph, s, 0, [], [0, 1], ()) for s in (slow, fast)]
+    assert first[0].time_ms == first[1].time_ms and first[0].transfer_ms == first[1].transfer_ms
+    assert (first[0].delay_ms, first[1].delay_ms) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan])
+def test_latency_ms_must_be_a_finite_time(bad):
+    with pytest.raises(VpipeError, match="--latency-ms"):
+        replace(SETTINGS, latency_ms=bad)

@@ -38,19 +38,35 @@ def test_the_probe_times_one_stage_against_two_and_prints_the_flag_to_plan_with(
     # the runs' own output went to the log, the probe's lines to the terminal
     assert "Finished initializing process group" not in result.stdout
     assert "Finished initializing process group" in (tmp_path / "probe.log").read_text()
-    flag = re.search(r"plan with: vpipe-plan <profile> --message-ms (\S+)", result.stdout)
-    assert flag, result.stdout
+    flags = re.search(
+        r"plan with: vpipe-plan <profile> --message-ms (\S+) --latency-ms (\S+)", result.stdout
+    )
+    assert flags, result.stdout
     one = busy_ms(tmp_path / "stages1" / "run" / "events_stage0.csv")
     two = [busy_ms(tmp_path / "stages2" / "run" / f"events_stage{k}.csv") for k in range(2)]
     # the probe's cut carries one float tensor: an activation and its gradient at each end
     expected = max(0.0, (sum(two) - one) / 4)
-    assert float(flag.group(1)) == pytest.approx(expected, abs=1e-4)
+    assert float(flags.group(1)) == pytest.approx(expected, abs=1e-4)
     assert 0 < one < 50 and all(0 < ms < 50 for ms in two)  # a tiny model: well under 50 ms
+    # the latency: the two stages' wall time per micro-batch beyond their mean CPU time
+    ends = sorted(
+        e.end_s
+        for e in read_events(tmp_path / "stages2" / "run" / "events_stage0.csv")
+        if e.action == "B"
+    )[WARMUP:-2]
+    period = (ends[-1] - ends[0]) / (len(ends) - 1) * 1e3
+    assert float(flags.group(2)) == pytest.approx(max(0.0, period - sum(two) / 2), abs=1e-4)
 
 
 def test_a_probe_below_its_one_stage_twin_gives_no_negative_cost():
-    assert ProbeResult(0.3, (0.2, 0.3), 4, 0.04).message_ms == pytest.approx(0.05)
-    assert ProbeResult(0.6, (0.2, 0.3), 4, 0.04).message_ms == 0.0
+    assert ProbeResult(0.3, (0.2, 0.3), 4, 0.04, 0.3).message_ms == pytest.approx(0.05)
+    assert ProbeResult(0.6, (0.2, 0.3), 4, 0.04, 0.3).message_ms == 0.0
+
+
+def test_the_latency_is_the_time_per_micro_batch_beyond_the_stages_mean_cpu_time():
+    # stages of 0.2 and 0.3 ms in a loop of 0.3 ms a micro-batch: (0.2 + 0.3 + 2 x 0.05) / 2
+    assert ProbeResult(0.3, (0.2, 0.3), 4, 0.04, 0.3).latency_ms == pytest.approx(0.05)
+    assert ProbeResult(0.3, (0.2, 0.3), 4, 0.04, 0.24).latency_ms == 0.0  # never below 0
 
 
 def test_too_few_steps_to_time_are_refused_by_the_parser():
