@@ -2,16 +2,16 @@
 
     python benchmarks/throughput_prediction.py [--models mlp gpt resnet widehead] [--rounds 5]
 
-Each round first measures what a message costs a stage in the runtime and how long it takes
-(`vpipe-probe`: a tiny model trained as one stage and as two), then profiles every model afresh
-with one thread, plans 2 stages for asp and for 1f1b with those (`vpipe-plan --message-ms
---latency-ms`), generates, and trains
-each pipeline right after with one thread per process, for about `--seconds` (6) by its plan's
-prediction, the models in turn and in reverse order every other round. A prediction is only as
-good as the profile's match with the machine at run time, and this 2-vCPU guest drifts by
-10-30% over minutes (a plain ResNet training loop: 4.03-4.89 ms a step in four runs a minute
-apart; `widehead`'s profile summed 14.6-17.1 ms in four profiles minutes apart, however long
-each timed): so each round's prediction comes from a profile taken just before its run, as
+Each round first measures what a message costs a stage in the runtime under each schedule and
+how long it takes (`vpipe-probe [--schedule 1f1b]`: a tiny model trained as one stage and as
+two), then profiles every model afresh with one thread, plans 2 stages for asp and for 1f1b
+with those (`vpipe-plan --message-ms --latency-ms`), generates, and trains each pipeline right
+after with one thread per process, for about `--seconds` (6) by its plan's prediction, the
+models in turn and in reverse order every other round. A prediction is only as good as the
+profile's match with the machine at run time, and this 2-vCPU guest drifts by 10-30% over
+minutes (a plain ResNet training loop: 4.03-4.89 ms a step in four runs a minute apart;
+`widehead`'s profile summed 14.6-17.1 ms in four profiles minutes apart, however long each
+timed): so each round's prediction comes from a profile taken just before its run, as
 `vpipe-profile`, `vpipe-plan`, `vpipe-train` run in practice, and the table shows the round with
 the median ratio (of 5 by default), beside the range of the rounds' ratios. Per pipeline it
 prints
@@ -65,6 +65,7 @@ BATCH = {"mlp": 32, "gpt": 8, "resnet": 4, "widehead": 8}
 SCHEDULES = ("asp", "1f1b")
 TARGET = 0.10
 PROBE_STEPS = 6000  # micro-batches per probe run (vpipe-probe's default: 2000)
+MICROBATCHES = 4  # a step under 1f1b: vpipe-plan's default for 2 GPUs, and the probe's
 MIN_STEPS = 40
 
 
@@ -101,10 +102,12 @@ class Row:
         return self.measured.samples_per_s / self.predicted
 
 
-def prepare(model: str, folder: Path, probe: ProbeResult) -> dict[str, tuple[Path, float]]:
+def prepare(
+    model: str, folder: Path, probes: dict[str, ProbeResult]
+) -> dict[str, tuple[Path, float]]:
     """Profile `model` into `folder`, plan a 2-stage pipeline per schedule with each message
-    costing and taking what `probe` measured, and generate it; per schedule its folder and the
-    samples/s the same plan predicts with the profile's own cost per message."""
+    costing and taking what that schedule's probe measured, and generate it; per schedule its
+    folder and the samples/s the same plan predicts with the profile's own cost per message."""
     folder.mkdir(parents=True)
     profile = folder / "profile.yaml"
     argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
@@ -112,6 +115,7 @@ def prepare(model: str, folder: Path, probe: ProbeResult) -> dict[str, tuple[Pat
     outs = {}
     for schedule in SCHEDULES:
         plans = {}
+        probe = probes[schedule]
         measured = ["--message-ms", str(probe.message_ms), "--latency-ms", str(probe.latency_ms)]
         for name, extra in (("", measured), ("_2thread", [])):
             plans[name] = folder / f"{schedule}{name}.yaml"
@@ -223,22 +227,33 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vpipe-throughput-"))
     rounds: dict[tuple[str, str], list[Row]] = {(m, s): [] for m in args.models for s in SCHEDULES}
-    message_ms, latency_ms = [], []
+    probed: list[dict[str, ProbeResult]] = []
     for round_ in range(args.rounds):
         folder = work / f"round{round_}"
         folder.mkdir(parents=True)
-        probe = probe_message_cost(folder / "probe", PROBE_STEPS, say=lambda line: None)
-        message_ms.append(probe.message_ms)
-        latency_ms.append(probe.latency_ms)
+        probes = {
+            schedule: probe_message_cost(
+                folder / f"probe_{schedule}",
+                PROBE_STEPS,
+                say=lambda line: None,
+                schedule=schedule,
+                microbatches=MICROBATCHES,
+            )
+            for schedule in SCHEDULES
+        }
+        probed.append(probes)
         order = args.models if round_ % 2 == 0 else list(reversed(args.models))
         for model in order:
-            outs = prepare(model, folder / model, probe)
+            outs = prepare(model, folder / model, probes)
             for schedule, (out, two_thread) in outs.items():
                 measured = timed_run(out, args.seconds)
                 rounds[model, schedule].append(row(model, schedule, out, two_thread, measured))
     print(f"\nCPU, {os.cpu_count()} cores, 2 stages, one thread per stage; work files in {work}")
-    print(f"a message (vpipe-probe, per round): {', '.join(f'{ms:.4f}' for ms in message_ms)} ms")
-    print(f"its latency (the same probes): {', '.join(f'{ms:.4f}' for ms in latency_ms)} ms")
+    for schedule in SCHEDULES:
+        costs = ", ".join(f"{p[schedule].message_ms:.4f}" for p in probed)
+        print(f"a message under {schedule} (vpipe-probe, per round): {costs} ms")
+    latencies = ", ".join(f"{p['asp'].latency_ms:.4f}" for p in probed)
+    print(f"its latency (asp's loop, the same probes): {latencies} ms")
     print_table(rounds)
 
 

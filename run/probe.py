@@ -21,6 +21,11 @@ is (t0 + t1 + 2 x latency) / 2 while neither stage alone is slower (t0, t1: each
 time per micro-batch). The probe's stages are nearly even, so it reads the latency off its
 run: P - (t0 + t1) / 2, about 0.075 ms a message one way on a 2-vCPU VM, where each end's CPU
 per message is 0.16-0.2 ms.
+
+What a stage pays per micro-batch beside its compute depends on the schedule: under asp it
+updates after every micro-batch, under 1f1b and gpipe once a step. `--schedule` measures the
+cost per message under the schedule the plan will run (the probe model trained as one stage and
+as two under it too): 0.15-0.16 ms under 1f1b where asp's pair gave 0.17-0.19.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from vpipe.codegen.cli import run as generate
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.cli import CommandParser, WholeNumber, run_command
 from vpipe.common.errors import Failed, VpipeError
-from vpipe.common.schedules import FORWARD
+from vpipe.common.schedules import FORWARD, SCHEDULES
 from vpipe.planner.cli import run as plan
 from vpipe.profiler.cli import run as profile
 from vpipe.profiler.schema import load_profile
@@ -59,7 +64,11 @@ class ProbeResult:
     two_stage_ms: tuple[float, float]  # the same per stage, split in two
     messages: int  # per micro-batch, that the cut adds, both ends counted
     profiled_ms: float  # the profile's cost per message (two threads), to compare
-    period_ms: float  # wall milliseconds per micro-batch of the two stages' steady state
+    # the two stages under asp: wall milliseconds per micro-batch of their steady state, and
+    # their mean CPU milliseconds per micro-batch (under asp, the same runs as the above)
+    period_ms: float
+    loop_ms: float
+    schedule: str = "asp"  # the schedule of the runs the cost per message comes from
 
     @property
     def message_ms(self) -> float:
@@ -73,12 +82,19 @@ class ProbeResult:
         """A message's time from send to receive beyond each end's CPU work, one way (what
         `--latency-ms` takes): the two stages' time per micro-batch beyond their mean CPU time
         (module docstring). At least 0: a stage that was alone the slower hides it."""
-        return max(0.0, self.period_ms - sum(self.two_stage_ms) / 2)
+        return max(0.0, self.period_ms - self.loop_ms)
 
 
-def measure(folder: Path, steps: int, say: Callable[[str], None] = print) -> ProbeResult:
+def measure(
+    folder: Path,
+    steps: int,
+    say: Callable[[str], None] = print,
+    schedule: str = "asp",
+    microbatches: int = 4,
+) -> ProbeResult:
     """Profile the probe model into `folder`, then train it for `steps` micro-batches as one
-    stage and as two, saying each step (`say`); what the steps print goes to probe.log there."""
+    stage and as two under asp, and under `schedule` too (`microbatches` a step) if it is
+    another, saying each step (`say`); what the steps print goes to probe.log there."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "probe.log"
     log.write_text("")
@@ -89,27 +105,66 @@ def measure(folder: Path, steps: int, say: Callable[[str], None] = print) -> Pro
     link = load_profile(profiled).link
     if link is None:
         raise VpipeError("gloo could not start on this machine: there are no messages to time")
-    busy: dict[int, list[float]] = {}
+    loop = _pair(log, profiled, folder, "asp", 1, steps, say)
+    runs = (
+        loop
+        if schedule == "asp"
+        else _pair(log, profiled, folder, schedule, microbatches, steps, say)
+    )
+    cut = load_pipeline(folder / "stages2" / "pipeline.yaml").stages[0].outputs
+    return ProbeResult(
+        one_stage_ms=runs.one_ms,
+        two_stage_ms=runs.two_ms,
+        messages=2 * 2 * len(cut),  # the probe's tensors are floats: each has a gradient
+        profiled_ms=link.message_ms,
+        period_ms=_period_ms(folder / "stages2" / "run" / "events_stage0.csv"),
+        loop_ms=sum(loop.two_ms) / 2,
+        schedule=schedule,
+    )
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """The probe model's CPU milliseconds per micro-batch under one schedule: as one stage,
+    and per stage as two."""
+
+    one_ms: float
+    two_ms: tuple[float, float]
+
+
+def _pair(
+    log: Path,
+    profiled: Path,
+    folder: Path,
+    schedule: str,
+    microbatches: int,
+    steps: int,
+    say: Callable[[str], None],
+) -> _Pair:
+    """Per stage, the mean CPU milliseconds per micro-batch of the probe model trained for
+    `steps` micro-batches under `schedule` as one stage, then as two (into stages1 and stages2
+    of `folder` under asp, else of folder/<schedule>)."""
+    where = folder if schedule == "asp" else folder / schedule
+    where.mkdir(exist_ok=True)
+    busy = []
     for stages in (1, 2):
-        say(f"training it as {stages} stage{'s' * (stages > 1)} for {steps} micro-batches")
-        out, plan_file = folder / f"stages{stages}", folder / f"stages{stages}.yaml"
+        say(
+            f"training it as {stages} stage{'s' * (stages > 1)} for {steps} micro-batches "
+            f"under {schedule}"
+        )
+        out, plan_file = where / f"stages{stages}", where / f"stages{stages}.yaml"
+        sync = [] if schedule == "asp" else ["--microbatches", str(microbatches)]
         _step(
             log,
             plan,
             [str(profiled), "--gpus", str(stages), "--stages", str(stages)]
-            + ["-o", str(plan_file), "-q"],
+            + ["--schedule", schedule, *sync, "-o", str(plan_file), "-q"],
         )
         _step(log, generate, [str(plan_file), "-o", str(out), "-q"])
-        _step(log, train, [str(out / "pipeline.yaml"), "--steps", str(steps), "--threads", "1"])
-        busy[stages] = [_busy_ms(out / "run" / f"events_stage{k}.csv") for k in range(stages)]
-    cut = load_pipeline(folder / "stages2" / "pipeline.yaml").stages[0].outputs
-    return ProbeResult(
-        one_stage_ms=busy[1][0],
-        two_stage_ms=(busy[2][0], busy[2][1]),
-        messages=2 * 2 * len(cut),  # the probe's tensors are floats: each has a gradient
-        profiled_ms=link.message_ms,
-        period_ms=_period_ms(folder / "stages2" / "run" / "events_stage0.csv"),
-    )
+        rounds = str(max(1, steps // microbatches))  # vpipe-train counts steps of M
+        _step(log, train, [str(out / "pipeline.yaml"), "--steps", rounds, "--threads", "1"])
+        busy.append([_busy_ms(out / "run" / f"events_stage{k}.csv") for k in range(stages)])
+    return _Pair(busy[0][0], (busy[1][0], busy[1][1]))
 
 
 def _step(log: Path, command: Callable[[Sequence[str] | None], int], argv: list[str]) -> None:
@@ -167,6 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"micro-batches each run trains (default 2000; at least {WARMUP + 10})",
     )
     parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="asp",
+        help="the schedule to measure the cost per message under, as the plan will run it "
+        "(default asp; the latency is always read off asp's loop): a synchronous stage makes "
+        "one update a step, not one a micro-batch, and pays less per micro-batch beside its "
+        "compute (0.15-0.16 ms a message under 1f1b, 0.17-0.19 under asp, on a 2-vCPU VM)",
+    )
+    parser.add_argument(
+        "--microbatches",
+        type=WholeNumber(1),
+        default=4,
+        help="micro-batches a step under 1f1b or gpipe, as the plan's (default 4: vpipe-plan's "
+        "for 2 GPUs)",
+    )
+    parser.add_argument(
         "--keep",
         metavar="DIR",
         help="write the probe's profile, plans, stages and run logs into DIR (default: a "
@@ -182,9 +253,18 @@ def run(argv: Sequence[str] | None) -> int:
             folder = Path(args.keep)
         else:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vpipe-probe-")))
-        result = measure(folder, args.steps, say=lambda line: print(f"vpipe-probe: {line}"))
+        result = measure(
+            folder,
+            args.steps,
+            say=lambda line: print(f"vpipe-probe: {line}"),
+            schedule=args.schedule,
+            microbatches=args.microbatches,
+        )
     two = " + ".join(f"{ms:.3f}" for ms in result.two_stage_ms)
-    print(f"one stage: {result.one_stage_ms:.3f} ms of CPU a micro-batch; two: {two} ms")
+    print(
+        f"{result.schedule}: one stage: {result.one_stage_ms:.3f} ms of CPU a micro-batch; "
+        f"two: {two} ms"
+    )
     print(
         f"a message costs each end {result.message_ms:.4f} ms in the runtime "
         f"(the profile's two-thread figure: {result.profiled_ms:.4f} ms) and takes "
