@@ -26,6 +26,17 @@ def busy_ms(events: Path) -> float:
     return statistics.mean(per.values()) * 1e3
 
 
+def latency_ms(kept: Path) -> float:
+    """The asp pair's wall ms per micro-batch (between the first stage's backwards' ends, the
+    same stretch) beyond the two stages' mean CPU ms per micro-batch, at least 0."""
+    run = kept / "stages2" / "run"
+    ends = sorted(e.end_s for e in read_events(run / "events_stage0.csv") if e.action == "B")
+    steady = ends[WARMUP:-2]
+    period = (steady[-1] - steady[0]) / (len(steady) - 1) * 1e3
+    two = [busy_ms(run / f"events_stage{k}.csv") for k in range(2)]
+    return max(0.0, period - sum(two) / 2)
+
+
 def test_the_probe_times_one_stage_against_two_and_prints_the_flag_to_plan_with(tmp_path):
     command = Path(sys.executable).parent / "vpipe-probe"
     result = subprocess.run(
@@ -48,14 +59,7 @@ def test_the_probe_times_one_stage_against_two_and_prints_the_flag_to_plan_with(
     expected = max(0.0, (sum(two) - one) / 4)
     assert float(flags.group(1)) == pytest.approx(expected, abs=1e-4)
     assert 0 < one < 50 and all(0 < ms < 50 for ms in two)  # a tiny model: well under 50 ms
-    # the latency: the two stages' wall time per micro-batch beyond their mean CPU time
-    ends = sorted(
-        e.end_s
-        for e in read_events(tmp_path / "stages2" / "run" / "events_stage0.csv")
-        if e.action == "B"
-    )[WARMUP:-2]
-    period = (ends[-1] - ends[0]) / (len(ends) - 1) * 1e3
-    assert float(flags.group(2)) == pytest.approx(max(0.0, period - sum(two) / 2), abs=1e-4)
+    assert float(flags.group(2)) == pytest.approx(latency_ms(tmp_path), abs=1e-4)
 
 
 def test_a_probe_below_its_one_stage_twin_gives_no_negative_cost():
@@ -88,14 +92,7 @@ def test_under_a_synchronous_schedule_the_cost_comes_from_its_runs_the_latency_f
     assert float(flags.group(1)) == pytest.approx(max(0.0, (sum(two) - one) / 4), abs=1e-4)
     rows = read_events(synced / "stages2" / "run" / "events_stage0.csv")
     assert {e.microbatch for e in rows} == set(range(STEPS // 2 * 2))  # steps of 2 micro-batches
-    asp = [busy_ms(tmp_path / "stages2" / "run" / f"events_stage{k}.csv") for k in range(2)]
-    ends = sorted(
-        e.end_s
-        for e in read_events(tmp_path / "stages2" / "run" / "events_stage0.csv")
-        if e.action == "B"
-    )[WARMUP:-2]
-    period = (ends[-1] - ends[0]) / (len(ends) - 1) * 1e3
-    assert float(flags.group(2)) == pytest.approx(max(0.0, period - sum(asp) / 2), abs=1e-4)
+    assert float(flags.group(2)) == pytest.approx(latency_ms(tmp_path), abs=1e-4)
 
 
 def test_too_few_steps_to_time_are_refused_by_the_parser():
