@@ -37,13 +37,14 @@ def latency_ms(kept: Path) -> float:
     return max(0.0, period - sum(two) / 2)
 
 
-def test_the_probe_times_one_stage_against_two_and_prints_the_flag_to_plan_with(tmp_path):
+def test_the_probe_times_one_stage_against_two_and_prints_the_flags_to_plan_with(tmp_path):
+    """--schedule 1f1b: the cost per message from the probe model trained under 1f1b as one
+    stage and as two (M micro-batches a step), the latency from the asp pair's loop; both
+    worked out again here from the runs' logs."""
     command = Path(sys.executable).parent / "vpipe-probe"
+    argv = ["--steps", str(STEPS), "--schedule", "1f1b", "--microbatches", "2"]
     result = subprocess.run(
-        [str(command), "--steps", str(STEPS), "--keep", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [str(command), *argv, "--keep", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
     # the runs' own output went to the log, the probe's lines to the terminal
@@ -53,12 +54,14 @@ def test_the_probe_times_one_stage_against_two_and_prints_the_flag_to_plan_with(
         r"plan with: vpipe-plan <profile> --message-ms (\S+) --latency-ms (\S+)", result.stdout
     )
     assert flags, result.stdout
-    one = busy_ms(tmp_path / "stages1" / "run" / "events_stage0.csv")
-    two = [busy_ms(tmp_path / "stages2" / "run" / f"events_stage{k}.csv") for k in range(2)]
+    synced = tmp_path / "1f1b"
+    one = busy_ms(synced / "stages1" / "run" / "events_stage0.csv")
+    two = [busy_ms(synced / "stages2" / "run" / f"events_stage{k}.csv") for k in range(2)]
     # the probe's cut carries one float tensor: an activation and its gradient at each end
-    expected = max(0.0, (sum(two) - one) / 4)
-    assert float(flags.group(1)) == pytest.approx(expected, abs=1e-4)
+    assert float(flags.group(1)) == pytest.approx(max(0.0, (sum(two) - one) / 4), abs=1e-4)
     assert 0 < one < 50 and all(0 < ms < 50 for ms in two)  # a tiny model: well under 50 ms
+    rows = read_events(synced / "stages2" / "run" / "events_stage0.csv")
+    assert {e.microbatch for e in rows} == set(range(STEPS // 2 * 2))  # steps of 2 micro-batches
     assert float(flags.group(2)) == pytest.approx(latency_ms(tmp_path), abs=1e-4)
 
 
@@ -71,28 +74,6 @@ def test_the_latency_is_the_time_per_micro_batch_beyond_the_stages_mean_cpu_time
     # stages of 0.2 and 0.3 ms in a loop of 0.3 ms a micro-batch: (0.2 + 0.3 + 2 x 0.05) / 2
     assert ProbeResult(0.3, (0.2, 0.3), 4, 0.04, 0.3, 0.25).latency_ms == pytest.approx(0.05)
     assert ProbeResult(0.3, (0.2, 0.3), 4, 0.04, 0.24, 0.25).latency_ms == 0.0  # never below 0
-
-
-def test_under_a_synchronous_schedule_the_cost_comes_from_its_runs_the_latency_from_asps(
-    tmp_path,
-):
-    """--schedule 1f1b: the cost per message from the probe model trained under 1f1b (as one
-    stage and as two, M micro-batches a step), the latency from the asp pair's loop."""
-    command = Path(sys.executable).parent / "vpipe-probe"
-    argv = ["--steps", str(STEPS), "--schedule", "1f1b", "--microbatches", "2"]
-    result = subprocess.run(
-        [str(command), *argv, "--keep", str(tmp_path)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    flags = re.search(r"--message-ms (\S+) --latency-ms (\S+)", result.stdout)
-    assert flags, result.stdout
-    synced = tmp_path / "1f1b"
-    one = busy_ms(synced / "stages1" / "run" / "events_stage0.csv")
-    two = [busy_ms(synced / "stages2" / "run" / f"events_stage{k}.csv") for k in range(2)]
-    assert float(flags.group(1)) == pytest.approx(max(0.0, (sum(two) - one) / 4), abs=1e-4)
-    rows = read_events(synced / "stages2" / "run" / "events_stage0.csv")
-    assert {e.microbatch for e in rows} == set(range(STEPS // 2 * 2))  # steps of 2 micro-batches
-    assert float(flags.group(2)) == pytest.approx(latency_ms(tmp_path), abs=1e-4)
 
 
 def test_too_few_steps_to_time_are_refused_by_the_parser():
