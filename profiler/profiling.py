@@ -172,10 +172,7 @@ def _time_in_sequence(
     """Every node's times in whole passes of the graph, each making its micro-batch and
     running its backward from the loss, as a stage does (a CPU's; profiler/sequence.py)."""
     inputs = tuple(reference.values[n.name] for n in gm.graph.nodes if n.op == "placeholder")
-    trainable = {
-        name: [t for _, t in params if t.requires_grad]
-        for name, (params, _) in _state_owners(gm).items()
-    }
+    trainable = _trainable(_state_owners(gm))
 
     def batch(step: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         made = model_file.batch(settings.batch_size, step)
@@ -213,9 +210,7 @@ def _profile_nodes(
     state_keys = {storage_key(t) for t in list(gm.parameters()) + list(gm.buffers())}
     nodes: list[NodeProfile] = []
     storage_owner: dict[int, str] = {}  # storage -> the first node that produced it
-    trainable = {
-        name: [t for _, t in params if t.requires_grad] for name, (params, _) in owners.items()
-    }
+    trainable = _trainable(owners)
     for node in (n for n in gm.graph.nodes if n.op != "output"):
         outputs = flat_tensors(reference.values[node.name])
         view_of = storage_owner.get(storage_key(outputs[0]), "") if outputs else ""
@@ -265,6 +260,12 @@ def _profile_nodes(
         )
         progress(node.name)
     return nodes
+
+
+def _trainable(owners: dict[str, tuple[list, list]]) -> dict[str, list[torch.Tensor]]:
+    """Per node, the parameters `_state_owners` gives it that get gradients (what its update
+    steps)."""
+    return {name: [t for _, t in params if t.requires_grad] for name, (params, _) in owners.items()}
 
 
 def _in_sequence(node: fx.Node, times: SequenceTimes) -> Timing:
