@@ -46,7 +46,7 @@ test: install lint
 
 demo: install
 	mkdir -p $(DEMO)
-	$(BIN)/vpipe-profile vpipe.models.gpt --device cpu --batch-size 8 --threads 1 \
+	$(BIN)/vpipe-profile vpipe.models.gpt --device cpu --batch-size 8 --threads 1 --beside 1 \
 		-o $(DEMO)/profile.yaml --plot $(DEMO)/profile.png
 	$(BIN)/vpipe-plan $(DEMO)/profile.yaml --gpus 2 --memory 12MiB \
 		-o $(DEMO)/plan.yaml --plot $(DEMO)/plan.png

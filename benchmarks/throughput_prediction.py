@@ -4,9 +4,10 @@
 
 Each round first measures what a message costs a stage in the runtime under each schedule and
 how long it takes (`vpipe-probe [--schedule 1f1b]`: a tiny model trained as one stage and as
-two), then profiles every model afresh with one thread, plans 2 stages for asp and for 1f1b
-with those (`vpipe-plan --message-ms --latency-ms`), generates, and trains each pipeline right
-after with one thread per process, for about `--seconds` (6) by its plan's prediction, the
+two), then profiles every model afresh with one thread beside a busy neighbour (`--beside 1`,
+standing for the other stage), plans 2 stages for asp and for 1f1b with those (`vpipe-plan
+--message-ms --latency-ms`), generates, and trains each pipeline right after with one thread
+per process, for about `--seconds` (6) by its plan's prediction, the
 models in turn and in reverse order every other round. A prediction is only as good as the
 profile's match with the machine at run time, and this 2-vCPU guest drifts by 10-30% over
 minutes (a plain ResNet training loop: 4.03-4.89 ms a step in four runs a minute apart;
@@ -111,7 +112,8 @@ def prepare(
     folder.mkdir(parents=True)
     profile = folder / "profile.yaml"
     argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
-    assert profile_main([*argv, "--threads", "1", "--batch-size", str(BATCH[model])]) == 0
+    argv += ["--threads", "1", "--beside", "1", "--batch-size", str(BATCH[model])]
+    assert profile_main(argv) == 0
     outs = {}
     for schedule in SCHEDULES:
         plans = {}

@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads to measure with (default 0: torch's default, all cores); give what "
         "each stage will have, e.g. vpipe-train's --threads",
     )
+    parser.add_argument(
+        "--beside",
+        type=WholeNumber(0),
+        default=0,
+        metavar="N",
+        help="on a CPU, time while N other processes train the model, as the other stages of "
+        "a pipeline on this machine compute beside each stage: give stages - 1 (default 0)",
+    )
     parser.add_argument("--plot", metavar="PNG", help="also draw per-node time and memory bars")
     parser.add_argument(
         "--import-pipedream",
@@ -121,6 +129,7 @@ def _measure(args: argparse.Namespace, console: Console) -> Profile:
         min_time_s=args.min_time,
         seed=args.seed,
         threads=args.threads,
+        beside=args.beside,
     )
     columns = (
         TextColumn("profiling {task.fields[node]:<24}"),

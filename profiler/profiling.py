@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from vpipe.profiler.measure import (
     time_update,
     time_whole_model,
 )
+from vpipe.profiler.neighbours import busy_neighbours
 from vpipe.profiler.schema import (
     LOSS_NODE,
     NodeProfile,
@@ -59,6 +60,7 @@ class ProfileSettings:
     min_time_s: float = 0.1
     seed: int = 0
     threads: int = 0  # CPU threads while measuring; 0: torch's default (all cores)
+    beside: int = 0  # processes training the model meanwhile (profiler/neighbours.py; CPU)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -89,8 +91,36 @@ def profile_model(
     device = pick_device(settings.device)
     if settings.threads < 0:
         raise VpipeError(f"--threads {settings.threads}: must be at least 0 (0: torch's default)")
+    if settings.beside < 0:
+        raise VpipeError(f"--beside {settings.beside}: must be at least 0")
+    if settings.beside and device.type != "cpu":
+        raise VpipeError(
+            f"--beside {settings.beside}: busy neighbours share a CPU's cores, and on "
+            f"{device.type} each stage has a device of its own; leave --beside out"
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    with busy_neighbours(
+        model_file.source, settings.beside, settings.batch_size, settings.threads, settings.seed
+    ):
+        profile = _profile(model_file, settings, device, progress, total)
+    if device.type == "cpu":
+        # after the neighbours: two threads of one process stand for a message's two ends, and
+        # beside a busy neighbour on 2 cores they would take turns on one core
+        link = measure_link_cost(settings.repeats, settings.warmup, settings.min_time_s)
+        profile = replace(profile, link=link)
+    progress("links")
+    return profile
+
+
+def _profile(
+    model_file: ModelFile,
+    settings: ProfileSettings,
+    device: torch.device,
+    progress: Callable[[str], None],
+    total: Callable[[int], None],
+) -> Profile:
+    """Capture and time the model on `device` (the settings checked), its link cost apart."""
     keep_freed_memory()  # as the runtime's stages do, so both are timed under one allocator
     model = _built_model(model_file, settings.seed).to(device).train()
     model_file.check_deterministic(settings.batch_size, 0)
@@ -132,10 +162,6 @@ def profile_model(
         batch_ms = time_batch(
             model_file, settings.batch_size, clock, settings.warmup, settings.repeats
         )
-    link = None
-    if device.type == "cpu":
-        link = measure_link_cost(settings.repeats, settings.warmup, settings.min_time_s)
-    progress("links")
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     return Profile(
         source=model_file.source,
@@ -149,12 +175,12 @@ def profile_model(
         torch_version=str(torch.__version__),
         seed=settings.seed,
         threads=torch.get_num_threads() if device.type == "cpu" else None,
+        beside=settings.beside,
         source_sha256=model_file.sha256,
         leaves=tuple(settings.leaves),
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
         batch_ms=round(batch_ms, 4),
         loss=_loss_node(model_file, model_outputs, cost),
-        link=link,
         ties=find_ties(gm),
         capture=captured.route,
         input_keys=captured.input_keys,

@@ -67,6 +67,10 @@ def totals_lines(profile: Profile) -> list[str]:
         f"sum of node forward+backward: {profile.node_compute_ms:.2f} ms",
         clock_line(profile.device, profile.threads),
     ]
+    if profile.beside:
+        lines.append(
+            f"timed beside {profile.beside} busy neighbour(s) training the model (--beside)"
+        )
     if profile.whole_model is not None:
         whole = profile.whole_model
         lines.append(

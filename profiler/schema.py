@@ -27,8 +27,8 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 # (profiler/sequence.py), and update_ms counts the runtime's check that gradients are finite;
 # 7: on a CPU, update_ms and accumulate_ms timed in those passes too, after each backward;
 # 8: on a CPU, the loss's times and batch_ms timed in those passes too (each pass makes its
-# micro-batch and runs its backward from the loss)
-SCHEMA_VERSION = 8
+# micro-batch and runs its backward from the loss); 9: beside (busy neighbours while timing)
+SCHEMA_VERSION = 9
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,9 @@ class Profile:
     torch_version: str | None = None
     seed: int | None = None  # torch.manual_seed before build_model(): later parts rebuild it
     threads: Positive | None = None  # CPU threads the times were measured with (None: not on CPU)
+    # processes that trained the model beside the timing, standing for the other stages that
+    # share the machine (vpipe-profile --beside; profiler/neighbours.py)
+    beside: Count = 0
     source_sha256: str | None = None
     leaves: tuple[str, ...] = ()
     whole_model: WholeModel | None = None
