@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import select
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from vpipe.common.errors import VpipeError
 
-READY = "ready"
 WARM_STEPS = 2  # steps a neighbour trains before it says it is ready
 START_TIMEOUT_S = 300.0  # building a large model takes a while; a hang must not
 
@@ -37,51 +37,55 @@ def busy_neighbours(
     source: str, count: int, batch_size: int, threads: int, seed: int
 ) -> Iterator[None]:
     """Run `count` processes that train the model file `source` in a loop while the block
-    runs; each has trained WARM_STEPS steps before the block starts."""
-    command = [sys.executable, "-m", __name__, source, str(batch_size), str(threads), str(seed)]
-    running: list[subprocess.Popen[str]] = []
-    try:
-        for _ in range(count):
-            running.append(
-                subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        for process in running:
-            _await_ready(process)
-        yield
-    finally:
-        for process in running:
-            process.kill()
-        for process in running:
-            process.communicate()
+    runs; each has trained WARM_STEPS steps before the block starts. A neighbour's output goes
+    to files, never to a pipe that a chatty model could fill and so stop it."""
+    running: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
+    with tempfile.TemporaryDirectory(prefix="vpipe-beside-") as folder:
+        try:
+            for k in range(count):
+                ready, errors = Path(folder, f"ready{k}"), Path(folder, f"errors{k}")
+                command = [sys.executable, "-m", __name__, source, str(batch_size)]
+                command += [str(threads), str(seed), str(ready)]
+                with errors.open("wb") as log:
+                    process = subprocess.Popen(
+                        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+                    )
+                running.append((process, ready, errors))
+            for process, ready, errors in running:
+                _await_ready(process, ready, errors)
+            yield
+        finally:
+            for process, _, _ in running:
+                process.kill()
+            for process, _, _ in running:
+                process.wait()
 
 
-def _await_ready(process: subprocess.Popen[str]) -> None:
-    """Wait for a neighbour's READY line; its error, or a hang, is a VpipeError."""
-    assert process.stdout is not None and process.stderr is not None
+def _await_ready(process: subprocess.Popen[bytes], ready: Path, errors: Path) -> None:
+    """Wait until a neighbour has made its `ready` file; its error, or a hang, is a
+    VpipeError."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([process.stdout], [], [], 1.0)
-        if readable:
-            if process.stdout.readline().strip() == READY:
-                return
-            break  # the pipe closed: the neighbour ended
-    process.kill()
-    _, errors = process.communicate()
-    last = errors.strip().splitlines()[-1:] or ["no message"]
-    raise VpipeError(
-        f"a busy neighbour (--beside) did not start training within {START_TIMEOUT_S:.0f} s: "
-        f"{last[0]}; profile without --beside to see the model's own error"
-    )
+    while not ready.exists():
+        ended = process.poll() is not None
+        if ended or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            if not ended:
+                raise VpipeError(
+                    f"a busy neighbour (--beside) did not train {WARM_STEPS} steps in "
+                    f"{START_TIMEOUT_S:.0f} s; profile without --beside"
+                )
+            last = errors.read_text(errors="replace").strip().splitlines()[-1:] or ["no message"]
+            raise VpipeError(
+                f"a busy neighbour (--beside) stopped before training: {last[0]}; profile "
+                "without --beside to see the model's own error"
+            )
+        time.sleep(0.05)
 
 
-def train_forever(source: str, batch_size: int, threads: int, seed: int) -> None:
-    """Train the model file's model on its batches until the parent process is gone."""
+def train_forever(source: str, batch_size: int, threads: int, seed: int, ready: Path) -> None:
+    """Train the model file's model on its batches until the parent process is gone; make
+    the file `ready` once WARM_STEPS steps are done."""
     import torch
 
     from vpipe.common.modelfile import load_model_file
@@ -102,7 +106,7 @@ def train_forever(source: str, batch_size: int, threads: int, seed: int) -> None
         optimizer.step()
         step += 1
         if step == WARM_STEPS:
-            print(READY, flush=True)
+            ready.touch()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -111,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("batch_size", type=int)
     parser.add_argument("threads", type=int)
     parser.add_argument("seed", type=int)
+    parser.add_argument("ready", type=Path)
     args = parser.parse_args(argv)
-    train_forever(args.source, args.batch_size, args.threads, args.seed)
+    train_forever(args.source, args.batch_size, args.threads, args.seed, args.ready)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 none outlives the profile."""
 
 import os
+import time
 
 import pytest
 
 from vpipe.common.errors import VpipeError
 from vpipe.common.modelfile import load_model_file
+from vpipe.profiler import neighbours
 from vpipe.profiler.neighbours import WARM_STEPS, busy_neighbours
 from vpipe.profiler.profiling import ProfileSettings, profile_model
 
@@ -56,3 +58,14 @@ def test_a_neighbour_that_cannot_start_is_one_clear_error(tmp_path):
 def test_a_negative_count_is_refused():
     with pytest.raises(VpipeError, match="--beside -1: must be at least 0"):
         profile_model(load_model_file("vpipe.models.mlp"), ProfileSettings(beside=-1, **QUICK))
+
+
+def test_a_neighbour_that_hangs_is_stopped_and_named(tmp_path, monkeypatch):
+    stuck = tmp_path / "stuck.py"
+    stuck.write_text("import time\ntime.sleep(600)\n")  # a model file that never finishes loading
+    monkeypatch.setattr(neighbours, "START_TIMEOUT_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(VpipeError, match=r"--beside\) did not train 2 steps in 1 s"):
+        with busy_neighbours(str(stuck), 1, batch_size=2, threads=1, seed=0):
+            pass
+    assert time.monotonic() - started < 30
