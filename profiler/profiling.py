@@ -13,7 +13,7 @@ from torch.utils import _pytree as pytree
 from vpipe.common.allocator import keep_freed_memory
 from vpipe.common.capture import Captured, capture, flat_tensors
 from vpipe.common.errors import VpipeError
-from vpipe.common.modelfile import Batch, ModelFile
+from vpipe.common.modelfile import ModelFile
 from vpipe.common.optimizers import OPTIMIZERS
 from vpipe.profiler.linkcost import measure_link_cost
 from vpipe.profiler.measure import (
@@ -32,6 +32,7 @@ from vpipe.profiler.measure import (
     time_update,
     time_whole_model,
 )
+from vpipe.profiler.modelcheck import built_model, check_forward
 from vpipe.profiler.neighbours import busy_neighbours
 from vpipe.profiler.schema import (
     LOSS_NODE,
@@ -122,10 +123,10 @@ def _profile(
 ) -> Profile:
     """Capture and time the model on `device` (the settings checked), its link cost apart."""
     keep_freed_memory()  # as the runtime's stages do, so both are timed under one allocator
-    model = _built_model(model_file, settings.seed).to(device).train()
+    model = built_model(model_file, settings.seed).to(device).train()
     model_file.check_deterministic(settings.batch_size, 0)
     batch = model_file.batch(settings.batch_size, 0).to(device)
-    _check_forward(model, model_file, batch, settings.batch_size)
+    check_forward(model, model_file, batch, settings.batch_size)
     captured = capture(model, batch, settings.leaves)
     gm, inputs = captured.graph, tuple(t for _, t in batch.inputs)
     backward = backward_peaks(gm, inputs)
@@ -306,28 +307,6 @@ def _in_sequence_loss(times: SequenceTimes) -> Timing | None:
     return None if loss is None else Timing(loss.forward_ms, loss.backward_ms, None)
 
 
-def _built_model(model_file: ModelFile, seed: int) -> torch.nn.Module:
-    """build_model() after `seed`, checked: a module, with data (not on the meta device)."""
-    torch.manual_seed(seed)
-    try:
-        model = model_file.build_model()
-    except Exception as err:
-        raise VpipeError(
-            f"{model_file.source}: build_model() failed: {type(err).__name__}: {err}"
-        ) from None
-    if not isinstance(model, torch.nn.Module):
-        raise VpipeError(
-            f"{model_file.source}: build_model() returned a {type(model).__name__}, "
-            "not a torch.nn.Module"
-        )
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        raise VpipeError(
-            f"{model_file.source}: build_model() returned a model on the meta device "
-            "(parameters without data); build it on the CPU, vpipe moves it"
-        )
-    return model
-
-
 def _tensor_meta(t: torch.Tensor) -> TensorMeta:
     return TensorMeta(tuple(t.shape), str(t.dtype).removeprefix("torch."), t.is_contiguous())
 
@@ -353,62 +332,6 @@ def _loss_node(model_file: ModelFile, outputs: tuple[str, ...], cost: LossCost) 
         saved_inputs=kept,
         backward_bytes=cost.backward_peak_bytes,
     )
-
-
-def _check_forward(
-    model: torch.nn.Module, model_file: ModelFile, batch: Batch, batch_size: int
-) -> None:
-    """One forward and loss on the first batch, so a mismatch fails here in one clear line."""
-    source = model_file.source
-    try:
-        output = batch.call(model)
-    except Exception as err:
-        raise VpipeError(
-            f"{source}: the model's forward failed on make_batch({batch_size}, 0): "
-            f"{_first_line(err)}; make_batch must return what build_model()'s "
-            "forward takes"
-        ) from None
-    _check_output(source, output)
-    try:
-        loss = model_file.loss_fn(output, batch.target)
-    except Exception as err:
-        raise VpipeError(
-            f"{source}: the loss failed on the model's output and make_batch's "
-            f"target: {_first_line(err)}; define loss_fn(output, target) in the "
-            "model file if the default cross-entropy does not fit"
-        ) from None
-    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
-        raise VpipeError(
-            f"{source}: loss_fn must return a scalar tensor, got "
-            f"{getattr(loss, 'shape', type(loss).__name__)}"
-        )
-    if not torch.isfinite(loss.detach()):
-        raise VpipeError(
-            f"{source}: the loss on make_batch({batch_size}, 0) is {loss.item()}: training would "
-            "stop at its first step; check make_batch's inputs and target, and the loss"
-        )
-
-
-def _check_output(source: str, output: Any) -> None:
-    """Only tensors travel to the last stage's loss: name any other value the model returns
-    (a Hugging Face cache object, most often) and the fix."""
-    for path, leaf in pytree.tree_flatten_with_path(output)[0]:
-        if not isinstance(leaf, torch.Tensor):
-            where = pytree.keystr(path) or "it"
-            fix = (
-                "build the model with use_cache=False (config.use_cache = False)"
-                if "cache" in type(leaf).__name__.lower() or "past" in where
-                else "return tensors only (in a tuple, dict or ModelOutput)"
-            )
-            raise VpipeError(
-                f"{source}: the model's output holds a {type(leaf).__name__} at output{where}, "
-                f"which cannot travel between stages; {fix}"
-            )
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _nbytes(t: torch.Tensor) -> int:
