@@ -33,7 +33,7 @@ def test_neighbours_train_meanwhile_and_are_gone_after(fixtures, tmp_path, monke
     others = set(makers) - {os.getpid()}
     assert profile.beside == 1
     assert len(others) == 1  # the neighbour: a process of its own
-    # each trained its warm-up steps before the timing began, and went on during it
+    # past its warm-up steps: it was still training while the profile was timed
     assert all(makers.count(pid) > WARM_STEPS for pid in others)
     assert not any(_alive(pid) for pid in others)
 
