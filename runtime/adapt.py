@@ -1,16 +1,17 @@
 """`vpipe-train --adapt`: re-plan from what the stages measure, and switch while training.
 
 Every `--adapt-every` steps each stage reports its busy milliseconds per micro-batch over the
-last window (wall time less what it waited on its neighbours: a core another job shares makes
-it longer, which CPU time would not show). Rank 0 divides each by the plan's predicted compute
-for that stage; when the stages' ratios differ by more than THRESHOLD, their devices no longer
-run as the plan assumed, so it re-plans in-process (`planner.planning.replan_for_speeds`)
-with each stage index's device as slow, relative to the fastest, as measured (a speed belongs
-to the device, not to its nodes). It switches (`runtime.switching`) when the new plan's
-predicted bottleneck is MIN_GAIN faster than the running plan's at the same speeds and the
-time saved over the rest of the run beats what a switch costs. The speeds a plan was made for
-are in it, so after a switch the stages measure against the new plan's predictions: the
-ratios even out and no switch follows unless the machine changes again (no flapping).
+last window (the median micro-batch's wall time less what it waited on its neighbours: a core
+another job shares makes it longer, which CPU time would not show). Rank 0 divides each by
+the plan's predicted compute for that stage; when the stages' ratios differ by more than
+THRESHOLD, their devices no longer run as the plan assumed, so it re-plans in-process
+(`planner.planning.replan_for_speeds`) with each stage index's device as slow, relative to
+the fastest, as measured (a speed belongs to the device, not to its nodes). It switches
+(`runtime.switching`) when the new plan's predicted bottleneck is MIN_GAIN faster than the
+running plan's at the same speeds and the time saved over the rest of the run beats what a
+switch costs. The speeds a plan was made for are in it, so after a switch the stages measure
+against the new plan's predictions: the ratios even out and no switch follows unless the
+machine changes again (no flapping).
 
 A switch is a trial: its plan rests on speeds measured on the old split, and a device whose
 speed depends on its load (a core shared with another job) can make it wrong. The first check
@@ -23,6 +24,7 @@ of run/switches.csv.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -60,13 +62,18 @@ class Window:
 
 
 class BusyWatch:
-    """A stage's busy and elapsed wall time per micro-batch since it was last read, from
-    micro-batch `first` on (a segment's first ones fill the pipeline and pay first calls'
-    costs)."""
+    """A stage's busy time per micro-batch, and elapsed wall time per micro-batch, since it
+    was last read, from micro-batch `first` on (a segment's first ones fill the pipeline and
+    pay first calls' costs).
+
+    The busy figure is the median over the window's micro-batches of each one's forward and
+    backward: a one-off stall (a page fault, another process's burst) in one micro-batch must
+    neither start a re-plan nor hide a device that stays slow, and a mean lets it do both
+    (docs/runtime.md, re-planning: 135 ms of stalls can hide a stage 3 times slower)."""
 
     def __init__(self) -> None:
-        self.busy_s = 0.0
-        self.backwards = 0
+        self.forward_s: dict[int, float] = {}  # forwards whose backward has not run yet
+        self.busy_s: list[float] = []  # per micro-batch whose backward ran in the window
         self.first = 0
         self.since_s: float | None = None  # the window's first counted action's start
         self.until_s = 0.0  # its last one's end
@@ -74,17 +81,21 @@ class BusyWatch:
     def add(self, event: ActionEvent) -> None:
         if event.microbatch < self.first:
             return
-        self.busy_s += event.end_s - event.start_s - event.wait_s
-        self.backwards += event.action != FORWARD
+        busy_s = event.end_s - event.start_s - event.wait_s
+        if event.action == FORWARD:
+            self.forward_s[event.microbatch] = busy_s
+        else:
+            self.busy_s.append(self.forward_s.pop(event.microbatch, 0.0) + busy_s)
         if self.since_s is None:
             self.since_s = event.start_s
         self.until_s = event.end_s
 
     def take(self) -> Window:
-        count = max(1, self.backwards)
+        count = max(1, len(self.busy_s))
         elapsed = self.until_s - self.since_s if self.since_s is not None else 0.0
-        window = Window(self.busy_s * 1e3 / count, elapsed * 1e3 / count)
-        self.busy_s, self.backwards, self.since_s = 0.0, 0, None
+        busy_ms = statistics.median(self.busy_s) * 1e3 if self.busy_s else 0.0
+        window = Window(busy_ms, elapsed * 1e3 / count)
+        self.busy_s, self.since_s = [], None
         return window
 
 

@@ -10,11 +10,20 @@ import pytest
 import torch
 
 from vpipe.codegen.schema import load_pipeline
+from vpipe.common.schedules import BACKWARD, FORWARD
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import load_plan
 from vpipe.profiler.cli import main as profile_main
-from vpipe.runtime.adapt import THRESHOLD, LastSwitch, Window, decide, running_plan
+from vpipe.runtime.adapt import (
+    THRESHOLD,
+    BusyWatch,
+    LastSwitch,
+    Window,
+    decide,
+    running_plan,
+)
 from vpipe.runtime.cli import main as train_main
+from vpipe.runtime.events import ActionEvent
 from vpipe.runtime.switching import Segment
 
 from ..codegen.pipelines import generate, straight
@@ -51,14 +60,15 @@ def final_weights(out):
 
 def test_asp_adapts_once_and_keeps_weight_stashing(slow_profile, tmp_path, capfd):
     out = planned(slow_profile, tmp_path, "--schedule", "asp")
-    steps = 60
+    steps = 80  # the steps left after the first check are what a switch must pay back
     argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--lr", str(LR), "--threads"]
     argv += ["1", "--optimizer", "sgd", "--adapt", "--adapt-every", "15"]
     assert train_main(argv) == 0
     made = decisions(out)
-    # after 4 steps' warm-up, every 15 that leave room for the next window
-    assert [row["step"] for row in made] == ["19", "39"]
-    assert [row["switched"] for row in made] == ["True", "False"]  # once, not back
+    # after 4 steps' warm-up, every 15 that leave room for the next window (from 20 after
+    # the switch)
+    assert [row["step"] for row in made] == ["19", "39", "54"], [r["reason"] for r in made]
+    assert [row["switched"] for row in made] == ["True", "False", "False"]  # once, not back
     ratios = [float(r) for r in made[0]["ratios"].split()]
     assert ratios[1] > ratios[0] * (1 + THRESHOLD)  # the slowed stage was seen as such
     switched = load_pipeline(out / "run" / "plans" / "adapt_step_20" / "pipeline.yaml")
@@ -73,7 +83,7 @@ def test_asp_adapts_once_and_keeps_weight_stashing(slow_profile, tmp_path, capfd
     # the report says what changed the layout; the timeline shows the switch
     assert train_main([str(out / "pipeline.yaml"), "--report"]) == 0
     said = " ".join(capfd.readouterr().out.split())  # rich wraps long lines
-    assert "--adapt: 2 checks, 1 switch; kept the plan after step 39" in said
+    assert "--adapt: 3 checks, 1 switch; kept the plan after step 39, 54" in said
     assert "switched plans: step 20: moved" in said
     assert (out / "run" / "timeline.png").stat().st_size > 0
 
@@ -96,6 +106,30 @@ def test_1f1b_adapts_and_equals_single_process(slow_profile, tmp_path):
 def windows(busy_ms, period_ms=10.0):
     """Every stage's window: these busy times, one pace."""
     return [Window(ms, period_ms) for ms in busy_ms]
+
+
+def test_a_window_takes_the_median_micro_batch_and_the_mean_pace():
+    """A stage's window, by hand: one stalled micro-batch (0.5 s) does not move the busy
+    figure (the median of 3, 503 and 3 ms), while the pace (first action's start to last
+    one's end, per micro-batch) keeps the stall. Micro-batch 8's forward in one window and its
+    backward in the next counts in the next; micro-batches before `first` are not counted."""
+    watch = BusyWatch()
+    watch.first = 5
+    watch.add(ActionEvent(FORWARD, 4, 0.0, 0.001, 0.0, 0.0, 0.0))  # before `first`
+    clock = 1.0
+    for microbatch, backward_s in ((5, 0.002), (6, 0.502), (7, 0.002), (8, None)):
+        watch.add(ActionEvent(FORWARD, microbatch, clock, clock + 0.0015, 0.0005, 0.0, 0.0))
+        clock += 0.0015
+        if backward_s is not None:
+            watch.add(ActionEvent(BACKWARD, microbatch, clock, clock + backward_s, 0.0, 0.0, 0.0))
+            clock += backward_s
+    first = watch.take()
+    assert first.busy_ms == pytest.approx(3.0)  # 1 ms forward (its wait left out) + 2 ms
+    assert first.period_ms == pytest.approx((clock - 1.0) * 1e3 / 3)
+    watch.add(ActionEvent(BACKWARD, 8, clock, clock + 0.004, 0.0, 0.0, 0.0))
+    second = watch.take()
+    assert second.busy_ms == pytest.approx(5.0)  # micro-batch 8: its 1 ms forward + 4 ms
+    assert second.period_ms == pytest.approx(4.0)
 
 
 def test_a_decision_keeps_even_stages_and_switches_off_a_slow_one(slow_profile, tmp_path):
