@@ -29,7 +29,7 @@ from vpipe.common.replicas import (
 from vpipe.common.runlock import run_lock
 from vpipe.common.schedules import run_actions, validate
 from vpipe.common.stages import edits_blamed
-from vpipe.runtime import checkpoint, failures
+from vpipe.runtime import checkpoint, failures, forkstart
 from vpipe.runtime.adapt import Adapter, BusyWatch, check_adaptable
 from vpipe.runtime.cores import bind_own_cores, check_enough_cores, shown, threads_cores
 from vpipe.runtime.events import ActionEvent, EventLog
@@ -129,9 +129,11 @@ def _note(message: str) -> None:
 
 def on_this_machine(processes: int, entrypoint, *args) -> None:
     """Run `entrypoint(*args)` in `processes` new processes joined by a c10d rendezvous on
-    loopback: what torchrun --standalone does, from Python."""
+    loopback: what torchrun --standalone does, from Python; forked from a server that has
+    imported torch once (`runtime.forkstart`)."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    forkstart.preload()
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -141,9 +143,9 @@ def on_this_machine(processes: int, entrypoint, *args) -> None:
         rdzv_endpoint=f"127.0.0.1:{_free_port()}",
         max_restarts=0,
         monitor_interval=0.1,
-        start_method="spawn",
+        start_method=forkstart.START_METHOD,
     )
-    elastic_launch(config, entrypoint)(*args)
+    elastic_launch(config, forkstart.launched)(forkstart.Launcher.now(), entrypoint, *args)
 
 
 def _memory_meter(
