@@ -3,7 +3,7 @@
 Under multiprocessing's `spawn` every stage process imports torch itself, 1.7 s of CPU each on
 a 2-core machine: a 2-stage run of `mlp` took 3.8 s to start and finish 2 steps, a 4-process
 one 7.5 s. A fork server (`forkserver`) imports torch once and forks every stage from itself:
-1.2 and 2.2 s, and the test suite's multi-process tests ran in 219 s instead of 482.
+1.2 and 2.2 s, and the test suite's multi-process tests ran in 233 s instead of 482.
 
 The server outlives the launch that started it, and a process forked from it inherits the
 server's environment, CPU affinity and standard output and error: those of the launching
