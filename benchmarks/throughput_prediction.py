@@ -6,23 +6,25 @@ Each round first measures what a message costs a stage in the runtime under each
 how long it takes (`vpipe-probe [--schedule 1f1b]`: a tiny model trained as one stage and as
 two), then profiles every model afresh with one thread beside a busy neighbour (`--beside 1`,
 standing for the other stage), plans 2 stages for asp and for 1f1b with those (`vpipe-plan
---message-ms --latency-ms`), generates, and trains each pipeline right after with one thread
-per process, for about `--seconds` (6) by its plan's prediction, the
-models in turn and in reverse order every other round. A prediction is only as good as the
-profile's match with the machine at run time, and this 2-vCPU guest drifts by 10-30% over
-minutes (a plain ResNet training loop: 4.03-4.89 ms a step in four runs a minute apart;
-`widehead`'s profile summed 14.6-17.1 ms in four profiles minutes apart, however long each
-timed): so each round's prediction comes from a profile taken just before its run, as
-`vpipe-profile`, `vpipe-plan`, `vpipe-train` run in practice, and the table shows the round with
-the median ratio (of 5 by default), beside the range of the rounds' ratios. Per pipeline it
-prints
+--message-ms --latency-ms --jitter`), generates, and trains each pipeline right after with one
+thread per process, for about `--seconds` (6) by its plan's prediction, the models in turn and
+in reverse order every other round. A prediction is only as good as the profile's match with the
+machine at run time, and this 2-vCPU guest drifts by 10-30% over minutes (a plain ResNet
+training loop: 4.03-4.89 ms a step in four runs a minute apart; `widehead`'s profile summed
+14.6-17.1 ms in four profiles minutes apart, however long each timed): so each round's
+prediction comes from a profile taken just before its run, as `vpipe-profile`, `vpipe-plan`,
+`vpipe-train` run in practice, and the table shows the round with the median ratio (of 5 by
+default), beside the range of the rounds' ratios. Per pipeline it prints
 
 - predicted: the plan's samples/s (pipeline.yaml), which counts what a stage waits for: the
   schedule's dependency chain with each message's delay (planner/predict.py), each message
-  costing and taking what the probe measured;
+  costing and taking what the probe measured, every action's time varying as much as the
+  probe's did (planner/jitter.py);
+- no-jitter: the same plan's samples/s with every action at its mean: the figure before the
+  jitter;
 - 2-thread: the same plan's samples/s with the profile's cost per message instead, measured
-  between two threads of one process, standing for its latency too: the figure before the
-  probe;
+  between two threads of one process, standing for its latency too, and no jitter: the figure
+  before the probe;
 - no-wait: what the slowest stage's predicted time alone allows (asp): the figure before
   issue 17's item 4;
 - measured: samples/s over the run's steady state by wall clock (run/metrics.csv, as
@@ -35,8 +37,9 @@ prints
   figures) rather than the waiting;
 - main: the same with the stages' main threads alone: what is left once gloo's threads,
   which move the messages, are taken out;
-- chain ratio: measured / the same pipeline model fed each stage's measured forward and
-  backward CPU times instead of the plan's: how well the waiting itself is predicted.
+- chain ratio: measured / the same pipeline model (the probe's jitter included) fed each
+  stage's measured mean forward and backward CPU times instead of the plan's: how well the
+  waiting itself is predicted.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import argparse
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +57,9 @@ from measuring import await_quiet, measuring_others, samples_per_s
 from vpipe.codegen.cli import main as generate_main
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.schedules import FORWARD
+from vpipe.planner import jitter
 from vpipe.planner.cli import main as plan_main
 from vpipe.planner.schema import load_plan
-from vpipe.planner.simulate import asp_period_ms, simulate
 from vpipe.planner.waiting import cut_delays
 from vpipe.profiler.cli import main as profile_main
 from vpipe.run.probe import ProbeResult
@@ -85,12 +89,23 @@ class Round:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """One schedule's generated pipeline and what its plan and two older models predict."""
+
+    out: Path
+    jitter: float  # the plan's --jitter
+    no_jitter: float  # samples/s, the same plan with every action at its mean
+    two_thread: float  # samples/s, the profile's cost per message and no jitter
+
+
+@dataclass(frozen=True)
 class Row:
     """One round of one pipeline: its plan's prediction set against its run."""
 
     model: str
     schedule: str
     predicted: float
+    no_jitter: float  # predicted with every action at its mean
     two_thread: float  # predicted with the profile's cost per message
     no_wait: float | None  # asp only
     measured: Round
@@ -103,12 +118,11 @@ class Row:
         return self.measured.samples_per_s / self.predicted
 
 
-def prepare(
-    model: str, folder: Path, probes: dict[str, ProbeResult]
-) -> dict[str, tuple[Path, float]]:
+def prepare(model: str, folder: Path, probes: dict[str, ProbeResult]) -> dict[str, Prepared]:
     """Profile `model` into `folder`, plan a 2-stage pipeline per schedule with each message
-    costing and taking what that schedule's probe measured, and generate it; per schedule its
-    folder and the samples/s the same plan predicts with the profile's own cost per message."""
+    costing and taking what that schedule's probe measured and its actions varying as much,
+    and generate it; per schedule its folder and what the same plan predicts with every action
+    at its mean, and with the profile's own cost per message."""
     folder.mkdir(parents=True)
     profile = folder / "profile.yaml"
     argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
@@ -119,13 +133,19 @@ def prepare(
         plans = {}
         probe = probes[schedule]
         measured = ["--message-ms", str(probe.message_ms), "--latency-ms", str(probe.latency_ms)]
-        for name, extra in (("", measured), ("_2thread", [])):
+        variants = (("", [*measured, "--jitter", str(probe.jitter)]), ("_means", measured))
+        for name, extra in (*variants, ("_2thread", [])):
             plans[name] = folder / f"{schedule}{name}.yaml"
             argv = [str(profile), "--gpus", "2", "--stages", "2", "--schedule", schedule]
             assert plan_main([*argv, "-o", str(plans[name]), "-q", *extra]) == 0
         out = folder / schedule
         assert generate_main([str(plans[""]), "-o", str(out), "-q"]) == 0
-        outs[schedule] = (out, load_plan(plans["_2thread"]).predicted.throughput_samples_per_s)
+        outs[schedule] = Prepared(
+            out,
+            probe.jitter,
+            load_plan(plans["_means"]).predicted.throughput_samples_per_s,
+            load_plan(plans["_2thread"]).predicted.throughput_samples_per_s,
+        )
     return outs
 
 
@@ -155,22 +175,25 @@ def timed_run(out: Path, seconds: float) -> Round:
 
 
 def pipeline_samples_per_s(
-    out: Path, forward: tuple[float, ...], backward: tuple[float, ...]
+    prepared: Prepared, forward: tuple[float, ...], backward: tuple[float, ...]
 ) -> float:
-    """The plan's pipeline model, its message delays included, fed these stage times."""
-    pipeline = load_pipeline(out / "pipeline.yaml")
+    """The plan's pipeline model, its message delays and jitter included, fed these stage
+    times."""
+    pipeline = load_pipeline(prepared.out / "pipeline.yaml")
     delays = cut_delays([s.predicted for s in pipeline.stages])
     ahead = [d.activations_ms for d in delays]
     back = [d.gradients_ms for d in delays]
     if pipeline.schedule == "asp":
-        busy = [f + b for f, b in zip(forward, backward, strict=True)]
-        return pipeline.batch_size / (asp_period_ms(busy, ahead, back) / 1e3)
-    step = simulate(pipeline.schedule, pipeline.microbatches, forward, backward, ahead, back)
-    return pipeline.batch_size * pipeline.microbatches / (step.makespan_ms / 1e3)
+        period = jitter.asp_period_ms(forward, backward, ahead, back, prepared.jitter)
+        return pipeline.batch_size / (period / 1e3)
+    step = jitter.step_ms(
+        pipeline.schedule, pipeline.microbatches, forward, backward, ahead, back, prepared.jitter
+    )
+    return pipeline.batch_size * pipeline.microbatches / (step / 1e3)
 
 
-def row(model: str, schedule: str, out: Path, two_thread: float, measured: Round) -> Row:
-    pipeline = load_pipeline(out / "pipeline.yaml")
+def row(model: str, schedule: str, prepared: Prepared, measured: Round) -> Row:
+    pipeline = load_pipeline(prepared.out / "pipeline.yaml")
     predicted = [s.predicted for s in pipeline.stages]
     slowest = max(range(len(predicted)), key=lambda k: predicted[k].time_ms)
     measured_ms = max(f + b for f, b in zip(measured.forward_ms, measured.backward_ms, strict=True))
@@ -178,12 +201,13 @@ def row(model: str, schedule: str, out: Path, two_thread: float, measured: Round
         model,
         schedule,
         pipeline.predicted.throughput_samples_per_s,
-        two_thread,
+        prepared.no_jitter,
+        prepared.two_thread,
         pipeline.batch_size / (predicted[slowest].time_ms / 1e3) if schedule == "asp" else None,
         measured,
         measured_ms / predicted[slowest].time_ms,
         max(measured.main_ms) / predicted[slowest].time_ms,
-        pipeline_samples_per_s(out, measured.forward_ms, measured.backward_ms),
+        pipeline_samples_per_s(prepared, measured.forward_ms, measured.backward_ms),
     )
 
 
@@ -193,28 +217,36 @@ def median_round(rounds: list[Row]) -> Row:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def median_ratio(runs: list[Row], predicted: Callable[[Row], float]) -> float:
+    """The median over the rounds of measured / `predicted` (the lower middle of an even count)."""
+    return sorted(x.measured.samples_per_s / predicted(x) for x in runs)[(len(runs) - 1) // 2]
+
+
 def print_table(rounds: dict[tuple[str, str], list[Row]]) -> None:
     print(
-        f"{'model':<9} {'schedule':<8} {'predicted':>9} {'2-thread':>9} {'no-wait':>8} "
-        f"{'measured':>9} {'ratio':>6} {'range':>11} {'2-thread':>8} {'stage':>6} {'main':>6} "
-        f"{'chain':>6} {'others':>6}"
+        f"{'model':<9} {'schedule':<8} {'predicted':>9} {'no-jitter':>9} {'2-thread':>9} "
+        f"{'no-wait':>8} {'measured':>9} {'ratio':>6} {'range':>11} {'no-jitter':>9} "
+        f"{'2-thread':>8} {'stage':>6} {'main':>6} {'chain':>6} {'others':>6}"
     )
-    within = within_before = 0
+    within = within_means = within_before = 0
     for runs in rounds.values():
         r = median_round(runs)
         low, high = min(x.ratio for x in runs), max(x.ratio for x in runs)
-        before = sorted(x.measured.samples_per_s / x.two_thread for x in runs)[(len(runs) - 1) // 2]
+        means = median_ratio(runs, lambda x: x.no_jitter)
+        before = median_ratio(runs, lambda x: x.two_thread)
         within += abs(r.ratio - 1) <= TARGET
+        within_means += abs(means - 1) <= TARGET
         within_before += abs(before - 1) <= TARGET
         print(
-            f"{r.model:<9} {r.schedule:<8} {r.predicted:>9.1f} {r.two_thread:>9.1f} "
-            f"{'—' if r.no_wait is None else f'{r.no_wait:.1f}':>8} "
+            f"{r.model:<9} {r.schedule:<8} {r.predicted:>9.1f} {r.no_jitter:>9.1f} "
+            f"{r.two_thread:>9.1f} {'—' if r.no_wait is None else f'{r.no_wait:.1f}':>8} "
             f"{r.measured.samples_per_s:>9.1f} {r.ratio:>6.2f} {f'{low:.2f}-{high:.2f}':>11} "
-            f"{before:>8.2f} {r.stage_ratio:>6.2f} {r.main_ratio:>6.2f} "
+            f"{means:>9.2f} {before:>8.2f} {r.stage_ratio:>6.2f} {r.main_ratio:>6.2f} "
             f"{r.measured.samples_per_s / r.chain:>6.2f} {r.measured.others:>6.0%}"
         )
     print(
         f"within ±{TARGET:.0%} (median round): {within}/{len(rounds)} pipelines; "
+        f"{within_means}/{len(rounds)} with every action at its mean; "
         f"{within_before}/{len(rounds)} with the profile's two-thread cost per message"
     )
 
@@ -247,15 +279,18 @@ def main() -> None:
         order = args.models if round_ % 2 == 0 else list(reversed(args.models))
         for model in order:
             outs = prepare(model, folder / model, probes)
-            for schedule, (out, two_thread) in outs.items():
-                measured = timed_run(out, args.seconds)
-                rounds[model, schedule].append(row(model, schedule, out, two_thread, measured))
+            for schedule, prepared in outs.items():
+                measured = timed_run(prepared.out, args.seconds)
+                rounds[model, schedule].append(row(model, schedule, prepared, measured))
     print(f"\nCPU, {os.cpu_count()} cores, 2 stages, one thread per stage; work files in {work}")
     for schedule in SCHEDULES:
         costs = ", ".join(f"{p[schedule].message_ms:.4f}" for p in probed)
         print(f"a message under {schedule} (vpipe-probe, per round): {costs} ms")
     latencies = ", ".join(f"{p['asp'].latency_ms:.4f}" for p in probed)
     print(f"its latency (asp's loop, the same probes): {latencies} ms")
+    for schedule in SCHEDULES:
+        spreads = ", ".join(f"{p[schedule].jitter:.3f}" for p in probed)
+        print(f"the jitter for {schedule} (its probe's asp loop, per round): {spreads}")
     print_table(rounds)
 
 

@@ -65,6 +65,14 @@ class Duration:
         return value
 
 
+@dataclass(frozen=True)
+class Spread(Duration):
+    """An argparse type: how much something varies, as the standard deviation of its
+    logarithm (0.1: about 10%), finite and at least 0."""
+
+    unit: str = "log-sd"
+
+
 def run_command(
     name: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None
 ) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vpipe.common.cli import CommandParser, Duration, WholeNumber, run_command
+from vpipe.common.cli import CommandParser, Duration, Spread, WholeNumber, run_command
 from vpipe.common.errors import VpipeError
 from vpipe.common.optimizers import OPTIMIZER_STATE_FACTOR
 from vpipe.common.paths import refuse_overwriting
@@ -195,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
         "wait it puts on the schedule's dependency chain, as vpipe-probe measures it in the "
         "runtime on this machine (default: the receiving end's cost per message stands for it)",
     )
+    parser.add_argument(
+        "--jitter",
+        type=Spread(),
+        default=0.0,
+        metavar="SIGMA",
+        help="how much a stage's action times vary from one micro-batch to the next on this "
+        "machine, the standard deviation of their logarithm, as vpipe-probe measures it in the "
+        "runtime (default 0: every action takes its mean); where a stage waits for another, "
+        "their slow actions add up: the prediction counts it",
+    )
     parser.add_argument("-o", "--output", default="plan.yaml", help="plan file to write")
     parser.add_argument("--plot", metavar="PNG", help="also draw per-stage time and memory")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table")
@@ -228,6 +238,7 @@ def run(argv: Sequence[str] | None) -> int:
         stage_speeds=tuple(args.stage_speeds or ()),
         message_ms=args.message_ms,
         latency_ms=args.latency_ms,
+        jitter=args.jitter,
     )
     straight_only = _straight_only(args)
     if straight_only and args.stages not in (AUTO, args.gpus):

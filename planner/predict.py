@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from vpipe.planner import jitter
 from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings, Prediction, StagePrediction
@@ -37,21 +38,34 @@ def predict_pipeline(
     loop of consecutive stages' compute with their messages' delays, whichever is slower;
     the solvers minimise the slowest stage, which this is at least); under the
     synchronous schedules the simulated iteration over M micro-batches of the profiled batch
-    size, bubbles and delays included."""
+    size, bubbles and delays included. With `--jitter`, the expected time with every action's
+    time varying that much (`planner.jitter`); the bubble stays the one at the mean times."""
     bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
+    delays = cut_delays(predictions)
+    ahead, back = [d.activations_ms for d in delays], [d.gradients_ms for d in delays]
     if settings.schedule == "asp":
-        delays = cut_delays(predictions)
-        chain_ms = asp_period_ms(
-            [p.compute_ms for p in predictions],
-            [d.activations_ms for d in delays],
-            [d.gradients_ms for d in delays],
-        )
+        if settings.jitter:
+            forward, backward = split_stage_times(graph, stages, predictions)
+            chain_ms = jitter.asp_period_ms(forward, backward, ahead, back, settings.jitter)
+        else:
+            chain_ms = asp_period_ms([p.compute_ms for p in predictions], ahead, back)
         # a stage's own time also counts its links' occupancy (comm_in, comm_out), which is
         # not on the chain: the chain's edges are the messages' delays
         minibatch_ms, bubble = max(chain_ms, predictions[bottleneck].time_ms), 0.0
     else:
         timeline = simulate_plan(graph, settings, stages, predictions)
         minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
+        if settings.jitter:
+            forward, backward = split_stage_times(graph, stages, predictions)
+            minibatch_ms = jitter.step_ms(
+                settings.schedule,
+                settings.microbatches,
+                forward,
+                backward,
+                ahead,
+                back,
+                settings.jitter,
+            )
     return _prediction(settings, batch_size, bottleneck, minibatch_ms, bubble)
 
 

@@ -118,6 +118,11 @@ def summary_lines(plan: Plan, seconds: float) -> list[str]:
             f"a message takes {plan.settings.latency_ms:.4f} ms beyond its copies "
             "(--latency-ms: its wait on the dependency chain, as vpipe-probe measures it)"
         )
+    if plan.settings.jitter:
+        lines.append(
+            f"action times vary by {plan.settings.jitter:.3f} (--jitter: the log's standard "
+            "deviation; the time per mini-batch is the expected one, the bubble at the means)"
+        )
     for baseline in plan.baselines:
         gain = baseline.time_per_minibatch_ms / p.time_per_minibatch_ms
         fits = "" if baseline.fits else ", does not fit memory"

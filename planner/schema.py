@@ -22,7 +22,8 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 
 # 2: ties; 3: replicas per stage, all-reduce time; 4: stage speeds; 5: the runtime's message cost;
 # 6: a message's latency (settings) and each cut's one-way delay (stage predictions)
-SCHEMA_VERSION = 6
+# 7: how much action times vary (settings.jitter)
+SCHEMA_VERSION = 7
 RECOMPUTE = ("auto", "never", "all")
 
 
@@ -136,6 +137,10 @@ class PlanSettings:
     # how long a message takes from its send to its receive, beyond its copies, as `vpipe-probe`
     # measures it in the runtime (None: the receiving end's share of the per-message cost)
     latency_ms: float | None = None
+    # how much a stage's action times vary from one micro-batch to the next on this machine:
+    # the standard deviation of their logarithm, as `vpipe-probe` measures it in the runtime
+    # (0: every action at its mean; planner/jitter.py)
+    jitter: float = 0.0
 
     def speed(self, stage: int) -> float:
         return self.stage_speeds[stage] if self.stage_speeds else 1.0
@@ -160,6 +165,8 @@ class PlanSettings:
             raise VpipeError(f"--message-ms must be a finite number >= 0 (got {self.message_ms})")
         if self.latency_ms is not None and not 0 <= self.latency_ms < math.inf:
             raise VpipeError(f"--latency-ms must be a finite number >= 0 (got {self.latency_ms})")
+        if not 0 <= self.jitter < math.inf:
+            raise VpipeError(f"--jitter must be a finite number >= 0 (got {self.jitter})")
         if self.stage_speeds and (
             len(self.stage_speeds) != self.gpus
             or not all(0 < x < math.inf for x in self.stage_speeds)

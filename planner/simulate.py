@@ -9,7 +9,7 @@ with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vpipe.common.errors import VpipeError
@@ -53,7 +53,7 @@ def simulate(
     `gradient_ms[s]` gradients back from s + 1 to s (default: as `transfer_ms`)."""
     plans = schedule(schedule_name, len(forward_ms), microbatches)
     back = transfer_ms if gradient_ms is None else gradient_ms
-    return _walk(schedule_name, plans, forward_ms, backward_ms, transfer_ms, back)
+    return walk(schedule_name, plans, at_means(forward_ms, backward_ms), transfer_ms, back)
 
 
 def simulate_asp(
@@ -66,7 +66,7 @@ def simulate_asp(
     """asp's one 1F1B stream of `microbatches`, no flush (fill, steady state, drain)."""
     plans = run_actions("asp", len(forward_ms), 1, microbatches)
     back = transfer_ms if gradient_ms is None else gradient_ms
-    return _walk("asp", plans, forward_ms, backward_ms, transfer_ms, back)
+    return walk("asp", plans, at_means(forward_ms, backward_ms), transfer_ms, back)
 
 
 def asp_period_ms(
@@ -93,16 +93,24 @@ def asp_period_ms(
     return best
 
 
-def _walk(
+Duration = Callable[[int, Action], float]  # milliseconds of an action on a stage
+
+
+def at_means(forward_ms: Sequence[float], backward_ms: Sequence[float]) -> Duration:
+    """Every forward of stage s takes forward_ms[s], every backward backward_ms[s]."""
+    return lambda s, action: forward_ms[s] if action.kind == FORWARD else backward_ms[s]
+
+
+def walk(
     schedule_name: str,
     plans: Sequence[Sequence[Action]],
-    forward_ms: Sequence[float],
-    backward_ms: Sequence[float],
+    duration: Duration,
     transfer_ms: Sequence[float],
     gradient_ms: Sequence[float],
 ) -> Timeline:
-    """Each action starts when its stage is free and its input has arrived."""
-    stages = len(forward_ms)
+    """Each action starts when its stage is free and its input has arrived; it lasts what
+    `duration` says, asked once per action in the order they start."""
+    stages = len(plans)
     done: dict[tuple[int, str, int], float] = {}
     free = [0.0] * stages
     cursor = [0] * stages
@@ -117,8 +125,7 @@ def _walk(
                 if ready is None:
                     break
                 start = max(free[s], ready)
-                length = forward_ms[s] if action.kind == FORWARD else backward_ms[s]
-                free[s] = start + length
+                free[s] = start + duration(s, action)
                 done[s, action.kind, action.microbatch] = free[s]
                 events.append(Event(s, action, start, free[s]))
                 cursor[s] += 1

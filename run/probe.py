@@ -22,6 +22,16 @@ time per micro-batch). The probe's stages are nearly even, so it reads the laten
 run: P - (t0 + t1) / 2, about 0.075 ms a message one way on a 2-vCPU VM, where each end's CPU
 per message is 0.16-0.2 ms.
 
+The same run gives how much a stage's action times vary from one micro-batch to the next (what
+`vpipe-plan --jitter` takes): each forward's and each backward's CPU time against the median of
+its kind around it (ten either side, so that the machine's slower drift over seconds is left
+out), as the standard deviation of the logarithm of their ratio, the mean over both stages'
+forwards and backwards: 0.14-0.19 on a 2-vCPU VM. The probe's actions, a tenth of a
+millisecond, vary more than larger ones (0.07-0.15 there, 0.3-8 ms actions), and their spread
+stands for the larger actions' heavier tails: fed each run's measured mean action times, the
+pipeline model gave four models' 2-stage asp pipelines 0.94-1.03 of their measured pace with the
+probe's spread, 0.91-1.01 with each run's own, 0.89-0.99 at the means (docs/benchmarks.md).
+
 What a stage pays per micro-batch beside its compute depends on the schedule: under asp it
 updates after every micro-batch, under 1f1b and gpipe once a step. `--schedule` measures the
 cost per message under the schedule the plan will run (the probe model trained as one stage and
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -44,7 +55,7 @@ from vpipe.codegen.cli import run as generate
 from vpipe.codegen.schema import load_pipeline
 from vpipe.common.cli import CommandParser, WholeNumber, run_command
 from vpipe.common.errors import Failed, VpipeError
-from vpipe.common.schedules import FORWARD, SCHEDULES
+from vpipe.common.schedules import BACKWARD, FORWARD, SCHEDULES
 from vpipe.planner.cli import run as plan
 from vpipe.profiler.cli import run as profile
 from vpipe.profiler.schema import load_profile
@@ -54,6 +65,7 @@ from vpipe.runtime.events import read_events
 MODEL = "vpipe.models.probe"
 BATCH_SIZE = 2
 WARMUP = 20  # micro-batches left out at the start of each run: the pipeline filling, caches
+AROUND = 10  # actions either side of one whose median it is compared with (`action_jitter`)
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class ProbeResult:
     # their mean CPU milliseconds per micro-batch (under asp, the same runs as the above)
     period_ms: float
     loop_ms: float
+    jitter: float  # how much the asp pair's action times vary (`action_jitter`)
     schedule: str = "asp"  # the schedule of the runs the cost per message comes from
 
     @property
@@ -119,6 +132,11 @@ def measure(
         profiled_ms=link.message_ms,
         period_ms=_period_ms(folder / "stages2" / "run" / "events_stage0.csv"),
         loop_ms=sum(loop.two_ms) / 2,
+        jitter=statistics.mean(
+            action_jitter(folder / "stages2" / "run" / f"events_stage{k}.csv", kind)
+            for k in range(2)
+            for kind in (FORWARD, BACKWARD)
+        ),
         schedule=schedule,
     )
 
@@ -197,6 +215,20 @@ def _busy_ms(events: Path) -> float:
     return statistics.mean(steady) * 1e3
 
 
+def action_jitter(events: Path, kind: str) -> float:
+    """How much a stage's actions of one kind (F or B) vary from one micro-batch to the next:
+    the standard deviation of log(CPU time / the median of the AROUND actions of that kind either
+    side), after the warm-up. A machine whose speed drifts over seconds moves the medians with
+    it; what is left is what one action does differently from its neighbours."""
+    times = [e.cpu_s for e in read_events(events) if e.action == kind and e.microbatch >= WARMUP]
+    if len(times) < 2 * AROUND + 2:
+        raise VpipeError(f"--steps: too few micro-batches to time past the first {WARMUP}")
+    return statistics.pstdev(
+        math.log(times[i] / statistics.median(times[i - AROUND : i + AROUND + 1]))
+        for i in range(AROUND, len(times) - AROUND)
+    )
+
+
 def _period_ms(events: Path) -> float:
     """Wall milliseconds per micro-batch of a stage's steady state: between the ends of its
     backwards, after the warm-up and before the last two (as `_busy_ms`)."""
@@ -268,11 +300,12 @@ def run(argv: Sequence[str] | None) -> int:
     print(
         f"a message costs each end {result.message_ms:.4f} ms in the runtime "
         f"(the profile's two-thread figure: {result.profiled_ms:.4f} ms) and takes "
-        f"{result.latency_ms:.4f} ms from send to receive beyond that"
+        f"{result.latency_ms:.4f} ms from send to receive beyond that; a stage's action "
+        f"times vary by {result.jitter:.3f} (the log's standard deviation)"
     )
     print(
         f"plan with: vpipe-plan <profile> --message-ms {result.message_ms:.4f} "
-        f"--latency-ms {result.latency_ms:.4f}"
+        f"--latency-ms {result.latency_ms:.4f} --jitter {result.jitter:.3f}"
     )
     return 0
 
