@@ -8,7 +8,7 @@ from vpipe.planner import jitter
 from vpipe.planner.costmodel import evaluate_stage
 from vpipe.planner.graph import PlanGraph
 from vpipe.planner.schema import PlanSettings, Prediction, StagePrediction
-from vpipe.planner.simulate import Timeline, asp_period_ms, simulate
+from vpipe.planner.simulate import asp_period_ms, simulate
 from vpipe.planner.waiting import cut_delays
 
 
@@ -41,11 +41,10 @@ def predict_pipeline(
     size, bubbles and delays included. With `--jitter`, the expected time with every action's
     time varying that much (`planner.jitter`); the bubble stays the one at the mean times."""
     bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
-    delays = cut_delays(predictions)
-    ahead, back = [d.activations_ms for d in delays], [d.gradients_ms for d in delays]
+    forward, backward = split_stage_times(graph, stages, predictions)
     if settings.schedule == "asp":
+        ahead, back = _delays(predictions)
         if settings.jitter:
-            forward, backward = split_stage_times(graph, stages, predictions)
             chain_ms = jitter.asp_period_ms(forward, backward, ahead, back, settings.jitter)
         else:
             chain_ms = asp_period_ms([p.compute_ms for p in predictions], ahead, back)
@@ -53,51 +52,33 @@ def predict_pipeline(
         # not on the chain: the chain's edges are the messages' delays
         minibatch_ms, bubble = max(chain_ms, predictions[bottleneck].time_ms), 0.0
     else:
-        timeline = simulate_plan(graph, settings, stages, predictions)
-        minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
-        if settings.jitter:
-            forward, backward = split_stage_times(graph, stages, predictions)
-            minibatch_ms = jitter.step_ms(
-                settings.schedule,
-                settings.microbatches,
-                forward,
-                backward,
-                ahead,
-                back,
-                settings.jitter,
-            )
+        minibatch_ms, bubble = _flushing_step(settings, forward, backward, predictions)
     return _prediction(settings, batch_size, bottleneck, minibatch_ms, bubble)
 
 
-def simulate_plan(
-    graph: PlanGraph,
-    settings: PlanSettings,
-    stages: Sequence[Sequence[int]],
-    predictions: Sequence[StagePrediction],
-) -> Timeline:
-    """The synchronous schedule's timeline for these stages, one micro-batch per action, each
-    message delayed as `planner.waiting` says."""
-    forward, backward = split_stage_times(graph, stages, predictions)
-    return _simulate(settings, forward, backward, predictions)
+def _delays(predictions: Sequence[StagePrediction]) -> tuple[list[float], list[float]]:
+    """Each cut's message delays, activations forward and gradients back (`planner.waiting`)."""
+    delays = cut_delays(predictions)
+    return [d.activations_ms for d in delays], [d.gradients_ms for d in delays]
 
 
-def _simulate(
+def _flushing_step(
     settings: PlanSettings,
     forward: Sequence[float],
     backward: Sequence[float],
     predictions: Sequence[StagePrediction],
-) -> Timeline:
-    """The synchronous schedule's timeline with the stages' forward and backward times, each
-    message delayed as `planner.waiting` says."""
-    delays = cut_delays(predictions)
-    return simulate(
-        settings.schedule,
-        settings.microbatches,
-        forward,
-        backward,
-        [d.activations_ms for d in delays],
-        [d.gradients_ms for d in delays],
+) -> tuple[float, float]:
+    """A synchronous schedule's time per step with the stages' forward and backward times,
+    each message delayed as `planner.waiting` says, and its bubble: the simulated step, or
+    with `--jitter` the expected one (the bubble stays the one at the means)."""
+    ahead, back = _delays(predictions)
+    timeline = simulate(settings.schedule, settings.microbatches, forward, backward, ahead, back)
+    if not settings.jitter:
+        return timeline.makespan_ms, timeline.bubble_fraction
+    expected = jitter.step_ms(
+        settings.schedule, settings.microbatches, forward, backward, ahead, back, settings.jitter
     )
+    return expected, timeline.bubble_fraction
 
 
 def split_stage_times(
@@ -125,8 +106,9 @@ def predict_replicated_pipeline(
     """Time per mini-batch of a plan with data-parallel replicas. A replicated stage counts as
     one stage r times as fast (its replicas run its micro-batches side by side; `time_ms` is
     already their shared time): under asp the slowest stage sets the pace (the messages'
-    delays on the dependency chain are not modelled with replicas yet), under the synchronous
-    schedules the simulated step with each stage's forward a share of that time."""
+    delays on the dependency chain and the jitter are not modelled with replicas yet), under
+    the synchronous schedules the simulated step (expected, with `--jitter`) with each
+    stage's forward a share of that time."""
     bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
     if settings.schedule == "asp":
         minibatch_ms, bubble = predictions[bottleneck].time_ms, 0.0
@@ -134,8 +116,7 @@ def predict_replicated_pipeline(
         forward, _ = split_stage_times(graph, stages, predictions)
         forward = [f / r for f, r in zip(forward, replicas, strict=True)]
         backward = [p.time_ms - f for p, f in zip(predictions, forward, strict=True)]
-        timeline = _simulate(settings, forward, backward, predictions)
-        minibatch_ms, bubble = timeline.makespan_ms, timeline.bubble_fraction
+        minibatch_ms, bubble = _flushing_step(settings, forward, backward, predictions)
     return _prediction(settings, batch_size, bottleneck, minibatch_ms, bubble)
 
 
