@@ -31,7 +31,9 @@ default), beside the range of the rounds' ratios. Per pipeline it prints
   `vpipe-train --report` prints it); others: the share of the machine's CPU that other
   processes and the hypervisor's steal took meanwhile (they only slow a run);
 - ratio: measured / predicted (target: within ±10%), the median round's; range: the lowest and
-  highest of the rounds' ratios;
+  highest of the rounds' ratios; CI: where the median of such rounds lies with at least 90%
+  confidence, whatever their distribution (two order statistics of the rounds' ratios; with
+  fewer than 5 rounds, none is that sure: the range);
 - stage: the slowest measured stage's busy CPU time per micro-batch over the slowest
   predicted stage's time: how much of the ratio is the per-stage times (the cost model's
   figures) rather than the waiting;
@@ -45,6 +47,7 @@ default), beside the range of the rounds' ratios. Per pipeline it prints
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -217,6 +220,18 @@ def median_round(rounds: list[Row]) -> Row:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def median_interval(ratios: list[float], confidence: float = 0.9) -> tuple[float, float]:
+    """The narrowest pair of order statistics (the k-th lowest and the k-th highest) that holds
+    the median with at least `confidence` for rounds drawn independently from any distribution:
+    each ratio falls below the median with probability 1/2, so the k-th lowest is above it
+    only when fewer than k of n fall below, P(Binomial(n, 1/2) < k)."""
+    ordered, n = sorted(ratios), len(ratios)
+    k = 1
+    while k < n // 2 and 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n <= 1 - confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k]
+
+
 def median_ratio(runs: list[Row], predicted: Callable[[Row], float]) -> float:
     """The median over the rounds of measured / `predicted` (the lower middle of an even count)."""
     return sorted(x.measured.samples_per_s / predicted(x) for x in runs)[(len(runs) - 1) // 2]
@@ -225,13 +240,14 @@ def median_ratio(runs: list[Row], predicted: Callable[[Row], float]) -> float:
 def print_table(rounds: dict[tuple[str, str], list[Row]]) -> None:
     print(
         f"{'model':<9} {'schedule':<8} {'predicted':>9} {'no-jitter':>9} {'2-thread':>9} "
-        f"{'no-wait':>8} {'measured':>9} {'ratio':>6} {'range':>11} {'no-jitter':>9} "
-        f"{'2-thread':>8} {'stage':>6} {'main':>6} {'chain':>6} {'others':>6}"
+        f"{'no-wait':>8} {'measured':>9} {'ratio':>6} {'range':>11} {'90% CI':>11} "
+        f"{'no-jitter':>9} {'2-thread':>8} {'stage':>6} {'main':>6} {'chain':>6} {'others':>6}"
     )
     within = within_means = within_before = 0
     for runs in rounds.values():
         r = median_round(runs)
         low, high = min(x.ratio for x in runs), max(x.ratio for x in runs)
+        sure_low, sure_high = median_interval([x.ratio for x in runs])
         means = median_ratio(runs, lambda x: x.no_jitter)
         before = median_ratio(runs, lambda x: x.two_thread)
         within += abs(r.ratio - 1) <= TARGET
@@ -241,6 +257,7 @@ def print_table(rounds: dict[tuple[str, str], list[Row]]) -> None:
             f"{r.model:<9} {r.schedule:<8} {r.predicted:>9.1f} {r.no_jitter:>9.1f} "
             f"{r.two_thread:>9.1f} {'—' if r.no_wait is None else f'{r.no_wait:.1f}':>8} "
             f"{r.measured.samples_per_s:>9.1f} {r.ratio:>6.2f} {f'{low:.2f}-{high:.2f}':>11} "
+            f"{f'{sure_low:.2f}-{sure_high:.2f}':>11} "
             f"{means:>9.2f} {before:>8.2f} {r.stage_ratio:>6.2f} {r.main_ratio:>6.2f} "
             f"{r.measured.samples_per_s / r.chain:>6.2f} {r.measured.others:>6.0%}"
         )
