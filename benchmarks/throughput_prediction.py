@@ -186,12 +186,11 @@ def pipeline_samples_per_s(
     delays = cut_delays([s.predicted for s in pipeline.stages])
     ahead = [d.activations_ms for d in delays]
     back = [d.gradients_ms for d in delays]
+    times = jitter.MeanTimes(forward, backward, ahead, back)
     if pipeline.schedule == "asp":
-        period = jitter.asp_period_ms(forward, backward, ahead, back, prepared.jitter)
+        period = jitter.asp_period_ms(times, prepared.jitter)
         return pipeline.batch_size / (period / 1e3)
-    step = jitter.step_ms(
-        pipeline.schedule, pipeline.microbatches, forward, backward, ahead, back, prepared.jitter
-    )
+    step = jitter.step_ms(pipeline.schedule, pipeline.microbatches, times, prepared.jitter)
     return pipeline.batch_size * pipeline.microbatches / (step / 1e3)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from vpipe.common.schedules import BACKWARD, Action, run_actions, schedule
 from vpipe.planner.simulate import Duration, walk
@@ -33,6 +34,17 @@ SEED = 0
 ASP_ACTIONS = 16_000  # in asp's one stream
 STEP_ACTIONS = 20_000  # over a flushing schedule's independent steps, all together
 LEAST_STEPS = 50
+
+
+@dataclass(frozen=True)
+class MeanTimes:
+    """What the draws vary around: each stage's mean forward and backward, and each cut's
+    message delays, one way each (ms; `planner.waiting`)."""
+
+    forward_ms: Sequence[float]
+    backward_ms: Sequence[float]
+    transfer_ms: Sequence[float]  # activations, from stage s to s + 1
+    gradient_ms: Sequence[float]  # gradients, from s + 1 back to s
 
 
 def drawn(
@@ -49,44 +61,31 @@ def drawn(
     return duration
 
 
-def asp_period_ms(
-    forward_ms: Sequence[float],
-    backward_ms: Sequence[float],
-    transfer_ms: Sequence[float],
-    gradient_ms: Sequence[float],
-    sigma: float,
-) -> float:
+def asp_period_ms(times: MeanTimes, sigma: float) -> float:
     """asp's expected time per micro-batch in its steady state with every action's time
     varying by `sigma`: the first stage's backwards' pace past the stream's first quarter (the
     pipeline filling and settling) and before its last S backwards (draining, no forwards
     between them)."""
-    stages = len(forward_ms)
+    stages = len(times.forward_ms)
     microbatches = max(200, ASP_ACTIONS // (2 * stages))
     plans = run_actions("asp", stages, 1, microbatches)
-    timeline = walk("asp", plans, drawn(forward_ms, backward_ms, sigma), transfer_ms, gradient_ms)
+    duration = drawn(times.forward_ms, times.backward_ms, sigma)
+    timeline = walk("asp", plans, duration, times.transfer_ms, times.gradient_ms)
     ends = sorted(e.end_ms for e in timeline.events if e.stage == 0 and e.action.kind == BACKWARD)
     first, last = len(ends) // 4, len(ends) - 1 - stages
     return (ends[last] - ends[first]) / (last - first)
 
 
-def step_ms(
-    schedule_name: str,
-    microbatches: int,
-    forward_ms: Sequence[float],
-    backward_ms: Sequence[float],
-    transfer_ms: Sequence[float],
-    gradient_ms: Sequence[float],
-    sigma: float,
-) -> float:
+def step_ms(schedule_name: str, microbatches: int, times: MeanTimes, sigma: float) -> float:
     """A flushing schedule's expected time per step with every action's time varying by
     `sigma`: the mean makespan of independent steps (a step starts when the last one has
     drained, so steps do not overlap)."""
-    plans = schedule(schedule_name, len(forward_ms), microbatches)
+    plans = schedule(schedule_name, len(times.forward_ms), microbatches)
     actions = sum(len(p) for p in plans)
     steps = max(LEAST_STEPS, STEP_ACTIONS // actions)
-    duration = drawn(forward_ms, backward_ms, sigma)
+    duration = drawn(times.forward_ms, times.backward_ms, sigma)
     total = sum(
-        walk(schedule_name, plans, duration, transfer_ms, gradient_ms).makespan_ms
+        walk(schedule_name, plans, duration, times.transfer_ms, times.gradient_ms).makespan_ms
         for _ in range(steps)
     )
     return total / steps

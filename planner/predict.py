@@ -45,7 +45,8 @@ def predict_pipeline(
     if settings.schedule == "asp":
         ahead, back = _delays(predictions)
         if settings.jitter:
-            chain_ms = jitter.asp_period_ms(forward, backward, ahead, back, settings.jitter)
+            times = jitter.MeanTimes(forward, backward, ahead, back)
+            chain_ms = jitter.asp_period_ms(times, settings.jitter)
         else:
             chain_ms = asp_period_ms([p.compute_ms for p in predictions], ahead, back)
         # a stage's own time also counts its links' occupancy (comm_in, comm_out), which is
@@ -75,9 +76,8 @@ def _flushing_step(
     timeline = simulate(settings.schedule, settings.microbatches, forward, backward, ahead, back)
     if not settings.jitter:
         return timeline.makespan_ms, timeline.bubble_fraction
-    expected = jitter.step_ms(
-        settings.schedule, settings.microbatches, forward, backward, ahead, back, settings.jitter
-    )
+    times = jitter.MeanTimes(forward, backward, ahead, back)
+    expected = jitter.step_ms(settings.schedule, settings.microbatches, times, settings.jitter)
     return expected, timeline.bubble_fraction
 
 

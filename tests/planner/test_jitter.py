@@ -66,10 +66,11 @@ def test_without_jitter_the_walk_is_the_closed_form(seed):
     ahead = [rng.uniform(0, 1) for _ in range(stages - 1)]
     back = [rng.uniform(0, 1) for _ in range(stages - 1)]
     busy = [f + b for f, b in zip(forward, backward, strict=True)]
-    period = jitter.asp_period_ms(forward, backward, ahead, back, 0.0)
+    times = jitter.MeanTimes(forward, backward, ahead, back)
+    period = jitter.asp_period_ms(times, 0.0)
     # to within the cycles' phase at the window's ends (a cycle holds up to S micro-batches)
     assert period == pytest.approx(asp_period_ms(busy, ahead, back), rel=1e-3)
-    step = jitter.step_ms("1f1b", 4, forward, backward, ahead, back, 0.0)
+    step = jitter.step_ms("1f1b", 4, times, 0.0)
     assert step == pytest.approx(simulate("1f1b", 4, forward, backward, ahead, back).makespan_ms)
 
 
@@ -87,7 +88,7 @@ def test_two_even_stages_wait_as_their_recurrence_says(sigma):
     """The walk against the hand-written recurrence, and the effect it models: more than at
     the means."""
     f, b, d, g = (0.4, 0.4), (0.6, 0.6), 0.03, 0.03
-    period = jitter.asp_period_ms(list(f), list(b), [d], [g], sigma)
+    period = jitter.asp_period_ms(jitter.MeanTimes(f, b, [d], [g]), sigma)
     assert period == pytest.approx(two_stage_asp_period(f, b, d, g, sigma), rel=0.015)
     at_means = asp_period_ms([1.0, 1.0], [d], [g])
     assert period > at_means * (1 + sigma / 5)
@@ -95,15 +96,15 @@ def test_two_even_stages_wait_as_their_recurrence_says(sigma):
 
 def test_a_stage_that_never_waits_runs_at_its_mean():
     """One stage alone, and one twice as slow as its neighbour: the drawn times average out."""
-    assert jitter.asp_period_ms([0.4], [0.6], [], [], 0.3) == pytest.approx(1.0, rel=0.015)
-    assert jitter.asp_period_ms([0.8, 0.2], [1.2, 0.3], [0.0], [0.0], 0.2) == pytest.approx(
-        2.0, rel=0.015
-    )
+    alone = jitter.MeanTimes([0.4], [0.6], [], [])
+    assert jitter.asp_period_ms(alone, 0.3) == pytest.approx(1.0, rel=0.015)
+    uneven = jitter.MeanTimes([0.8, 0.2], [1.2, 0.3], [0.0], [0.0])
+    assert jitter.asp_period_ms(uneven, 0.2) == pytest.approx(2.0, rel=0.015)
 
 
 def test_a_flushing_step_is_its_recurrences_mean():
     f, b, d, g = (0.5, 0.4), (0.9, 0.8), 0.05, 0.1
-    step = jitter.step_ms("1f1b", 2, list(f), list(b), [d], [g], 0.2)
+    step = jitter.step_ms("1f1b", 2, jitter.MeanTimes(f, b, [d], [g]), 0.2)
     assert step == pytest.approx(two_stage_1f1b_step(f, b, d, g, 0.2), rel=0.015)
     assert step > simulate("1f1b", 2, list(f), list(b), [d], [g]).makespan_ms
 
@@ -120,11 +121,12 @@ def test_the_plan_predicts_the_expected_time_with_jitter(schedule, microbatches)
     predictions = predict_stages(graph, shaky, stages, recompute)
     forward, backward = split_stage_times(graph, stages, predictions)
     delays = [p.delay_ms for p in predictions[:-1]]
+    times = jitter.MeanTimes(forward, backward, delays, delays)
     if schedule == "asp":
-        chain = jitter.asp_period_ms(forward, backward, delays, delays, 0.2)
+        chain = jitter.asp_period_ms(times, 0.2)
         expected = max(chain, max(p.time_ms for p in predictions))
     else:
-        expected = jitter.step_ms(schedule, microbatches, forward, backward, delays, delays, 0.2)
+        expected = jitter.step_ms(schedule, microbatches, times, 0.2)
     predicted = predict_pipeline(graph, shaky, None, stages, predictions)
     steady = predict_pipeline(graph, settings, None, stages, predictions)
     assert predicted.time_per_minibatch_ms == pytest.approx(expected)
