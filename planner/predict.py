@@ -41,10 +41,10 @@ def predict_pipeline(
     size, bubbles and delays included. With `--jitter`, the expected time with every action's
     time varying that much (`planner.jitter`); the bubble stays the one at the mean times."""
     bottleneck = max(range(len(predictions)), key=lambda s: predictions[s].time_ms)
-    forward, backward = split_stage_times(graph, stages, predictions)
     if settings.schedule == "asp":
         ahead, back = _delays(predictions)
         if settings.jitter:
+            forward, backward = split_stage_times(graph, stages, predictions)
             times = jitter.MeanTimes(forward, backward, ahead, back)
             chain_ms = jitter.asp_period_ms(times, settings.jitter)
         else:
@@ -53,6 +53,7 @@ def predict_pipeline(
         # not on the chain: the chain's edges are the messages' delays
         minibatch_ms, bubble = max(chain_ms, predictions[bottleneck].time_ms), 0.0
     else:
+        forward, backward = split_stage_times(graph, stages, predictions)
         minibatch_ms, bubble = _flushing_step(settings, forward, backward, predictions)
     return _prediction(settings, batch_size, bottleneck, minibatch_ms, bubble)
 
