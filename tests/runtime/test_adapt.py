@@ -1,6 +1,6 @@
 """--adapt: with one device slowed (tests/runtime/fixtures/slow_rank.py: RANK 1 computes
-everything six times), the run re-plans for the measured speeds, switches once, and trains on
-exactly as a switch at that step would."""
+everything six times), the run re-plans for the measured speeds, switches off the slow device,
+and trains on exactly as switches at those steps would."""
 
 import csv
 from dataclasses import replace
@@ -58,32 +58,58 @@ def final_weights(out):
     }
 
 
-def test_asp_adapts_once_and_keeps_weight_stashing(slow_profile, tmp_path, capfd):
+def expected_checks(switches, steps, every=15, warm_up=4):
+    """The steps --adapt checks after, by the rule: `warm_up` steps then every `every` from
+    a segment's start (a switch after step c starts the next at c + 1, after asp's drain),
+    each with a window's room left in the run."""
+    checks, start, check = [], 0, warm_up + every
+    while check + every <= steps:
+        checks.append(check)
+        if check in switches:
+            start = check + 1
+            check = start + warm_up + every
+        else:
+            check += every
+    return checks
+
+
+def test_asp_adapts_off_the_slow_stage_and_keeps_weight_stashing(slow_profile, tmp_path, capfd):
+    """The first check moves nodes off the slow device. A later check may move more the same
+    way (the first re-plan rests on a 15-step window of a noisy host, and a stage's fixed
+    costs do not scale with its device), never back; whatever it did, the weights are those
+    of a replay that switches where the run says it did."""
     out = planned(slow_profile, tmp_path, "--schedule", "asp")
     steps = 80  # the steps left after the first check are what a switch must pay back
     argv = [str(out / "pipeline.yaml"), "--steps", str(steps), "--lr", str(LR), "--threads"]
     argv += ["1", "--optimizer", "sgd", "--adapt", "--adapt-every", "15"]
     assert train_main(argv) == 0
     made = decisions(out)
-    # after 4 steps' warm-up, every 15 that leave room for the next window (from 20 after
-    # the switch)
-    assert [row["step"] for row in made] == ["19", "39", "54"], [r["reason"] for r in made]
-    assert [row["switched"] for row in made] == ["True", "False", "False"]  # once, not back
+    reasons = [row["reason"] for row in made]
+    switches = [int(row["step"]) for row in made if row["switched"] == "True"]
+    assert switches[:1] == [19], reasons  # the slowed stage was seen as such at once
+    assert [int(row["step"]) for row in made] == expected_checks(switches, steps), reasons
     ratios = [float(r) for r in made[0]["ratios"].split()]
-    assert ratios[1] > ratios[0] * (1 + THRESHOLD)  # the slowed stage was seen as such
-    switched = load_pipeline(out / "run" / "plans" / "adapt_step_20" / "pipeline.yaml")
+    assert ratios[1] > ratios[0] * (1 + THRESHOLD)
     pipeline = load_pipeline(out / "pipeline.yaml")
-    assert len(switched.stages[0].nodes) > len(pipeline.stages[0].nodes)  # off the slow device
+    segments, first_stage = [(0, stage_of(pipeline))], [len(pipeline.stages[0].nodes)]
+    for step in switches:
+        plan = out / "run" / "plans" / f"adapt_step_{step + 1}" / "pipeline.yaml"
+        switched = load_pipeline(plan)
+        segments.append((step + 1, stage_of(switched)))
+        first_stage.append(len(switched.stages[0].nodes))
+    assert first_stage == sorted(set(first_stage)), (
+        first_stage
+    )  # each switch moves more, never back
     assert "step 20: moved" in capfd.readouterr().out
-    # the drain at step 19, then the new split filling again from 20: as a replay by name
-    segments = [(0, stage_of(pipeline)), (20, stage_of(switched))]
+    # each drain, then the new split filling again: as a replay by name
     expected = asp_switched_replay(pipeline, segments, steps)
     for name, tensor in final_weights(out).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
     # the report says what changed the layout; the timeline shows the switch
     assert train_main([str(out / "pipeline.yaml"), "--report"]) == 0
     said = " ".join(capfd.readouterr().out.split())  # rich wraps long lines
-    assert "--adapt: 3 checks, 1 switch; kept the plan after step 39, 54" in said
+    count = len(switches)
+    assert f"--adapt: {len(made)} checks, {count} switch{'es' * (count != 1)}" in said
     assert "switched plans: step 20: moved" in said
     assert (out / "run" / "timeline.png").stat().st_size > 0
 
