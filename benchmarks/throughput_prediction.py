@@ -5,16 +5,17 @@
 Each round first measures what a message costs a stage in the runtime under each schedule and
 how long it takes (`vpipe-probe [--schedule 1f1b]`: a tiny model trained as one stage and as
 two), then profiles every model afresh with one thread beside a busy neighbour (`--beside 1`,
-standing for the other stage), plans 2 stages for asp and for 1f1b with those (`vpipe-plan
---message-ms --latency-ms --jitter`), generates, and trains each pipeline right after with one
-thread per process, for about `--seconds` (6) by its plan's prediction, the models in turn and
-in reverse order every other round. A prediction is only as good as the profile's match with the
-machine at run time, and this 2-vCPU guest drifts by 10-30% over minutes (a plain ResNet
-training loop: 4.03-4.89 ms a step in four runs a minute apart; `widehead`'s profile summed
-14.6-17.1 ms in four profiles minutes apart, however long each timed): so each round's
-prediction comes from a profile taken just before its run, as `vpipe-profile`, `vpipe-plan`,
-`vpipe-train` run in practice, and the table shows the round with the median ratio (of 5 by
-default), beside the range of the rounds' ratios. Per pipeline it prints
+standing for the other stage) over 2 s of timed passes (`--min-time 2`), plans 2 stages for asp
+and for 1f1b with those (`vpipe-plan --message-ms --latency-ms --jitter`), generates, and trains
+each pipeline right after with one thread per process, for about `--seconds` (6) by its plan's
+prediction, the models in turn and in reverse order every other round. A prediction is only as
+good as the profile's match with the machine at run time, and this 2-vCPU guest drifts by 10-30%
+over minutes (a plain ResNet training loop: 4.03-4.89 ms a step in four runs a minute apart;
+`widehead`'s profile summed 14.6-17.1 ms in four profiles minutes apart, however long each
+timed): so each round's prediction comes from a profile taken just before its run, as
+`vpipe-profile`, `vpipe-plan`, `vpipe-train` run in practice, and the table shows the round with
+the median ratio (of 5 by default), beside the range of the rounds' ratios. Per pipeline it
+prints
 
 - predicted: the plan's samples/s (pipeline.yaml), which counts what a stage waits for: the
   schedule's dependency chain with each message's delay (planner/predict.py), each message
@@ -75,6 +76,9 @@ TARGET = 0.10
 PROBE_STEPS = 6000  # micro-batches per probe run (vpipe-probe's default: 2000)
 MICROBATCHES = 4  # a step under 1f1b: vpipe-plan's default for 2 GPUs, and the probe's
 MIN_STEPS = 40
+# seconds of timed passes per profile (`vpipe-profile --min-time`): a profile's times are the
+# passes' means, and over 0.1 s (the default) they catch one of the host's spells or none
+PROFILE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ def prepare(model: str, folder: Path, probes: dict[str, ProbeResult]) -> dict[st
     profile = folder / "profile.yaml"
     argv = [f"vpipe.models.{model}", "-o", str(profile), "-q", "--device", "cpu"]
     argv += ["--threads", "1", "--beside", "1", "--batch-size", str(BATCH[model])]
-    assert profile_main(argv) == 0
+    assert profile_main([*argv, "--min-time", str(PROFILE_S)]) == 0
     outs = {}
     for schedule in SCHEDULES:
         plans = {}

@@ -27,8 +27,9 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 # (profiler/sequence.py), and update_ms counts the runtime's check that gradients are finite;
 # 7: on a CPU, update_ms and accumulate_ms timed in those passes too, after each backward;
 # 8: on a CPU, the loss's times and batch_ms timed in those passes too (each pass makes its
-# micro-batch and runs its backward from the loss); 9: beside (busy neighbours while timing)
-SCHEMA_VERSION = 9
+# micro-batch and runs its backward from the loss); 9: beside (busy neighbours while timing);
+# 10: on a CPU, each time is the mean over those passes, not the median
+SCHEMA_VERSION = 10
 
 
 @dataclass(frozen=True)

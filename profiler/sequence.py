@@ -27,6 +27,12 @@ generator's state in the cache: `widehead`'s loss (a softmax over 4 MiB of logit
 forward there, 0.99 ms in its stage; the batch 0.009 ms there, 0.08 ms in each stage that
 makes it.
 
+The mean over the passes, not the median: a pipeline's throughput is its stages' mean action
+time, slow ones included, and a machine whose speed swings in spells of seconds (a shared VM)
+puts some passes in a spell. Over passes taken for 2 s, the median snapped to the fast state:
+7 of the 8 bundled 2-stage pipelines ran at 0.86-0.95 of their prediction. The mean of the
+same passes put 6 of them at 0.95-1.00 (docs/benchmarks.md).
+
 CPU only: a GPU runs a node's kernels after the call returns, so a host clock around the call
 would time the launch. On CUDA the profiler times each node alone with CUDA events
 (`measure.time_node`).
@@ -55,7 +61,7 @@ FORWARD, BACKWARD, UPDATE, ACCUMULATE = range(4)  # the places of a node's sampl
 
 @dataclass(frozen=True)
 class NodeTimes:
-    """One node's median forward, backward, update and accumulate milliseconds, timed in
+    """One node's mean forward, backward, update and accumulate milliseconds, timed in
     sequence."""
 
     forward_ms: float
@@ -179,7 +185,7 @@ def time_in_sequence(
     optimizer: str = "sgd",
     step: Step | None = None,
 ) -> SequenceTimes:
-    """Median forward, backward, update and accumulate milliseconds of every computing node of
+    """Mean forward, backward, update and accumulate milliseconds of every computing node of
     `gm`, over whole passes on `inputs` (after `warmup` untimed ones): at least `repeats` of
     each kind below, and more until the timed ones took `min_time_s` on the clock `now`
     (seconds; at most MAX_PASSES). Without a `step` the backward is seeded with ones for every
@@ -225,7 +231,7 @@ def time_in_sequence(
         for name, seconds in after_s.items():
             samples.setdefault(name, [[], [], [], []])[part].append(seconds)
     ms = {
-        name: [statistics.median(part) * 1e3 if part else 0.0 for part in parts]
+        name: [statistics.mean(part) * 1e3 if part else 0.0 for part in parts]
         for name, parts in samples.items()
     }
     whole = ms.pop(WHOLE, None)

@@ -70,6 +70,45 @@ def test_a_spinning_node_is_charged_its_own_time():
         assert times[name].forward_ms < 1.0 and times[name].backward_ms < 1.0, (name, times[name])
 
 
+USUAL_S, SPELL_S, EVERY = 0.002, 0.014, 4  # a node slowed 7x in every 4th call
+
+
+class _SlowSpells(nn.Module):
+    """Spins USUAL_S in its forward, SPELL_S in every EVERY-th call: a machine that slows
+    down in spells, with the spells in a known share of the passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _spin(SPELL_S if self.calls % EVERY == 0 else USUAL_S)
+        self.calls += 1
+        return x * 1.0
+
+
+class _SpellChain(Chain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spin = _SlowSpells()
+
+
+class _SpellLeaves(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+        return isinstance(m, _SlowSpells) or super().is_leaf_module(m, name)
+
+
+def test_a_node_is_charged_its_mean_over_the_passes_spells_included():
+    """4 timed passes after one warm-up, the last in a spell: the node's forward is their mean,
+    (3 x 2 + 14) / 4 = 5 ms, as a running stage's throughput pays it; a median would say 2."""
+    model = _SpellChain()
+    gm = fx.GraphModule(model, _SpellLeaves().trace(model))
+    times = time_in_sequence(gm, (torch.randn(4, 16),), time.process_time, 1, 4).nodes
+    assert model.spin.calls == 1 + 4
+    mean_ms = ((EVERY - 1) * USUAL_S + SPELL_S) / EVERY * 1e3
+    assert mean_ms <= times["spin"].forward_ms < mean_ms * 1.2, times["spin"]
+
+
 LOSS_FORWARD_S, LOSS_BACKWARD_S, BATCH_S = 0.003, 0.006, 0.002  # a spinning step's known cost
 
 
