@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "that branches on its input's values, or to profile a block as one node",
     )
     parser.add_argument(
-        "--repeats", type=WholeNumber(1), default=5, help="timed runs per node (median)"
+        "--repeats",
+        type=WholeNumber(1),
+        default=5,
+        help="timed runs per node (on a CPU whole passes, each node's mean kept; on CUDA the "
+        "node alone, its median)",
     )
     parser.add_argument(
         "--warmup", type=WholeNumber(0), default=2, help="untimed runs per node first"
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         metavar="SECONDS",
         help="on a CPU, the least time the timed runs take together: more than --repeats on a "
-        "small model (default 0.1; 0: exactly --repeats)",
+        "small model, and --min-time 2 on a machine whose speed swings over seconds (default 0.1; "
+        "0: exactly --repeats)",
     )
     parser.add_argument(
         "--seed",
