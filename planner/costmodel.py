@@ -9,7 +9,9 @@ stage equal `evaluate_stage`'s. docs/planner.md states the model:
 - time per micro-batch: max(compute, comm_in, comm_out), compute = fwd + bwd of every node plus
   fwd again of every recomputed node plus the CPU work of the stage's transfers (each end of a
   cut pays the `link_ms` of every tensor crossing it: on a CPU, gloo copies on the cores that
-  compute), comm = 2 x crossing bytes / bandwidth;
+  compute) plus the update's and accumulation's call cost every stage pays (`call_ms`, charged
+  half at each of the stage's two boundaries: `boundary_ms`), comm = 2 x crossing bytes /
+  bandwidth;
 - memory: weights x versions + grads x copies + optimizer state + in-flight x (kept tensors +
   received inputs) + the links' buffers + the transient: the largest checkpoint segment
   rebuilt, plus the most the backward itself holds at once (gradients still to be used and a
@@ -160,6 +162,14 @@ def comm_ms(nbytes: Any, settings: PlanSettings) -> Any:
     """Each side's communication time for a cut `nbytes` cross: the activations one way, their
     gradients (as large) back."""
     return 2 * wire_ms(nbytes, settings)
+
+
+def boundary_ms(graph: PlanGraph) -> float:
+    """What each boundary of a stage (a cut, or an end of the pipeline) adds to its compute:
+    half the calls' cost `call_ms` every stage pays whichever nodes it holds. Each stage has two
+    boundaries, so each pays it once; every solver charges a boundary where it charges a cut's
+    link work, at every cut and both ends, and no formula needs a count of stages."""
+    return graph.call_ms / 2
 
 
 def stage_compute_ms(
@@ -387,7 +397,8 @@ def evaluate_stage(
     )
     work = sum(graph.compute_ms(n) for n in stage)
     speed = settings.speed(index)
-    compute = stage_compute_ms(work, recompute_ms, link_before, link_after, speed)
+    edge = boundary_ms(graph)
+    compute = stage_compute_ms(work, recompute_ms, link_before + edge, link_after + edge, speed)
     sums = stage_bytes(graph, before, stage, recompute)
     comm_in, comm_out = comm_ms(sums.received, settings), comm_ms(sums.sent, settings)
     return StagePrediction(

@@ -77,17 +77,20 @@ class CutCosts:
     output: np.ndarray  # bool per node
     out_bytes: np.ndarray
     link_ms: np.ndarray
+    boundary_ms: float  # what every cut, and both ends, add to each side (costmodel.boundary_ms)
 
     @property
     def free(self) -> bool:
         """Whether cuts cost nothing beyond work (then stage time is work alone)."""
-        return self.ms_per_byte == 0 and not self.link_ms.any()
+        return self.ms_per_byte == 0 and not self.link_ms.any() and not self.boundary_ms
 
     def of(self, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(crossing bytes, each end's link ms) of each cut; `inside` is bool [cut, unit]."""
         count = len(inside)
         if self.free:
             return np.zeros(count), np.zeros(count)
+        if not self.link_ms.any() and self.ms_per_byte == 0:
+            return np.zeros(count), np.full(count, self.boundary_ms)
         node_in = inside[:, self.unit_of]
         read_outside = node_in[:, self.reader_nodes] & ~inside[:, self.readers]
         crosses = node_in & self.output[None, :]
@@ -97,7 +100,7 @@ class CutCosts:
             hit[rows, self.reader_nodes[cols]] = True
             crosses |= hit
         crosses[inside.all(axis=1)] = False  # the whole graph sends nothing on
-        return crosses @ self.out_bytes, crosses @ self.link_ms
+        return crosses @ self.out_bytes, crosses @ self.link_ms + self.boundary_ms
 
 
 @dataclass(frozen=True, eq=False)

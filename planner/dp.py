@@ -20,6 +20,7 @@ import numpy as np
 from vpipe.planner.costmodel import (
     StageBytes,
     backward_peak_bytes,
+    boundary_ms,
     comm_ms,
     schedule_shape,
     sent_nodes,
@@ -63,7 +64,8 @@ class PairTables:
         needed_later = member * (((1 - member) @ successor) > 0)
         needed_later[-1] = 0.0  # the full set sends nothing
         self.crossing = needed_later @ out
-        self.link = needed_later @ np.array(graph.link_ms)  # each end's CPU for the cut's transfers
+        # each end's CPU for the cut's transfers, and its boundary's share of the calls' cost
+        self.link = needed_later @ np.array(graph.link_ms) + boundary_ms(graph)
         # held[I, t]: tensor t is produced in I and some holder of it is in I too, or it is
         # sent on from I (autograd holds what a stage sends as its backward's root)
         held = np.zeros_like(member)
@@ -227,7 +229,9 @@ def _work_bound(graph: PlanGraph, settings: PlanSettings, work: float) -> float:
     doing T / speed_k of it in time T), nor the largest node on the fastest device."""
     speeds = [settings.speed(k) for k in range(settings.gpus)]
     largest = max(map(graph.compute_ms, range(graph.size)))
-    return max(work / sum(1 / s for s in speeds), largest * min(speeds))
+    # every stage also pays the calls' cost: at least one stage's worth on top of the work
+    call = graph.call_ms
+    return max((work + call) / sum(1 / s for s in speeds), (largest + call) * min(speeds))
 
 
 def _position(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vpipe.planner.costmodel import comm_ms
+from vpipe.planner.costmodel import boundary_ms, comm_ms
 from vpipe.planner.cuts import depth_first_order
 from vpipe.planner.cutsearch import (
     Budget,
@@ -132,7 +132,8 @@ def solve_exact(graph: PlanGraph, settings: PlanSettings, steps: int = SEARCH_ST
 def close_gap(problem: Problem, budget: Budget) -> Bounds:
     """Raise the lower bound and lower the best split until they meet or the budget ends."""
     units, stages, step = problem.units, problem.stages, problem.step
-    lower = round_up(work_lower_bound(units, stages), step)
+    # the busiest stage's work, on the grid work sums lie on, and the calls every stage pays
+    lower = round_up(work_lower_bound(units, stages), step) + problem.graph.call_ms
     found = None
     windows = _windows(problem, budget, lower)
     if windows is None:
@@ -278,4 +279,5 @@ def cut_costs(graph: PlanGraph, settings: PlanSettings, units: Units) -> CutCost
         output=output,
         out_bytes=np.array(graph.out_bytes, dtype=np.float64),
         link_ms=np.array(graph.link_ms, dtype=np.float64),
+        boundary_ms=boundary_ms(graph),
     )

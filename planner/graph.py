@@ -71,6 +71,10 @@ class PlanGraph:
     ties: tuple[GraphTie, ...] = ()
     # CPU each end of a transfer spends per byte it sends or receives (the profile's link cost)
     link_ms_per_byte: float = 0.0
+    # what every stage pays per micro-batch whichever nodes it holds: its first update's and
+    # first accumulation's call after a backward (profile `update_call_ms`,
+    # `accumulate_call_ms`), as often as the schedule makes them (costmodel.boundary_ms)
+    call_ms: float = 0.0
 
     def splits_a_group(self, mask: int) -> bool:
         """Whether the node set `mask` holds part of a `together` group but not all of it."""
@@ -100,7 +104,8 @@ def plan_graph(
     node's backward time takes its share of the work on its gradients after each backward:
     `update_ms` once per micro-batch under asp, once per M under 1f1b and gpipe
     (`updates_per_microbatch`), and under those `accumulate_ms`, adding them into the step's
-    running sum (`sums_gradients`). `message_ms`: what a message costs each end of a cut, as
+    running sum (`sums_gradients`); each stage pays the calls' own cost at those rates too
+    (`call_ms`). `message_ms`: what a message costs each end of a cut, as
     `vpipe-probe` measured it in the runtime, instead of the profile's two-thread figure (the
     cost per MiB stays the profile's)."""
     link = _link_cost(profile.link, message_ms)
@@ -162,6 +167,7 @@ def plan_graph(
         link_ms=tuple(_link_ms(link, n) for n in nodes),
         copy_ms=tuple(_copy_ms(link, n) for n in nodes),
         link_ms_per_byte=link.ms_per_mib / 2**20 if link else 0.0,
+        call_ms=profile.update_call_ms * updates + profile.accumulate_call_ms * sums,
         owner=tuple(owner),
         holders=tuple(tuple(h) for h in holders),
         keeps=tuple(keeps),

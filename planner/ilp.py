@@ -23,6 +23,7 @@ import pulp
 
 from vpipe.planner.costmodel import (
     StageBytes,
+    boundary_ms,
     comm_ms,
     output_gradient_bytes,
     stage_compute_ms,
@@ -246,7 +247,10 @@ class _Program:
             work = pulp.lpSum(graph.compute_ms(n) * x[n, k] for n in self.nodes)
             recomputed = pulp.lpSum(graph.fwd_ms[n] * z[n, k] for n in self.nodes)
             compute = stage_compute_ms(
-                work, recomputed, self.link.get(k - 1, 0), self.link.get(k, 0)
+                work,
+                recomputed,
+                self.link.get(k - 1, 0) + boundary_ms(graph),
+                self.link.get(k, 0) + boundary_ms(graph),
             )
             comm_in, comm_out = comm_ms(received, settings), comm_ms(sent, settings)
             times.append(stage_time_ms(compute, comm_in, comm_out, self.larger))

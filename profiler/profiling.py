@@ -181,6 +181,8 @@ def _profile(
         leaves=tuple(settings.leaves),
         whole_model=WholeModel(round(whole.forward_ms, 4), round(whole.backward_ms, 4), peak),
         batch_ms=round(batch_ms, 4),
+        update_call_ms=0.0 if in_sequence is None else round(in_sequence.update_call_ms, 4),
+        accumulate_call_ms=0.0 if in_sequence is None else round(in_sequence.accumulate_call_ms, 4),
         loss=_loss_node(model_file, model_outputs, cost),
         ties=find_ties(gm),
         capture=captured.route,

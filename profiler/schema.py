@@ -28,8 +28,9 @@ from vpipe.common.yamlfile import check_header, load_yaml, plain, save_yaml
 # 7: on a CPU, update_ms and accumulate_ms timed in those passes too, after each backward;
 # 8: on a CPU, the loss's times and batch_ms timed in those passes too (each pass makes its
 # micro-batch and runs its backward from the loss); 9: beside (busy neighbours while timing);
-# 10: on a CPU, each time is the mean over those passes, not the median
-SCHEMA_VERSION = 10
+# 10: on a CPU, each time is the mean over those passes, not the median; 11: update_call_ms,
+# accumulate_call_ms (what every stage's first update and accumulation after a backward cost)
+SCHEMA_VERSION = 11
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,12 @@ class Profile:
     # making one micro-batch with the model file's make_batch: the runtime does it on every
     # forward of the stages that read the batch (the inputs' stage; the last, for the target)
     batch_ms: Millis = 0.0
+    # on a CPU, what a stage's first update (its finite check and step) and its first
+    # accumulation after each backward cost beyond their tensors' work, whichever weights it
+    # holds: each stage pays them, where a node's update_ms and accumulate_ms leave them out
+    # (profiler/sequence.py); 0 on CUDA and in PipeDream imports
+    update_call_ms: Millis = 0.0
+    accumulate_call_ms: Millis = 0.0
     # the loss on the model's outputs, as one more node that reads them: the last stage runs it.
     # saved_bytes: what it keeps for backward; backward_bytes: the peak its backward adds
     loss: NodeProfile | None = None

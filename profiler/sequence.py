@@ -13,8 +13,10 @@ started, and the last one runs to the end of the backward. The parts add up to t
 backward by construction; on a branchy graph the engine may interleave two branches' nodes, and
 the split between them is then approximate.
 
-Update and accumulation: after each pass's backward, on the gradients that backward made, each
-node's optimizer step the runtime's way (its check that they are finite, then the step into new
+Update and accumulation: after each pass's backward, on the gradients that backward made, and
+after the same work on one 1-element tensor first (`CALL`: the first call after a backward
+costs about 0.2 ms more, whatever it steps, and every stage pays it), each node's optimizer step
+the runtime's way (its check that they are finite, then the step into new
 tensors), or each node's add into a running sum (1f1b, gpipe). Timed alone in a loop, the step
 found its weights and gradients in the cache; after a backward it does not, as in a stage
 (`widehead`'s 8 MiB embedding: 1.75 ms alone, 3.43 ms in sequence; its stage's whole update
@@ -55,6 +57,7 @@ from vpipe.profiler.schema import LOSS_NODE
 TIMED_OPS = ("call_module", "call_function", "call_method")
 MAX_PASSES = 2000  # a bound for a model of microseconds under `min_time_s`
 WHOLE = ""  # the update of every node's parameters in one call, as a key beside the nodes'
+CALL = "(call)"  # the first update or accumulation after a backward, on one 1-element tensor
 BATCH = "(batch)"  # making the pass's micro-batch, as a key beside the nodes' (its forward)
 FORWARD, BACKWARD, UPDATE, ACCUMULATE = range(4)  # the places of a node's samples of each
 
@@ -83,11 +86,15 @@ class Step:
 @dataclass(frozen=True)
 class SequenceTimes:
     """Everything the passes timed: per computing node, and with a `Step` the loss (as one
-    more node) and the making of a micro-batch."""
+    more node) and the making of a micro-batch; and what the first update and the first
+    accumulation after a backward cost beyond their tensors' work (every stage pays each once,
+    whichever weights it holds)."""
 
     nodes: dict[str, NodeTimes]
     loss: NodeTimes | None = None
     batch_ms: float | None = None
+    update_call_ms: float = 0.0
+    accumulate_call_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -202,12 +209,20 @@ def time_in_sequence(
     params = {name: tuple(ps) for name, ps in (trainable or {}).items() if ps}
     per_node = {name: _Update(ps, Updater(optimizer, lr=1e-3)) for name, ps in params.items()}
     everything = tuple(p for ps in params.values() for p in ps)
-    # per pass, the work after its backward and which of a node's times it gives
-    turns: list[tuple[dict[str, Callable[[], None]], int]] = [(dict(per_node), UPDATE)]
-    if len(per_node) > 1:
-        turns.append(({WHOLE: _Update(everything, Updater(optimizer, lr=1e-3))}, UPDATE))
+    # per pass, the work after its backward and which of a node's times it gives; each starts
+    # with the same work on one 1-element tensor (CALL), which takes the first call's cost
+    turns: list[tuple[dict[str, Callable[[], None]], int]] = []
     if params:
-        turns.append(({name: _Accumulate.of(ps) for name, ps in params.items()}, ACCUMULATE))
+        one = _one_element()
+        first = {CALL: _Update(one, Updater(optimizer, lr=1e-3))}
+        turns.append(({**first, **per_node}, UPDATE))
+        if len(per_node) > 1:
+            whole_update = _Update(everything, Updater(optimizer, lr=1e-3))
+            turns.append(({**first, WHOLE: whole_update}, UPDATE))
+        accumulate = {name: _Accumulate.of(ps) for name, ps in params.items()}
+        turns.append(({CALL: _Accumulate.of(one), **accumulate}, ACCUMULATE))
+    else:
+        turns.append(({}, UPDATE))
     passes = 0
     for after, _ in turns * warmup:  # the first update also makes the optimizer's state
         _one_pass(gm, _Inputs.made(step, passes, inputs, now), now, after)
@@ -236,6 +251,7 @@ def time_in_sequence(
     }
     whole = ms.pop(WHOLE, None)
     loss, batch = ms.pop(LOSS_NODE, None), ms.pop(BATCH, None)
+    call = ms.pop(CALL, None)
     overhead = _call_overhead_ms(
         [ms[name][UPDATE] for name in per_node], None if whole is None else whole[UPDATE]
     )
@@ -248,7 +264,18 @@ def time_in_sequence(
         },
         loss=None if loss is None else NodeTimes(loss[FORWARD], loss[BACKWARD]),
         batch_ms=None if batch is None else batch[FORWARD],
+        update_call_ms=0.0 if call is None else call[UPDATE],
+        accumulate_call_ms=0.0 if call is None else call[ACCUMULATE],
     )
+
+
+def _one_element() -> tuple[torch.Tensor, ...]:
+    """A weight of one element with a gradient: updating it first after a backward times what
+    the first call costs whatever it steps. After each backward of ResNet in one process that
+    call took 0.25 ms, and the first node's update after it 0.05 (0.26 without it)."""
+    weight = torch.zeros(1, requires_grad=True)
+    weight.grad = torch.zeros(1)
+    return (weight,)
 
 
 def _call_overhead_ms(per_node_ms: list[float], whole_ms: float | None) -> float:

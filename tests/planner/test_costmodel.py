@@ -11,7 +11,7 @@ from vpipe.planner.graph import plan_graph
 from vpipe.planner.planning import graph_for
 from vpipe.profiler.schema import LinkCost, TensorMeta
 
-from .handmade import PROFILE, SETTINGS
+from .handmade import PROFILE, SETTINGS, chain_profile
 
 
 def test_three_stage_breakdown_by_hand():
@@ -159,3 +159,22 @@ def test_the_latency_waits_on_the_chain_but_costs_no_stage_time():
 def test_latency_ms_must_be_a_finite_time(bad):
     with pytest.raises(VpipeError, match="--latency-ms"):
         replace(SETTINGS, latency_ms=bad)
+
+
+def test_every_stage_pays_the_update_and_accumulation_calls_once_per_their_rate():
+    """A chain of 1 ms forwards (3 ms of work a node), calls of 0.8 ms (update) and 0.2 ms
+    (accumulation): under asp each of 3 stages pays 0.8 per micro-batch, the first and the
+    last as the middle one, whatever it holds; under 1f1b with 4 micro-batches 0.8 / 4 + 0.2.
+    None of it is link work (`transfer_ms`)."""
+    calls = replace(chain_profile(1.0, 1.0, 1.0, 1.0), update_call_ms=0.8, accumulate_call_ms=0.2)
+    splits = ([0, 1], [2, 3], [4])
+    for schedule, microbatches, per_stage in (("asp", 1, 0.8), ("1f1b", 4, 0.8 / 4 + 0.2)):
+        settings = replace(SETTINGS, schedule=schedule, microbatches=microbatches)
+        graph = plan_graph(calls, schedule=schedule, microbatches=microbatches)
+        before: list[int] = []
+        for index, stage in enumerate(splits):
+            predicted = evaluate_stage(graph, settings, index, before, stage, ())
+            before += stage
+            work = 3.0 * sum(n > 0 for n in stage)  # n0, the input, does no work
+            assert predicted.compute_ms == pytest.approx(work + per_stage), (schedule, index)
+            assert predicted.transfer_ms == 0.0

@@ -31,10 +31,13 @@ def test_the_loss_runs_on_the_last_stage(tmp_path):
     # and its end of the transfers from the stage before
     transfer_ms = last.predicted.transfer_ms
     assert transfer_ms > 0
-    assert last.predicted.compute_ms == pytest.approx(own_ms + loss_ms + transfer_ms)
+    # and the update call every stage pays after each backward, whichever weights it holds
+    call_ms = measured.update_call_ms
+    assert call_ms > 0
+    assert last.predicted.compute_ms == pytest.approx(own_ms + loss_ms + transfer_ms + call_ms)
     first = planned.stages[0]
     first_ms = sum(measured.node(n).compute_ms + measured.node(n).update_ms for n in first.nodes)
-    first_ms += measured.batch_ms + first.predicted.transfer_ms
+    first_ms += measured.batch_ms + first.predicted.transfer_ms + call_ms
     assert first.predicted.compute_ms == pytest.approx(first_ms)
 
     index = {name: i for i, name in enumerate(graph.names)}
