@@ -87,9 +87,7 @@ class CutCosts:
     def of(self, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(crossing bytes, each end's link ms) of each cut; `inside` is bool [cut, unit]."""
         count = len(inside)
-        if self.free:
-            return np.zeros(count), np.zeros(count)
-        if not self.link_ms.any() and self.ms_per_byte == 0:
+        if self.ms_per_byte == 0 and not self.link_ms.any():  # no tensor's crossing costs
             return np.zeros(count), np.full(count, self.boundary_ms)
         node_in = inside[:, self.unit_of]
         read_outside = node_in[:, self.reader_nodes] & ~inside[:, self.readers]

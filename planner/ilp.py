@@ -246,11 +246,9 @@ class _Program:
             sent = self.crossing[k] if k < last else 0
             work = pulp.lpSum(graph.compute_ms(n) * x[n, k] for n in self.nodes)
             recomputed = pulp.lpSum(graph.fwd_ms[n] * z[n, k] for n in self.nodes)
+            edge = boundary_ms(graph)
             compute = stage_compute_ms(
-                work,
-                recomputed,
-                self.link.get(k - 1, 0) + boundary_ms(graph),
-                self.link.get(k, 0) + boundary_ms(graph),
+                work, recomputed, self.link.get(k - 1, 0) + edge, self.link.get(k, 0) + edge
             )
             comm_in, comm_out = comm_ms(received, settings), comm_ms(sent, settings)
             times.append(stage_time_ms(compute, comm_in, comm_out, self.larger))
